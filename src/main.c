@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * turnpike's command line (CONFIG.md "Command line"):
+ *
+ *   turnpike [-c FILE]        run
+ *   turnpike -t [-c FILE]     validate FILE and what it names, print "configuration ok"
+ *   turnpike --version        versions of turnpike and the libraries it runs with
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <llhttp.h>
+#include <openssl/crypto.h>
+#include <xxhash.h>
+#ifdef TP_WITH_JEMALLOC
+#include <jemalloc/jemalloc.h>
+#endif
+
+#include <turnpike/config.h>
+#include <turnpike/log.h>
+
+#define TP_DEFAULT_CONFIG "/etc/turnpike/turnpike.yaml"
+
+static void print_version(void)
+{
+    unsigned xv = XXH_versionNumber();
+    const char *jv = "not linked (sanitizer build)";
+#ifdef TP_WITH_JEMALLOC
+    size_t len = sizeof(jv);
+    if (mallctl("version", &jv, &len, NULL, 0) != 0)
+        jv = "unknown";
+#endif
+    printf("turnpike %s\n", TP_VERSION);
+    printf("liburing %s\n", TP_URING_VERSION);
+    printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH);
+    printf("OpenSSL %s\n", OpenSSL_version(OPENSSL_VERSION_STRING));
+    printf("jemalloc %s\n", jv);
+    printf("xxHash %u.%u.%u\n", xv / 10000, (xv / 100) % 100, xv % 100);
+    printf("liburcu %s\n", TP_URCU_VERSION);
+    printf("libfyaml %s\n", TP_FYAML_VERSION);
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: turnpike [-c FILE]         run (FILE defaults to " TP_DEFAULT_CONFIG ")\n"
+               "       turnpike -t [-c FILE]      validate FILE, print \"configuration ok\"\n"
+               "       turnpike --version         print versions\n");
+}
+
+static struct tp_config *load_or_report(const char *path)
+{
+    struct tp_diag diag = {0};
+    struct tp_config *cfg = tp_config_load(path, &diag);
+
+    for (size_t i = 0; i < diag.n; i++)
+        fprintf(stderr, "%s\n", diag.msgs[i]);
+    tp_diag_dispose(&diag);
+    return cfg;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'},
+        {"test", no_argument, NULL, 't'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = TP_DEFAULT_CONFIG;
+    int test_only = 0, c;
+
+    while ((c = getopt_long(argc, argv, "c:thV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            test_only = 1;
+            break;
+        case 'V':
+            print_version();
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    struct tp_config *cfg = load_or_report(path);
+    if (!cfg)
+        return 1;
+    if (test_only) {
+        printf("configuration ok\n");
+        tp_config_destroy(cfg);
+        return 0;
+    }
+    tp_err("the data plane is not built yet; only -t and --version work");
+    tp_config_destroy(cfg);
+    return 1;
+}
