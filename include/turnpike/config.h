@@ -273,11 +273,15 @@ void tp_config_destroy(struct tp_config *cfg);
 
 /* ---- value parsers, shared with tests and the admin API ---- */
 
-/** "250ms", "2s", "1m", "1h" -> milliseconds. Returns 0 or -EINVAL / -ERANGE. */
+/** "250ms", "2s", "1m", "1h" -> milliseconds. Returns 0 or -EINVAL / -ERANGE.
+ *  One unit exactly; "0s" parses (callers range-check); overflow is -ERANGE. */
 int tp_parse_duration_ms(const char *s, uint64_t *out);
-/** "512", "16KiB", "10MiB", "1GiB" (also "KB"/"MB"/"GB" as powers of 1000) -> bytes. */
+/** "512", "16KiB", "10MiB", "1GiB", "1TiB" (also "KB"/"MB"/"GB"/"TB" as powers of 1000) -> bytes.
+ *  Returns 0 or -EINVAL / -ERANGE (overflow). */
 int tp_parse_size(const char *s, uint64_t *out);
-/** "100/s", "6000/m", "50000/h" -> tokens and period. */
+/** "100/s", "6000/m", "50000/h" -> tokens and period. Returns 0, -EINVAL, or -ERANGE
+ *  when the count is 0 or above 1e9. */
 int tp_parse_rate(const char *s, uint64_t *tokens, uint64_t *period_ms);
-/** "127.0.0.1:8080", "[::1]:8080" -> address (port 1..65535). */
+/** "127.0.0.1:8080", "[::1]:8080" -> address (port 1..65535). Returns 0, -EINVAL, or
+ *  -ERANGE for a valid host with a port outside 1..65535. <out> is untouched on error. */
 int tp_parse_addr(const char *s, struct tp_addr *out);
