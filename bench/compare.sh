@@ -104,18 +104,18 @@ tpb_versions 2>&1 | tee -a "$SUMMARY"
 tpb_upstream_start
 tpb_log "upstream nginx on 127.0.0.1:$TPB_UP_PORT (stub_status on :$TPB_UP_STATUS_PORT), pid $TPB_UP_PID"
 
-echo "round,conns,proxy,status,requests,duration_s,rps,p50_us,p99_us,cpu_ticks,cpu_us_per_req,cpu_pct,upstream_conns,upstream_conns_per_1k,non2xx,err_connect,err_read,err_write,err_timeout,xff_ok,load_cpu_busy_pct,proxy_cpu_steal_pct" >"$CSV"
+echo "round,conns,proxy,status,requests,duration_s,rps,p50_us,p99_us,cpu_ticks,cpu_us_per_req,cpu_pct,upstream_conns,upstream_conns_per_1k,non2xx,err_connect,err_read,err_write,err_timeout,xff_ok,load_cpu_busy_pct,proxy_cpu_other_pct,proxy_cpu_steal_pct" >"$CSV"
 
 TP_NA=""    # reason turnpike is n/a for the rest of the run
 
 # Appends a CSV row for a run that produced no measurement.
 csv_fail() {
-	echo "$1,$2,$3,$4,,,,,,,,,,,,,,,,,," >>"$CSV"
+	echo "$1,$2,$3,$4,,,,,,,,,,,,,,,,,,," >>"$CSV"
 }
 
 # run_one ROUND CONNS PROXY: one fresh proxy, warmup, one measured wrk run.
 run_one() {
-	local r=$1 c=$2 p=$3 dir=$TPB_TMP/$3 url t0 t1 a0 a1 req dur rps cpu cpu_pct up up1k
+	local r=$1 c=$2 p=$3 dir=$TPB_TMP/$3 url a0 a1 req dur rps cpu cpu_pct up up1k
 	if [ "$p" = turnpike ] && [ -n "$TP_NA" ]; then
 		csv_fail "$r" "$c" "$p" na
 		return
@@ -132,34 +132,18 @@ run_one() {
 		tpb_wrk "$url" "$c" "$WARMUP" "$RESULTS_DIR/wrk-r$r-c$c-$p-warmup.txt" ||
 			tpb_warn "$p: warmup run failed"
 	fi
-	tpb_cpu_ticks "$TPB_PROXY_PID"
-	t0=$TPB_TICKS
+	tpb_sample_begin "$TPB_PROXY_PID"
 	tpb_upstream_accepts || tpb_die "upstream stub_status unreadable"
 	a0=$TPB_ACCEPTS
-	tpb_cpu_stat "$TPB_CPU_LOAD"
-	local lt0=$TPB_CS_TOTAL li0=$TPB_CS_IDLE
-	tpb_cpu_stat "$TPB_CPU_PROXY"
-	local pt0=$TPB_CS_TOTAL ps0=$TPB_CS_STEAL
 	if ! tpb_wrk "$url" "$c" "$DURATION" "$RESULTS_DIR/wrk-r$r-c$c-$p.txt"; then
 		csv_fail "$r" "$c" "$p" wrk_failed
 		tpb_stop "$TPB_PROXY_PID"
 		return
 	fi
-	tpb_cpu_stat "$TPB_CPU_PROXY"
-	local pt1=$TPB_CS_TOTAL ps1=$TPB_CS_STEAL
-	tpb_cpu_stat "$TPB_CPU_LOAD"
-	local lt1=$TPB_CS_TOTAL li1=$TPB_CS_IDLE
-	tpb_cpu_ticks "$TPB_PROXY_PID"
-	t1=$TPB_TICKS
+	tpb_sample_end "$TPB_PROXY_PID"
 	tpb_upstream_accepts || tpb_die "upstream stub_status unreadable"
 	a1=$TPB_ACCEPTS
-	# Busy share of the wrk+upstream CPU, and the share of the proxy's CPU
-	# the hypervisor stole (a noisy neighbour on a VM), over the run.
-	local load_pct steal_pct
-	read -r load_pct steal_pct < <(awk -v lt=$((lt1 - lt0)) -v li=$((li1 - li0)) \
-		-v pt=$((pt1 - pt0)) -v st=$((ps1 - ps0)) 'BEGIN {
-			printf "%.1f %.1f\n", (lt > 0 ? 100 * (lt - li) / lt : 0), (pt > 0 ? 100 * st / pt : 0)
-		}')
+	local dt=$TPB_S_TICKS load_pct=$TPB_S_LOAD_PCT other_pct=$TPB_S_OTHER_PCT steal_pct=$TPB_S_STEAL_PCT
 	local status=ok
 	if ! tpb_alive "$TPB_PROXY_PID"; then
 		# Its CPU time is gone with it: the row would be meaningless.
@@ -170,7 +154,7 @@ run_one() {
 	req=$TPB_W_REQ
 	# The status read after the run counted its own connection: minus one.
 	up=$((a1 - a0 - 1))
-	read -r dur rps cpu cpu_pct up1k < <(awk -v req="$req" -v us="$TPB_W_DUR_US" -v dt=$((t1 - t0)) \
+	read -r dur rps cpu cpu_pct up1k < <(awk -v req="$req" -v us="$TPB_W_DUR_US" -v dt="$dt" \
 		-v hz="$TPB_CLK_TCK" -v up="$up" 'BEGIN {
 			d = us / 1e6
 			printf "%.3f %.1f %s %.1f %s\n", d, (d > 0 ? req / d : 0),
@@ -179,12 +163,12 @@ run_one() {
 				(req > 0 ? sprintf("%.3f", up * 1000 / req) : "n/a")
 		}')
 	if [ "$status" = ok ]; then
-		echo "$r,$c,$p,ok,$req,$dur,$rps,$TPB_W_P50,$TPB_W_P99,$((t1 - t0)),$cpu,$cpu_pct,$up,$up1k,$TPB_W_NON2XX,$TPB_W_ECONN,$TPB_W_EREAD,$TPB_W_EWRITE,$TPB_W_ETIMEOUT,$TPB_XFF_OK,$load_pct,$steal_pct" >>"$CSV"
+		echo "$r,$c,$p,ok,$req,$dur,$rps,$TPB_W_P50,$TPB_W_P99,$dt,$cpu,$cpu_pct,$up,$up1k,$TPB_W_NON2XX,$TPB_W_ECONN,$TPB_W_EREAD,$TPB_W_EWRITE,$TPB_W_ETIMEOUT,$TPB_XFF_OK,$load_pct,$other_pct,$steal_pct" >>"$CSV"
 	else
 		csv_fail "$r" "$c" "$p" "$status"
 	fi
-	tpb_log "  $(printf '%-8s %10s rps  %7s us/req  cpu %5s%%  load %5s%%  p99 %6s ms  up %s/1k  non2xx %s  sockerr %s' \
-		"$p" "$rps" "$cpu" "$cpu_pct" "$load_pct" "$(awk -v u="$TPB_W_P99" 'BEGIN {printf "%.2f", u / 1000}')" \
+	tpb_log "  $(printf '%-8s %10s rps  %7s us/req  cpu %5s%%  load %5s%%  other %4s%%  p99 %6s ms  up %s/1k  non2xx %s  sockerr %s' \
+		"$p" "$rps" "$cpu" "$cpu_pct" "$load_pct" "$other_pct" "$(awk -v u="$TPB_W_P99" 'BEGIN {printf "%.2f", u / 1000}')" \
 		"$up1k" "$TPB_W_NON2XX" "$TPB_W_SOCKERR")"
 	tpb_stop "$TPB_PROXY_PID"
 	cp -f "$TPB_PROXY_CONF" "$RESULTS_DIR/" 2>/dev/null
@@ -255,6 +239,13 @@ col() {
 		done
 		unset med_rps med_cpu
 	done
+	# Flag runs disturbed by something else on the proxy's CPU.
+	noisy=$(awk -F, 'NR > 1 && $4 == "ok" && ($22 > 5 || $23 > 2) {n++} END {print n + 0}' "$CSV")
+	if [ "$noisy" -gt 0 ]; then
+		echo
+		echo "note: in $noisy run(s) more than 5% of the proxy's CPU went to other work or 2% was"
+		echo "stolen by the hypervisor (columns proxy_cpu_other_pct, proxy_cpu_steal_pct): noisy machine"
+	fi
 	echo
 	echo "raw rows: $CSV"
 } | tee -a "$SUMMARY"

@@ -254,19 +254,22 @@ tpb_wait_http() {
 	return 1
 }
 
-# CPU time (utime + stime, in clock ticks, all threads) of PID and all its
-# descendants, in TPB_TICKS. /proc/PID/stat of a process already sums its
-# threads; children are added for the nginx master/worker split.
+# CPU time (in clock ticks, all threads) of PID and all its descendants, in
+# TPB_TICKS. /proc/PID/stat of a process already sums its threads; children
+# are added for the nginx master/worker split. Each process adds its own
+# utime + stime and the cutime + cstime of the children it has reaped, so a
+# worker that exits mid-run (retired by a reload) is still counted, once:
+# first live, then inside its parent's cutime/cstime.
 tpb_cpu_ticks() {
 	local p st total=0
 	local -a f
 	for p in "$1" $(tpb_descendants "$1"); do
 		{ st=$(<"/proc/$p/stat"); } 2>/dev/null || continue
 		# comm (field 2) may contain spaces: cut after its closing paren,
-		# then utime and stime (fields 14, 15) are words 12 and 13.
+		# then utime, stime, cutime, cstime (fields 14-17) are words 12-15.
 		st=${st##*) }
 		read -r -a f <<<"$st"
-		total=$((total + f[11] + f[12]))
+		total=$((total + f[11] + f[12] + f[13] + f[14]))
 	done
 	TPB_TICKS=$total
 }
@@ -287,11 +290,45 @@ tpb_cpu_stat() {
 	done </proc/stat
 }
 
+# tpb_sample_begin PID / tpb_sample_end PID: bracket a measured run. The end
+# sets TPB_S_TICKS (CPU ticks PID and its descendants used in between) and,
+# as shares of the run, TPB_S_LOAD_PCT (busy time of the wrk+upstream CPU:
+# near 100 means the load side may have been the limit), TPB_S_OTHER_PCT
+# (time of the proxy's CPU used by anything but the proxy: other processes,
+# or softirq work done while the proxy was not running; with the kernel's
+# tick accounting, softirq ticks taken while the proxy runs are charged to
+# its stime) and TPB_S_STEAL_PCT (time the hypervisor gave to other guests).
+# OTHER or STEAL well above 0 mark a run disturbed by a noisy machine.
+tpb_sample_begin() {
+	tpb_cpu_stat "$TPB_CPU_LOAD"
+	TPB_S_LT=$TPB_CS_TOTAL TPB_S_LI=$TPB_CS_IDLE
+	tpb_cpu_stat "$TPB_CPU_PROXY"
+	TPB_S_PT=$TPB_CS_TOTAL TPB_S_PI=$TPB_CS_IDLE TPB_S_PS=$TPB_CS_STEAL
+	tpb_cpu_ticks "$1"
+	TPB_S_T0=$TPB_TICKS
+}
+
+tpb_sample_end() {
+	tpb_cpu_ticks "$1"
+	TPB_S_TICKS=$((TPB_TICKS - TPB_S_T0))
+	tpb_cpu_stat "$TPB_CPU_PROXY"
+	local pt=$((TPB_CS_TOTAL - TPB_S_PT)) pi=$((TPB_CS_IDLE - TPB_S_PI)) ps=$((TPB_CS_STEAL - TPB_S_PS))
+	tpb_cpu_stat "$TPB_CPU_LOAD"
+	local lt=$((TPB_CS_TOTAL - TPB_S_LT)) li=$((TPB_CS_IDLE - TPB_S_LI))
+	read -r TPB_S_LOAD_PCT TPB_S_OTHER_PCT TPB_S_STEAL_PCT < <(awk -v lt="$lt" -v li="$li" \
+		-v pt="$pt" -v pi="$pi" -v st="$ps" -v own="$TPB_S_TICKS" 'BEGIN {
+			o = pt - pi - st - own
+			if (o < 0) o = 0          # tick sampling jitter
+			printf "%.1f %.1f %.1f\n", (lt > 0 ? 100 * (lt - li) / lt : 0),
+				(pt > 0 ? 100 * o / pt : 0), (pt > 0 ? 100 * st / pt : 0)
+		}')
+}
+
 # ------------------------------------------------------------------ upstream
 
 # Starts the upstream nginx (pinned with the load generator) and waits for it.
 # Sets TPB_UP_PORT, TPB_UP_STATUS_PORT, TPB_UP_PID.
-tpb_upstream_start() {
+tpb_upstream_start_once() {
 	local dir=$TPB_TMP/upstream
 	mkdir -p "$dir"
 	tpb_pick_port
@@ -302,11 +339,23 @@ tpb_upstream_start() {
 		DIR="$dir" PORT="$TPB_UP_PORT" STATUS_PORT="$TPB_UP_STATUS_PORT" NOFILE="$TPB_NOFILE"
 	tpb_start "$dir/stderr.log" "$TPB_CPU_LOAD" "$NGINX_BIN" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;'
 	TPB_UP_PID=$TPB_LAST_PID
-	if ! tpb_wait_http "http://127.0.0.1:$TPB_UP_PORT/" "$TPB_UP_PID"; then
+	if ! tpb_wait_http "http://127.0.0.1:$TPB_UP_PORT/" "$TPB_UP_PID" ||
+		! tpb_upstream_accepts; then
 		cat "$dir/stderr.log" "$dir/error.log" >&2 2>/dev/null
-		tpb_die "upstream nginx did not come up on port $TPB_UP_PORT"
+		tpb_stop "$TPB_UP_PID" 30
+		return 1
 	fi
-	tpb_upstream_accepts || tpb_die "upstream stub_status not readable on port $TPB_UP_STATUS_PORT"
+}
+
+# Starts the upstream; a second and third try on new ports cover the rare
+# case of another program binding a port between our check and nginx's bind.
+tpb_upstream_start() {
+	local try
+	for try in 1 2 3; do
+		tpb_upstream_start_once && return 0
+		tpb_warn "upstream nginx did not come up (try $try)"
+	done
+	tpb_die "upstream nginx did not start; see the messages above"
 }
 
 # Connections the upstream nginx has accepted so far, from stub_status, in
@@ -330,6 +379,19 @@ TPB_PROXIES_ALL="nginx haproxy turnpike"
 # nonzero when the binary is missing or the proxy does not answer 200 in
 # time (reason in TPB_PROXY_ERR). Sets TPB_PROXY_PID.
 tpb_proxy_start() {
+	tpb_proxy_start_once "$@" && return 0
+	# Exited at startup: maybe a port taken between our check and its bind
+	# (other programs pick ports too). One more try on new ports.
+	case $TPB_PROXY_ERR in
+	exited*)
+		tpb_warn "$1: $TPB_PROXY_ERR; retrying on new ports"
+		tpb_proxy_start_once "$@"
+		;;
+	*) return 1 ;;
+	esac
+}
+
+tpb_proxy_start_once() {
 	local name=$1 mode=$2 gen=${3:-a} dir=$TPB_TMP/$1 conf
 	TPB_PROXY_ERR=""
 	rm -rf "$dir"

@@ -89,7 +89,7 @@ tpb_versions 2>&1 | tee -a "$SUMMARY"
 tpb_upstream_start
 tpb_log "upstream nginx on 127.0.0.1:$TPB_UP_PORT, pid $TPB_UP_PID"
 
-echo "proxy,run,status,requests,duration_s,rps,p99_us,non2xx,err_connect,err_read,err_write,err_timeout,reloads_sent,reloads_applied,final_gen_ok" >"$CSV"
+echo "proxy,run,status,requests,duration_s,rps,p99_us,non2xx,err_connect,err_read,err_write,err_timeout,reloads_sent,reloads_applied,final_gen_ok,cpu_ticks,cpu_us_per_req,load_cpu_busy_pct,proxy_cpu_other_pct,proxy_cpu_steal_pct" >"$CSV"
 
 # reloader NAME PID CONF: runs in a background subshell until killed. Every
 # INTERVAL_MS (on a fixed schedule, not sleep-after-work, so a slow trigger
@@ -149,7 +149,7 @@ run_one() {
 	local name=$1 run=$2 dir=$TPB_TMP/$1 url rpid sent=0 last=a final_ok=- applied=- i hdr
 	if ! tpb_proxy_start "$name" reload a; then
 		tpb_warn "$name: $TPB_PROXY_ERR"
-		echo "$name,$run,start_failed,,,,,,,,,,,," >>"$CSV"
+		echo "$name,$run,start_failed,,,,,,,,,,,,,,,,," >>"$CSV"
 		ROW_ERR[$name]=$TPB_PROXY_ERR
 		return 1
 	fi
@@ -173,9 +173,15 @@ run_one() {
 		[ -n "$TPB_CPU_LOAD" ] && taskset -pc "$TPB_CPU_LOAD" "$rpid" >/dev/null
 	fi
 	local wrk_ok=1
+	# CPU of the whole process tree (master, workers, the ones a reload
+	# retires): the reload work is part of what it costs.
+	tpb_sample_begin "$TPB_PROXY_PID"
 	tpb_wrk "$url" "$CONNS" "$DURATION" "$RESULTS_DIR/wrk-$name-$run.txt" || wrk_ok=0
 	if [ "$run" = reload ]; then
 		tpb_stop "$rpid" 20
+	fi
+	tpb_sample_end "$TPB_PROXY_PID"
+	if [ "$run" = reload ]; then
 		[ -r "$TPB_TMP/reloads" ] && read -r sent last <"$TPB_TMP/reloads"
 		# The proxy must end up serving the last generation sent: proof that
 		# the reloads were applied, not just signalled. nginx and HAProxy
@@ -197,14 +203,18 @@ run_one() {
 	tpb_alive "$TPB_PROXY_PID" || status=died
 	[ "$wrk_ok" = 1 ] || status=wrk_failed
 	if [ "$status" = wrk_failed ]; then
-		echo "$name,$run,$status,,,,,,,,,,$sent,$applied,$final_ok" >>"$CSV"
+		echo "$name,$run,$status,,,,,,,,,,$sent,$applied,$final_ok,,,,," >>"$CSV"
 	else
-		local dur rps
-		read -r dur rps < <(awk -v req="$TPB_W_REQ" -v us="$TPB_W_DUR_US" \
-			'BEGIN {d = us / 1e6; printf "%.3f %.1f\n", d, (d > 0 ? req / d : 0)}')
-		echo "$name,$run,$status,$TPB_W_REQ,$dur,$rps,$TPB_W_P99,$TPB_W_NON2XX,$TPB_W_ECONN,$TPB_W_EREAD,$TPB_W_EWRITE,$TPB_W_ETIMEOUT,$sent,$applied,$final_ok" >>"$CSV"
-		tpb_log "  $(printf '%-8s %-6s %10s rps  non2xx %s  sockerr %s (connect %s read %s write %s timeout %s)' \
-			"$name" "$run" "$rps" "$TPB_W_NON2XX" "$TPB_W_SOCKERR" "$TPB_W_ECONN" "$TPB_W_EREAD" \
+		local dur rps cpu
+		read -r dur rps cpu < <(awk -v req="$TPB_W_REQ" -v us="$TPB_W_DUR_US" -v dt="$TPB_S_TICKS" \
+			-v hz="$TPB_CLK_TCK" 'BEGIN {
+				d = us / 1e6
+				printf "%.3f %.1f %s\n", d, (d > 0 ? req / d : 0),
+					(req > 0 ? sprintf("%.2f", dt * 1e6 / hz / req) : "n/a")
+			}')
+		echo "$name,$run,$status,$TPB_W_REQ,$dur,$rps,$TPB_W_P99,$TPB_W_NON2XX,$TPB_W_ECONN,$TPB_W_EREAD,$TPB_W_EWRITE,$TPB_W_ETIMEOUT,$sent,$applied,$final_ok,$TPB_S_TICKS,$cpu,$TPB_S_LOAD_PCT,$TPB_S_OTHER_PCT,$TPB_S_STEAL_PCT" >>"$CSV"
+		tpb_log "  $(printf '%-8s %-6s %10s rps  %6s us/req  other %4s%%  non2xx %s  sockerr %s (connect %s read %s write %s timeout %s)' \
+			"$name" "$run" "$rps" "$cpu" "$TPB_S_OTHER_PCT" "$TPB_W_NON2XX" "$TPB_W_SOCKERR" "$TPB_W_ECONN" "$TPB_W_EREAD" \
 			"$TPB_W_EWRITE" "$TPB_W_ETIMEOUT")$([ "$run" = reload ] && echo "  reloads sent $sent applied $applied")"
 	fi
 	[ "$status" = died ] && tpb_warn "$name died during the $run run"
@@ -234,23 +244,31 @@ errs() {
 {
 	echo
 	echo "reload under load: $CONNS connections, ${DURATION}s per run, a reload every ${INTERVAL_MS} ms"
-	echo "errors = non-2xx + socket errors (connect, read, write, timeout) seen by wrk"
-	printf '%-9s %10s %7s %10s %7s %9s %7s %8s %9s\n' proxy rps_base err_base rps_reload err_reload \
-		rps_ratio sent applied final_gen
+	echo "errors = non-2xx + socket errors (connect, read, write, timeout) seen by wrk;"
+	echo "cpu = CPU time of the proxy's processes per request; ratio = reload / base"
+	printf '%-9s %9s %10s %6s %8s %10s %8s %8s %6s %7s %9s\n' proxy rps_base rps_reload ratio \
+		err_base err_reload cpu_base cpu_reload sent applied final_gen
 	for p in $PROXIES; do
 		rb=$(field "$p" base rps)
 		rr=$(field "$p" reload rps)
 		if [ -z "$rb" ] && [ -z "$rr" ]; then
-			printf '%-9s %10s %7s %10s %7s %9s %7s %8s %9s  (%s)\n' "$p" n/a n/a n/a n/a n/a n/a n/a n/a \
-				"${ROW_ERR[$p]:-no successful run}"
+			printf '%-9s %9s %10s %6s %8s %10s %8s %8s %6s %7s %9s  (%s)\n' "$p" n/a n/a n/a n/a n/a n/a n/a \
+				n/a n/a n/a "${ROW_ERR[$p]:-no successful run}"
 			continue
 		fi
 		fo=$(field "$p" reload final_gen_ok)
 		case $fo in 1) fo=ok ;; 0) fo=WRONG ;; *) fo=n/a ;; esac
-		printf '%-9s %10.0f %7s %10.0f %7s %9s %7s %8s %9s\n' "$p" "${rb:-0}" "$(errs "$p" base)" \
-			"${rr:-0}" "$(errs "$p" reload)" "$(tpb_ratio "$rr" "$rb")" \
+		printf '%-9s %9.0f %10.0f %6s %8s %10s %8s %8s %6s %7s %9s\n' "$p" "${rb:-0}" "${rr:-0}" \
+			"$(tpb_ratio "$rr" "$rb")" "$(errs "$p" base)" "$(errs "$p" reload)" \
+			"$(field "$p" base cpu_us_per_req)" "$(field "$p" reload cpu_us_per_req)" \
 			"$(field "$p" reload reloads_sent)" "$(field "$p" reload reloads_applied)" "$fo"
 	done
+	noisy=$(awk -F, 'NR > 1 && $3 == "ok" && ($19 > 5 || $20 > 2) {n++} END {print n + 0}' "$CSV")
+	if [ "$noisy" -gt 0 ]; then
+		echo
+		echo "note: in $noisy run(s) more than 5% of the proxy's CPU went to other work or 2% was"
+		echo "stolen by the hypervisor (columns proxy_cpu_other_pct, proxy_cpu_steal_pct): noisy machine"
+	fi
 	echo
 	echo "raw rows: $CSV"
 } | tee -a "$SUMMARY"
