@@ -422,6 +422,12 @@ tpb_proxy_start_once() {
 		fi
 		conf=$dir/turnpike.yaml
 		tpb_proxy_render turnpike "$mode" "$gen"
+		# A template the binary rejects is worth its own message (and no
+		# retry): turnpike -t prints every error as FILE:LINE:COL.
+		if ! timeout 20 "$TURNPIKE_BIN" -t -c "$conf" >"$dir/check.log" 2>&1; then
+			TPB_PROXY_ERR="configuration rejected by turnpike -t: $(head -n 3 "$dir/check.log" | tr '\n' ' ')"
+			return 1
+		fi
 		tpb_start "$dir/stderr.log" "$TPB_CPU_PROXY" "$TURNPIKE_BIN" -c "$conf"
 		;;
 	*) tpb_die "unknown proxy: $name" ;;
