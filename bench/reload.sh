@@ -32,7 +32,7 @@ other env: TURNPIKE_BIN, NGINX_BIN, HAPROXY_BIN, WRK_BIN, CPU_PROXY, CPU_LOAD,
 EOF
 }
 
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ORIG_ARGS=("$@")
