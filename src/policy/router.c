@@ -15,7 +15,7 @@
  * the same router: it only reads, takes no lock and allocates nothing. The host
  * is lowercased into a stack buffer.
  *
- * Layout:
+ * Layout (all in the one block; big ones are offered to huge pages):
  *   host table  open addressing, XXH3 of the key. Exact hosts are keyed by the
  *               normalized name ("api.example.com"), wildcards by their suffix
  *               with the leading dot (".example.com"). No valid host starts
@@ -23,13 +23,15 @@
  *               Wildcards are also listed longest suffix first. Each entry
  *               names the root of its path trie.
  *   any host    one more trie root (routes without match.host).
- *   trie        nodes numbered breadth first per host, so the children of a
- *               node are a contiguous run of node ids, sorted by segment key;
- *               segs[] holds the key of each node apart from the node data so
- *               searching siblings touches a dense array.
- *   lists       each node owns a run of route indices: exact routes ending
- *               there, then "slash" prefixes (written with a trailing '/'),
- *               then plain prefixes, each part in file order.
+ *   trie        nodes[]: the children of a node are a contiguous run of ids,
+ *               sorted by segment key, each node carrying the key of the
+ *               segment that leads to it. Runs are laid out depth first, so
+ *               the nodes along one path are near each other. Few children
+ *               are scanned, more are binary searched, many also get a hash
+ *               index (router_int.h has the thresholds and why).
+ *   routes      routes[] in list order: each node owns a run of exact routes
+ *               ending there, then "slash" prefixes (written with a trailing
+ *               '/'), then plain prefixes, each part in file order.
  *
  * Prefix semantics by segments: a path "/a/b" has the segments [a, b], "/a/"
  * has [a, ""], "/" has [""]. Prefix "/a" (plain, at node [a]) matches a path
@@ -41,11 +43,16 @@
  * ancestors (a plain prefix ends with a non-empty segment), so "deepest node
  * first, slash before plain" is "longest prefix first".
  */
+#include <endian.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
+/* XXH3 of short keys (hosts, segments) inlined rather than called through
+ * the shared library: same function, same values, no call per probe. */
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include <turnpike/err.h>
@@ -63,11 +70,15 @@ enum rt_kind {
     RT_KIND_COUNT
 };
 
+/* A route, stored inside the list it belongs to (every route is in exactly
+ * one list), so trying a candidate costs no extra indirection. */
 struct rt_route {
     uint64_t methods; /* bit (1 << llhttp method); 0 = any */
     void *target;     /* what lookup returns */
     uint32_t hdr_off; /* first of n_hdr entries in hdrs[] */
     uint32_t n_hdr;
+    uint32_t idx; /* index in cfg->routes */
+    uint32_t _pad;
 };
 
 struct rt_hdr {
@@ -77,23 +88,31 @@ struct rt_hdr {
     uint32_t value_len;
 };
 
+/*
+ * A trie node with the key of the segment leading to it, so that scanning
+ * siblings and then using the match touches the same cache lines.
+ */
 struct rt_node {
+    uint64_t key8;        /* first min(seg_len, 8) bytes of the segment, see seg_key8() */
+    uint32_t seg_len;     /* segment bytes, without '/' */
+    uint32_t seg_off;     /* whole segment in strs */
     uint32_t first_child; /* children are node ids [first_child, first_child + n_child) */
     uint32_t n_child;
     uint32_t hash_off;  /* in child_hash[]; used when hash_mask != 0 */
     uint32_t hash_mask; /* slots - 1, or 0 when the children are only searched */
-    uint32_t list_off;  /* in lists[]: n_exact, then n_slash, then n_plain route ids */
+    uint32_t list_off;  /* in routes[]: n_exact, then n_slash, then n_plain routes */
     uint32_t n_exact;
     uint32_t n_slash;
     uint32_t n_plain;
     uint32_t up; /* nearest strict ancestor with prefix routes, or NONE */
 };
 
-/* The segment leading to a node; ordered by (key8, len, bytes after 8). */
-struct rt_seg {
-    uint64_t key8; /* first min(len, 8) bytes, zero padded, native order */
+/* Slot of a wide node's child index; the key is repeated so that a probe
+ * compares it without touching the node. */
+struct rt_cslot {
+    uint64_t key8;
     uint32_t len;
-    uint32_t off; /* whole segment in strs */
+    uint32_t node; /* NONE = empty */
 };
 
 struct rt_hslot {
@@ -111,12 +130,10 @@ struct rt_wild {
 };
 
 struct tp_router {
-    const struct rt_route *routes;
+    const struct rt_route *routes; /* in list order: see rt_node.list_off */
     const struct rt_hdr *hdrs;
-    const uint32_t *lists;
     const struct rt_node *nodes;
-    const struct rt_seg *segs;
-    const uint32_t *child_hash;
+    const struct rt_cslot *child_hash;
     const struct rt_hslot *hslots; /* hmask + 1 slots, or NULL when no host is named */
     const struct rt_wild *wild;    /* longest key first */
     const char *strs;
@@ -132,6 +149,7 @@ struct tp_router {
     size_t n_hashed;
     size_t max_depth;
     size_t bytes;
+    size_t map_len; /* block from block_alloc(): mmap'ed length, 0 = malloc */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -144,16 +162,19 @@ struct tp_router {
  * Everything else (percent escapes, sub-delims, spaces, controls, 8-bit) makes
  * the Host invalid, and an invalid Host only matches any-host routes.
  */
+#define HOST_COLON 1 /* ':' ends the name, the port follows */
+
 static const uint8_t host_map[256] = {
-    ['-'] = '-', ['.'] = '.', ['_'] = '_', ['0'] = '0', ['1'] = '1', ['2'] = '2', ['3'] = '3', ['4'] = '4',
-    ['5'] = '5', ['6'] = '6', ['7'] = '7', ['8'] = '8', ['9'] = '9', ['a'] = 'a', ['b'] = 'b', ['c'] = 'c',
-    ['d'] = 'd', ['e'] = 'e', ['f'] = 'f', ['g'] = 'g', ['h'] = 'h', ['i'] = 'i', ['j'] = 'j', ['k'] = 'k',
-    ['l'] = 'l', ['m'] = 'm', ['n'] = 'n', ['o'] = 'o', ['p'] = 'p', ['q'] = 'q', ['r'] = 'r', ['s'] = 's',
-    ['t'] = 't', ['u'] = 'u', ['v'] = 'v', ['w'] = 'w', ['x'] = 'x', ['y'] = 'y', ['z'] = 'z', ['A'] = 'a',
-    ['B'] = 'b', ['C'] = 'c', ['D'] = 'd', ['E'] = 'e', ['F'] = 'f', ['G'] = 'g', ['H'] = 'h', ['I'] = 'i',
-    ['J'] = 'j', ['K'] = 'k', ['L'] = 'l', ['M'] = 'm', ['N'] = 'n', ['O'] = 'o', ['P'] = 'p', ['Q'] = 'q',
-    ['R'] = 'r', ['S'] = 's', ['T'] = 't', ['U'] = 'u', ['V'] = 'v', ['W'] = 'w', ['X'] = 'x', ['Y'] = 'y',
-    ['Z'] = 'z',
+    ['-'] = '-', ['.'] = '.', ['_'] = '_',        ['0'] = '0', ['1'] = '1', ['2'] = '2', ['3'] = '3',
+    ['4'] = '4', ['5'] = '5', ['6'] = '6',        ['7'] = '7', ['8'] = '8', ['9'] = '9', ['a'] = 'a',
+    ['b'] = 'b', ['c'] = 'c', ['d'] = 'd',        ['e'] = 'e', ['f'] = 'f', ['g'] = 'g', ['h'] = 'h',
+    ['i'] = 'i', ['j'] = 'j', ['k'] = 'k',        ['l'] = 'l', ['m'] = 'm', ['n'] = 'n', ['o'] = 'o',
+    ['p'] = 'p', ['q'] = 'q', ['r'] = 'r',        ['s'] = 's', ['t'] = 't', ['u'] = 'u', ['v'] = 'v',
+    ['w'] = 'w', ['x'] = 'x', ['y'] = 'y',        ['z'] = 'z', ['A'] = 'a', ['B'] = 'b', ['C'] = 'c',
+    ['D'] = 'd', ['E'] = 'e', ['F'] = 'f',        ['G'] = 'g', ['H'] = 'h', ['I'] = 'i', ['J'] = 'j',
+    ['K'] = 'k', ['L'] = 'l', ['M'] = 'm',        ['N'] = 'n', ['O'] = 'o', ['P'] = 'p', ['Q'] = 'q',
+    ['R'] = 'r', ['S'] = 's', ['T'] = 't',        ['U'] = 'u', ['V'] = 'v', ['W'] = 'w', ['X'] = 'x',
+    ['Y'] = 'y', ['Z'] = 'z', [':'] = HOST_COLON,
 };
 
 static bool is_ipv6_byte(uint8_t c)
@@ -200,30 +221,40 @@ int tp_router_host_normalize(const char *host, size_t len, char *out, size_t cap
         return (int)hl;
     }
 
-    /* reg-name or IPv4: the first ':' starts the port (a second one is invalid). */
-    size_t n = len;
-    const char *colon = memchr(host, ':', len);
-    if (colon) {
-        n = (size_t)(colon - host);
-        if (!port_ok(colon + 1, len - n - 1))
-            return -1;
-    }
-    if (n > 0 && host[n - 1] == '.')
-        n--; /* "example.com." is the same name, fully qualified */
-    if (n == 0 || n > cap || n > 255)
-        return -1;
-
-    /* Lowercase through the table; reject bad bytes and empty labels. */
-    uint8_t prev = '.'; /* so a leading '.' counts as an empty label */
-    for (size_t i = 0; i < n; i++) {
+    /*
+     * reg-name or IPv4, lowercased through the table in one pass that stops at
+     * the port's ':'. Letters, digits and '_' map to values >= '0', so the
+     * per-byte work is a lookup, a store and one predictable branch; '-', '.',
+     * ':' and invalid bytes take the rare path.
+     */
+    size_t lim = len < cap ? len : cap, i, last_dot = (size_t)-1; /* as if a dot preceded: */
+    for (i = 0; i < lim; i++) {                                   /* a leading '.' is an empty label */
         uint8_t c = host_map[(uint8_t)host[i]];
-        if (c == 0 || (c == '.' && prev == '.'))
-            return -1;
+        if (TP_UNLIKELY(c < '0')) {
+            if (c == HOST_COLON)
+                break;
+            if (c == 0)
+                return -1;
+            if (c == '.') {
+                if (last_dot + 1 == i)
+                    return -1; /* empty label */
+                last_dot = i;
+            }
+        }
         out[i] = (char)c;
-        prev = c;
     }
-    if (prev == '.')
-        return -1; /* "a.." had two trailing dots */
+    size_t n = i;
+    if (i == lim && i < len && host[i] == '.') {
+        if (last_dot + 1 == n)
+            return -1; /* "a.." with the second dot past <out> */
+        i++;           /* the trailing dot of a name that fills <out> exactly */
+    } else if (n > 0 && last_dot + 1 == n) {
+        n--; /* "example.com." is the same name, fully qualified */
+    }
+    if (i < len && (host[i] != ':' || !port_ok(host + i + 1, len - i - 1)))
+        return -1; /* a second ':' or a bad port, or longer than <cap> */
+    if (n == 0 || n > 255)
+        return -1;
     if (n < cap)
         out[n] = '\0';
     return (int)n;
@@ -232,59 +263,116 @@ int tp_router_host_normalize(const char *host, size_t len, char *out, size_t cap
 /* ------------------------------------------------------------------------ */
 /* lookup                                                                    */
 
-/* First up-to-8 bytes of a segment as an integer, for cheap compares. */
+/*
+ * The first up-to-8 bytes of a segment as an integer, byte i in bits 8i..8i+7
+ * (little-endian order on every host), zero padded: equal keys and lengths
+ * mean equal segments up to 8 bytes, so most compares are one integer compare.
+ */
 static inline uint64_t seg_key8(const char *s, size_t len)
 {
     uint64_t k = 0;
-    if (len >= 8)
-        memcpy(&k, s, 8);
-    else
-        for (size_t i = 0; i < len; i++) /* little loop: avoids a memcpy call with a variable size */
-            k |= (uint64_t)(uint8_t)s[i] << (8 * i);
+    for (size_t i = 0; i < len && i < 8; i++)
+        k |= (uint64_t)(uint8_t)s[i] << (8 * i);
     return k;
 }
 
+static inline uint64_t load_le64(const char *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return le64toh(x);
+}
+
+/* Bytes that are 0 in <x> get their high bit set; exact for the lowest one,
+ * which is all we use (higher ones may be false positives). */
+static inline uint64_t zero_bytes(uint64_t x)
+{
+    return (x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull;
+}
+
 /*
- * The order of siblings. Only has to be a total order that build and lookup
- * agree on; it is not lexicographic. seg_key8() builds the integer the same
- * way on every host (bytes shifted in), but memcpy for len >= 8 uses native
- * order, so both paths must go through seg_key8(), which they do.
+ * Reads the segment at <p>: returns its length (up to the next '/' or <end>)
+ * and its seg_key8() in *<key>. One 8-byte load finds both for segments up to
+ * 7 bytes, instead of a memchr call and a byte loop; the load never leaves
+ * [<base>, <end>): near the end it takes the last 8 bytes and shifts. Paths
+ * shorter than 8 bytes use the byte loop.
+ */
+static inline size_t seg_scan(const char *p, const char *end, const char *base, uint64_t *key)
+{
+    const uint64_t slashes = 0x2f2f2f2f2f2f2f2full;
+    size_t avail = (size_t)(end - p), len;
+    uint64_t x, z;
+
+    if (avail >= 8) {
+        x = load_le64(p);
+        z = zero_bytes(x ^ slashes);
+        if (!z) {
+            /* 8 bytes or more: the key is the first 8, memchr finds the end */
+            const char *q = memchr(p + 8, '/', avail - 8);
+            *key = x;
+            return q ? (size_t)(q - p) : avail;
+        }
+        len = (size_t)__builtin_ctzll(z) >> 3;
+    } else if (end - base >= 8) {
+        if (avail == 0) {
+            *key = 0;
+            return 0;
+        }
+        /* the bytes before p are part of the path: load the last 8 and
+         * shift p's bytes down; the zeroes shifted in never equal '/' */
+        x = load_le64(end - 8) >> (8 * (8 - avail));
+        z = zero_bytes(x ^ slashes);
+        len = z ? (size_t)__builtin_ctzll(z) >> 3 : avail;
+    } else {
+        for (len = 0; len < avail && p[len] != '/'; len++)
+            ;
+        *key = seg_key8(p, len);
+        return len;
+    }
+    *key = x & ((1ull << (8 * len)) - 1); /* len < 8 here */
+    return len;
+}
+
+/*
+ * The order of siblings: by key, then length, then the bytes after the
+ * eighth. Only has to be a total order that build and lookup agree on; it is
+ * not lexicographic.
  */
 static inline int seg_cmp(const struct tp_router *r, uint32_t node, uint64_t k, const char *s, size_t len)
 {
-    const struct rt_seg *sg = &r->segs[node];
+    const struct rt_node *sg = &r->nodes[node];
     if (sg->key8 != k)
         return sg->key8 < k ? -1 : 1;
-    if (sg->len != len)
-        return sg->len < len ? -1 : 1;
+    if (sg->seg_len != len)
+        return sg->seg_len < len ? -1 : 1;
     if (len <= 8)
         return 0;
-    return memcmp(r->strs + sg->off + 8, s + 8, len - 8);
+    return memcmp(r->strs + sg->seg_off + 8, s + 8, len - 8);
 }
 
-/* The child of <n> reached by segment <s>, or NONE. */
+/* The child of <nd> reached by segment <s>, or NONE. */
 static inline uint32_t find_child(const struct tp_router *r, const struct rt_node *nd, const char *s,
-                                  size_t len)
+                                  size_t len, uint64_t k)
 {
-    uint64_t k = seg_key8(s, len);
-
     if (nd->hash_mask) {
-        /* Wide node: one hash, usually one probe. */
+        /* Wide node: one hash, usually one probe, and the probe carries the
+         * key so only segments longer than 8 bytes look at strs. */
         uint32_t mask = nd->hash_mask;
-        const uint32_t *slots = r->child_hash + nd->hash_off;
+        const struct rt_cslot *slots = r->child_hash + nd->hash_off;
         for (uint32_t i = (uint32_t)XXH3_64bits(s, len) & mask;; i = (i + 1) & mask) {
-            uint32_t c = slots[i];
-            if (c == NONE)
+            const struct rt_cslot *cs = &slots[i];
+            if (cs->node == NONE)
                 return NONE;
-            if (seg_cmp(r, c, k, s, len) == 0)
-                return c;
+            if (cs->key8 == k && cs->len == len &&
+                (len <= 8 || memcmp(r->strs + r->nodes[cs->node].seg_off + 8, s + 8, len - 8) == 0))
+                return cs->node;
         }
     }
 
     uint32_t lo = nd->first_child, hi = nd->first_child + nd->n_child;
     if (nd->n_child <= TP_ROUTER_LINEAR_MAX) {
         for (uint32_t c = lo; c < hi; c++)
-            if (r->segs[c].key8 == k && seg_cmp(r, c, k, s, len) == 0)
+            if (r->nodes[c].key8 == k && seg_cmp(r, c, k, s, len) == 0)
                 return c;
         return NONE;
     }
@@ -319,39 +407,36 @@ static inline bool route_ok(const struct tp_router *r, const struct rt_route *rt
     return true;
 }
 
-/* The first route of lists[off, off + n) that accepts <req>, or NONE. */
-static inline uint32_t try_list(const struct tp_router *r, uint32_t off, uint32_t n,
-                                const struct tp_route_req *req)
+/* The first route of routes[off, off + n) that accepts <req>, or NULL. */
+static inline const struct rt_route *try_list(const struct tp_router *r, uint32_t off, uint32_t n,
+                                              const struct tp_route_req *req)
 {
-    for (uint32_t i = off; i < off + n; i++) {
-        uint32_t id = r->lists[i];
-        if (route_ok(r, &r->routes[id], req))
-            return id;
-    }
-    return NONE;
+    for (uint32_t i = off; i < off + n; i++)
+        if (route_ok(r, &r->routes[i], req))
+            return &r->routes[i];
+    return NULL;
 }
 
 /*
  * Walks the trie of one host entry as deep as <path> goes, then tries the
  * candidate lists from most to least specific (see the file comment).
  */
-static uint32_t match_path(const struct tp_router *r, uint32_t root, const char *path, size_t len,
-                           const struct tp_route_req *req)
+static const struct rt_route *match_path(const struct tp_router *r, uint32_t root, const char *path,
+                                         size_t len, const struct tp_route_req *req)
 {
     const char *p = path + 1, *end = path + len;
     const struct rt_node *nd = &r->nodes[root];
+    const struct rt_route *rt;
     bool more; /* the path has segments below nd */
-    uint32_t id;
 
     for (;;) {
         if (nd->n_child == 0) {
             more = true; /* we only get here with at least one segment left */
             break;
         }
-        const char *q = memchr(p, '/', (size_t)(end - p));
-        if (!q)
-            q = end;
-        uint32_t c = find_child(r, nd, p, (size_t)(q - p));
+        uint64_t key;
+        const char *q = p + seg_scan(p, end, path, &key);
+        uint32_t c = find_child(r, nd, p, (size_t)(q - p), key);
         if (c == NONE) {
             more = true;
             break;
@@ -366,18 +451,18 @@ static uint32_t match_path(const struct tp_router *r, uint32_t root, const char 
 
     if (more) {
         /* slash and plain prefixes are adjacent: one run */
-        id = try_list(r, nd->list_off + nd->n_exact, nd->n_slash + nd->n_plain, req);
+        rt = try_list(r, nd->list_off + nd->n_exact, nd->n_slash + nd->n_plain, req);
     } else {
-        id = try_list(r, nd->list_off, nd->n_exact, req);
-        if (id == NONE)
-            id = try_list(r, nd->list_off + nd->n_exact + nd->n_slash, nd->n_plain, req);
+        rt = try_list(r, nd->list_off, nd->n_exact, req);
+        if (!rt)
+            rt = try_list(r, nd->list_off + nd->n_exact + nd->n_slash, nd->n_plain, req);
     }
     /* The path goes on below every strict ancestor: slash and plain apply. */
-    for (uint32_t a = nd->up; id == NONE && a != NONE; a = r->nodes[a].up) {
+    for (uint32_t a = nd->up; !rt && a != NONE; a = r->nodes[a].up) {
         const struct rt_node *an = &r->nodes[a];
-        id = try_list(r, an->list_off + an->n_exact, an->n_slash + an->n_plain, req);
+        rt = try_list(r, an->list_off + an->n_exact, an->n_slash + an->n_plain, req);
     }
-    return id;
+    return rt;
 }
 
 static inline const struct rt_hslot *host_find(const struct tp_router *r, const char *key, size_t len)
@@ -396,7 +481,7 @@ void *tp_router_lookup(const struct tp_router *r, const struct tp_route_req *req
 {
     const char *path = req->path;
     size_t plen = req->path_len;
-    uint32_t id = NONE;
+    const struct rt_route *rt = NULL;
 
     /* An empty path (absolute-form without one) means "/"; one that does not
      * start with '/' ("*" of OPTIONS) matches no route. */
@@ -415,8 +500,7 @@ void *tp_router_lookup(const struct tp_router *r, const struct tp_route_req *req
             size_t n = (size_t)hl;
             const struct rt_hslot *s;
             if (r->n_exact && (s = host_find(r, hbuf, n)) != NULL) {
-                id = match_path(r, s->root, path, plen, req);
-                if (id != NONE)
+                if ((rt = match_path(r, s->root, path, plen, req)))
                     goto out;
             }
             if (r->n_wild <= TP_ROUTER_WILD_LINEAR_MAX) {
@@ -424,11 +508,9 @@ void *tp_router_lookup(const struct tp_router *r, const struct tp_route_req *req
                     const struct rt_wild *wd = &r->wild[w];
                     /* the key starts with '.', the host never does: n > key_len holds on a match */
                     if (wd->key_len < n &&
-                        memcmp(hbuf + n - wd->key_len, r->strs + wd->key_off, wd->key_len) == 0) {
-                        id = match_path(r, wd->root, path, plen, req);
-                        if (id != NONE)
-                            goto out;
-                    }
+                        memcmp(hbuf + n - wd->key_len, r->strs + wd->key_off, wd->key_len) == 0 &&
+                        (rt = match_path(r, wd->root, path, plen, req)))
+                        goto out;
                 }
             } else {
                 /* Every suffix starting at a dot, leftmost dot = longest first. */
@@ -438,22 +520,20 @@ void *tp_router_lookup(const struct tp_router *r, const struct tp_route_req *req
                         break;
                     if (hbuf[i] != '.' || sl > r->wild_max)
                         continue;
-                    if ((s = host_find(r, hbuf + i, sl)) != NULL) {
-                        id = match_path(r, s->root, path, plen, req);
-                        if (id != NONE)
-                            goto out;
-                    }
+                    if ((s = host_find(r, hbuf + i, sl)) != NULL &&
+                        (rt = match_path(r, s->root, path, plen, req)))
+                        goto out;
                 }
             }
         }
     }
     if (r->any_root != NONE)
-        id = match_path(r, r->any_root, path, plen, req);
+        rt = match_path(r, r->any_root, path, plen, req);
 
 out:
     if (route_idx)
-        *route_idx = id == NONE ? (size_t)-1 : id;
-    return id == NONE ? NULL : r->routes[id].target;
+        *route_idx = rt ? rt->idx : (size_t)-1;
+    return rt ? rt->target : NULL;
 }
 
 size_t tp_router_split_pick(const struct tp_cfg_split *split, size_t n_split, uint32_t rnd)
@@ -500,7 +580,7 @@ struct bnode {
     uint32_t next_sib;
     uint32_t n_child;
     uint32_t depth;
-    uint32_t id;   /* final (breadth first) id */
+    uint32_t id;   /* final id (depth-first run layout) */
     uint32_t kids; /* final id of the first child */
     uint32_t cnt[RT_KIND_COUNT];
 };
@@ -817,6 +897,44 @@ static void *carve(char **cur, size_t bytes)
     return p;
 }
 
+/*
+ * The block of a big router (100k routes take ~20 MiB) is read at random by
+ * every lookup; with 4 KiB pages most of its cache misses are TLB misses too.
+ * So from TP_ROUTER_HUGE_MIN up it is mapped 2 MiB aligned and offered to
+ * transparent huge pages (THP "madvise" mode is common). Smaller ones come
+ * from malloc. Sets *<map_len> to the mapping's length, or 0 for malloc.
+ */
+#define HUGE_PAGE (2u << 20)
+
+static char *block_alloc(size_t bytes, size_t *map_len)
+{
+    bytes = (bytes + 63) & ~(size_t)63;
+    *map_len = 0;
+    if (bytes < TP_ROUTER_HUGE_MIN)
+        return aligned_alloc(64, bytes);
+    size_t len = (bytes + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
+    char *raw = mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED)
+        return aligned_alloc(64, bytes);
+    /* trim to a 2 MiB aligned [p, p + len) */
+    char *p = (char *)(((uintptr_t)raw + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+    if (p > raw)
+        munmap(raw, (size_t)(p - raw));
+    if (p + len < raw + len + HUGE_PAGE)
+        munmap(p + len, (size_t)(raw + len + HUGE_PAGE - (p + len)));
+    (void)madvise(p, len, MADV_HUGEPAGE); /* a hint: fine to fail (THP off) */
+    *map_len = len;
+    return p;
+}
+
+static void block_free(void *p, size_t map_len)
+{
+    if (map_len)
+        munmap(p, map_len);
+    else
+        free(p);
+}
+
 static void builder_dispose(struct builder *b)
 {
     free(b->sb);
@@ -833,7 +951,7 @@ struct tp_router *tp_router_create(const struct tp_config *cfg, void *const *tar
 {
     struct builder b = {.any_host = NONE};
     struct tp_router *r = NULL;
-    uint32_t *order = NULL, *hdr_first = NULL;
+    uint32_t *order = NULL, *stack = NULL, *hdr_first = NULL, *fill = NULL;
     int rc;
     size_t nr = cfg->n_routes;
 
@@ -861,25 +979,33 @@ struct tp_router *tp_router_create(const struct tp_config *cfg, void *const *tar
         goto fail;
     }
 
-    /* 2. Breadth-first numbering, host by host, siblings sorted: the queue is
-     *    the final order itself, so the children of a node get consecutive ids. */
-    size_t nn = b.n_nodes, head = 0, tail = 0, n_hashed = 0, hash_slots = 0, max_depth = 0;
+    /* 2. Final numbering, host by host: visiting a node gives its children
+     *    (sorted) consecutive ids, then its first child is visited (depth
+     *    first). Children stay contiguous, and the nodes along one path sit
+     *    close together, which saves cache misses on big tables. A parent
+     *    always gets its id before its children. */
+    size_t nn = b.n_nodes, tail = 0, n_hashed = 0, hash_slots = 0, max_depth = 0;
     order = malloc((nn + 1) * sizeof(*order));
-    if (!order) {
+    stack = malloc((nn + 1) * sizeof(*stack));
+    if (!order || !stack) {
         rc = -ENOMEM;
         goto fail;
     }
     for (size_t h = 0; h < b.n_hosts; h++) {
+        size_t sp = 0;
         b.nodes[b.hosts[h].root].id = (uint32_t)tail;
         order[tail++] = b.hosts[h].root;
-        while (head < tail) {
-            struct bnode *pn = &b.nodes[order[head++]];
+        stack[sp++] = b.hosts[h].root;
+        while (sp > 0) {
+            struct bnode *pn = &b.nodes[stack[--sp]];
             size_t first = tail;
             for (uint32_t c = pn->first_child; c != NONE; c = b.nodes[c].next_sib)
                 order[tail++] = c;
             qsort_r(order + first, tail - first, sizeof(*order), bnode_cmp, &b);
             for (size_t k = first; k < tail; k++)
                 b.nodes[order[k]].id = (uint32_t)k;
+            for (size_t k = tail; k > first; k--)
+                stack[sp++] = order[k - 1]; /* first child on top */
             pn->kids = (uint32_t)first;
             if (pn->n_child > TP_ROUTER_HASH_MIN) {
                 n_hashed++;
@@ -901,26 +1027,26 @@ struct tp_router *tp_router_create(const struct tp_config *cfg, void *const *tar
     bytes += RT_SIZE(1, struct tp_router);
     bytes += RT_SIZE(nr, struct rt_route);
     bytes += RT_SIZE(b.n_hdrs, struct rt_hdr);
-    bytes += RT_SIZE(nr, uint32_t);
     bytes += RT_SIZE(nn, struct rt_node);
-    bytes += RT_SIZE(nn, struct rt_seg);
-    bytes += RT_SIZE(hash_slots, uint32_t);
+    bytes += RT_SIZE(hash_slots, struct rt_cslot);
     bytes += RT_SIZE(hslots, struct rt_hslot);
     bytes += RT_SIZE(n_wild, struct rt_wild);
     bytes += RT_SIZE(b.sb_len, char);
 #undef RT_SIZE
-    char *block = aligned_alloc(64, (bytes + 63) & ~(size_t)63), *cur = block;
-    if (!block) {
+    /* the route lists need a cursor per node and kind while they are filled */
+    fill = malloc((nn + 1) * RT_KIND_COUNT * sizeof(*fill));
+    size_t map_len = 0;
+    char *block = block_alloc(bytes, &map_len), *cur = block;
+    if (!block || !fill) {
+        block_free(block, map_len);
         rc = -ENOMEM;
         goto fail;
     }
     r = carve(&cur, sizeof(*r));
     struct rt_route *routes = carve(&cur, nr * sizeof(*routes));
     struct rt_hdr *hdrs = carve(&cur, b.n_hdrs * sizeof(*hdrs));
-    uint32_t *lists = carve(&cur, nr * sizeof(*lists));
     struct rt_node *nodes = carve(&cur, nn * sizeof(*nodes));
-    struct rt_seg *segs = carve(&cur, nn * sizeof(*segs));
-    uint32_t *child_hash = carve(&cur, hash_slots * sizeof(*child_hash));
+    struct rt_cslot *child_hash = carve(&cur, hash_slots * sizeof(*child_hash));
     struct rt_hslot *hs = carve(&cur, hslots * sizeof(*hs));
     struct rt_wild *wild = carve(&cur, n_wild * sizeof(*wild));
     char *strs = carve(&cur, b.sb_len);
@@ -929,22 +1055,15 @@ struct tp_router *tp_router_create(const struct tp_config *cfg, void *const *tar
     if (b.n_hdrs)
         memcpy(hdrs, b.hdrs, b.n_hdrs * sizeof(*hdrs));
 
-    /* routes */
-    for (size_t i = 0; i < nr; i++) {
-        routes[i] = (struct rt_route){
-            .methods = cfg->routes[i].methods,
-            .target = targets ? targets[i] : (void *)&cfg->routes[i],
-            .hdr_off = hdr_first[i],
-            .n_hdr = (uint32_t)cfg->routes[i].n_headers,
-        };
-    }
-
-    /* nodes in final order; lists laid out by a counting pass */
+    /* nodes in final order, each with its run of routes */
     size_t list_off = 0, hash_off = 0;
     for (size_t k = 0; k < nn; k++) {
         const struct bnode *bn = &b.nodes[order[k]];
         struct rt_node *nd = &nodes[k];
         *nd = (struct rt_node){
+            .key8 = bn->key8,
+            .seg_len = bn->seg_len,
+            .seg_off = bn->seg_off,
             .first_child = bn->kids,
             .n_child = bn->n_child,
             .list_off = (uint32_t)list_off,
@@ -953,32 +1072,27 @@ struct tp_router *tp_router_create(const struct tp_config *cfg, void *const *tar
             .n_plain = bn->cnt[RT_PLAIN],
             .up = NONE,
         };
+        fill[k * RT_KIND_COUNT + RT_EXACT] = (uint32_t)list_off;
+        fill[k * RT_KIND_COUNT + RT_SLASH] = (uint32_t)list_off + nd->n_exact;
+        fill[k * RT_KIND_COUNT + RT_PLAIN] = (uint32_t)list_off + nd->n_exact + nd->n_slash;
         list_off += (size_t)bn->cnt[RT_EXACT] + bn->cnt[RT_SLASH] + bn->cnt[RT_PLAIN];
-        segs[k] = (struct rt_seg){.key8 = bn->key8, .len = bn->seg_len, .off = bn->seg_off};
         if (bn->parent != NONE) {
-            /* parents come first in breadth-first order: their up is final */
+            /* the parent has a smaller id: its up is final */
             const struct bnode *bp = &b.nodes[bn->parent];
             const struct rt_node *pn = &nodes[bp->id];
             nd->up = (pn->n_slash + pn->n_plain) ? bp->id : pn->up;
         }
     }
-    /* fill the lists: per node a cursor per kind, routes visited in file order */
-    {
-        uint32_t *fill = malloc((nn + 1) * RT_KIND_COUNT * sizeof(*fill));
-        if (!fill) {
-            free(block);
-            r = NULL;
-            rc = -ENOMEM;
-            goto fail;
-        }
-        for (size_t k = 0; k < nn; k++) {
-            fill[k * RT_KIND_COUNT + RT_EXACT] = nodes[k].list_off;
-            fill[k * RT_KIND_COUNT + RT_SLASH] = nodes[k].list_off + nodes[k].n_exact;
-            fill[k * RT_KIND_COUNT + RT_PLAIN] = nodes[k].list_off + nodes[k].n_exact + nodes[k].n_slash;
-        }
-        for (size_t i = 0; i < nr; i++)
-            lists[fill[b.nodes[b.rnode[i]].id * RT_KIND_COUNT + b.rkind[i]]++] = (uint32_t)i;
-        free(fill);
+    /* routes visited in file order keep file order inside each list */
+    for (size_t i = 0; i < nr; i++) {
+        uint32_t pos = fill[b.nodes[b.rnode[i]].id * RT_KIND_COUNT + b.rkind[i]]++;
+        routes[pos] = (struct rt_route){
+            .methods = cfg->routes[i].methods,
+            .target = targets ? targets[i] : (void *)&cfg->routes[i],
+            .hdr_off = hdr_first[i],
+            .n_hdr = (uint32_t)cfg->routes[i].n_headers,
+            .idx = (uint32_t)i,
+        };
     }
     /* child hash indexes of wide nodes */
     for (size_t k = 0; k < nn; k++) {
@@ -986,15 +1100,16 @@ struct tp_router *tp_router_create(const struct tp_config *cfg, void *const *tar
         if (nd->n_child <= TP_ROUTER_HASH_MIN)
             continue;
         size_t sz = pow2_at_least(2 * (size_t)nd->n_child);
-        uint32_t *slots = child_hash + hash_off;
-        memset(slots, 0xff, sz * sizeof(*slots));
+        struct rt_cslot *slots = child_hash + hash_off;
+        for (size_t j = 0; j < sz; j++)
+            slots[j] = (struct rt_cslot){.node = NONE};
         nd->hash_off = (uint32_t)hash_off;
         nd->hash_mask = (uint32_t)(sz - 1);
         for (uint32_t c = nd->first_child; c < nd->first_child + nd->n_child; c++) {
-            size_t j = XXH3_64bits(strs + segs[c].off, segs[c].len) & (sz - 1);
-            while (slots[j] != NONE)
+            size_t j = XXH3_64bits(strs + nodes[c].seg_off, nodes[c].seg_len) & (sz - 1);
+            while (slots[j].node != NONE)
                 j = (j + 1) & (sz - 1);
-            slots[j] = c;
+            slots[j] = (struct rt_cslot){.key8 = nodes[c].key8, .len = nodes[c].seg_len, .node = c};
         }
         hash_off += sz;
     }
@@ -1025,9 +1140,7 @@ struct tp_router *tp_router_create(const struct tp_config *cfg, void *const *tar
     *r = (struct tp_router){
         .routes = routes,
         .hdrs = hdrs,
-        .lists = lists,
         .nodes = nodes,
-        .segs = segs,
         .child_hash = child_hash,
         .hslots = hslots ? hs : NULL,
         .wild = wild,
@@ -1043,8 +1156,11 @@ struct tp_router *tp_router_create(const struct tp_config *cfg, void *const *tar
         .n_hashed = n_hashed,
         .max_depth = max_depth,
         .bytes = bytes,
+        .map_len = map_len,
     };
     free(order);
+    free(stack);
+    free(fill);
     free(hdr_first);
     builder_dispose(&b);
     if (err)
@@ -1053,6 +1169,8 @@ struct tp_router *tp_router_create(const struct tp_config *cfg, void *const *tar
 
 fail:
     free(order);
+    free(stack);
+    free(fill);
     free(hdr_first);
     builder_dispose(&b);
     if (err)
@@ -1062,5 +1180,6 @@ fail:
 
 void tp_router_destroy(struct tp_router *r)
 {
-    free(r); /* the router header is the start of its single block */
+    if (r)
+        block_free(r, r->map_len); /* the router header is the start of its single block */
 }

@@ -38,6 +38,12 @@
 #define TP_ROUTER_WILD_LINEAR_MAX 8
 #endif
 
+/* Routers of at least this many bytes are mmap'ed 2 MiB aligned and offered
+ * to transparent huge pages (see block_alloc() in router.c). */
+#ifndef TP_ROUTER_HUGE_MIN
+#define TP_ROUTER_HUGE_MIN (4u << 20)
+#endif
+
 /** What tp_router_create() built. */
 struct tp_router_stats {
     size_t bytes;      /* the single allocation holding everything */
