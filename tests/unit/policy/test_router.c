@@ -465,6 +465,30 @@ static void test_filters(void)
     tbl_free(t);
 }
 
+/* The examples table of docs/routing.md, so the documentation cannot drift. */
+static void test_doc_examples(void)
+{
+    static const struct rdef d[] = {
+        {"api.example.com", "=/users", "POST", NULL},         /* r0 */
+        {"api.example.com", "/users", NULL, "x-canary=true"}, /* r1 */
+        {"*.example.com", "/users", "GET,HEAD", NULL},        /* r2 */
+        {NULL, "/", "GET", NULL},                             /* r3 */
+        {NULL, "/static/", NULL, NULL},                       /* r4 */
+    };
+    struct tbl *t = tbl_make(d, TP_ARRAY_SIZE(d));
+    is_int(look(t, "POST", "api.example.com", "/users", NULL), 0, "doc: exact host, exact path");
+    is_int(look(t, "GET", "API.example.com:443", "/users", "x-canary: true\n"), 1,
+           "doc: method differs, prefix");
+    is_int(look(t, "GET", "api.example.com", "/users/7", NULL), 2, "doc: header missing, wildcard");
+    is_int(look(t, "PUT", "api.example.com", "/users", NULL), -1, "doc: 404");
+    is_int(look(t, "GET", "www.example.com", "/usersx", NULL), 3, "doc: /usersx not under /users");
+    is_int(look(t, "GET", "other.org", "/static/app.js", NULL), 4, "doc: longer prefix");
+    is_int(look(t, "GET", "other.org", "/static", NULL), 3, "doc: /static/ needs one more segment");
+    is_int(look(t, "GET", "example.com", "/users", NULL), 3, "doc: wildcard not the apex");
+    is_int(look(t, "GET", "bad host", "/x", NULL), 3, "doc: invalid Host, any host");
+    tbl_free(t);
+}
+
 static void test_create(void)
 {
     /* targets NULL: lookup returns the config route itself */
@@ -576,6 +600,20 @@ static void test_normalize(void)
     is_int(tp_router_host_normalize(big, 256, out, sizeof(out)), -1, "256-byte host is too long");
     big[255] = '.';
     is_int(tp_router_host_normalize(big, 256, out, sizeof(out)), 255, "255 bytes plus the trailing dot");
+    /* names that fill <out> exactly: what follows decides */
+    memset(big, 'A', sizeof(big));
+    memcpy(big + 255, ".:80", 4);
+    is_int(tp_router_host_normalize(big, 259, out, 255), 255, "full buffer, trailing dot and port");
+    ok(out[0] == 'a' && out[254] == 'a', "full buffer lowercased");
+    is_int(tp_router_host_normalize(big + 4, 255, out, 251), 251,
+           "full 251-byte buffer, trailing dot and port");
+    is_int(tp_router_host_normalize(big, 256, out, 255), 255, "full buffer, trailing dot only");
+    memcpy(big + 255, ":80", 3);
+    is_int(tp_router_host_normalize(big, 258, out, 255), 255, "full buffer, port");
+    memcpy(big + 254, "..", 2);
+    is_int(tp_router_host_normalize(big, 256, out, 255), -1, "full buffer, two trailing dots");
+    memcpy(big + 254, "ab", 2);
+    is_int(tp_router_host_normalize(big, 256, out, 255), -1, "one byte more than the buffer");
     is_int(tp_router_host_normalize("example.com", 11, out, 5), -1, "output capacity respected");
     is_int(tp_router_host_normalize(NULL, 0, out, sizeof(out)), -1, "NULL host");
 }
@@ -1189,6 +1227,7 @@ int main(void)
     test_raw_paths();
     test_filters();
     test_create();
+    test_doc_examples();
     test_normalize();
     test_split();
     test_many_wildcards();
