@@ -164,18 +164,21 @@ struct tp_router {
  */
 #define HOST_COLON 1 /* ':' ends the name, the port follows */
 
+/* clang-format off */
 static const uint8_t host_map[256] = {
-    ['-'] = '-', ['.'] = '.', ['_'] = '_',        ['0'] = '0', ['1'] = '1', ['2'] = '2', ['3'] = '3',
-    ['4'] = '4', ['5'] = '5', ['6'] = '6',        ['7'] = '7', ['8'] = '8', ['9'] = '9', ['a'] = 'a',
-    ['b'] = 'b', ['c'] = 'c', ['d'] = 'd',        ['e'] = 'e', ['f'] = 'f', ['g'] = 'g', ['h'] = 'h',
-    ['i'] = 'i', ['j'] = 'j', ['k'] = 'k',        ['l'] = 'l', ['m'] = 'm', ['n'] = 'n', ['o'] = 'o',
-    ['p'] = 'p', ['q'] = 'q', ['r'] = 'r',        ['s'] = 's', ['t'] = 't', ['u'] = 'u', ['v'] = 'v',
-    ['w'] = 'w', ['x'] = 'x', ['y'] = 'y',        ['z'] = 'z', ['A'] = 'a', ['B'] = 'b', ['C'] = 'c',
-    ['D'] = 'd', ['E'] = 'e', ['F'] = 'f',        ['G'] = 'g', ['H'] = 'h', ['I'] = 'i', ['J'] = 'j',
-    ['K'] = 'k', ['L'] = 'l', ['M'] = 'm',        ['N'] = 'n', ['O'] = 'o', ['P'] = 'p', ['Q'] = 'q',
-    ['R'] = 'r', ['S'] = 's', ['T'] = 't',        ['U'] = 'u', ['V'] = 'v', ['W'] = 'w', ['X'] = 'x',
-    ['Y'] = 'y', ['Z'] = 'z', [':'] = HOST_COLON,
+    ['-'] = '-', ['.'] = '.', ['_'] = '_', [':'] = HOST_COLON,
+    ['0'] = '0', ['1'] = '1', ['2'] = '2', ['3'] = '3', ['4'] = '4',
+    ['5'] = '5', ['6'] = '6', ['7'] = '7', ['8'] = '8', ['9'] = '9',
+    ['a'] = 'a', ['b'] = 'b', ['c'] = 'c', ['d'] = 'd', ['e'] = 'e', ['f'] = 'f', ['g'] = 'g',
+    ['h'] = 'h', ['i'] = 'i', ['j'] = 'j', ['k'] = 'k', ['l'] = 'l', ['m'] = 'm', ['n'] = 'n',
+    ['o'] = 'o', ['p'] = 'p', ['q'] = 'q', ['r'] = 'r', ['s'] = 's', ['t'] = 't', ['u'] = 'u',
+    ['v'] = 'v', ['w'] = 'w', ['x'] = 'x', ['y'] = 'y', ['z'] = 'z',
+    ['A'] = 'a', ['B'] = 'b', ['C'] = 'c', ['D'] = 'd', ['E'] = 'e', ['F'] = 'f', ['G'] = 'g',
+    ['H'] = 'h', ['I'] = 'i', ['J'] = 'j', ['K'] = 'k', ['L'] = 'l', ['M'] = 'm', ['N'] = 'n',
+    ['O'] = 'o', ['P'] = 'p', ['Q'] = 'q', ['R'] = 'r', ['S'] = 's', ['T'] = 't', ['U'] = 'u',
+    ['V'] = 'v', ['W'] = 'w', ['X'] = 'x', ['Y'] = 'y', ['Z'] = 'z',
 };
+/* clang-format on */
 
 static bool is_ipv6_byte(uint8_t c)
 {
@@ -227,8 +230,9 @@ int tp_router_host_normalize(const char *host, size_t len, char *out, size_t cap
      * per-byte work is a lookup, a store and one predictable branch; '-', '.',
      * ':' and invalid bytes take the rare path.
      */
-    size_t lim = len < cap ? len : cap, i, last_dot = (size_t)-1; /* as if a dot preceded: */
-    for (i = 0; i < lim; i++) {                                   /* a leading '.' is an empty label */
+    /* last_dot starts as if a dot preceded the name: a leading '.' is an empty label */
+    size_t lim = len < cap ? len : cap, i, last_dot = (size_t)-1;
+    for (i = 0; i < lim; i++) {
         uint8_t c = host_map[(uint8_t)host[i]];
         if (TP_UNLIKELY(c < '0')) {
             if (c == HOST_COLON)
