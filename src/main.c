@@ -21,6 +21,8 @@
 #include <turnpike/config.h>
 #include <turnpike/log.h>
 
+#include "rt/runtime.h"
+
 #define TP_DEFAULT_CONFIG "/etc/turnpike/turnpike.yaml"
 
 static void print_version(void)
@@ -104,7 +106,5 @@ int main(int argc, char **argv)
         tp_config_destroy(cfg);
         return 0;
     }
-    tp_err("the data plane is not built yet; only -t and --version work");
-    tp_config_destroy(cfg);
-    return 1;
+    return tp_runtime_run(cfg, path);
 }

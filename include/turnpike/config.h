@@ -68,15 +68,11 @@ enum tp_key_kind {
 
 struct tp_key {
     enum tp_key_kind kind;
-    char *name;      /* header name lowercased, or cookie name as written; NULL otherwise */
+    char *name; /* header name lowercased, or cookie name as written; NULL otherwise */
     size_t name_len;
 };
 
-enum tp_access_format {
-    TP_ACCESS_JSON = 0,
-    TP_ACCESS_COMBINED,
-    TP_ACCESS_FORMAT_COUNT
-};
+enum tp_access_format { TP_ACCESS_JSON = 0, TP_ACCESS_COMBINED, TP_ACCESS_FORMAT_COUNT };
 
 /** Bits of tp_cfg_retries.on */
 enum tp_retry_on {
@@ -104,8 +100,8 @@ struct tp_cfg_cert {
 struct tp_cfg_tls_server {
     struct tp_cfg_cert *certs; /* chosen by SNI; certs[0] is the default */
     size_t n_certs;
-    unsigned protocols;        /* TP_TLS_* bits; default both */
-    char **alpn;               /* protocol ids; default {"http/1.1"} */
+    unsigned protocols; /* TP_TLS_* bits; default both */
+    char **alpn;        /* protocol ids; default {"http/1.1"} */
     size_t n_alpn;
     struct tp_pos pos;
 };
@@ -206,18 +202,18 @@ struct tp_cfg_direct_response {
 #define TP_UPSTREAM_NONE ((size_t)-1)
 
 struct tp_cfg_route {
-    char *name;    /* default "routes[i]" */
-    char *host;    /* NULL = any; lowercased; "*.example.com" is a wildcard */
-    char *path;    /* "/" when absent */
+    char *name;                   /* default "routes[i]" */
+    char *host;                   /* NULL = any; lowercased; "*.example.com" is a wildcard */
+    char *path;                   /* "/" when absent */
     bool path_exact;              /* `path:` (true) or `path_prefix:` (false) */
     uint64_t methods;             /* bit (1 << llhttp method); 0 = any */
     struct tp_header_kv *headers; /* match.headers: all must equal */
     size_t n_headers;
-    size_t upstream;               /* index, or TP_UPSTREAM_NONE with split/direct */
-    struct tp_cfg_split *split;    /* NULL unless split */
+    size_t upstream;            /* index, or TP_UPSTREAM_NONE with split/direct */
+    struct tp_cfg_split *split; /* NULL unless split */
     size_t n_split;
-    char *strip_prefix;            /* NULL = none */
-    struct tp_cfg_rate_limit *rate_limit;  /* NULL = none */
+    char *strip_prefix;                   /* NULL = none */
+    struct tp_cfg_rate_limit *rate_limit; /* NULL = none */
     struct tp_header_rewrite request_headers;
     struct tp_header_rewrite response_headers;
     struct tp_cfg_direct_response *direct; /* NULL unless direct_response */
@@ -236,7 +232,7 @@ struct tp_config {
     bool has_admin;       /* admin section present; absent = no admin listener */
     struct tp_addr admin; /* admin.address */
 
-    char *access_log_path;                 /* NULL = off; "-" = stdout */
+    char *access_log_path;                   /* NULL = off; "-" = stdout */
     enum tp_access_format access_log_format; /* default json */
 
     uint64_t max_connections;  /* default 100000 */

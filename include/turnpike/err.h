@@ -16,17 +16,17 @@
 
 enum tp_errcode {
     TP_EOK = 0,
-    TP_EBASE = -1000,      /* first turnpike code */
-    TP_ECONFIG = -1000,    /* configuration is invalid (diagnostics say why) */
-    TP_EPARSE = -1001,     /* malformed input */
-    TP_ELIMIT = -1002,     /* a configured limit was reached */
-    TP_ENOROUTE = -1003,   /* no route matched */
-    TP_EUNSUPP = -1004,    /* feature not built */
-    TP_EURING = -1005,     /* io_uring unavailable or lacks a needed feature */
-    TP_ECLOSED = -1006,    /* peer closed */
-    TP_ETIMEOUT = -1007,   /* a timeout passed */
-    TP_EUPSTREAM = -1008,  /* upstream sent something invalid */
-    TP_EBUSY = -1009,      /* capacity exhausted (pool, slab, table) */
+    TP_EBASE = -1000,     /* first turnpike code */
+    TP_ECONFIG = -1000,   /* configuration is invalid (diagnostics say why) */
+    TP_EPARSE = -1001,    /* malformed input */
+    TP_ELIMIT = -1002,    /* a configured limit was reached */
+    TP_ENOROUTE = -1003,  /* no route matched */
+    TP_EUNSUPP = -1004,   /* feature not built */
+    TP_EURING = -1005,    /* io_uring unavailable or lacks a needed feature */
+    TP_ECLOSED = -1006,   /* peer closed */
+    TP_ETIMEOUT = -1007,  /* a timeout passed */
+    TP_EUPSTREAM = -1008, /* upstream sent something invalid */
+    TP_EBUSY = -1009,     /* capacity exhausted (pool, slab, table) */
     TP_ELAST = -1010,
 };
 
@@ -34,12 +34,12 @@ enum tp_errcode {
 const char *tp_strerror(int err);
 
 /** Aborts with file:line and <msg>: only for broken invariants, never input. */
-#define TP_BUG_ON(cond)                                                                          \
-    do {                                                                                         \
-        if (__builtin_expect(!!(cond), 0)) {                                                     \
-            fprintf(stderr, "turnpike: BUG at %s:%d: %s\n", __FILE__, __LINE__, #cond);          \
-            abort();                                                                             \
-        }                                                                                        \
+#define TP_BUG_ON(cond)                                                                                      \
+    do {                                                                                                     \
+        if (__builtin_expect(!!(cond), 0)) {                                                                 \
+            fprintf(stderr, "turnpike: BUG at %s:%d: %s\n", __FILE__, __LINE__, #cond);                      \
+            abort();                                                                                         \
+        }                                                                                                    \
     } while (0)
 
 /** Like TP_BUG_ON, compiled out of release builds: for checks on the hot path. */
@@ -49,6 +49,6 @@ const char *tp_strerror(int err);
 #define TP_BUG_ON_HOT(cond) TP_BUG_ON(cond)
 #endif
 
-#define TP_LIKELY(x)   __builtin_expect(!!(x), 1)
-#define TP_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define TP_LIKELY(x)     __builtin_expect(!!(x), 1)
+#define TP_UNLIKELY(x)   __builtin_expect(!!(x), 0)
 #define TP_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))

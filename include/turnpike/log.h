@@ -27,8 +27,8 @@ enum tp_log_level {
 
 /** Rate limit state of one call site (a static in the macro). */
 struct tp_log_rl {
-    int64_t window_s;   /* [s] monotonic second of the current window */
-    uint32_t count;     /* lines in the current window */
+    int64_t window_s;    /* [s] monotonic second of the current window */
+    uint32_t count;      /* lines in the current window */
     uint32_t suppressed; /* lines dropped since the last one written */
 };
 
@@ -53,16 +53,16 @@ void tp_log_rl(struct tp_log_rl *rl, uint32_t burst, enum tp_log_level level, co
 #define tp_warn(...)   tp_log(TP_LOG_WARN, __VA_ARGS__)
 #define tp_notice(...) tp_log(TP_LOG_NOTICE, __VA_ARGS__)
 #define tp_info(...)   tp_log(TP_LOG_INFO, __VA_ARGS__)
-#define tp_debug(...)                                                                            \
-    do {                                                                                         \
-        if (tp_log_enabled(TP_LOG_DEBUG))                                                        \
-            tp_log(TP_LOG_DEBUG, __VA_ARGS__);                                                   \
+#define tp_debug(...)                                                                                        \
+    do {                                                                                                     \
+        if (tp_log_enabled(TP_LOG_DEBUG))                                                                    \
+            tp_log(TP_LOG_DEBUG, __VA_ARGS__);                                                               \
     } while (0)
 
 /** Rate-limited log for hot paths: at most 10 lines per second per call site and thread. */
-#define TP_LOG_RL(level, ...)                                                                    \
-    do {                                                                                         \
-        static __thread struct tp_log_rl tp_rl_;                                                 \
-        if (tp_log_enabled(level))                                                               \
-            tp_log_rl(&tp_rl_, 10, level, __VA_ARGS__);                                          \
+#define TP_LOG_RL(level, ...)                                                                                \
+    do {                                                                                                     \
+        static __thread struct tp_log_rl tp_rl_;                                                             \
+        if (tp_log_enabled(level))                                                                           \
+            tp_log_rl(&tp_rl_, 10, level, __VA_ARGS__);                                                      \
     } while (0)

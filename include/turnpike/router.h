@@ -39,10 +39,11 @@ typedef const char *(*tp_router_header_fn)(void *ctx, const char *name, size_t n
 
 /** What a lookup looks at. */
 struct tp_route_req {
-    unsigned method;      /* llhttp method number (HTTP_GET ...) */
-    const char *host;     /* Host header or absolute-form authority, raw (any case, may have :port); may be NULL */
+    unsigned method; /* llhttp method number (HTTP_GET ...) */
+    const char
+        *host; /* Host header or absolute-form authority, raw (any case, may have :port); may be NULL */
     size_t host_len;
-    const char *path;     /* request target up to, not including, '?' */
+    const char *path; /* request target up to, not including, '?' */
     size_t path_len;
     tp_router_header_fn header; /* may be NULL when no route matches on headers */
     void *header_ctx;

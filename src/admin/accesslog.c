@@ -1,0 +1,580 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The access log (see accesslog.h).
+ *
+ * Per shard: two 64 KiB buffers. Lines are formatted into the filling
+ * buffer; once per loop iteration, when no write is in flight, the filling
+ * buffer becomes the writing one and goes out as a single IORING_OP_WRITE.
+ * A line that finds both buffers busy and full is dropped and counted.
+ * Writes to a regular file opened with O_APPEND land whole; writes to a pipe
+ * (path "-" under systemd or a shell pipeline) are cut at line boundaries
+ * to PIPE_BUF so no two shards' lines can interleave.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <turnpike/log.h>
+
+#include "admin/accesslog.h"
+#include "http/dp.h"
+#include "http/h1.h"
+#include "rt/runtime.h"
+
+#define ALOG_BUF  (64u * 1024u)
+#define ALOG_LINE 8192u /* longest line; longer fields are cut */
+#define FIELD_MAX 2048u
+
+struct alog_shard {
+    int fd;
+    uint64_t gen;
+    char *buf[2];
+    uint32_t len[2];
+    uint32_t lines[2];
+    int cur;         /* buffer being filled */
+    bool writing;    /* buf[1 - cur] is being written */
+    uint32_t woff;   /* bytes of the writing buffer already written */
+    uint32_t wchunk; /* bytes in the write in flight */
+    tp_stat_t dropped;
+    time_t sec; /* second of the cached time prefix */
+    char tsec[32];
+};
+
+/* what a line needs from the request head, copied at head time */
+struct alog_info {
+    uint16_t method_len, host_len, path_len, target_len, ref_len, ua_len;
+    uint8_t http_minor;
+    char data[];
+};
+
+static struct {
+    pthread_mutex_t lock;
+    int fd; /* control's descriptor; shards dup it */
+    char *path;
+    _Atomic uint64_t gen; /* bumped on every open */
+    _Atomic int enabled;
+    _Atomic int format;
+    _Atomic int pipe; /* not a regular file: PIPE_BUF writes */
+} alog = {.lock = PTHREAD_MUTEX_INITIALIZER, .fd = -1};
+
+/* ------------------------------------------------------------------ */
+/* control side                                                        */
+/* ------------------------------------------------------------------ */
+
+static int open_path(const char *path, int *is_pipe)
+{
+    struct stat st;
+    int fd;
+
+    if (strcmp(path, "-") == 0)
+        fd = dup(STDOUT_FILENO);
+    else
+        fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd == -1)
+        return -errno;
+    *is_pipe = fstat(fd, &st) == 0 && !S_ISREG(st.st_mode);
+    return fd;
+}
+
+int tp_accesslog_configure(const struct tp_config *cfg)
+{
+    int is_pipe = 0, fd;
+
+    if (!cfg->access_log_path) {
+        pthread_mutex_lock(&alog.lock);
+        atomic_store(&alog.enabled, 0);
+        if (alog.fd >= 0)
+            close(alog.fd);
+        alog.fd = -1;
+        free(alog.path);
+        alog.path = NULL;
+        atomic_fetch_add(&alog.gen, 1);
+        pthread_mutex_unlock(&alog.lock);
+        return 0;
+    }
+    atomic_store(&alog.format, cfg->access_log_format);
+    if (alog.path && strcmp(alog.path, cfg->access_log_path) == 0 && alog.fd >= 0)
+        return 0;
+    fd = open_path(cfg->access_log_path, &is_pipe);
+    if (fd < 0) {
+        tp_err("%s: access_log.path: cannot open %s: %s", cfg->source, cfg->access_log_path, strerror(-fd));
+        return fd;
+    }
+    pthread_mutex_lock(&alog.lock);
+    if (alog.fd >= 0)
+        close(alog.fd);
+    alog.fd = fd;
+    free(alog.path);
+    alog.path = strdup(cfg->access_log_path);
+    atomic_store(&alog.pipe, is_pipe);
+    atomic_store(&alog.enabled, 1);
+    atomic_fetch_add(&alog.gen, 1);
+    pthread_mutex_unlock(&alog.lock);
+    return 0;
+}
+
+void tp_accesslog_reopen(void)
+{
+    int is_pipe = 0, fd;
+
+    if (!alog.path)
+        return;
+    fd = open_path(alog.path, &is_pipe);
+    if (fd < 0) {
+        tp_err("access log: cannot reopen %s: %s (still writing to the old file)", alog.path, strerror(-fd));
+        return;
+    }
+    pthread_mutex_lock(&alog.lock);
+    if (alog.fd >= 0)
+        close(alog.fd);
+    alog.fd = fd;
+    atomic_store(&alog.pipe, is_pipe);
+    atomic_fetch_add(&alog.gen, 1);
+    pthread_mutex_unlock(&alog.lock);
+    tp_info("access log reopened: %s", alog.path);
+}
+
+void tp_accesslog_tick(uint64_t now_ms)
+{
+    (void)now_ms;
+}
+
+void tp_accesslog_close(void)
+{
+    pthread_mutex_lock(&alog.lock);
+    if (alog.fd >= 0)
+        close(alog.fd);
+    alog.fd = -1;
+    free(alog.path);
+    alog.path = NULL;
+    atomic_store(&alog.enabled, 0);
+    pthread_mutex_unlock(&alog.lock);
+}
+
+uint64_t tp_accesslog_dropped(void)
+{
+    uint64_t n = 0;
+    for (unsigned i = 0; i < tp_rt.n_shards && tp_rt.shards; i++) {
+        struct tp_shard *sh = tp_rt.shards[i];
+        if (sh && sh->alog)
+            n += tp_stat_get(&((struct alog_shard *)sh->alog)->dropped);
+    }
+    return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* shard side                                                          */
+/* ------------------------------------------------------------------ */
+
+int tp_accesslog_shard_init(struct tp_shard *sh)
+{
+    struct alog_shard *a = calloc(1, sizeof(*a));
+    if (!a)
+        return -ENOMEM;
+    a->fd = -1;
+    sh->alog = a;
+    return 0;
+}
+
+bool tp_accesslog_busy(struct tp_shard *sh)
+{
+    struct alog_shard *a = sh->alog;
+    return a && a->writing;
+}
+
+void tp_accesslog_shard_sync(struct tp_shard *sh)
+{
+    struct alog_shard *a = sh->alog;
+    uint64_t gen = atomic_load(&alog.gen);
+
+    if (!a || gen == a->gen)
+        return;
+    /* A write in flight holds its own reference to the old file: closing
+     * our descriptor now is safe. */
+    pthread_mutex_lock(&alog.lock);
+    if (a->fd >= 0)
+        close(a->fd);
+    a->fd = alog.fd >= 0 ? fcntl(alog.fd, F_DUPFD_CLOEXEC, 0) : -1;
+    a->gen = atomic_load(&alog.gen);
+    pthread_mutex_unlock(&alog.lock);
+    if (a->fd >= 0 && !a->buf[0]) {
+        a->buf[0] = malloc(ALOG_BUF);
+        a->buf[1] = malloc(ALOG_BUF);
+        if (!a->buf[0] || !a->buf[1]) {
+            free(a->buf[0]);
+            free(a->buf[1]);
+            a->buf[0] = a->buf[1] = NULL;
+        }
+    }
+}
+
+void tp_accesslog_shard_close(struct tp_shard *sh)
+{
+    struct alog_shard *a = sh->alog;
+    if (!a)
+        return;
+    if (a->fd >= 0) {
+        /* last lines, written synchronously: the loop is gone (and waited
+         * for its last write, see tp_accesslog_busy) */
+        if (a->len[a->cur] && write(a->fd, a->buf[a->cur], a->len[a->cur]) < 0)
+            tp_stat_add(&a->dropped, a->lines[a->cur]);
+        close(a->fd);
+    }
+    free(a->buf[0]);
+    free(a->buf[1]);
+    free(a);
+    sh->alog = NULL;
+}
+
+/* ---- capture ---- */
+
+static size_t cap_len(size_t n)
+{
+    return n > FIELD_MAX ? FIELD_MAX : n;
+}
+
+void tp_accesslog_capture(struct tp_shard *sh, struct tp_req *r, const char *path, size_t path_len)
+{
+    const struct tp_head *h = &r->head;
+    struct alog_info *in;
+    size_t ref_len = 0, ua_len = 0;
+    const char *ref, *ua;
+
+    (void)sh;
+    if (!atomic_load_explicit(&alog.enabled, memory_order_relaxed))
+        return;
+    const char *method = llhttp_method_name((llhttp_method_t)r->method);
+    size_t mlen = strlen(method);
+    const char *host = h->base + r->host_off;
+    size_t hlen = cap_len(r->host_len);
+    const char *target = h->base + h->url.off;
+    size_t tlen = cap_len(h->url.len);
+    path_len = cap_len(path_len);
+    ref = tp_head_value(h, "referer", 7, &ref_len);
+    ua = tp_head_value(h, "user-agent", 10, &ua_len);
+    ref_len = ref ? cap_len(ref_len) : 0;
+    ua_len = ua ? cap_len(ua_len) : 0;
+
+    struct tp_block *b = tp_block_get(sh, sizeof(*in) + mlen + hlen + path_len + tlen + ref_len + ua_len);
+    if (!b)
+        return;
+    in = (struct alog_info *)b->data;
+    char *p = in->data;
+    in->method_len = (uint16_t)mlen;
+    memcpy(p, method, mlen);
+    p += mlen;
+    in->host_len = (uint16_t)hlen;
+    memcpy(p, host, hlen);
+    p += hlen;
+    in->path_len = (uint16_t)path_len;
+    memcpy(p, path, path_len);
+    p += path_len;
+    in->target_len = (uint16_t)tlen;
+    memcpy(p, target, tlen);
+    p += tlen;
+    in->ref_len = (uint16_t)ref_len;
+    if (ref_len)
+        memcpy(p, ref, ref_len);
+    p += ref_len;
+    in->ua_len = (uint16_t)ua_len;
+    if (ua_len)
+        memcpy(p, ua, ua_len);
+    in->http_minor = r->http10 ? 0 : 1;
+    r->info = b;
+}
+
+/* ---- formatting ---- */
+
+struct line {
+    char *p;
+    size_t len, cap;
+};
+
+static void put(struct line *l, const char *s, size_t n)
+{
+    if (l->len + n > l->cap)
+        n = l->cap > l->len ? l->cap - l->len : 0;
+    memcpy(l->p + l->len, s, n);
+    l->len += n;
+}
+
+#define PUTS(l, lit) put((l), (lit), sizeof(lit) - 1)
+
+static void put_u64(struct line *l, uint64_t v)
+{
+    char tmp[24];
+    int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
+    put(l, tmp, (size_t)n);
+}
+
+static void put_ms(struct line *l, uint64_t ns)
+{
+    char tmp[32];
+    int n = snprintf(tmp, sizeof(tmp), "%llu.%03llu", (unsigned long long)(ns / 1000000),
+                     (unsigned long long)(ns / 1000 % 1000));
+    put(l, tmp, (size_t)n);
+}
+
+/* JSON string body: quotes, backslashes, control and non-ASCII bytes escaped
+ * (bytes >= 0x80 as \u00XX keep the line valid UTF-8 whatever came in) */
+static void put_json(struct line *l, const char *s, size_t n)
+{
+    static const char hx[] = "0123456789abcdef";
+    PUTS(l, "\"");
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') {
+            char e[2] = {'\\', (char)ch};
+            put(l, e, 2);
+        } else if (ch < 0x20 || ch >= 0x7f) {
+            char e[6] = {'\\', 'u', '0', '0', hx[ch >> 4], hx[ch & 15]};
+            put(l, e, 6);
+        } else {
+            put(l, (const char *)&ch, 1);
+        }
+    }
+    PUTS(l, "\"");
+}
+
+/* combined format: quotes and unprintable bytes as \xHH (as nginx does) */
+static void put_clf(struct line *l, const char *s, size_t n)
+{
+    static const char hx[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\' || ch < 0x20 || ch >= 0x7f) {
+            char e[4] = {'\\', 'x', hx[ch >> 4], hx[ch & 15]};
+            put(l, e, 4);
+        } else {
+            put(l, (const char *)&ch, 1);
+        }
+    }
+}
+
+static const char *route_name(struct tp_req *r)
+{
+    return r->route ? r->route->cfg->name : NULL;
+}
+
+static void format_json(struct line *l, struct alog_shard *a, struct tp_conn *c, struct tp_req *r,
+                        struct timespec *ts, const struct alog_info *in)
+{
+    struct tm tm;
+    char tbuf[48];
+
+    if (ts->tv_sec != a->sec) {
+        gmtime_r(&ts->tv_sec, &tm);
+        strftime(a->tsec, sizeof(a->tsec), "%Y-%m-%dT%H:%M:%S", &tm);
+        a->sec = ts->tv_sec;
+    }
+    int n = snprintf(tbuf, sizeof(tbuf), "%s.%03ldZ", a->tsec, ts->tv_nsec / 1000000);
+    PUTS(l, "{\"time\":\"");
+    put(l, tbuf, (size_t)n);
+    PUTS(l, "\",\"request_id\":");
+    put_json(l, r->id, r->id_len);
+    PUTS(l, ",\"trace_id\":");
+    put_json(l, r->trace + 3, 32);
+    PUTS(l, ",\"client\":");
+    put_json(l, c->peer, c->peer_len);
+    const char *d = in ? in->data : "";
+    PUTS(l, ",\"method\":");
+    if (in)
+        put_json(l, d, in->method_len);
+    else
+        PUTS(l, "null");
+    d += in ? in->method_len : 0;
+    PUTS(l, ",\"host\":");
+    if (in && in->host_len)
+        put_json(l, d, in->host_len);
+    else
+        PUTS(l, "null");
+    d += in ? in->host_len : 0;
+    PUTS(l, ",\"path\":");
+    if (in)
+        put_json(l, d, in->path_len);
+    else
+        PUTS(l, "null");
+    PUTS(l, ",\"status\":");
+    put_u64(l, r->status);
+    PUTS(l, ",\"bytes_in\":");
+    put_u64(l, r->bytes_in);
+    PUTS(l, ",\"bytes_out\":");
+    put_u64(l, r->bytes_out);
+    PUTS(l, ",\"duration_ms\":");
+    put_ms(l, tp_self->now_ns - r->start_ns);
+    PUTS(l, ",\"route\":");
+    if (route_name(r))
+        put_json(l, route_name(r), strlen(route_name(r)));
+    else
+        PUTS(l, "null");
+    PUTS(l, ",\"upstream\":");
+    if (r->up)
+        put_json(l, r->up->cfg->name, strlen(r->up->cfg->name));
+    else
+        PUTS(l, "null");
+    PUTS(l, ",\"endpoint\":");
+    if (r->last_ep)
+        put_json(l, r->last_ep->cfg->addr.text, strlen(r->last_ep->cfg->addr.text));
+    else
+        PUTS(l, "null");
+    PUTS(l, ",\"upstream_ms\":");
+    if (r->last_ep)
+        put_ms(l, r->up_ns);
+    else
+        PUTS(l, "null");
+    if (r->error) {
+        PUTS(l, ",\"error\":");
+        put_json(l, r->error, strlen(r->error));
+    }
+    PUTS(l, "}\n");
+}
+
+static void format_combined(struct line *l, struct tp_conn *c, struct tp_req *r, struct timespec *ts,
+                            const struct alog_info *in)
+{
+    struct tm tm;
+    char tbuf[64];
+
+    gmtime_r(&ts->tv_sec, &tm);
+    size_t n = strftime(tbuf, sizeof(tbuf), "[%d/%b/%Y:%H:%M:%S +0000]", &tm);
+    put(l, c->peer, c->peer_len);
+    PUTS(l, " - - ");
+    put(l, tbuf, n);
+    PUTS(l, " \"");
+    if (in) {
+        const char *d = in->data;
+        put_clf(l, d, in->method_len);
+        PUTS(l, " ");
+        d += in->method_len + in->host_len + in->path_len;
+        put_clf(l, d, in->target_len);
+        PUTS(l, in->http_minor ? " HTTP/1.1" : " HTTP/1.0");
+    } else {
+        PUTS(l, "-");
+    }
+    PUTS(l, "\" ");
+    put_u64(l, r->status);
+    PUTS(l, " ");
+    uint64_t body = r->bytes_out > r->resp_head_len ? r->bytes_out - r->resp_head_len : 0;
+    if (body)
+        put_u64(l, body);
+    else
+        PUTS(l, "-");
+    PUTS(l, " \"");
+    if (in && in->ref_len)
+        put_clf(l, in->data + in->method_len + in->host_len + in->path_len + in->target_len, in->ref_len);
+    else
+        PUTS(l, "-");
+    PUTS(l, "\" \"");
+    if (in && in->ua_len)
+        put_clf(l, in->data + in->method_len + in->host_len + in->path_len + in->target_len + in->ref_len,
+                in->ua_len);
+    else
+        PUTS(l, "-");
+    PUTS(l, "\"\n");
+}
+
+void tp_accesslog_line(struct tp_shard *sh, struct tp_conn *c, struct tp_req *r)
+{
+    struct alog_shard *a = sh->alog;
+    const struct alog_info *in = r->info ? (const struct alog_info *)r->info->data : NULL;
+    struct timespec ts;
+    char tmp[ALOG_LINE];
+    struct line l = {.p = tmp, .len = 0, .cap = sizeof(tmp) - 1};
+
+    if (!a || a->fd < 0 || !a->buf[0] || !atomic_load_explicit(&alog.enabled, memory_order_relaxed))
+        goto out;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (atomic_load_explicit(&alog.format, memory_order_relaxed) == TP_ACCESS_COMBINED)
+        format_combined(&l, c, r, &ts, in);
+    else
+        format_json(&l, a, c, r, &ts, in);
+    if (l.len == l.cap)
+        tmp[l.len - 1] = '\n'; /* cut: still one line */
+    if (a->len[a->cur] + l.len > ALOG_BUF) {
+        if (a->writing) {
+            tp_stat_add(&a->dropped, 1); /* both buffers busy: the disk is behind */
+            goto out;
+        }
+        tp_accesslog_flush(sh);
+        if (a->len[a->cur] + l.len > ALOG_BUF) {
+            tp_stat_add(&a->dropped, 1);
+            goto out;
+        }
+    }
+    memcpy(a->buf[a->cur] + a->len[a->cur], tmp, l.len);
+    a->len[a->cur] += (uint32_t)l.len;
+    a->lines[a->cur]++;
+out:
+    if (r->info) {
+        tp_block_put(sh, r->info);
+        r->info = NULL;
+    }
+}
+
+static void submit_chunk(struct tp_shard *sh, struct alog_shard *a)
+{
+    int w = 1 - a->cur;
+    uint32_t left = a->len[w] - a->woff, n = left;
+
+    if (atomic_load_explicit(&alog.pipe, memory_order_relaxed) && n > PIPE_BUF) {
+        /* a pipe: at most PIPE_BUF bytes, ending at a line end */
+        n = PIPE_BUF;
+        while (n && a->buf[w][a->woff + n - 1] != '\n')
+            n--;
+        if (!n)
+            n = PIPE_BUF; /* one line longer than PIPE_BUF cannot be kept whole */
+    }
+    struct io_uring_sqe *sqe = tp_sqe(sh);
+    io_uring_prep_write(sqe, a->fd, a->buf[w] + a->woff, n, (uint64_t)-1);
+    io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_LOGW, 0, 0));
+    a->wchunk = n;
+    a->writing = true;
+}
+
+void tp_accesslog_flush(struct tp_shard *sh)
+{
+    struct alog_shard *a = sh->alog;
+
+    if (!a || a->writing || a->len[a->cur] == 0 || a->fd < 0)
+        return;
+    a->cur = 1 - a->cur;
+    a->woff = 0;
+    submit_chunk(sh, a);
+}
+
+void tp_accesslog_on_write(struct tp_shard *sh, int res)
+{
+    struct alog_shard *a = sh->alog;
+    int w;
+
+    if (!a)
+        return;
+    w = 1 - a->cur;
+    a->writing = false;
+    if (res < 0 || (uint32_t)res < a->wchunk) {
+        /* full disk, closed pipe: what is left of this buffer is dropped and counted */
+        uint32_t from = a->woff + (res > 0 ? (uint32_t)res : 0), lost = 0;
+        for (uint32_t i = from; i < a->len[w]; i++)
+            lost += a->buf[w][i] == '\n';
+        tp_stat_add(&a->dropped, lost);
+        TP_LOG_RL(TP_LOG_WARN, "access log write: %s; %u lines dropped",
+                  res < 0 ? strerror(-res) : "short write", lost);
+        a->len[w] = a->lines[w] = 0;
+        a->woff = 0;
+        return;
+    }
+    a->woff += (uint32_t)res;
+    if (a->woff < a->len[w]) {
+        submit_chunk(sh, a);
+        return;
+    }
+    a->len[w] = a->lines[w] = 0;
+    a->woff = 0;
+}

@@ -1,0 +1,415 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * GET /metrics and GET /config. [control]
+ *
+ * Every counter is written by one shard in its own memory (per-shard rows in
+ * the registry objects, see rt/snapshot.h) and summed here, on the control
+ * thread, when the endpoint is scraped: the request path never touches a
+ * cache line another shard writes. Label values come from the configuration
+ * only (route, upstream, endpoint and listener names), so the series count
+ * is bounded by the config, never by request data.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <turnpike/breaker.h>
+#include <turnpike/clock.h>
+#include <turnpike/ratelimit.h>
+
+#include "admin/accesslog.h"
+#include "admin/admin.h"
+#include "http/dp.h"
+#include "rt/control.h"
+#include "rt/runtime.h"
+#include "rt/snapshot.h"
+
+static const char *const class_label[5] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+
+/* Label values: backslash, double quote and newline escaped (exposition format 0.0.4). */
+static void label(struct tp_abuf *b, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"')
+            tp_abuf_printf(b, "\\%c", *s);
+        else if (*s == '\n')
+            tp_abuf_put(b, "\\n", 2);
+        else
+            tp_abuf_put(b, s, 1);
+    }
+}
+
+static void family(struct tp_abuf *b, const char *name, const char *type, const char *help)
+{
+    tp_abuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void hist_sum(struct tp_hist *out, const struct tp_hist *in)
+{
+    for (unsigned i = 0; i <= TP_HIST_BUCKETS; i++)
+        out->bucket[i] += tp_stat_get(&in->bucket[i]);
+    out->sum_us += tp_stat_get(&in->sum_us);
+    out->count += tp_stat_get(&in->count);
+}
+
+/* Writes the _bucket/_sum/_count series of one histogram; <labels> is "k=\"v\"," or "". */
+static void hist_render(struct tp_abuf *b, const char *name, const char *labels, const struct tp_hist *h)
+{
+    uint64_t cum = 0;
+    for (unsigned i = 0; i < TP_HIST_BUCKETS; i++) {
+        cum += h->bucket[i];
+        uint64_t us = tp_hist_bounds_us[i];
+        tp_abuf_printf(b, "%s_bucket{%sle=\"%llu.%06llu\"} %llu\n", name, labels,
+                       (unsigned long long)(us / 1000000), (unsigned long long)(us % 1000000),
+                       (unsigned long long)cum);
+    }
+    cum += h->bucket[TP_HIST_BUCKETS];
+    tp_abuf_printf(b, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, (unsigned long long)cum);
+    tp_abuf_printf(b, "%s_sum{%s} %llu.%06llu\n", name, labels[0] ? labels : "",
+                   (unsigned long long)(h->sum_us / 1000000), (unsigned long long)(h->sum_us % 1000000));
+    tp_abuf_printf(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long)h->count);
+}
+
+/* "k=\"v\"," built with escaping, into a fixed buffer via an abuf */
+static void labels_of(struct tp_abuf *tmp, const char *k1, const char *v1, const char *k2, const char *v2)
+{
+    tmp->len = 0;
+    tp_abuf_printf(tmp, "%s=\"", k1);
+    label(tmp, v1);
+    tp_abuf_put(tmp, "\",", 2);
+    if (k2) {
+        tp_abuf_printf(tmp, "%s=\"", k2);
+        label(tmp, v2);
+        tp_abuf_put(tmp, "\",", 2);
+    }
+    tp_abuf_put(tmp, "", 1);
+}
+
+void tp_metrics_render(struct tp_abuf *b)
+{
+    struct tp_snapshot *s = tp_snapshot_current;
+    unsigned ns = tp_rt.n_shards;
+    struct tp_abuf lb = {0};
+    uint64_t now_ms = tp_clock_ms();
+
+    if (!s)
+        return;
+
+    /* ---- requests per route ---- */
+    family(b, "turnpike_requests_total", "counter", "Requests answered, by route and status class.");
+    for (size_t i = 0; i <= s->n_routes; i++) {
+        const char *name = i < s->n_routes ? s->routes[i].st->name : "unmatched";
+        for (unsigned k = 0; k < 5; k++) {
+            uint64_t v = 0;
+            for (unsigned sh = 0; sh < ns; sh++)
+                v += i < s->n_routes ? tp_stat_get(&s->routes[i].st->stats[sh].requests[k])
+                                     : tp_stat_get(&tp_rt.shards[sh]->unmatched.requests[k]);
+            tp_abuf_put(b, "turnpike_requests_total{route=\"", 31);
+            label(b, name);
+            tp_abuf_printf(b, "\",code=\"%s\"} %llu\n", class_label[k], (unsigned long long)v);
+        }
+    }
+    family(b, "turnpike_request_duration_seconds", "histogram",
+           "Time from a request's first byte to its response queued in full, by route.");
+    for (size_t i = 0; i <= s->n_routes; i++) {
+        struct tp_hist h;
+        memset(&h, 0, sizeof(h));
+        for (unsigned sh = 0; sh < ns; sh++)
+            hist_sum(&h, i < s->n_routes ? &s->routes[i].st->stats[sh].duration
+                                         : &tp_rt.shards[sh]->unmatched.duration);
+        labels_of(&lb, "route", i < s->n_routes ? s->routes[i].st->name : "unmatched", NULL, NULL);
+        hist_render(b, "turnpike_request_duration_seconds", lb.data, &h);
+    }
+    family(b, "turnpike_ratelimit_rejected_total", "counter",
+           "Requests answered 429 by a route's rate limit.");
+    for (size_t i = 0; i < s->n_routes; i++) {
+        uint64_t v = 0;
+        for (unsigned sh = 0; sh < ns; sh++)
+            v += tp_stat_get(&s->routes[i].st->stats[sh].ratelimited);
+        labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
+        lb.data[lb.len - 2] = 0; /* drop the trailing comma */
+        tp_abuf_printf(b, "turnpike_ratelimit_rejected_total{%s} %llu\n", lb.data, (unsigned long long)v);
+    }
+    family(b, "turnpike_ratelimit_table_full_total", "counter",
+           "Rate-limit decisions taken by a route's shared overflow bucket because its key table was full.");
+    for (size_t i = 0; i < s->n_routes; i++) {
+        if (!s->routes[i].rl)
+            continue;
+        labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
+        lb.data[lb.len - 2] = 0;
+        tp_abuf_printf(b, "turnpike_ratelimit_table_full_total{%s} %llu\n", lb.data,
+                       (unsigned long long)tp_ratelimit_table_full_total(s->routes[i].rl));
+    }
+
+    /* ---- upstreams and endpoints ---- */
+    family(b, "turnpike_upstream_requests_total", "counter",
+           "Responses from upstream endpoints (every attempt, retries included), by status class.");
+    for (size_t u = 0; u < s->n_ups; u++)
+        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
+            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
+            labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
+            for (unsigned k = 0; k < 5; k++) {
+                uint64_t v = 0;
+                for (unsigned sh = 0; sh < ns; sh++)
+                    v += tp_stat_get(&st->shard[sh].requests[k]);
+                tp_abuf_printf(b, "turnpike_upstream_requests_total{%scode=\"%s\"} %llu\n", lb.data,
+                               class_label[k], (unsigned long long)v);
+            }
+        }
+    family(b, "turnpike_upstream_connect_failures_total", "counter",
+           "Failed or timed-out upstream connects.");
+    for (size_t u = 0; u < s->n_ups; u++)
+        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
+            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
+            uint64_t v = 0;
+            for (unsigned sh = 0; sh < ns; sh++)
+                v += tp_stat_get(&st->shard[sh].connect_failures);
+            labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
+            lb.data[lb.len - 2] = 0;
+            tp_abuf_printf(b, "turnpike_upstream_connect_failures_total{%s} %llu\n", lb.data,
+                           (unsigned long long)v);
+        }
+    family(b, "turnpike_upstream_connections_opened_total", "counter", "Upstream connections opened.");
+    for (size_t u = 0; u < s->n_ups; u++)
+        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
+            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
+            uint64_t v = 0;
+            for (unsigned sh = 0; sh < ns; sh++)
+                v += tp_stat_get(&st->shard[sh].connects);
+            labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
+            lb.data[lb.len - 2] = 0;
+            tp_abuf_printf(b, "turnpike_upstream_connections_opened_total{%s} %llu\n", lb.data,
+                           (unsigned long long)v);
+        }
+    family(b, "turnpike_upstream_pool_idle_connections", "gauge",
+           "Idle keepalive connections pooled, all shards.");
+    for (size_t u = 0; u < s->n_ups; u++)
+        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
+            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
+            uint64_t v = 0;
+            for (unsigned sh = 0; sh < ns; sh++)
+                v += __atomic_load_n(&st->shard[sh].idle_count, __ATOMIC_RELAXED);
+            labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
+            lb.data[lb.len - 2] = 0;
+            tp_abuf_printf(b, "turnpike_upstream_pool_idle_connections{%s} %llu\n", lb.data,
+                           (unsigned long long)v);
+        }
+    family(b, "turnpike_upstream_response_duration_seconds", "histogram",
+           "Time from an attempt's start to the upstream response's end, by endpoint.");
+    for (size_t u = 0; u < s->n_ups; u++)
+        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
+            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
+            struct tp_hist h;
+            memset(&h, 0, sizeof(h));
+            for (unsigned sh = 0; sh < ns; sh++)
+                hist_sum(&h, &st->shard[sh].duration);
+            labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
+            hist_render(b, "turnpike_upstream_response_duration_seconds", lb.data, &h);
+        }
+    family(b, "turnpike_circuit_state", "gauge",
+           "Circuit breaker per endpoint: 0 closed, 1 open, 2 half-open.");
+    for (size_t u = 0; u < s->n_ups; u++)
+        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
+            struct tp_rt_endpoint *ep = &s->ups[u].eps[e];
+            labels_of(&lb, "upstream", ep->st->upstream, "endpoint", ep->st->addr.text);
+            lb.data[lb.len - 2] = 0;
+            tp_abuf_printf(b, "turnpike_circuit_state{%s} %d\n", lb.data,
+                           ep->breaker ? tp_breaker_state(ep->breaker, now_ms) : 0);
+        }
+    family(b, "turnpike_endpoint_healthy", "gauge", "Endpoint health: 1 healthy, 0 not.");
+    for (size_t u = 0; u < s->n_ups; u++)
+        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
+            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
+            labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
+            lb.data[lb.len - 2] = 0;
+            tp_abuf_printf(b, "turnpike_endpoint_healthy{%s} %d\n", lb.data,
+                           atomic_load(&st->healthy) ? 1 : 0);
+        }
+    family(b, "turnpike_upstream_inflight_requests", "gauge",
+           "Requests in flight per upstream (counted when max_concurrent_requests is set).");
+    for (size_t u = 0; u < s->n_ups; u++) {
+        labels_of(&lb, "upstream", s->ups[u].st->name, NULL, NULL);
+        lb.data[lb.len - 2] = 0;
+        tp_abuf_printf(b, "turnpike_upstream_inflight_requests{%s} %llu\n", lb.data,
+                       (unsigned long long)atomic_load(&s->ups[u].st->inflight));
+    }
+
+    /* ---- connections ---- */
+    family(b, "turnpike_connections_active", "gauge", "Open client connections, by listener.");
+    for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next) {
+        uint64_t v = 0;
+        for (unsigned sh = 0; sh < ns; sh++)
+            v += atomic_load_explicit(&ls->shard[sh].active, memory_order_relaxed);
+        labels_of(&lb, "listener", ls->name, NULL, NULL);
+        lb.data[lb.len - 2] = 0;
+        tp_abuf_printf(b, "turnpike_connections_active{%s} %lld\n", lb.data, (long long)v);
+    }
+    family(b, "turnpike_connections_total", "counter", "Client connections accepted, by listener.");
+    for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next) {
+        uint64_t v = 0;
+        for (unsigned sh = 0; sh < ns; sh++)
+            v += atomic_load_explicit(&ls->shard[sh].accepted, memory_order_relaxed);
+        labels_of(&lb, "listener", ls->name, NULL, NULL);
+        lb.data[lb.len - 2] = 0;
+        tp_abuf_printf(b, "turnpike_connections_total{%s} %llu\n", lb.data, (unsigned long long)v);
+    }
+    uint64_t rejected = 0, enobufs = 0, active = 0;
+    for (unsigned sh = 0; sh < ns; sh++) {
+        rejected += tp_stat_get(&tp_rt.shards[sh]->rejected_conns);
+        enobufs += tp_stat_get(&tp_rt.shards[sh]->enobufs);
+        active += tp_stat_get(&tp_rt.shards[sh]->active_requests);
+    }
+    family(b, "turnpike_connections_rejected_total", "counter",
+           "Connections closed at accept: over limits.max_connections, or while draining.");
+    tp_abuf_printf(b, "turnpike_connections_rejected_total %llu\n", (unsigned long long)rejected);
+    family(b, "turnpike_requests_active", "gauge", "Requests being served.");
+    tp_abuf_printf(b, "turnpike_requests_active %lld\n", (long long)active);
+    family(b, "turnpike_buffer_ring_exhausted_total", "counter",
+           "Receives that found the provided-buffer ring empty (ENOBUFS) and waited for buffers.");
+    tp_abuf_printf(b, "turnpike_buffer_ring_exhausted_total %llu\n", (unsigned long long)enobufs);
+    family(b, "turnpike_access_log_dropped_total", "counter",
+           "Access log lines dropped because the log could not keep up.");
+    tp_abuf_printf(b, "turnpike_access_log_dropped_total %llu\n", (unsigned long long)tp_accesslog_dropped());
+
+    /* ---- configuration ---- */
+    family(b, "turnpike_config_generation", "gauge", "Generation of the configuration in use (1 at start).");
+    tp_abuf_printf(b, "turnpike_config_generation %llu\n", (unsigned long long)tp_ctl.generation);
+    family(b, "turnpike_config_reloads_total", "counter", "Configuration reloads, by result.");
+    tp_abuf_printf(b, "turnpike_config_reloads_total{result=\"success\"} %llu\n",
+                   (unsigned long long)tp_ctl.reloads_ok);
+    tp_abuf_printf(b, "turnpike_config_reloads_total{result=\"failure\"} %llu\n",
+                   (unsigned long long)tp_ctl.reloads_failed);
+    family(b, "turnpike_shards", "gauge", "Data-plane shards (worker threads).");
+    tp_abuf_printf(b, "turnpike_shards %u\n", ns);
+    family(b, "turnpike_build_info", "gauge", "Build information.");
+    tp_abuf_printf(b, "turnpike_build_info{version=\"%s\"} 1\n", TP_VERSION);
+    family(b, "turnpike_start_time_seconds", "gauge", "Start time of the process since the Unix epoch.");
+    tp_abuf_printf(b, "turnpike_start_time_seconds %llu\n",
+                   (unsigned long long)(tp_ctl.started_real_ns / 1000000000ull));
+    tp_abuf_dispose(&lb);
+}
+
+/* ---- /config ---- */
+
+static void rfc3339(char *out, size_t cap, uint64_t real_ns)
+{
+    time_t t = (time_t)(real_ns / 1000000000ull);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    size_t n = strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, cap - n, ".%03lluZ", (unsigned long long)(real_ns / 1000000ull % 1000));
+}
+
+static const char *balance_name(enum tp_balance b)
+{
+    return b == TP_BALANCE_LEAST_REQUEST ? "least_request" : b == TP_BALANCE_HASH ? "hash" : "round_robin";
+}
+
+void tp_config_render(struct tp_abuf *b)
+{
+    struct tp_snapshot *s = tp_snapshot_current;
+    uint64_t now_ms = tp_clock_ms();
+    char when[48];
+
+    if (!s) {
+        tp_abuf_printf(b, "{}");
+        return;
+    }
+    rfc3339(when, sizeof(when), tp_ctl.loaded_at_real_ns);
+    tp_abuf_printf(b, "{\"generation\":%llu,\"loaded_at\":\"%s\",\"source\":",
+                   (unsigned long long)tp_ctl.generation, when);
+    tp_abuf_json_str(b, tp_ctl.source ? tp_ctl.source : "");
+    tp_abuf_printf(b, ",\"sha256\":\"");
+    for (int i = 0; i < 32; i++)
+        tp_abuf_printf(b, "%02x", tp_ctl.sha256[i]);
+    tp_abuf_printf(b, "\",\"draining\":%s,\"workers\":%u", tp_ctl.draining ? "true" : "false",
+                   tp_rt.n_shards);
+
+    tp_abuf_printf(b, ",\"listeners\":[");
+    for (size_t i = 0; i < s->cfg->n_listeners; i++) {
+        tp_abuf_printf(b, "%s{\"name\":", i ? "," : "");
+        tp_abuf_json_str(b, s->cfg->listeners[i].name);
+        tp_abuf_printf(b, ",\"address\":");
+        tp_abuf_json_str(b, s->cfg->listeners[i].addr.text);
+        tp_abuf_printf(b, "}");
+    }
+    tp_abuf_printf(b, "],\"routes\":[");
+    for (size_t i = 0; i < s->n_routes; i++) {
+        const struct tp_cfg_route *rc = s->routes[i].cfg;
+        tp_abuf_printf(b, "%s{\"name\":", i ? "," : "");
+        tp_abuf_json_str(b, rc->name);
+        tp_abuf_printf(b, ",\"match\":{\"host\":");
+        if (rc->host)
+            tp_abuf_json_str(b, rc->host);
+        else
+            tp_abuf_printf(b, "null");
+        tp_abuf_printf(b, ",\"%s\":", rc->path_exact ? "path" : "path_prefix");
+        tp_abuf_json_str(b, rc->path);
+        tp_abuf_printf(b, ",\"methods\":");
+        if (rc->methods) {
+            tp_abuf_printf(b, "[");
+            int first = 1;
+            for (unsigned m = 0; m < 64; m++)
+                if (rc->methods & (1ull << m)) {
+                    tp_abuf_printf(b, "%s", first ? "" : ",");
+                    tp_abuf_json_str(b, llhttp_method_name((llhttp_method_t)m));
+                    first = 0;
+                }
+            tp_abuf_printf(b, "]");
+        } else {
+            tp_abuf_printf(b, "null");
+        }
+        tp_abuf_printf(b, ",\"headers\":{");
+        for (size_t k = 0; k < rc->n_headers; k++) {
+            tp_abuf_printf(b, "%s", k ? "," : "");
+            tp_abuf_json_str(b, rc->headers[k].name);
+            tp_abuf_printf(b, ":");
+            tp_abuf_json_str(b, rc->headers[k].value);
+        }
+        tp_abuf_printf(b, "}}");
+        if (rc->direct) {
+            tp_abuf_printf(b, ",\"direct_response\":{\"status\":%u}", rc->direct->status);
+        } else if (rc->n_split) {
+            tp_abuf_printf(b, ",\"split\":[");
+            for (size_t k = 0; k < rc->n_split; k++) {
+                tp_abuf_printf(b, "%s{\"upstream\":", k ? "," : "");
+                tp_abuf_json_str(b, s->cfg->upstreams[rc->split[k].upstream].name);
+                tp_abuf_printf(b, ",\"weight\":%u}", rc->split[k].weight);
+            }
+            tp_abuf_printf(b, "]");
+        } else {
+            tp_abuf_printf(b, ",\"upstream\":");
+            tp_abuf_json_str(b, s->cfg->upstreams[rc->upstream].name);
+        }
+        if (rc->rate_limit)
+            tp_abuf_printf(b, ",\"rate_limit\":{\"tokens\":%llu,\"period_ms\":%llu,\"burst\":%llu}",
+                           (unsigned long long)rc->rate_limit->tokens,
+                           (unsigned long long)rc->rate_limit->period_ms,
+                           (unsigned long long)rc->rate_limit->burst);
+        tp_abuf_printf(b, "}");
+    }
+    tp_abuf_printf(b, "],\"upstreams\":[");
+    for (size_t u = 0; u < s->n_ups; u++) {
+        const struct tp_rt_upstream *up = &s->ups[u];
+        tp_abuf_printf(b, "%s{\"name\":", u ? "," : "");
+        tp_abuf_json_str(b, up->cfg->name);
+        tp_abuf_printf(
+            b,
+            ",\"balance\":\"%s\",\"keepalive\":%u,\"health_check\":%s,\"circuit_breaker\":%s,\"endpoints\":[",
+            balance_name(up->cfg->balance), up->cfg->keepalive, up->cfg->health_check ? "true" : "false",
+            up->cfg->circuit_breaker ? "true" : "false");
+        for (size_t e = 0; e < up->n_eps; e++) {
+            const struct tp_rt_endpoint *ep = &up->eps[e];
+            int cs = ep->breaker ? tp_breaker_state(ep->breaker, now_ms) : 0;
+            tp_abuf_printf(b, "%s{\"address\":", e ? "," : "");
+            tp_abuf_json_str(b, ep->cfg->addr.text);
+            tp_abuf_printf(b, ",\"weight\":%u,\"healthy\":%s,\"circuit\":\"%s\"}", ep->cfg->weight,
+                           atomic_load(&ep->st->healthy) ? "true" : "false",
+                           cs == 1   ? "open"
+                           : cs == 2 ? "half_open"
+                                     : "closed");
+        }
+        tp_abuf_printf(b, "]}");
+    }
+    tp_abuf_printf(b, "]}\n");
+}

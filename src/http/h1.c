@@ -1,0 +1,505 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * HTTP/1 heads (see h1.h). [shard]
+ *
+ * llhttp delivers the request line and headers in spans, possibly split
+ * across receive buffers. We record every span as an offset into the head's
+ * logical byte stream (byte 0 = first byte of the head), never as a pointer:
+ * when the head completes inside one buffer, the offsets index that buffer;
+ * when it spans buffers, the bytes seen so far are copied into one
+ * contiguous allocation and the offsets index that copy. Either way the
+ * finished head is read as base + offset with no re-parse.
+ *
+ * llhttp (built with LLHTTP_STRICT_MODE) rejects most malformed input; two
+ * rules it lets through are enforced here: obsolete line folding and an empty
+ * header name both show up as a header value span that does not follow a
+ * header name span.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "http/h1.h"
+
+void tp_head_init(struct tp_head *h)
+{
+    memset(h, 0, offsetof(struct tp_head, inl));
+    h->hdrs = h->inl;
+    h->cap_hdrs = TP_HDRS_INLINE;
+}
+
+void tp_head_dispose(struct tp_shard *sh, struct tp_head *h)
+{
+    tp_head_release(sh, h);
+    if (h->hdrs != h->inl)
+        free(h->hdrs);
+    free(h->copy);
+    h->hdrs = h->inl;
+    h->cap_hdrs = TP_HDRS_INLINE;
+    h->copy = NULL;
+    h->copy_cap = 0;
+    h->n_hdrs = 0;
+    h->base = NULL;
+}
+
+static inline uint32_t span_off(const struct tp_head *h, const char *at)
+{
+    return h->exec_off + (uint32_t)(at - h->exec_base);
+}
+
+int tp_head_on_url(struct tp_head *h, const char *at, size_t len)
+{
+    if (h->url.len == 0)
+        h->url.off = span_off(h, at);
+    h->url.len += (uint32_t)len;
+    return 0;
+}
+
+int tp_head_on_status(struct tp_head *h, const char *at, size_t len)
+{
+    if (h->reason.len == 0)
+        h->reason.off = span_off(h, at);
+    h->reason.len += (uint32_t)len;
+    return 0;
+}
+
+int tp_head_on_field(struct tp_head *h, const char *at, size_t len)
+{
+    h->url_done = true;
+    if (h->last_cb != 1) {
+        if (h->n_hdrs == h->cap_hdrs) {
+            uint32_t ncap = h->cap_hdrs * 2;
+            struct tp_hdr *n = malloc(sizeof(*n) * ncap);
+            if (!n)
+                return -1;
+            memcpy(n, h->hdrs, sizeof(*n) * h->n_hdrs);
+            if (h->hdrs != h->inl)
+                free(h->hdrs);
+            h->hdrs = n;
+            h->cap_hdrs = ncap;
+        }
+        struct tp_hdr *hd = &h->hdrs[h->n_hdrs++];
+        memset(hd, 0, sizeof(*hd));
+        hd->name.off = span_off(h, at);
+        h->last_cb = 1;
+    }
+    h->hdrs[h->n_hdrs - 1].name.len += (uint32_t)len;
+    return 0;
+}
+
+int tp_head_on_value(struct tp_head *h, const char *at, size_t len)
+{
+    /* A value span that does not continue a header's name or value is a
+     * folded continuation line or a header without a name. */
+    if (h->last_cb != 1 && h->last_cb != 2) {
+        h->bad = true;
+        return -1;
+    }
+    struct tp_hdr *hd = &h->hdrs[h->n_hdrs - 1];
+    if (h->last_cb == 1)
+        hd->value.off = span_off(h, at);
+    hd->value.len += (uint32_t)len;
+    h->last_cb = 2;
+    return 0;
+}
+
+int tp_head_on_value_complete(struct tp_head *h)
+{
+    if (h->last_cb == 1) {
+        /* empty value: no value span was delivered */
+        struct tp_hdr *hd = &h->hdrs[h->n_hdrs - 1];
+        hd->value.off = hd->name.off + hd->name.len;
+        hd->value.len = 0;
+    }
+    if (h->n_hdrs == 0 || h->hdrs[h->n_hdrs - 1].name.len == 0) {
+        h->bad = true;
+        return -1;
+    }
+    h->last_cb = 3;
+    return 0;
+}
+
+/* The head is complete at <base>: trim values, classify names. */
+static void head_finish(struct tp_head *h)
+{
+    for (uint32_t i = 0; i < h->n_hdrs; i++) {
+        struct tp_hdr *hd = &h->hdrs[i];
+        const char *v = h->base + hd->value.off;
+        while (hd->value.len && (v[hd->value.len - 1] == ' ' || v[hd->value.len - 1] == '\t'))
+            hd->value.len--;
+        hd->id = tp_h1_header_id(h->base + hd->name.off, hd->name.len);
+    }
+}
+
+static bool head_save(struct tp_head *h, const char *data, uint32_t n, uint32_t limit)
+{
+    if (!h->copy) {
+        h->copy_cap = limit + 1;
+        h->copy = malloc(h->copy_cap);
+        if (!h->copy)
+            return false;
+    }
+    if (h->len + n > h->copy_cap)
+        return false;
+    memcpy(h->copy + h->len, data, n);
+    return true;
+}
+
+enum tp_head_rc tp_head_parse(struct tp_shard *sh, llhttp_t *p, struct tp_head *h, struct tp_inq *q,
+                              uint32_t limit, const bool *done_flag, unsigned *status)
+{
+    struct tp_rbuf *e;
+
+    while ((e = tp_inq_front(q))) {
+        const char *data = (const char *)tp_buf_ptr(sh, e->bid) + e->off;
+        uint32_t len = e->len, used;
+        /* never let llhttp look further than the limit allows */
+        uint32_t room = limit + 1 - h->len;
+        if (len > room)
+            len = room;
+
+        h->exec_base = data;
+        h->exec_off = h->len;
+        llhttp_errno_t rc = llhttp_execute(p, data, len);
+        if (rc == HPE_PAUSED && *done_flag) {
+            used = (uint32_t)(llhttp_get_error_pos(p) - data);
+        } else if (rc == HPE_OK) {
+            used = len;
+        } else {
+            *status = 400;
+            return TP_HEAD_ERROR;
+        }
+        if (h->bad) {
+            *status = 400;
+            return TP_HEAD_ERROR;
+        }
+        if (h->len + used > limit) {
+            /* the request line alone over the limit is 414, else 431 */
+            *status = (!h->url_done && !*done_flag) || h->url.off + h->url.len + 10 > limit ? 414 : 431;
+            return TP_HEAD_ERROR;
+        }
+        if (*done_flag) {
+            if (h->copy) {
+                if (!head_save(h, data, used, limit)) {
+                    *status = 431;
+                    return TP_HEAD_ERROR;
+                }
+                h->base = h->copy;
+            } else {
+                /* whole head in this buffer: keep it alive while the head is used */
+                h->base = data;
+                h->hold_bid = e->bid;
+                h->hold = true;
+                tp_buf_ref(sh, e->bid);
+            }
+            h->len += used;
+            tp_inq_consume(sh, q, used);
+            head_finish(h);
+            return TP_HEAD_DONE;
+        }
+        if (!head_save(h, data, used, limit)) {
+            *status = 431;
+            return TP_HEAD_ERROR;
+        }
+        h->len += used;
+        tp_inq_consume(sh, q, used);
+    }
+    return TP_HEAD_MORE;
+}
+
+void tp_head_release(struct tp_shard *sh, struct tp_head *h)
+{
+    if (h->hold) {
+        h->hold = false;
+        tp_buf_release(sh, h->hold_bid);
+    }
+}
+
+bool tp_eq_nocase(const char *a, size_t alen, const char *lower, size_t llen)
+{
+    if (alen != llen)
+        return false;
+    for (size_t i = 0; i < alen; i++) {
+        unsigned char ch = (unsigned char)a[i];
+        if (ch >= 'A' && ch <= 'Z')
+            ch |= 0x20;
+        if (ch != (unsigned char)lower[i])
+            return false;
+    }
+    return true;
+}
+
+#define EQ(lit) tp_eq_nocase(name, len, lit, sizeof(lit) - 1)
+
+uint8_t tp_h1_header_id(const char *name, size_t len)
+{
+    switch (len) {
+    case 2:
+        return EQ("te") ? TP_H_TE : TP_H_OTHER;
+    case 4:
+        return EQ("host") ? TP_H_HOST : TP_H_OTHER;
+    case 6:
+        if (EQ("cookie"))
+            return TP_H_COOKIE;
+        return EQ("expect") ? TP_H_EXPECT : TP_H_OTHER;
+    case 7:
+        if (EQ("upgrade"))
+            return TP_H_UPGRADE;
+        return EQ("trailer") ? TP_H_TRAILER : TP_H_OTHER;
+    case 10:
+        if (EQ("connection"))
+            return TP_H_CONNECTION;
+        return EQ("keep-alive") ? TP_H_KEEP_ALIVE : TP_H_OTHER;
+    case 11:
+        return EQ("traceparent") ? TP_H_TRACEPARENT : TP_H_OTHER;
+    case 12:
+        return EQ("x-request-id") ? TP_H_X_REQUEST_ID : TP_H_OTHER;
+    case 14:
+        return EQ("content-length") ? TP_H_CONTENT_LENGTH : TP_H_OTHER;
+    case 15:
+        return EQ("x-forwarded-for") ? TP_H_X_FORWARDED_FOR : TP_H_OTHER;
+    case 16:
+        if (EQ("proxy-connection"))
+            return TP_H_PROXY_CONNECTION;
+        return EQ("x-forwarded-host") ? TP_H_X_FORWARDED_HOST : TP_H_OTHER;
+    case 17:
+        if (EQ("transfer-encoding"))
+            return TP_H_TRANSFER_ENCODING;
+        return EQ("x-forwarded-proto") ? TP_H_X_FORWARDED_PROTO : TP_H_OTHER;
+    default:
+        return TP_H_OTHER;
+    }
+}
+#undef EQ
+
+const struct tp_hdr *tp_head_find(const struct tp_head *h, uint8_t id)
+{
+    for (uint32_t i = 0; i < h->n_hdrs; i++)
+        if (h->hdrs[i].id == id)
+            return &h->hdrs[i];
+    return NULL;
+}
+
+const char *tp_head_value(const struct tp_head *h, const char *name, size_t name_len, size_t *len)
+{
+    for (uint32_t i = 0; i < h->n_hdrs; i++) {
+        const struct tp_hdr *hd = &h->hdrs[i];
+        if (tp_eq_nocase(h->base + hd->name.off, hd->name.len, name, name_len)) {
+            *len = hd->value.len;
+            return h->base + hd->value.off;
+        }
+    }
+    return NULL;
+}
+
+bool tp_h1_has_token(const char *list, size_t len, const char *token, size_t tlen)
+{
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && (list[i] == ' ' || list[i] == '\t' || list[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < len && list[i] != ',')
+            i++;
+        size_t end = i;
+        while (end > start && (list[end - 1] == ' ' || list[end - 1] == '\t'))
+            end--;
+        if (end > start && tp_eq_nocase(list + start, end - start, token, tlen))
+            return true;
+    }
+    return false;
+}
+
+const char *tp_h1_reason(unsigned status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 103:
+        return "Early Hints";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 417:
+        return "Expectation Failed";
+    case 421:
+        return "Misdirected Request";
+    case 422:
+        return "Unprocessable Content";
+    case 426:
+        return "Upgrade Required";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        break;
+    }
+    if (status < 200)
+        return "Informational";
+    if (status < 300)
+        return "Success";
+    if (status < 400)
+        return "Redirection";
+    if (status < 500)
+        return "Client Error";
+    return "Server Error";
+}
+
+const char *tp_h1_date(void)
+{
+    static __thread char buf[32];
+    static __thread time_t last;
+    time_t now = time(NULL);
+
+    if (now != last) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(buf, sizeof(buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        last = now;
+    }
+    return buf;
+}
+
+void tp_blk_u64(struct tp_block *b, uint64_t v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[sizeof(tmp) - 1 - n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    tp_blk_put(b, tmp + sizeof(tmp) - n, (size_t)n);
+}
+
+void tp_blk_hex(struct tp_block *b, uint64_t v)
+{
+    static const char hx[] = "0123456789abcdef";
+    char tmp[16];
+    int n = 0;
+    do {
+        tmp[sizeof(tmp) - 1 - n++] = hx[v & 15];
+        v >>= 4;
+    } while (v);
+    tp_blk_put(b, tmp + sizeof(tmp) - n, (size_t)n);
+}
+
+void tp_h1_random_hex(struct tp_shard *sh, char *out, size_t n)
+{
+    static const char hx[] = "0123456789abcdef";
+    uint64_t r = 0;
+    for (size_t i = 0; i < n; i++) {
+        if ((i & 7) == 0)
+            r = tp_rand64(sh);
+        uint8_t byte = (uint8_t)r;
+        r >>= 8;
+        out[2 * i] = hx[byte >> 4];
+        out[2 * i + 1] = hx[byte & 15];
+    }
+}
+
+struct tp_block *tp_h1_error_response(struct tp_shard *sh, unsigned status, const char *reason,
+                                      const char *id, size_t id_len, const char *extra, size_t extra_len,
+                                      bool close, bool head_only)
+{
+    size_t rlen = strlen(reason);
+    /* body: {"error":"<reason>","status":N,"request_id":"<id>"}; reason and id are
+     * JSON-safe by construction (fixed strings; ids are visible ASCII without
+     * quotes or backslashes) */
+    size_t body_len = 10 + rlen + 11 + 3 + 15 + id_len + 2;
+    size_t need = 256 + extra_len + id_len + 2 * rlen + body_len;
+    struct tp_block *b = tp_block_get(sh, need);
+
+    if (!b)
+        return NULL;
+    b->len = 0;
+    tp_blk_lit(b, "HTTP/1.1 ");
+    tp_blk_u64(b, status);
+    tp_blk_lit(b, " ");
+    tp_blk_put(b, tp_h1_reason(status), strlen(tp_h1_reason(status)));
+    tp_blk_lit(b, "\r\nContent-Type: application/json\r\nContent-Length: ");
+    tp_blk_u64(b, body_len);
+    tp_blk_lit(b, "\r\nX-Request-Id: ");
+    tp_blk_put(b, id, id_len);
+    tp_blk_lit(b, "\r\nDate: ");
+    tp_blk_put(b, tp_h1_date(), 29);
+    tp_blk_lit(b, "\r\n");
+    if (extra_len)
+        tp_blk_put(b, extra, extra_len);
+    if (close)
+        tp_blk_lit(b, "Connection: close\r\n");
+    tp_blk_lit(b, "\r\n");
+    if (!head_only) {
+        uint32_t before = b->len;
+        tp_blk_lit(b, "{\"error\":\"");
+        tp_blk_put(b, reason, rlen);
+        tp_blk_lit(b, "\",\"status\":");
+        tp_blk_u64(b, status);
+        tp_blk_lit(b, ",\"request_id\":\"");
+        tp_blk_put(b, id, id_len);
+        tp_blk_lit(b, "\"}");
+        /* the status is always three digits, so body_len was exact */
+        TP_BUG_ON(b->len - before != body_len);
+    }
+    TP_BUG_ON(b->len > b->size);
+    return b;
+}

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The process at run time: the control thread (src/rt/control.c) and the
+ * shards (src/rt/shard.c), and what they share.
+ */
+#pragma once
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <turnpike/config.h>
+
+struct tp_shard;
+
+enum tp_shard_msg {
+    TP_MSG_DRAIN = 1u << 0,     /* stop accepting, finish in-flight, exit */
+    TP_MSG_RELOAD = 1u << 1,    /* a new snapshot is published; reconcile listeners */
+    TP_MSG_STOP = 1u << 2,      /* drain timeout passed: close everything now */
+    TP_MSG_LOGREOPEN = 1u << 3, /* reopen the access log */
+};
+
+/** A listener change handed from the control thread to a shard. */
+struct tp_lis_msg {
+    bool add; /* add (fd valid) or remove (by name) */
+    int fd;
+    char name[64];
+    struct tp_addr addr;
+    struct tp_lis_stats *stats;
+};
+
+#define TP_LIS_MSGS          128
+#define TP_MAX_LISTENERS_CTL 64
+
+/** Counters of one listener, by name; owned by the control thread, kept for the process's life. */
+struct tp_lis_stats {
+    struct tp_lis_stats *next;
+    char name[64];
+    struct {
+        _Atomic uint64_t accepted; /* turnpike_connections_total */
+        _Atomic uint64_t active;   /* turnpike_connections_active (sum over shards, may wrap per shard) */
+    } __attribute__((aligned(64))) shard[]; /* [n_shards] */
+};
+
+/** The stats object for listener <name> (created on first use). [control] */
+struct tp_lis_stats *tp_lis_stats_get(const char *name);
+/** First of the list of every listener's stats. [control] */
+struct tp_lis_stats *tp_lis_stats_list(void);
+
+/** Shared between the control thread and the shards. */
+struct tp_runtime {
+    unsigned n_shards;
+    struct tp_shard **shards;
+    const char *config_path;
+    _Atomic bool draining;
+    _Atomic int64_t conns_open;    /* client connections, for max_connections */
+    _Atomic uint64_t max_conns;    /* limits.max_connections of the current config */
+    _Atomic unsigned shards_ready; /* shards that finished their setup */
+    _Atomic unsigned shards_done;  /* shards that left their loop */
+    _Atomic int shard_error;       /* first setup error of a shard (negative errno) */
+    int ctl_wake_fd;               /* eventfd: a shard has news for the control thread */
+};
+
+extern struct tp_runtime tp_rt;
+
+/** Runs turnpike on <cfg> (owned from here on) loaded from <path>; returns the exit code. [control] */
+int tp_runtime_run(struct tp_config *cfg, const char *path);
+
+/** Creates shard <id> pinned to <cpu> (-1 = not pinned) with the listener fds <fds> ([n_lis]). */
+struct tp_shard *tp_shard_create(unsigned id, int cpu, const struct tp_lis_msg *lis, unsigned n_lis,
+                                 int *err);
+/** Starts the shard's thread. */
+int tp_shard_start(struct tp_shard *sh);
+/** Joins the shard's thread and frees it. */
+void tp_shard_destroy(struct tp_shard *sh);
+/** Frees a shard whose thread never started. */
+void tp_shard_free_unstarted(struct tp_shard *sh);
+/** Posts message bits (TP_MSG_*) to a shard and wakes it. [control] */
+void tp_shard_post(struct tp_shard *sh, unsigned msgs);
+/** Queues a listener change for a shard (then post TP_MSG_RELOAD). Returns false when the mailbox is full. */
+bool tp_shard_post_listener(struct tp_shard *sh, const struct tp_lis_msg *m);
+/** Open client connections of a shard (read by the control thread). */
+unsigned tp_shard_conns(const struct tp_shard *sh);
+
+/**
+ * Opens a listening socket for <addr> with SO_REUSEPORT (one per shard and
+ * listener). Returns the fd or -errno. [control]
+ */
+int tp_listen_socket(const struct tp_addr *addr, int backlog);
+
+/** Probes io_uring with the flags the shards use. Returns 0 or -errno. [control] */
+int tp_uring_probe(void);

@@ -1,0 +1,1024 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A shard: one pinned thread with its own io_uring, provided-buffer ring,
+ * timer wheel, SO_REUSEPORT listeners, connection slabs and free lists
+ * (DESIGN.md "Threads", URING.md). Everything here runs on the shard's
+ * thread, except tp_shard_create/post/destroy which the control thread calls.
+ *
+ * The loop, one iteration:
+ *   1. adopt the published snapshot if it changed (RCU read, one reference);
+ *   2. go RCU-offline, submit queued SQEs and wait for at least one CQE or
+ *      the next timer (one io_uring_submit_and_wait_timeout), come online;
+ *   3. dispatch every ready CQE by the op in its user_data (slot + generation
+ *      select the connection; a stale generation only returns its buffer);
+ *   4. fire expired timers;
+ *   5. deferred work: re-arm receives that waited for buffers, publish
+ *      returned buffers to the kernel;
+ *   6. announce a quiescent state.
+ *
+ * Buffers: one buffer group of <count> buffers of <size> bytes. A buffer is
+ * "held" from the CQE that delivered it until tp_buf_release drops its last
+ * reference (receive queue entry, send segment, parsed head), and is then
+ * handed back to the kernel. The kernel ends a multishot receive with
+ * -ENOBUFS when the ring is empty; such connections wait on a starved list
+ * and are re-armed once enough buffers came back.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#define _LGPL_SOURCE
+#include <urcu-qsbr.h>
+
+#include <turnpike/clock.h>
+#include <turnpike/log.h>
+
+#include "admin/accesslog.h"
+#include "http/dp.h"
+#include "rt/runtime.h"
+
+__thread struct tp_shard *tp_self;
+
+#define SQ_ENTRIES  1024
+#define CQ_ENTRIES  65536
+#define BUF_SIZE    16384
+#define BUF_COUNT   4096
+#define CHUNK_SHIFT 10 /* connections per slab chunk: 1024 */
+#define CHUNK_SIZE  (1u << CHUNK_SHIFT)
+#define FREE_CAP    4096 /* objects kept on each free list */
+
+struct tp_shard_ext {
+    pthread_t thread;
+    pthread_mutex_t mbox_lock;
+    struct tp_lis_msg mbox[TP_LIS_MSGS];
+    unsigned n_mbox;
+    struct tp_lis_msg init_lis[TP_MAX_LISTENERS];
+    unsigned n_init_lis;
+};
+
+/* ------------------------------------------------------------------ */
+/* SQEs, random numbers, free lists                                    */
+/* ------------------------------------------------------------------ */
+
+struct io_uring_sqe *tp_sqe(struct tp_shard *sh)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&sh->ring);
+
+    if (TP_UNLIKELY(!sqe)) {
+        /* SQ full: hand what is queued to the kernel, then retry */
+        io_uring_submit(&sh->ring);
+        sqe = io_uring_get_sqe(&sh->ring);
+        TP_BUG_ON(!sqe);
+    }
+    sh->sqes_pending = true;
+    return sqe;
+}
+
+uint64_t tp_rand64(struct tp_shard *sh)
+{
+    /* xorshift128+: fast, good enough for ids and balancing, seeded from getrandom */
+    uint64_t s1 = sh->rng[0];
+    const uint64_t s0 = sh->rng[1];
+    sh->rng[0] = s0;
+    s1 ^= s1 << 23;
+    sh->rng[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+    return sh->rng[1] + s0;
+}
+
+struct tp_block *tp_block_get(struct tp_shard *sh, size_t need)
+{
+    struct tp_block *b;
+
+    if (need <= TP_BLOCK_SIZE && sh->blk_free) {
+        b = sh->blk_free;
+        sh->blk_free = b->next;
+        sh->n_blk_free--;
+    } else {
+        size_t size = need <= TP_BLOCK_SIZE ? TP_BLOCK_SIZE : need;
+        b = malloc(sizeof(*b) + size);
+        if (!b)
+            return NULL;
+        b->size = (uint32_t)size;
+    }
+    b->next = NULL;
+    b->len = 0;
+    return b;
+}
+
+void tp_block_put(struct tp_shard *sh, struct tp_block *b)
+{
+    if (b->size == TP_BLOCK_SIZE && sh->n_blk_free < FREE_CAP) {
+        b->next = sh->blk_free;
+        sh->blk_free = b;
+        sh->n_blk_free++;
+    } else {
+        free(b);
+    }
+}
+
+struct tp_req *tp_req_get(struct tp_shard *sh)
+{
+    struct tp_req *r = sh->req_free;
+
+    if (r) {
+        sh->req_free = r->next_free;
+        sh->n_req_free--;
+    } else {
+        r = malloc(sizeof(*r));
+        if (!r)
+            return NULL;
+    }
+    memset(r, 0, offsetof(struct tp_req, head));
+    return r;
+}
+
+void tp_req_put(struct tp_shard *sh, struct tp_req *r)
+{
+    if (sh->n_req_free < FREE_CAP) {
+        r->next_free = sh->req_free;
+        sh->req_free = r;
+        sh->n_req_free++;
+    } else {
+        free(r);
+    }
+}
+
+struct tp_outq *tp_outq_get(struct tp_shard *sh)
+{
+    struct tp_outq *q = sh->outq_free;
+
+    if (q) {
+        sh->outq_free = q->next_free;
+        sh->n_outq_free--;
+    } else {
+        q = malloc(sizeof(*q));
+        if (!q)
+            return NULL;
+    }
+    q->head = q->n = q->sending = 0;
+    q->first_off = 0;
+    q->bytes = 0;
+    return q;
+}
+
+void tp_outq_put(struct tp_shard *sh, struct tp_outq *q)
+{
+    if (sh->n_outq_free < FREE_CAP) {
+        q->next_free = sh->outq_free;
+        sh->outq_free = q;
+        sh->n_outq_free++;
+    } else {
+        free(q);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* connection slabs                                                    */
+/* ------------------------------------------------------------------ */
+
+struct tp_conn *tp_conn_of(struct tp_shard *sh, uint32_t slot)
+{
+    if (slot >= sh->conn_used)
+        return NULL;
+    return &sh->conn_chunks[slot >> CHUNK_SHIFT][slot & (CHUNK_SIZE - 1)];
+}
+
+struct tp_uconn *tp_uconn_of(struct tp_shard *sh, uint32_t slot)
+{
+    if (slot >= sh->uc_used)
+        return NULL;
+    return &sh->uc_chunks[slot >> CHUNK_SHIFT][slot & (CHUNK_SIZE - 1)];
+}
+
+/* Grows a slab by one chunk. Slots are never moved, so pointers stay valid. */
+static bool slab_grow(void ***chunks, uint32_t *cap, uint32_t used, size_t objsize)
+{
+    if (used < *cap)
+        return true;
+    uint32_t nchunks = *cap >> CHUNK_SHIFT;
+    void **n = realloc(*chunks, sizeof(void *) * (nchunks + 1));
+    if (!n)
+        return false;
+    *chunks = n;
+    n[nchunks] = calloc(CHUNK_SIZE, objsize);
+    if (!n[nchunks])
+        return false;
+    *cap += CHUNK_SIZE;
+    return true;
+}
+
+struct tp_conn *tp_shard_conn_alloc(struct tp_shard *sh)
+{
+    struct tp_conn *c = sh->conn_free;
+
+    if (c) {
+        sh->conn_free = c->next;
+    } else {
+        if (!slab_grow((void ***)&sh->conn_chunks, &sh->conn_cap, sh->conn_used, sizeof(struct tp_conn)))
+            return NULL;
+        uint32_t slot = sh->conn_used++;
+        c = tp_conn_of(sh, slot);
+        c->slot = slot;
+        c->gen = 0;
+    }
+    uint32_t slot = c->slot, gen = (c->gen + 1) & 0xffffff;
+    memset(c, 0, sizeof(*c));
+    c->slot = slot;
+    c->gen = gen;
+    c->fd = -1;
+    tp_inq_init(&c->in);
+    sh->n_conns++;
+    return c;
+}
+
+void tp_conn_free(struct tp_shard *sh, struct tp_conn *c)
+{
+    TP_BUG_ON(c->in_free);
+    c->in_free = true;
+    c->gen = (c->gen + 1) & 0xffffff; /* stale CQEs no longer match */
+    c->next = sh->conn_free;
+    sh->conn_free = c;
+    sh->n_conns--;
+}
+
+struct tp_uconn *tp_uconn_alloc(struct tp_shard *sh)
+{
+    struct tp_uconn *uc = sh->uc_free;
+
+    if (uc) {
+        sh->uc_free = uc->next;
+    } else {
+        if (!slab_grow((void ***)&sh->uc_chunks, &sh->uc_cap, sh->uc_used, sizeof(struct tp_uconn)))
+            return NULL;
+        uint32_t slot = sh->uc_used++;
+        uc = tp_uconn_of(sh, slot);
+        uc->slot = slot;
+        uc->gen = 0;
+    }
+    uint32_t slot = uc->slot, gen = (uc->gen + 1) & 0xffffff;
+    memset(uc, 0, sizeof(*uc));
+    uc->slot = slot;
+    uc->gen = gen;
+    uc->fd = -1;
+    tp_inq_init(&uc->in);
+    sh->n_uconns++;
+    return uc;
+}
+
+void tp_uconn_free(struct tp_shard *sh, struct tp_uconn *uc)
+{
+    TP_BUG_ON(uc->in_free);
+    uc->in_free = true;
+    uc->gen = (uc->gen + 1) & 0xffffff;
+    uc->next = sh->uc_free;
+    sh->uc_free = uc;
+    sh->n_uconns--;
+}
+
+/* ------------------------------------------------------------------ */
+/* provided buffers                                                    */
+/* ------------------------------------------------------------------ */
+
+static int bufs_setup(struct tp_shard *sh)
+{
+    struct tp_bufs *b = &sh->bufs;
+    size_t ring_bytes = sizeof(struct io_uring_buf) * BUF_COUNT;
+    struct io_uring_buf_reg reg;
+    int ret;
+
+    b->size = BUF_SIZE;
+    b->count = BUF_COUNT;
+    b->br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (b->br == MAP_FAILED)
+        return -errno;
+    b->mem =
+        mmap(NULL, (size_t)b->size * b->count, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (b->mem == MAP_FAILED)
+        return -errno;
+    b->refs = calloc(b->count, sizeof(*b->refs));
+    if (!b->refs)
+        return -ENOMEM;
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (uint64_t)(uintptr_t)b->br;
+    reg.ring_entries = b->count;
+    reg.bgid = TP_BGID;
+    ret = io_uring_register_buf_ring(&sh->ring, &reg, 0);
+    if (ret)
+        return ret;
+    io_uring_buf_ring_init(b->br);
+    for (uint32_t i = 0; i < b->count; i++)
+        io_uring_buf_ring_add(b->br, b->mem + (size_t)i * b->size, b->size, (unsigned short)i,
+                              io_uring_buf_ring_mask(b->count), (int)i);
+    io_uring_buf_ring_advance(b->br, (int)b->count);
+    b->held = 0;
+    return 0;
+}
+
+/* The single place a buffer goes back to the kernel (STYLE.md 3.5.7). */
+void tp_buf_release(struct tp_shard *sh, uint16_t bid)
+{
+    struct tp_bufs *b = &sh->bufs;
+
+    TP_BUG_ON_HOT(b->refs[bid] == 0);
+    if (--b->refs[bid])
+        return;
+    io_uring_buf_ring_add(b->br, b->mem + (size_t)bid * b->size, b->size, bid,
+                          io_uring_buf_ring_mask(b->count), (int)b->adv);
+    b->adv++;
+    b->held--;
+}
+
+/* Publishes the buffers returned this iteration with one release store. */
+static void bufs_flush(struct tp_shard *sh)
+{
+    if (sh->bufs.adv) {
+        io_uring_buf_ring_advance(sh->bufs.br, (int)sh->bufs.adv);
+        sh->bufs.adv = 0;
+    }
+}
+
+/* Takes ownership of the buffer a CQE carries: the receiver holds one reference. */
+static inline int cqe_buffer(struct tp_shard *sh, const struct io_uring_cqe *cqe)
+{
+    if (!(cqe->flags & IORING_CQE_F_BUFFER))
+        return -1;
+    uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+    sh->bufs.held++;
+    sh->bufs.refs[bid] = 1;
+    return bid;
+}
+
+/* Re-arms receives that stopped on -ENOBUFS once a quarter of the pool is back. */
+static void starved_rearm(struct tp_shard *sh)
+{
+    if (!sh->starved && !sh->ustarved)
+        return;
+    if (sh->bufs.held + sh->bufs.adv > sh->bufs.count - sh->bufs.count / 4)
+        return;
+    struct tp_conn *c = sh->starved;
+    sh->starved = NULL;
+    while (c) {
+        struct tp_conn *next = c->next;
+        c->next = NULL;
+        c->starved = false;
+        tp_conn_rearm(sh, c);
+        c = next;
+    }
+    struct tp_uconn *uc = sh->ustarved;
+    sh->ustarved = NULL;
+    while (uc) {
+        struct tp_uconn *next = uc->next;
+        uc->next = NULL;
+        uc->starved = false;
+        tp_uconn_rearm(sh, uc);
+        uc = next;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* listeners and accept                                                */
+/* ------------------------------------------------------------------ */
+
+static void accept_arm(struct tp_shard *sh, unsigned idx)
+{
+    struct tp_accept_slot *as = &sh->acc[idx];
+    struct tp_shard_listener *l = &sh->lis[as->listener];
+    struct io_uring_sqe *sqe;
+
+    if (as->armed || l->fd < 0 || l->closing || sh->draining)
+        return;
+    as->addrlen = sizeof(as->addr);
+    sqe = tp_sqe(sh);
+    /* Single-shot accepts, several armed per listener: a multishot accept
+     * overwrites one address buffer per connection, and X-Forwarded-For needs
+     * each client's address. */
+    io_uring_prep_accept(sqe, l->fd, (struct sockaddr *)&as->addr, &as->addrlen, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_ACCEPT, idx, 0));
+    as->armed = true;
+}
+
+static unsigned listener_add(struct tp_shard *sh, const struct tp_lis_msg *m)
+{
+    unsigned i;
+
+    for (i = 0; i < sh->n_lis; i++)
+        if (sh->lis[i].fd < 0 && !sh->lis[i].closing)
+            break;
+    if (i == sh->n_lis) {
+        if (sh->n_lis == TP_MAX_LISTENERS) {
+            tp_err("too many listeners");
+            close(m->fd);
+            return (unsigned)-1;
+        }
+        sh->n_lis++;
+    }
+    struct tp_shard_listener *l = &sh->lis[i];
+    memset(l, 0, sizeof(*l));
+    l->fd = m->fd;
+    snprintf(l->name, sizeof(l->name), "%s", m->name);
+    l->addr = m->addr;
+    l->stats = m->stats;
+    for (unsigned k = 0; k < TP_ACCEPTS_PER_LISTENER; k++) {
+        unsigned idx = i * TP_ACCEPTS_PER_LISTENER + k;
+        sh->acc[idx].listener = (uint8_t)i;
+        sh->acc[idx].armed = false;
+        accept_arm(sh, idx);
+    }
+    return i;
+}
+
+/* Stops accepting on listener <i>: cancel its accepts, close its socket when they are gone. */
+static void listener_close(struct tp_shard *sh, unsigned i)
+{
+    struct tp_shard_listener *l = &sh->lis[i];
+    struct io_uring_sqe *sqe;
+
+    if (l->fd < 0 || l->closing)
+        return;
+    l->closing = true;
+    sqe = tp_sqe(sh);
+    io_uring_prep_cancel_fd(sqe, l->fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_NONE, 0, 0));
+    for (unsigned k = 0; k < TP_ACCEPTS_PER_LISTENER; k++)
+        if (sh->acc[i * TP_ACCEPTS_PER_LISTENER + k].armed)
+            return; /* closed when the last accept completes */
+    sqe = tp_sqe(sh);
+    io_uring_prep_close(sqe, l->fd);
+    io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_NONE, 0, 0));
+    l->fd = -1;
+    l->closing = false;
+}
+
+static void on_accept(struct tp_shard *sh, uint32_t idx, int res)
+{
+    struct tp_accept_slot *as = &sh->acc[idx];
+    struct tp_shard_listener *l = &sh->lis[as->listener];
+
+    as->armed = false;
+    if (res >= 0) {
+        int64_t open = atomic_fetch_add_explicit(&tp_rt.conns_open, 1, memory_order_relaxed) + 1;
+        tp_stat_add(&l->stats->shard[sh->id].accepted, 1);
+        if (l->closing || sh->draining ||
+            (uint64_t)open > atomic_load_explicit(&tp_rt.max_conns, memory_order_relaxed)) {
+            /* over max_connections (or shutting down): closed at once, unread */
+            atomic_fetch_sub_explicit(&tp_rt.conns_open, 1, memory_order_relaxed);
+            tp_stat_add(&sh->rejected_conns, 1);
+            struct io_uring_sqe *sqe = tp_sqe(sh);
+            io_uring_prep_close(sqe, res);
+            io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_NONE, 0, 0));
+        } else {
+            tp_conn_start(sh, res, as->listener, &as->addr);
+        }
+    } else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN && res != -ECONNABORTED) {
+        TP_LOG_RL(TP_LOG_ERR, "accept on %s: %s", l->addr.text, strerror(-res));
+    }
+    if (l->closing) {
+        for (unsigned k = 0; k < TP_ACCEPTS_PER_LISTENER; k++)
+            if (sh->acc[as->listener * TP_ACCEPTS_PER_LISTENER + k].armed)
+                return;
+        struct io_uring_sqe *sqe = tp_sqe(sh);
+        io_uring_prep_close(sqe, l->fd);
+        io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_NONE, 0, 0));
+        l->fd = -1;
+        l->closing = false;
+        return;
+    }
+    /* -EMFILE/-ENFILE: the next accept retries; the error log says why */
+    accept_arm(sh, idx);
+}
+
+/* ------------------------------------------------------------------ */
+/* snapshots                                                           */
+/* ------------------------------------------------------------------ */
+
+static inline uint32_t *inflight_of(struct tp_snapshot *s, unsigned shard)
+{
+    return &s->shard_inflight[shard * 16];
+}
+
+/* Adopts the published snapshot when it changed; the old one is kept while
+ * requests of this shard still run on it. */
+static void snapshot_adopt(struct tp_shard *sh)
+{
+    struct tp_snapshot *cur = rcu_dereference(tp_snapshot_current);
+
+    if (cur == sh->snap)
+        return;
+    tp_snapshot_get(cur);
+    struct tp_snapshot *old = sh->snap;
+    sh->snap = cur;
+    sh->snap_limits.max_header_bytes = cur->cfg->max_header_bytes;
+    sh->snap_limits.max_body_bytes = cur->cfg->max_body_bytes;
+    sh->snap_limits.client_header_ms = cur->cfg->client_header_ms;
+    sh->snap_limits.client_idle_ms = cur->cfg->client_idle_ms;
+    sh->snap_limits.upstream_connect_ms = cur->cfg->upstream_connect_ms;
+    sh->snap_limits.upstream_response_ms = cur->cfg->upstream_response_ms;
+    atomic_store_explicit(&tp_rt.max_conns, cur->cfg->max_connections, memory_order_relaxed);
+    if (!old)
+        return;
+    /* keepalive pools of endpoints the new generation dropped */
+    for (size_t u = 0; u < old->n_ups; u++)
+        for (size_t e = 0; e < old->ups[u].n_eps; e++)
+            if (atomic_load_explicit(&old->ups[u].eps[e].st->retired, memory_order_acquire))
+                tp_pool_close_idle(sh, old->ups[u].eps[e].st);
+    if (*inflight_of(old, sh->id) == 0) {
+        tp_snapshot_put(old);
+    } else {
+        if (sh->n_retiring == sh->cap_retiring) {
+            unsigned ncap = sh->cap_retiring ? sh->cap_retiring * 2 : 4;
+            struct tp_snapshot **n = realloc(sh->retiring, sizeof(*n) * ncap);
+            if (!n) {
+                /* cannot track it: keep the reference for good rather than free it under a request */
+                TP_LOG_RL(TP_LOG_ERR, "shard %u: out of memory tracking an old configuration", sh->id);
+                return;
+            }
+            sh->retiring = n;
+            sh->cap_retiring = ncap;
+        }
+        sh->retiring[sh->n_retiring++] = old;
+    }
+    tp_shard_post(NULL, 0); /* nudge the control thread to collect */
+}
+
+struct tp_snapshot *tp_shard_snapshot_enter(struct tp_shard *sh)
+{
+    (*inflight_of(sh->snap, sh->id))++;
+    return sh->snap;
+}
+
+void tp_shard_snapshot_leave(struct tp_shard *sh, struct tp_snapshot *s)
+{
+    uint32_t *n = inflight_of(s, sh->id);
+    if (--*n || s == sh->snap)
+        return;
+    for (unsigned i = 0; i < sh->n_retiring; i++) {
+        if (sh->retiring[i] == s) {
+            sh->retiring[i] = sh->retiring[--sh->n_retiring];
+            tp_snapshot_put(s);
+            tp_shard_post(NULL, 0);
+            return;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* messages from the control thread                                    */
+/* ------------------------------------------------------------------ */
+
+static void wake_arm(struct tp_shard *sh)
+{
+    struct io_uring_sqe *sqe = tp_sqe(sh);
+    io_uring_prep_read(sqe, sh->wake_fd, &sh->wake_buf, sizeof(sh->wake_buf), 0);
+    io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_WAKE, 0, 0));
+}
+
+static void close_all_idle(struct tp_shard *sh, bool all)
+{
+    for (uint32_t i = 0; i < sh->conn_used; i++) {
+        struct tp_conn *c = tp_conn_of(sh, i);
+        if (c->in_free || c->state == TP_CS_CLOSING)
+            continue;
+        if (all)
+            tp_conn_close(sh, c);
+        else
+            tp_conn_drain(sh, c);
+    }
+    for (uint32_t i = 0; i < sh->uc_used; i++) {
+        struct tp_uconn *uc = tp_uconn_of(sh, i);
+        if (uc->in_free || uc->state == TP_US_CLOSING)
+            continue;
+        if (all || uc->state == TP_US_IDLE)
+            tp_uconn_close(sh, uc);
+    }
+}
+
+static void reconcile_listeners(struct tp_shard *sh)
+{
+    struct tp_shard_ext *x = (struct tp_shard_ext *)(sh + 1);
+    struct tp_lis_msg msgs[TP_LIS_MSGS];
+    unsigned n;
+
+    pthread_mutex_lock(&x->mbox_lock);
+    n = x->n_mbox;
+    memcpy(msgs, x->mbox, sizeof(msgs[0]) * n);
+    x->n_mbox = 0;
+    pthread_mutex_unlock(&x->mbox_lock);
+    for (unsigned i = 0; i < n; i++) {
+        if (msgs[i].add) {
+            if (sh->draining)
+                close(msgs[i].fd);
+            else
+                listener_add(sh, &msgs[i]);
+            continue;
+        }
+        for (unsigned k = 0; k < sh->n_lis; k++)
+            if (sh->lis[k].fd >= 0 && strcmp(sh->lis[k].name, msgs[i].name) == 0)
+                listener_close(sh, k);
+    }
+}
+
+static void on_wake(struct tp_shard *sh)
+{
+    unsigned msgs = atomic_exchange_explicit(&sh->msgs, 0, memory_order_acq_rel);
+
+    if (msgs & TP_MSG_RELOAD)
+        reconcile_listeners(sh);
+    if (msgs & (TP_MSG_RELOAD | TP_MSG_LOGREOPEN))
+        tp_accesslog_shard_sync(sh);
+    if ((msgs & TP_MSG_DRAIN) && !sh->draining) {
+        sh->draining = true;
+        for (unsigned i = 0; i < sh->n_lis; i++)
+            listener_close(sh, i);
+        close_all_idle(sh, false);
+    }
+    if (msgs & TP_MSG_STOP) {
+        sh->draining = true;
+        for (unsigned i = 0; i < sh->n_lis; i++)
+            listener_close(sh, i);
+        close_all_idle(sh, true);
+    }
+    if (!sh->stop)
+        wake_arm(sh);
+}
+
+void tp_shard_post(struct tp_shard *sh, unsigned msgs)
+{
+    uint64_t one = 1;
+    int fd;
+
+    if (sh) {
+        atomic_fetch_or_explicit(&sh->msgs, msgs, memory_order_acq_rel);
+        fd = sh->wake_fd;
+    } else {
+        fd = tp_rt.ctl_wake_fd; /* to the control thread */
+    }
+    if (fd >= 0 && write(fd, &one, sizeof(one)) == -1 && errno != EAGAIN)
+        TP_LOG_RL(TP_LOG_WARN, "eventfd write: %s", strerror(errno));
+}
+
+bool tp_shard_post_listener(struct tp_shard *sh, const struct tp_lis_msg *m)
+{
+    struct tp_shard_ext *x = (struct tp_shard_ext *)(sh + 1);
+    bool ok = false;
+
+    pthread_mutex_lock(&x->mbox_lock);
+    if (x->n_mbox < TP_LIS_MSGS) {
+        x->mbox[x->n_mbox++] = *m;
+        ok = true;
+    }
+    pthread_mutex_unlock(&x->mbox_lock);
+    return ok;
+}
+
+unsigned tp_shard_conns(const struct tp_shard *sh)
+{
+    return __atomic_load_n(&sh->n_conns, __ATOMIC_RELAXED);
+}
+
+/* ------------------------------------------------------------------ */
+/* completions                                                         */
+/* ------------------------------------------------------------------ */
+
+static void dispatch(struct tp_shard *sh, struct io_uring_cqe *cqe)
+{
+    uint64_t ud = cqe->user_data;
+    enum tp_op op = tp_ud_op(ud);
+    uint32_t slot = tp_ud_slot(ud), gen = tp_ud_gen(ud);
+    int res = cqe->res;
+
+    switch (op) {
+    case TP_OP_ACCEPT:
+        on_accept(sh, slot, res);
+        return;
+    case TP_OP_WAKE:
+        on_wake(sh);
+        return;
+    case TP_OP_LOGW:
+        tp_accesslog_on_write(sh, res);
+        return;
+    case TP_OP_NONE:
+        return;
+    default:
+        break;
+    }
+
+    if (op >= TP_OP_URECV && op <= TP_OP_UCLOSE) {
+        struct tp_uconn *uc = tp_uconn_of(sh, slot);
+        if (!uc || uc->gen != gen || uc->in_free) {
+            int bid = cqe_buffer(sh, cqe);
+            if (bid >= 0)
+                tp_buf_release(sh, (uint16_t)bid);
+            return;
+        }
+        switch (op) {
+        case TP_OP_URECV:
+            tp_uconn_on_recv(sh, uc, cqe);
+            return;
+        case TP_OP_USEND:
+            tp_uconn_on_send(sh, uc, res);
+            return;
+        case TP_OP_UCONNECT:
+            tp_uconn_on_connect(sh, uc, res);
+            return;
+        default:
+            tp_uconn_on_op_done(sh, uc, op, res);
+            return;
+        }
+    }
+
+    struct tp_conn *c = tp_conn_of(sh, slot);
+    if (!c || c->gen != gen || c->in_free) {
+        int bid = cqe_buffer(sh, cqe);
+        if (bid >= 0)
+            tp_buf_release(sh, (uint16_t)bid);
+        return;
+    }
+    switch (op) {
+    case TP_OP_RECV:
+        tp_conn_on_recv(sh, c, cqe);
+        return;
+    case TP_OP_SEND:
+        tp_conn_on_send(sh, c, res);
+        return;
+    default:
+        tp_conn_on_op_done(sh, c, op, res);
+        return;
+    }
+}
+
+/* Exported for conn.c / proxy.c: the buffer of a recv CQE. */
+int tp_cqe_buffer(struct tp_shard *sh, const struct io_uring_cqe *cqe)
+{
+    return cqe_buffer(sh, cqe);
+}
+
+/* ------------------------------------------------------------------ */
+/* the thread                                                          */
+/* ------------------------------------------------------------------ */
+
+static int ring_setup(struct tp_shard *sh)
+{
+    struct io_uring_params p;
+    int ret;
+
+    memset(&p, 0, sizeof(p));
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL |
+              IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+    p.cq_entries = CQ_ENTRIES;
+    ret = io_uring_queue_init_params(SQ_ENTRIES, &sh->ring, &p);
+    if (ret < 0)
+        return ret;
+    if (!(p.features & IORING_FEAT_EXT_ARG) || !(p.features & IORING_FEAT_NODROP))
+        return TP_EURING;
+    ret = io_uring_register_ring_fd(&sh->ring);
+    if (ret < 0)
+        tp_warn("shard %u: io_uring_register_ring_fd: %s (continuing)", sh->id, strerror(-ret));
+    return 0;
+}
+
+static void *shard_main(void *arg)
+{
+    struct tp_shard *sh = arg;
+    struct tp_shard_ext *x = (struct tp_shard_ext *)(sh + 1);
+    char name[32];
+    int ret;
+
+    tp_self = sh;
+    snprintf(name, sizeof(name), "shard %u", sh->id);
+    tp_log_set_thread(name);
+    if (sh->cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(sh->cpu, &set);
+        ret = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+        if (ret)
+            tp_warn("cannot pin to CPU %d: %s", sh->cpu, strerror(ret));
+    }
+    snprintf(name, sizeof(name), "tp-shard-%u", sh->id);
+    pthread_setname_np(pthread_self(), name);
+
+    /* The ring is created here: SINGLE_ISSUER binds it to this thread. */
+    ret = ring_setup(sh);
+    if (ret == 0)
+        ret = bufs_setup(sh);
+    if (ret) {
+        int expected = 0;
+        atomic_compare_exchange_strong(&tp_rt.shard_error, &expected, ret);
+        atomic_fetch_add(&tp_rt.shards_ready, 1);
+        atomic_fetch_add(&tp_rt.shards_done, 1);
+        tp_shard_post(NULL, 0);
+        return NULL;
+    }
+    sh->now_ns = tp_clock_ns();
+    sh->now_ms = sh->now_ns / 1000000;
+    tp_wheel_init(&sh->wheel, sh->now_ms);
+
+    rcu_register_thread();
+    snapshot_adopt(sh);
+    tp_accesslog_shard_sync(sh);
+    for (unsigned i = 0; i < x->n_init_lis; i++)
+        listener_add(sh, &x->init_lis[i]);
+    wake_arm(sh);
+    atomic_fetch_add(&tp_rt.shards_ready, 1);
+    tp_shard_post(NULL, 0);
+
+    while (!sh->stop) {
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts;
+        unsigned head, n = 0;
+
+        snapshot_adopt(sh);
+
+        uint64_t wait_ms = tp_wheel_next_ms(&sh->wheel, sh->now_ms, 1000);
+        ts.tv_sec = (long long)(wait_ms / 1000);
+        ts.tv_nsec = (long long)(wait_ms % 1000) * 1000000;
+        sh->sqes_pending = false;
+        rcu_thread_offline();
+        ret = io_uring_submit_and_wait_timeout(&sh->ring, &cqe, 1, &ts, NULL);
+        rcu_thread_online();
+        if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY) {
+            if (ret == -EBADR) {
+                tp_err("shard %u: io_uring lost completions (-EBADR); exiting", sh->id);
+                abort();
+            }
+            TP_LOG_RL(TP_LOG_ERR, "shard %u: io_uring_submit_and_wait_timeout: %s", sh->id, strerror(-ret));
+        }
+        sh->now_ns = tp_clock_ns();
+        sh->now_ms = sh->now_ns / 1000000;
+
+        io_uring_for_each_cqe(&sh->ring, head, cqe)
+        {
+            dispatch(sh, cqe);
+            n++;
+        }
+        io_uring_cq_advance(&sh->ring, n);
+
+        tp_wheel_run(&sh->wheel, sh->now_ms);
+        starved_rearm(sh);
+        tp_accesslog_flush(sh);
+        bufs_flush(sh);
+        rcu_quiescent_state();
+
+        if (sh->draining && sh->n_conns == 0) {
+            close_all_idle(sh, true);
+            if (sh->n_uconns == 0 && !tp_accesslog_busy(sh))
+                sh->stop = true;
+        }
+    }
+
+    /* leave: drop snapshot references, flush the last SQEs (closes) */
+    io_uring_submit(&sh->ring);
+    for (unsigned i = 0; i < sh->n_retiring; i++)
+        tp_snapshot_put(sh->retiring[i]);
+    sh->n_retiring = 0;
+    free(sh->retiring);
+    sh->retiring = NULL;
+    if (sh->snap)
+        tp_snapshot_put(sh->snap);
+    sh->snap = NULL;
+    rcu_unregister_thread();
+    tp_accesslog_shard_close(sh);
+    atomic_fetch_add(&tp_rt.shards_done, 1);
+    tp_shard_post(NULL, 0);
+    return NULL;
+}
+
+struct tp_shard *tp_shard_create(unsigned id, int cpu, const struct tp_lis_msg *lis, unsigned n_lis, int *err)
+{
+    struct tp_shard *sh = calloc(1, sizeof(*sh) + sizeof(struct tp_shard_ext));
+    struct tp_shard_ext *x;
+
+    if (!sh) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    x = (struct tp_shard_ext *)(sh + 1);
+    sh->id = id;
+    sh->cpu = cpu;
+    sh->wake_fd = eventfd(0, EFD_CLOEXEC);
+    if (sh->wake_fd == -1) {
+        *err = -errno;
+        free(sh);
+        return NULL;
+    }
+    if (getrandom(sh->rng, sizeof(sh->rng), 0) != sizeof(sh->rng) || (sh->rng[0] | sh->rng[1]) == 0) {
+        sh->rng[0] = tp_clock_ns() ^ ((uint64_t)id << 32) ^ 0x9e3779b97f4a7c15ull;
+        sh->rng[1] = (uint64_t)(uintptr_t)sh ^ 0xbf58476d1ce4e5b9ull;
+    }
+    pthread_mutex_init(&x->mbox_lock, NULL);
+    if (tp_accesslog_shard_init(sh) < 0) {
+        *err = -ENOMEM;
+        close(sh->wake_fd);
+        free(sh);
+        return NULL;
+    }
+    for (unsigned i = 0; i < n_lis && i < TP_MAX_LISTENERS; i++)
+        x->init_lis[x->n_init_lis++] = lis[i];
+    return sh;
+}
+
+int tp_shard_start(struct tp_shard *sh)
+{
+    struct tp_shard_ext *x = (struct tp_shard_ext *)(sh + 1);
+    int ret = pthread_create(&x->thread, NULL, shard_main, sh);
+    return ret ? -ret : 0;
+}
+
+void tp_shard_destroy(struct tp_shard *sh)
+{
+    struct tp_shard_ext *x = (struct tp_shard_ext *)(sh + 1);
+
+    pthread_join(x->thread, NULL);
+    tp_shard_free_unstarted(sh);
+}
+
+void tp_shard_free_unstarted(struct tp_shard *sh)
+{
+    struct tp_shard_ext *x = (struct tp_shard_ext *)(sh + 1);
+
+    /* The ring belongs to the joined thread; tearing it down from here is
+     * fine once that thread is gone (no further submissions). */
+    if (sh->ring.ring_fd > 0)
+        io_uring_queue_exit(&sh->ring);
+    for (unsigned i = 0; i < x->n_init_lis; i++)
+        if (!sh->n_lis && x->init_lis[i].fd >= 0)
+            close(x->init_lis[i].fd); /* never handed to the loop */
+    for (uint32_t i = 0; i < (sh->conn_cap >> CHUNK_SHIFT); i++)
+        free(sh->conn_chunks[i]);
+    free(sh->conn_chunks);
+    for (uint32_t i = 0; i < (sh->uc_cap >> CHUNK_SHIFT); i++)
+        free(sh->uc_chunks[i]);
+    free(sh->uc_chunks);
+    while (sh->req_free) {
+        struct tp_req *r = sh->req_free;
+        sh->req_free = r->next_free;
+        free(r);
+    }
+    while (sh->outq_free) {
+        struct tp_outq *q = sh->outq_free;
+        sh->outq_free = q->next_free;
+        free(q);
+    }
+    while (sh->blk_free) {
+        struct tp_block *b = sh->blk_free;
+        sh->blk_free = b->next;
+        free(b);
+    }
+    if (sh->bufs.br && sh->bufs.br != MAP_FAILED)
+        munmap(sh->bufs.br, sizeof(struct io_uring_buf) * sh->bufs.count);
+    if (sh->bufs.mem && sh->bufs.mem != MAP_FAILED)
+        munmap(sh->bufs.mem, (size_t)sh->bufs.size * sh->bufs.count);
+    free(sh->bufs.refs);
+    for (unsigned i = 0; i < sh->n_lis; i++)
+        if (sh->lis[i].fd >= 0)
+            close(sh->lis[i].fd);
+    close(sh->wake_fd);
+    pthread_mutex_destroy(&x->mbox_lock);
+    free(sh);
+}
+
+int tp_listen_socket(const struct tp_addr *addr, int backlog)
+{
+    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+
+    if (fd == -1)
+        return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == -1 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == -1 ||
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == -1)
+        goto fail;
+    if (addr->ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) == -1)
+        goto fail;
+    if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) == -1)
+        goto fail;
+    if (listen(fd, backlog) == -1)
+        goto fail;
+    return fd;
+fail:;
+    int err = -errno;
+    close(fd);
+    return err;
+}
+
+int tp_uring_probe(void)
+{
+    struct io_uring ring;
+    struct io_uring_params p;
+    int ret;
+
+    memset(&p, 0, sizeof(p));
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL;
+    ret = io_uring_queue_init_params(8, &ring, &p);
+    if (ret < 0)
+        return ret;
+    io_uring_queue_exit(&ring);
+    return 0;
+}

@@ -1,0 +1,511 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Runtime snapshots and the state registry (see snapshot.h). [control]
+ *
+ * Building a snapshot adopts the state objects of the current snapshot by
+ * name (route, upstream, "upstream/address" for endpoints), so rate-limit
+ * buckets, breakers, health, keepalive pools and counters survive a reload
+ * of an unchanged name. Objects are refcounted by the snapshots that use
+ * them; both counts and frees happen on the control thread only.
+ *
+ * Publishing is a transaction: everything is built first, any failure frees
+ * the new snapshot and keeps the old one. Then the pointer is exchanged and
+ * the control thread waits one RCU grace period, after which every shard
+ * that still looks at the old snapshot holds its own reference; the old
+ * snapshot goes on the retired list and is freed by tp_snapshot_collect()
+ * once the last shard let go of it.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define _LGPL_SOURCE
+#include <urcu-qsbr.h>
+
+#include <turnpike/balance.h>
+#include <turnpike/breaker.h>
+#include <turnpike/clock.h>
+#include <turnpike/hash.h>
+#include <turnpike/log.h>
+#include <turnpike/ratelimit.h>
+#include <turnpike/router.h>
+
+#include "rt/snapshot.h"
+
+struct tp_snapshot *tp_snapshot_current;
+
+const uint64_t tp_hist_bounds_us[TP_HIST_BUCKETS] = {
+    100,    250,    500,    1000,    2500,    5000,    10000,    25000,    50000,
+    100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000, 30000000,
+};
+
+void tp_hist_observe(struct tp_hist *h, uint64_t us)
+{
+    unsigned i = 0;
+    /* buckets are not cumulative here; /metrics accumulates when rendering */
+    while (i < TP_HIST_BUCKETS && us > tp_hist_bounds_us[i])
+        i++;
+    tp_stat_add(&h->bucket[i], 1);
+    tp_stat_add(&h->sum_us, us);
+    tp_stat_add(&h->count, 1);
+}
+
+static struct {
+    unsigned n_shards;
+    struct tp_snapshot **retired;
+    size_t n_retired, cap_retired;
+} reg;
+
+unsigned tp_registry_shards(void)
+{
+    return reg.n_shards;
+}
+
+/* ---- a small name -> object index used while building ---- */
+
+struct name_index {
+    const char **keys;
+    void **vals;
+    size_t cap; /* power of two */
+};
+
+static int index_init(struct name_index *ix, size_t n)
+{
+    ix->cap = 16;
+    while (ix->cap < n * 2)
+        ix->cap <<= 1;
+    ix->keys = calloc(ix->cap, sizeof(*ix->keys));
+    ix->vals = calloc(ix->cap, sizeof(*ix->vals));
+    return ix->keys && ix->vals ? 0 : -ENOMEM;
+}
+
+static void index_dispose(struct name_index *ix)
+{
+    free(ix->keys);
+    free(ix->vals);
+}
+
+static void index_put(struct name_index *ix, const char *key, void *val)
+{
+    size_t i = tp_hash_bytes(key, strlen(key)) & (ix->cap - 1);
+    while (ix->keys[i] && strcmp(ix->keys[i], key) != 0)
+        i = (i + 1) & (ix->cap - 1);
+    ix->keys[i] = key;
+    ix->vals[i] = val;
+}
+
+static void *index_get(const struct name_index *ix, const char *key)
+{
+    size_t i = tp_hash_bytes(key, strlen(key)) & (ix->cap - 1);
+    while (ix->keys[i]) {
+        if (strcmp(ix->keys[i], key) == 0)
+            return ix->vals[i];
+        i = (i + 1) & (ix->cap - 1);
+    }
+    return NULL;
+}
+
+/* ---- state objects ---- */
+
+static void *aligned_array(size_t n, size_t size)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, TP_CACHELINE, n * size > 0 ? n * size : TP_CACHELINE))
+        return NULL;
+    memset(p, 0, n * size);
+    return p;
+}
+
+static struct tp_route_state *route_state_new(const char *name)
+{
+    struct tp_route_state *st = calloc(1, sizeof(*st));
+    if (!st)
+        return NULL;
+    st->name = strdup(name);
+    st->stats = aligned_array(reg.n_shards, sizeof(*st->stats));
+    if (!st->name || !st->stats) {
+        free(st->name);
+        free(st->stats);
+        free(st);
+        return NULL;
+    }
+    return st;
+}
+
+static void route_state_put(struct tp_route_state *st)
+{
+    if (--st->refs > 0)
+        return;
+    if (st->rl)
+        tp_ratelimit_destroy(st->rl);
+    free(st->stats);
+    free(st->name);
+    free(st);
+}
+
+static struct tp_upstream_state *upstream_state_new(const char *name)
+{
+    struct tp_upstream_state *st = aligned_array(1, sizeof(*st));
+    if (!st)
+        return NULL;
+    st->name = strdup(name);
+    if (!st->name) {
+        free(st);
+        return NULL;
+    }
+    return st;
+}
+
+static void upstream_state_put(struct tp_upstream_state *st)
+{
+    if (--st->refs > 0)
+        return;
+    free(st->name);
+    free(st);
+}
+
+static struct tp_endpoint_state *endpoint_state_new(const char *key, const char *upstream,
+                                                    const struct tp_addr *addr)
+{
+    struct tp_endpoint_state *st = aligned_array(1, sizeof(*st));
+    if (!st)
+        return NULL;
+    st->key = strdup(key);
+    st->upstream = strdup(upstream);
+    st->addr = *addr;
+    st->shard = aligned_array(reg.n_shards, sizeof(*st->shard));
+    atomic_store(&st->healthy, 1); /* endpoints start healthy */
+    if (!st->key || !st->upstream || !st->shard) {
+        free(st->key);
+        free(st->upstream);
+        free(st->shard);
+        free(st);
+        return NULL;
+    }
+    return st;
+}
+
+void tp_endpoint_state_get(struct tp_endpoint_state *st)
+{
+    st->refs++;
+}
+
+void tp_endpoint_state_put(struct tp_endpoint_state *st)
+{
+    if (--st->refs > 0)
+        return;
+    if (st->breaker)
+        tp_breaker_destroy(st->breaker);
+    free(st->shard);
+    free(st->key);
+    free(st->upstream);
+    free(st);
+}
+
+/* ---- building ---- */
+
+static char *render_set(const struct tp_header_rewrite *rw, size_t *len)
+{
+    size_t n = 0;
+    char *buf, *p;
+
+    for (size_t i = 0; i < rw->n_set; i++)
+        n += rw->set[i].name_len + 2 + rw->set[i].value_len + 2;
+    buf = malloc(n + 1);
+    if (!buf)
+        return NULL;
+    p = buf;
+    for (size_t i = 0; i < rw->n_set; i++) {
+        memcpy(p, rw->set[i].name, rw->set[i].name_len);
+        p += rw->set[i].name_len;
+        *p++ = ':';
+        *p++ = ' ';
+        memcpy(p, rw->set[i].value, rw->set[i].value_len);
+        p += rw->set[i].value_len;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *p = 0;
+    *len = n;
+    return buf;
+}
+
+static void snapshot_free(struct tp_snapshot *s)
+{
+    if (!s)
+        return;
+    if (s->router)
+        tp_router_destroy(s->router);
+    for (size_t i = 0; i < s->n_routes; i++) {
+        struct tp_rt_route *rt = &s->routes[i];
+        free(rt->split);
+        free(rt->req.set_block);
+        free(rt->resp.set_block);
+        if (rt->st)
+            route_state_put(rt->st);
+    }
+    free(s->routes);
+    for (size_t i = 0; i < s->n_ups; i++) {
+        struct tp_rt_upstream *up = &s->ups[i];
+        for (size_t e = 0; e < up->n_eps; e++)
+            if (up->eps[e].st)
+                tp_endpoint_state_put(up->eps[e].st);
+        free(up->eps);
+        free(up->weights);
+        free(up->swrr);
+        if (up->maglev)
+            tp_maglev_destroy(up->maglev);
+        if (up->st)
+            upstream_state_put(up->st);
+    }
+    free(s->ups);
+    free(s->shard_inflight);
+    tp_config_destroy(s->cfg);
+    free(s);
+}
+
+struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, uint64_t generation,
+                                      struct tp_diag *diag)
+{
+    struct tp_snapshot *old = tp_snapshot_current; /* control thread: the writer reads its own pointer */
+    struct name_index rix = {0}, uix = {0}, eix = {0};
+    struct tp_snapshot *s;
+    void **targets = NULL;
+    int err = -ENOMEM;
+    char key[512];
+
+    if (!reg.n_shards)
+        reg.n_shards = n_shards;
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        goto fail;
+    s->generation = generation;
+    s->loaded_at_real_ns = tp_clock_real_ns();
+    s->n_shards = reg.n_shards;
+    atomic_store(&s->refs, 1);
+    s->shard_inflight = aligned_array((size_t)reg.n_shards * 16, sizeof(uint32_t));
+    s->routes = calloc(cfg->n_routes ? cfg->n_routes : 1, sizeof(*s->routes));
+    s->ups = calloc(cfg->n_upstreams ? cfg->n_upstreams : 1, sizeof(*s->ups));
+    if (!s->shard_inflight || !s->routes || !s->ups)
+        goto fail;
+
+    /* index what the current generation has, to adopt it by name */
+    if (index_init(&rix, old ? old->n_routes : 0) || index_init(&uix, old ? old->n_ups : 0))
+        goto fail;
+    size_t old_eps = 0;
+    for (size_t i = 0; old && i < old->n_ups; i++)
+        old_eps += old->ups[i].n_eps;
+    if (index_init(&eix, old_eps))
+        goto fail;
+    for (size_t i = 0; old && i < old->n_routes; i++)
+        index_put(&rix, old->routes[i].st->name, old->routes[i].st);
+    for (size_t i = 0; old && i < old->n_ups; i++) {
+        index_put(&uix, old->ups[i].st->name, old->ups[i].st);
+        for (size_t e = 0; e < old->ups[i].n_eps; e++)
+            index_put(&eix, old->ups[i].eps[e].st->key, old->ups[i].eps[e].st);
+    }
+
+    /* upstreams and endpoints */
+    s->n_ups = cfg->n_upstreams;
+    for (size_t i = 0; i < cfg->n_upstreams; i++) {
+        const struct tp_cfg_upstream *uc = &cfg->upstreams[i];
+        struct tp_rt_upstream *up = &s->ups[i];
+        up->cfg = uc;
+        up->st = index_get(&uix, uc->name);
+        if (!up->st && !(up->st = upstream_state_new(uc->name)))
+            goto fail;
+        up->st->refs++;
+        up->n_eps = uc->n_endpoints;
+        up->eps = calloc(up->n_eps, sizeof(*up->eps));
+        up->weights = calloc(up->n_eps, sizeof(*up->weights));
+        /* smooth WRR state: one row per shard, each row on its own cache lines */
+        up->swrr_stride = (up->n_eps + 7) & ~(size_t)7;
+        up->swrr = aligned_array(up->swrr_stride * reg.n_shards, sizeof(int64_t));
+        if (!up->eps || !up->weights || !up->swrr)
+            goto fail;
+        for (size_t e = 0; e < up->n_eps; e++) {
+            const struct tp_cfg_endpoint *ec = &uc->endpoints[e];
+            struct tp_rt_endpoint *ep = &up->eps[e];
+            snprintf(key, sizeof(key), "%s/%s", uc->name, ec->addr.text);
+            ep->cfg = ec;
+            ep->st = index_get(&eix, key);
+            if (!ep->st && !(ep->st = endpoint_state_new(key, uc->name, &ec->addr)))
+                goto fail;
+            ep->st->refs++;
+            up->weights[e] = ec->weight;
+            /* breaker state carries over; its new settings apply at publish */
+            if (uc->circuit_breaker) {
+                if (!ep->st->breaker && !(ep->st->breaker = tp_breaker_create(uc->circuit_breaker, &err)))
+                    goto fail;
+                ep->breaker = ep->st->breaker;
+            }
+        }
+        if (uc->balance == TP_BALANCE_HASH) {
+            const char **names = calloc(up->n_eps, sizeof(*names));
+            if (!names)
+                goto fail;
+            for (size_t e = 0; e < up->n_eps; e++)
+                names[e] = uc->endpoints[e].addr.text;
+            up->maglev = tp_maglev_create(names, up->weights, up->n_eps, 0, &err);
+            free(names);
+            if (!up->maglev)
+                goto fail;
+        }
+    }
+
+    /* routes */
+    s->n_routes = cfg->n_routes;
+    targets = calloc(cfg->n_routes ? cfg->n_routes : 1, sizeof(*targets));
+    if (!targets)
+        goto fail;
+    for (size_t i = 0; i < cfg->n_routes; i++) {
+        const struct tp_cfg_route *rc = &cfg->routes[i];
+        struct tp_rt_route *rt = &s->routes[i];
+        rt->cfg = rc;
+        rt->index = i;
+        rt->st = index_get(&rix, rc->name);
+        if (!rt->st && !(rt->st = route_state_new(rc->name)))
+            goto fail;
+        rt->st->refs++;
+        /* bucket state carries over; a changed rate or burst applies at publish */
+        if (rc->rate_limit) {
+            if (!rt->st->rl && !(rt->st->rl = tp_ratelimit_create(rc->rate_limit, 0, &err)))
+                goto fail;
+            rt->rl = rt->st->rl;
+        }
+        if (rc->upstream != TP_UPSTREAM_NONE)
+            rt->up = &s->ups[rc->upstream];
+        if (rc->n_split) {
+            rt->split = calloc(rc->n_split, sizeof(*rt->split));
+            if (!rt->split)
+                goto fail;
+            for (size_t k = 0; k < rc->n_split; k++)
+                rt->split[k] = &s->ups[rc->split[k].upstream];
+        }
+        rt->req.cfg = &rc->request_headers;
+        rt->resp.cfg = &rc->response_headers;
+        if (!(rt->req.set_block = render_set(&rc->request_headers, &rt->req.set_len)) ||
+            !(rt->resp.set_block = render_set(&rc->response_headers, &rt->resp.set_len)))
+            goto fail;
+        for (size_t k = 0; k < rc->response_headers.n_set; k++)
+            if (strcasecmp(rc->response_headers.set[k].name, "content-type") == 0)
+                rt->resp_has_ctype = true;
+        rt->strip_len = rc->strip_prefix ? strlen(rc->strip_prefix) : 0;
+        targets[i] = rt;
+    }
+    s->router = tp_router_create(cfg, targets, &err);
+    if (!s->router)
+        goto fail;
+    free(targets);
+    index_dispose(&rix);
+    index_dispose(&uix);
+    index_dispose(&eix);
+    s->cfg = cfg;
+    return s;
+
+fail:
+    tp_diag_add(diag, "%s: cannot build the runtime configuration: %s", cfg->source, strerror(-err));
+    free(targets);
+    index_dispose(&rix);
+    index_dispose(&uix);
+    index_dispose(&eix);
+    if (s) {
+        s->cfg = NULL; /* stays the caller's */
+        snapshot_free(s);
+    }
+    return NULL;
+}
+
+void tp_snapshot_publish(struct tp_snapshot *s)
+{
+    struct tp_snapshot *old = tp_snapshot_current;
+
+    /* the new generation's settings for state it shares with the old one */
+    for (size_t i = 0; i < s->n_routes; i++)
+        if (s->routes[i].rl)
+            tp_ratelimit_update(s->routes[i].rl, s->routes[i].cfg->rate_limit, tp_clock_ns());
+    for (size_t u = 0; u < s->n_ups; u++)
+        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
+            struct tp_rt_endpoint *ep = &s->ups[u].eps[e];
+            ep->st->live_gen = s->generation;
+            atomic_store_explicit(&ep->st->retired, false, memory_order_release);
+            if (ep->breaker)
+                tp_breaker_set_config(ep->breaker, s->ups[u].cfg->circuit_breaker);
+        }
+    /* endpoints the new generation drops: their pools must empty now */
+    for (size_t u = 0; old && u < old->n_ups; u++)
+        for (size_t e = 0; e < old->ups[u].n_eps; e++)
+            if (old->ups[u].eps[e].st->live_gen != s->generation)
+                atomic_store_explicit(&old->ups[u].eps[e].st->retired, true, memory_order_release);
+    rcu_xchg_pointer(&tp_snapshot_current, s);
+    if (!old)
+        return;
+    /* after the grace period every shard that can see <old> holds a reference */
+    synchronize_rcu();
+    if (reg.n_retired == reg.cap_retired) {
+        size_t ncap = reg.cap_retired ? reg.cap_retired * 2 : 8;
+        struct tp_snapshot **n = realloc(reg.retired, sizeof(*n) * ncap);
+        if (!n) {
+            tp_err("out of memory retiring configuration generation %llu; it is kept",
+                   (unsigned long long)old->generation);
+            return;
+        }
+        reg.retired = n;
+        reg.cap_retired = ncap;
+    }
+    reg.retired[reg.n_retired++] = old;
+    tp_snapshot_put(old);
+    tp_snapshot_collect();
+}
+
+size_t tp_snapshot_collect(void)
+{
+    size_t i = 0;
+    while (i < reg.n_retired) {
+        struct tp_snapshot *s = reg.retired[i];
+        if (atomic_load_explicit(&s->refs, memory_order_acquire) == 0) {
+            reg.retired[i] = reg.retired[--reg.n_retired];
+            snapshot_free(s);
+        } else {
+            i++;
+        }
+    }
+    return reg.n_retired;
+}
+
+void tp_snapshot_shutdown(void)
+{
+    struct tp_snapshot *cur = tp_snapshot_current;
+
+    rcu_assign_pointer(tp_snapshot_current, NULL);
+    if (cur)
+        tp_snapshot_put(cur);
+    /* shards are gone: everything left can go */
+    for (size_t i = 0; i < reg.n_retired; i++)
+        atomic_store(&reg.retired[i]->refs, 0);
+    if (cur) {
+        atomic_store(&cur->refs, 0);
+        snapshot_free(cur);
+    }
+    for (size_t i = 0; i < reg.n_retired; i++)
+        snapshot_free(reg.retired[i]);
+    free(reg.retired);
+    memset(&reg, 0, sizeof(reg));
+}
+
+void tp_registry_each_endpoint(void (*fn)(struct tp_endpoint_state *st, void *ctx), void *ctx)
+{
+    struct tp_snapshot *s = tp_snapshot_current;
+    for (size_t u = 0; s && u < s->n_ups; u++)
+        for (size_t e = 0; e < s->ups[u].n_eps; e++)
+            fn(s->ups[u].eps[e].st, ctx);
+}
+
+void tp_registry_each_route(void (*fn)(struct tp_route_state *st, void *ctx), void *ctx)
+{
+    struct tp_snapshot *s = tp_snapshot_current;
+    for (size_t i = 0; s && i < s->n_routes; i++)
+        fn(s->routes[i].st, ctx);
+}

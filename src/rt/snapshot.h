@@ -1,0 +1,223 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Runtime snapshots and the state registry (DESIGN.md "Configuration
+ * snapshots and reload (RCU)").
+ *
+ * A snapshot is the immutable runtime form of one configuration generation:
+ * the router, the routes with their compiled header rewrites, the upstream
+ * clusters with their endpoints and balancing tables. It is built on the
+ * control thread, published through tp_snapshot_current with RCU, and never
+ * modified afterwards (except the per-shard in-flight counters, each written
+ * by its own shard only).
+ *
+ * State that must outlive a generation lives in registry objects keyed by
+ * name, refcounted by the snapshots that use them:
+ *   tp_route_state     route name          rate limiter, per-shard counters
+ *   tp_upstream_state  upstream name       in-flight count (max_concurrent_requests)
+ *   tp_endpoint_state  upstream/address    breaker, health, in-flight, per-shard
+ *                                          keepalive pools and counters
+ * A new snapshot adopts the object of the same name, so buckets, breakers,
+ * health, pools and counters carry over a reload.
+ *
+ * Lifetimes: the control thread holds one reference on the current snapshot;
+ * each shard holds one on the snapshot it reads and on each older one that
+ * still has requests of that shard in flight. The last reference is dropped
+ * by whoever holds it, but memory is freed on the control thread only
+ * (tp_snapshot_collect), so registry objects are only touched there.
+ */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <turnpike/config.h>
+
+struct tp_breaker;
+struct tp_ratelimit;
+
+#define TP_MAX_SHARDS 256
+#define TP_CACHELINE  64
+
+/* Histogram bucket bounds [us] for request and upstream durations: 100 us to 30 s. */
+#define TP_HIST_BUCKETS 17
+extern const uint64_t tp_hist_bounds_us[TP_HIST_BUCKETS];
+
+/** A counter written by one shard and read by the control thread. */
+typedef _Atomic uint64_t tp_stat_t;
+
+static inline void tp_stat_add(tp_stat_t *c, uint64_t v)
+{
+    /* single writer: a plain load/add/store, no locked instruction */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v, memory_order_relaxed);
+}
+
+static inline uint64_t tp_stat_get(const tp_stat_t *c)
+{
+    return atomic_load_explicit((tp_stat_t *)c, memory_order_relaxed);
+}
+
+struct tp_hist {
+    tp_stat_t bucket[TP_HIST_BUCKETS + 1]; /* last = +Inf */
+    tp_stat_t sum_us;
+    tp_stat_t count;
+};
+
+void tp_hist_observe(struct tp_hist *h, uint64_t us);
+
+/** Per-shard counters of one route. [written: its shard; read: control] */
+struct tp_route_stats {
+    tp_stat_t requests[5]; /* by status class 1xx..5xx */
+    tp_stat_t ratelimited;
+    struct tp_hist duration;
+} __attribute__((aligned(TP_CACHELINE)));
+
+/** Per-shard state of one endpoint. [shard i only, except counters read by control] */
+struct tp_uconn;
+struct tp_ep_shard {
+    struct tp_uconn *idle; /* LIFO keepalive pool (head) */
+    uint32_t idle_count;
+    tp_stat_t requests[5]; /* upstream responses by class */
+    tp_stat_t connect_failures;
+    tp_stat_t connects;      /* connections opened */
+    struct tp_hist duration; /* upstream time to response end */
+} __attribute__((aligned(TP_CACHELINE)));
+
+struct tp_route_state {
+    char *name;
+    int refs;                     /* snapshots using it [control] */
+    struct tp_ratelimit *rl;      /* created when a generation first limits the route; kept */
+    struct tp_route_stats *stats; /* [n_shards] */
+};
+
+struct tp_upstream_state {
+    char *name;
+    int refs;
+    _Atomic uint64_t inflight __attribute__((aligned(TP_CACHELINE)));
+};
+
+enum tp_health {
+    TP_HEALTH_HEALTHY = 0,
+    TP_HEALTH_UNHEALTHY,
+};
+
+struct tp_endpoint_state {
+    char *key; /* "upstream/address" */
+    struct tp_addr addr;
+    char *upstream; /* upstream name (label) */
+    int refs;
+    _Atomic bool retired;       /* no longer in the current snapshot: pools must not keep connections */
+    struct tp_breaker *breaker; /* created when a generation first configures one; kept */
+    _Atomic int healthy __attribute__((aligned(TP_CACHELINE))); /* 1 healthy, 0 not */
+    _Atomic uint64_t inflight __attribute__((aligned(TP_CACHELINE)));
+    /* health check bookkeeping [control] */
+    uint32_t hc_ok, hc_fail;
+    bool hc_running;
+    uint64_t hc_next_ms;
+    uint64_t live_gen;         /* newest generation using it [control] */
+    struct tp_ep_shard *shard; /* [n_shards] */
+};
+
+struct tp_rt_endpoint {
+    const struct tp_cfg_endpoint *cfg;
+    struct tp_endpoint_state *st;
+    struct tp_breaker *breaker; /* st->breaker when this generation's upstream has a circuit_breaker */
+};
+
+struct tp_maglev;
+struct tp_rt_upstream {
+    const struct tp_cfg_upstream *cfg;
+    struct tp_upstream_state *st;
+    struct tp_rt_endpoint *eps;
+    size_t n_eps;
+    uint32_t *weights;        /* [n_eps] */
+    struct tp_maglev *maglev; /* balance: hash */
+    int64_t *swrr;            /* [n_shards][swrr_stride] smooth WRR state per shard */
+    size_t swrr_stride;       /* entries per shard, padded to a cache line */
+};
+
+/** A header set by a rewrite, pre-rendered as "Name: value\r\n". */
+struct tp_rt_rewrite {
+    const struct tp_header_rewrite *cfg;
+    char *set_block; /* all `set` lines concatenated */
+    size_t set_len;
+};
+
+struct tp_rt_route {
+    const struct tp_cfg_route *cfg;
+    size_t index;
+    struct tp_route_state *st;
+    struct tp_rt_upstream *up;     /* upstream: NAME; NULL for split and direct */
+    struct tp_rt_upstream **split; /* [cfg->n_split] */
+    struct tp_rt_rewrite req, resp;
+    size_t strip_len;        /* strlen(cfg->strip_prefix) or 0 */
+    struct tp_ratelimit *rl; /* st->rl when this generation's route has a rate_limit */
+    bool resp_has_ctype;     /* response_headers sets Content-Type */
+};
+
+struct tp_router;
+struct tp_snapshot {
+    uint64_t generation;
+    uint64_t loaded_at_real_ns;
+    struct tp_config *cfg;
+    struct tp_router *router;
+    struct tp_rt_route *routes;
+    size_t n_routes;
+    struct tp_rt_upstream *ups;
+    size_t n_ups;
+    _Atomic long refs;
+    unsigned n_shards;
+    /* in-flight requests per shard on this snapshot: shard i writes [i*16] only */
+    uint32_t *shard_inflight;
+};
+
+/** The published snapshot (RCU pointer). Read with rcu_dereference on a registered thread. */
+extern struct tp_snapshot *tp_snapshot_current;
+
+/**
+ * Builds a snapshot from <cfg> (taking ownership of it on success), adopting
+ * registry objects by name. Returns NULL and fills <diag> on failure; <cfg>
+ * stays the caller's then. [control]
+ */
+struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, uint64_t generation,
+                                      struct tp_diag *diag);
+
+/** Publishes <s> as current and retires the previous one (synchronize_rcu inside). [control] */
+void tp_snapshot_publish(struct tp_snapshot *s);
+
+/** Takes a reference. [any] */
+static inline void tp_snapshot_get(struct tp_snapshot *s)
+{
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+}
+
+/** Drops a reference; memory is reclaimed later by tp_snapshot_collect. [any] */
+static inline void tp_snapshot_put(struct tp_snapshot *s)
+{
+    atomic_fetch_sub_explicit(&s->refs, 1, memory_order_release);
+}
+
+/** Frees retired snapshots nobody holds any more. Returns how many remain. [control] */
+size_t tp_snapshot_collect(void);
+
+/** Drops the current snapshot and frees everything (at exit, after the shards ended). [control] */
+void tp_snapshot_shutdown(void);
+
+/** References on an endpoint state held outside snapshots (health probes). [control] */
+void tp_endpoint_state_get(struct tp_endpoint_state *st);
+void tp_endpoint_state_put(struct tp_endpoint_state *st);
+
+/** Calls <fn> for every live endpoint state / route state (for /metrics). [control] */
+void tp_registry_each_endpoint(void (*fn)(struct tp_endpoint_state *st, void *ctx), void *ctx);
+void tp_registry_each_route(void (*fn)(struct tp_route_state *st, void *ctx), void *ctx);
+
+/** Number of shards the registry's per-shard arrays are sized for. */
+unsigned tp_registry_shards(void);
+
+/** Status class index 0..4 for 1xx..5xx. */
+static inline unsigned tp_status_class(unsigned status)
+{
+    unsigned c = status / 100;
+    return c >= 1 && c <= 5 ? c - 1 : 4;
+}

@@ -1,0 +1,259 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Active health checks (upstreams[].health_check), run by the control thread
+ * on its ring: every `interval`, per endpoint, one HTTP/1.1 GET of `path` on
+ * a fresh connection; an answer with a 2xx status within `timeout` is a
+ * success, anything else (refused, reset, timeout, other status) a failure.
+ * `unhealthy_after` failures in a row mark the endpoint unhealthy (no more
+ * traffic), `healthy_after` successes in a row bring it back. The state
+ * lives in the endpoint's registry object, so it survives reloads of an
+ * unchanged endpoint; shards read it with one relaxed load per choice.
+ * [control]
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <turnpike/log.h>
+
+#include "rt/control.h"
+#include "rt/snapshot.h"
+
+struct probe {
+    bool used; /* slot taken (until every op completed) */
+    bool done; /* outcome recorded */
+    bool closing;
+    int fd;
+    unsigned ops;
+    struct tp_endpoint_state *st; /* holds a reference */
+    uint32_t healthy_after, unhealthy_after;
+    uint64_t deadline_ms;
+    char req[512];
+    size_t req_len, sent;
+    char resp[256];
+    size_t resp_len;
+};
+
+static struct {
+    struct probe *p;
+    size_t n, cap;
+} hc;
+
+static void probe_finish(uint32_t slot, bool ok, const char *why)
+{
+    struct probe *pr = &hc.p[slot];
+    struct tp_endpoint_state *st = pr->st;
+
+    if (pr->done)
+        return;
+    pr->done = true;
+    st->hc_running = false;
+    if (ok) {
+        st->hc_fail = 0;
+        if (st->hc_ok < UINT32_MAX)
+            st->hc_ok++;
+        if (!atomic_load(&st->healthy) && st->hc_ok >= pr->healthy_after) {
+            atomic_store(&st->healthy, 1);
+            tp_notice("upstream %s endpoint %s is healthy again", st->upstream, st->addr.text);
+        }
+    } else {
+        st->hc_ok = 0;
+        if (st->hc_fail < UINT32_MAX)
+            st->hc_fail++;
+        if (atomic_load(&st->healthy) && st->hc_fail >= pr->unhealthy_after) {
+            atomic_store(&st->healthy, 0);
+            tp_warn("upstream %s endpoint %s is unhealthy: %s (%u checks in a row)", st->upstream,
+                    st->addr.text, why, st->hc_fail);
+        }
+    }
+}
+
+static void probe_release(uint32_t slot)
+{
+    struct probe *pr = &hc.p[slot];
+    if (pr->fd >= 0)
+        close(pr->fd);
+    pr->fd = -1;
+    tp_endpoint_state_put(pr->st);
+    pr->st = NULL;
+    pr->used = false;
+}
+
+static void probe_close(uint32_t slot, bool ok, const char *why)
+{
+    struct probe *pr = &hc.p[slot];
+
+    probe_finish(slot, ok, why);
+    if (pr->closing)
+        return;
+    pr->closing = true;
+    if (pr->ops) {
+        struct io_uring_sqe *sqe = tp_ctl_sqe(TP_CTL_HC_CANCEL, slot);
+        io_uring_prep_cancel_fd(sqe, pr->fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_NONE, 0));
+        return;
+    }
+    probe_release(slot);
+}
+
+static void probe_start(struct tp_endpoint_state *st, const struct tp_cfg_health_check *cfg, uint64_t now_ms)
+{
+    uint32_t slot;
+    int fd, one = 1;
+
+    for (slot = 0; slot < hc.n && hc.p[slot].used; slot++)
+        ;
+    if (slot == hc.n) {
+        if (hc.n == hc.cap) {
+            size_t ncap = hc.cap ? hc.cap * 2 : 16;
+            struct probe *np = realloc(hc.p, sizeof(*np) * ncap);
+            if (!np)
+                return;
+            hc.p = np;
+            hc.cap = ncap;
+        }
+        hc.n++;
+    }
+    struct probe *pr = &hc.p[slot];
+    memset(pr, 0, sizeof(*pr));
+    pr->used = true;
+    pr->fd = -1;
+    pr->st = st;
+    tp_endpoint_state_get(st);
+    st->hc_running = true;
+    pr->healthy_after = cfg->healthy_after;
+    pr->unhealthy_after = cfg->unhealthy_after;
+    pr->deadline_ms = now_ms + cfg->timeout_ms;
+    int n = snprintf(
+        pr->req, sizeof(pr->req),
+        "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: turnpike-health-check\r\nConnection: close\r\n\r\n",
+        cfg->path, st->addr.text);
+    if (n < 0 || (size_t)n >= sizeof(pr->req)) {
+        probe_close(slot, false, "path too long");
+        return;
+    }
+    pr->req_len = (size_t)n;
+    fd = socket(st->addr.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        probe_close(slot, false, strerror(errno));
+        return;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    pr->fd = fd;
+    struct io_uring_sqe *sqe = tp_ctl_sqe(TP_CTL_HC_CONNECT, slot);
+    io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&st->addr.ss, st->addr.len);
+    io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_HC_CONNECT, slot));
+    pr->ops++;
+}
+
+void tp_health_tick(uint64_t now_ms)
+{
+    struct tp_snapshot *s = tp_snapshot_current;
+
+    /* timeouts of probes in flight */
+    for (uint32_t i = 0; i < hc.n; i++)
+        if (hc.p[i].used && !hc.p[i].done && now_ms >= hc.p[i].deadline_ms)
+            probe_close(i, false, "timed out");
+    if (!s)
+        return;
+    for (size_t u = 0; u < s->n_ups; u++) {
+        const struct tp_cfg_health_check *cfg = s->ups[u].cfg->health_check;
+        if (!cfg)
+            continue;
+        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
+            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
+            if (st->hc_running || now_ms < st->hc_next_ms)
+                continue;
+            st->hc_next_ms = now_ms + cfg->interval_ms;
+            probe_start(st, cfg, now_ms);
+        }
+    }
+}
+
+static bool status_2xx(const char *resp, size_t len, bool *complete)
+{
+    const char *eol = memchr(resp, '\n', len);
+    *complete = eol != NULL;
+    if (!eol)
+        return false;
+    /* "HTTP/1.x NNN ..." */
+    if (len < 12 || memcmp(resp, "HTTP/1.", 7) != 0 || resp[8] != ' ')
+        return false;
+    return resp[9] == '2' && resp[10] >= '0' && resp[10] <= '9' && resp[11] >= '0' && resp[11] <= '9';
+}
+
+void tp_health_on_cqe(enum tp_ctl_op op, uint32_t slot, int res)
+{
+    if (slot >= hc.n || !hc.p[slot].used)
+        return;
+    struct probe *pr = &hc.p[slot];
+    struct io_uring_sqe *sqe;
+
+    pr->ops--;
+    if (pr->closing) {
+        if (pr->ops == 0)
+            probe_release(slot);
+        return;
+    }
+    switch (op) {
+    case TP_CTL_HC_CONNECT:
+        if (res < 0) {
+            probe_close(slot, false, strerror(-res));
+            return;
+        }
+        sqe = tp_ctl_sqe(TP_CTL_HC_SEND, slot);
+        io_uring_prep_send(sqe, pr->fd, pr->req, pr->req_len, MSG_NOSIGNAL);
+        io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_HC_SEND, slot));
+        pr->ops++;
+        return;
+    case TP_CTL_HC_SEND:
+        if (res < 0) {
+            probe_close(slot, false, strerror(-res));
+            return;
+        }
+        pr->sent += (size_t)res;
+        sqe = tp_ctl_sqe(pr->sent < pr->req_len ? TP_CTL_HC_SEND : TP_CTL_HC_RECV, slot);
+        if (pr->sent < pr->req_len) {
+            io_uring_prep_send(sqe, pr->fd, pr->req + pr->sent, pr->req_len - pr->sent, MSG_NOSIGNAL);
+            io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_HC_SEND, slot));
+        } else {
+            io_uring_prep_recv(sqe, pr->fd, pr->resp, sizeof(pr->resp), 0);
+            io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_HC_RECV, slot));
+        }
+        pr->ops++;
+        return;
+    case TP_CTL_HC_RECV: {
+        bool complete;
+        if (res <= 0) {
+            probe_close(slot, false, res == 0 ? "closed without a response" : strerror(-res));
+            return;
+        }
+        pr->resp_len += (size_t)res;
+        bool ok = status_2xx(pr->resp, pr->resp_len, &complete);
+        if (complete || pr->resp_len == sizeof(pr->resp)) {
+            probe_close(slot, ok, ok ? "" : "status not 2xx");
+            return;
+        }
+        sqe = tp_ctl_sqe(TP_CTL_HC_RECV, slot);
+        io_uring_prep_recv(sqe, pr->fd, pr->resp + pr->resp_len, sizeof(pr->resp) - pr->resp_len, 0);
+        io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_HC_RECV, slot));
+        pr->ops++;
+        return;
+    }
+    default:
+        return;
+    }
+}
+
+void tp_health_stop(void)
+{
+    for (uint32_t i = 0; i < hc.n; i++)
+        if (hc.p[i].used)
+            probe_release(i);
+    free(hc.p);
+    memset(&hc, 0, sizeof(hc));
+}
