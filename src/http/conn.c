@@ -102,7 +102,10 @@ static int rq_on_headers_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
-/* Chunked request bodies are copied into blocks and re-framed when flushed. */
+static bool flush_chunk(struct tp_shard *sh, struct tp_req *r);
+
+/* Chunked request bodies are copied into blocks; each full block goes out as
+ * one chunk at once, the last partial one when the parser stops. */
 static int body_copy(struct tp_shard *sh, struct tp_req *r, const char *at, size_t len)
 {
     while (len) {
@@ -118,11 +121,8 @@ static int body_copy(struct tp_shard *sh, struct tp_req *r, const char *at, size
         b->len += (uint32_t)n;
         at += n;
         len -= n;
-        if (b->len == b->size && len) {
-            /* full: emitted by the pump; it checks for a full block after each execute */
-            r->chunk_overflow = true;
-            return HPE_PAUSED;
-        }
+        if (b->len == b->size && !flush_chunk(sh, r))
+            return -1;
     }
     return 0;
 }
@@ -1072,7 +1072,7 @@ static bool pump_body(struct tp_shard *sh, struct tp_conn *c)
     if (stream && (!r->uc || r->uc->state != TP_US_ACTIVE))
         return true; /* not connected yet: the body waits in the queue */
     while ((e = tp_inq_front(&c->in))) {
-        if (stream && r->uc->out && (r->uc->out->bytes >= TP_OUTQ_BUDGET || tp_outq_full(r->uc->out, 6)))
+        if (stream && r->uc->out && (r->uc->out->bytes >= TP_OUTQ_BUDGET || tp_outq_full(r->uc->out, 12)))
             break;
         const char *data = (const char *)tp_buf_ptr(sh, e->bid) + e->off;
         uint32_t len = e->len, used;
@@ -1080,8 +1080,6 @@ static bool pump_body(struct tp_shard *sh, struct tp_conn *c)
         llhttp_errno_t rc = llhttp_execute(&c->parser, data, len);
         if (rc == HPE_PAUSED) {
             used = (uint32_t)(llhttp_get_error_pos(&c->parser) - data);
-            if (!c->msg_done)
-                llhttp_resume(&c->parser); /* paused by a full chunk block */
         } else if (rc == HPE_OK) {
             used = len;
         } else {

@@ -283,9 +283,8 @@ struct tp_req {
     struct tp_breaker_pass bpass; /* what the endpoint's breaker admitted this attempt with */
     bool counted_up;              /* holds an upstream in-flight slot */
     bool expect_continue;
-    bool body_too_large; /* max_body_bytes passed while streaming */
-    bool body_left_ok;   /* discarding a small unread body keeps the connection */
-    bool chunk_overflow;
+    bool body_too_large;   /* max_body_bytes passed while streaming */
+    bool body_left_ok;     /* discarding a small unread body keeps the connection */
     bool aborted;          /* upstream side failed after the response started */
     bool breaker_admitted; /* the endpoint's breaker admitted this attempt */
     bool counted_ep;       /* holds an endpoint in-flight slot (least_request) */

@@ -306,7 +306,7 @@ bool tp_h1_has_token(const char *list, size_t len, const char *token, size_t tle
         size_t end = i;
         while (end > start && (list[end - 1] == ' ' || list[end - 1] == '\t'))
             end--;
-        if (end > start && tp_eq_nocase(list + start, end - start, token, tlen))
+        if (end - start == tlen && strncasecmp(list + start, token, tlen) == 0)
             return true;
     }
     return false;

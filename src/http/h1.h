@@ -58,7 +58,7 @@ const char *tp_head_value(const struct tp_head *h, const char *name, size_t name
 /** Case-insensitive comparison of <a> with the lowercase <lower>. */
 bool tp_eq_nocase(const char *a, size_t alen, const char *lower, size_t llen);
 
-/** True when <list> (a comma-separated header value) contains <token> (lowercase). */
+/** True when <list> (a comma-separated header value) contains <token>, compared case-insensitively. */
 bool tp_h1_has_token(const char *list, size_t len, const char *token, size_t tlen);
 
 /** Reason phrase for <status>. */
