@@ -343,7 +343,11 @@ void tp_conn_flush(struct tp_shard *sh, struct tp_conn *c)
         return;
     }
     sqe = tp_sqe(sh);
-    io_uring_prep_sendmsg(sqe, c->fd, &c->out->msg, MSG_NOSIGNAL | MSG_WAITALL);
+    /* one buffer: a plain send spares the kernel the msghdr copy */
+    if (c->out->msg.msg_iovlen == 1)
+        io_uring_prep_send(sqe, c->fd, c->out->iov[0].iov_base, c->out->iov[0].iov_len, MSG_NOSIGNAL | MSG_WAITALL);
+    else
+        io_uring_prep_sendmsg(sqe, c->fd, &c->out->msg, MSG_NOSIGNAL | MSG_WAITALL);
     io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_SEND, c->slot, c->gen));
     c->send_busy = true;
     c->ops++;

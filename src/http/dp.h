@@ -150,6 +150,7 @@ struct tp_seg {
 };
 
 #define TP_OUTQ_SEGS 64
+#define TP_COALESCE_MAX 2048 /* [bytes] slices copied into a preceding block */
 #define TP_SEND_IOV  32
 
 struct tp_outq {

@@ -125,6 +125,23 @@ bool tp_outq_push_block(struct tp_shard *sh, struct tp_outq **qp, struct tp_bloc
 
 bool tp_outq_push_rbuf(struct tp_shard *sh, struct tp_outq **qp, uint16_t bid, const char *p, uint32_t len)
 {
+    struct tp_outq *q = *qp;
+
+    /* A small slice right after a block we wrote (a response head, say) is
+     * copied into that block: one buffer to send instead of two, and the
+     * receive buffer goes back to the kernel at once. Only a segment that is
+     * not part of the send in flight may grow. */
+    if (q && q->n > q->sending && len <= TP_COALESCE_MAX) {
+        struct tp_seg *t = &q->seg[(q->head + q->n - 1) % TP_OUTQ_SEGS];
+        if (t->kind == TP_SEG_BLOCK && t->p + t->len == t->blk->data + t->blk->len &&
+            t->blk->size - t->blk->len >= len) {
+            memcpy(t->blk->data + t->blk->len, p, len);
+            t->blk->len += len;
+            t->len += len;
+            q->bytes += len;
+            return true;
+        }
+    }
     struct tp_seg s = {.p = p, .len = len, .kind = TP_SEG_RBUF, .bid = bid};
     if (!tp_outq_push(sh, qp, &s))
         return false;
