@@ -309,6 +309,14 @@ void tp_admin_on_cqe(enum tp_ctl_op op, uint32_t slot, int res)
     }
 }
 
+void tp_admin_tick(uint64_t now_ms)
+{
+    /* a client that neither finishes its request nor reads the answer loses its slot */
+    for (uint32_t i = 0; i < ADMIN_SLOTS; i++)
+        if (adm.conns[i].fd >= 0 && !adm.conns[i].closing && now_ms - adm.conns[i].started_ms > ADMIN_TIMEOUT_MS)
+            conn_close(i);
+}
+
 int tp_admin_start(int listen_fd)
 {
     for (unsigned i = 0; i < ADMIN_SLOTS; i++)

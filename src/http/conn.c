@@ -476,6 +476,7 @@ void tp_conn_on_op_done(struct tp_shard *sh, struct tp_conn *c, enum tp_op op, i
 {
     c->ops--;
     if (op == TP_OP_CLOSE) {
+        sh->lis[c->listener].conns--;
         tp_stat_add(&sh->lis[c->listener].stats->shard[sh->id].active, (uint64_t)-1);
         atomic_fetch_sub_explicit(&tp_rt.conns_open, 1, memory_order_relaxed);
         tp_conn_free(sh, c);
@@ -491,6 +492,7 @@ void tp_conn_on_op_done(struct tp_shard *sh, struct tp_conn *c, enum tp_op op, i
 
 void tp_conn_drain(struct tp_shard *sh, struct tp_conn *c)
 {
+    c->drain = true;
     if (c->state == TP_CS_IDLE && c->in.n == 0) {
         tp_conn_close(sh, c);
         return;
@@ -520,6 +522,7 @@ void tp_conn_start(struct tp_shard *sh, int fd, unsigned listener, const struct 
     c->fd = fd;
     c->listener = (uint8_t)listener;
     c->state = TP_CS_IDLE;
+    sh->lis[listener].conns++;
     tp_stat_add(&sh->lis[listener].stats->shard[sh->id].active, 1);
     if (peer->ss_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)peer;
@@ -552,6 +555,7 @@ static bool start_request(struct tp_shard *sh, struct tp_conn *c)
     r->start_ns = sh->now_ns;
     r->snap = tp_shard_snapshot_enter(sh);
     r->limits = sh->snap_limits;
+    r->resp_close = c->drain;
     c->req = r;
     c->head_done = false;
     c->msg_done = false;

@@ -334,6 +334,7 @@ struct tp_conn {
     bool peer_closed;  /* EOF from the client */
     bool shut;         /* shutdown(SHUT_WR) submitted */
     bool rst;          /* close with RST (aborted response) */
+    bool drain;        /* close after the current request (shutdown, listener removed) */
     bool in_free;
     struct tp_timer timer;
     struct tp_inq in;
@@ -416,6 +417,7 @@ struct tp_shard_listener {
     char name[64];
     struct tp_addr addr;
     bool closing;
+    uint32_t conns;             /* open connections accepted here (slot reuse waits for 0) */
     struct tp_lis_stats *stats; /* counters by listener name (control-owned) */
 };
 

@@ -423,6 +423,7 @@ static void control_loop(void)
         if (!tp_ctl.draining)
             tp_health_tick(ctl.now_ms);
         tp_accesslog_tick(ctl.now_ms);
+        tp_admin_tick(ctl.now_ms);
         if (tp_ctl.draining) {
             if (atomic_load(&tp_rt.shards_done) == tp_rt.n_shards) {
                 ctl.stop = true;

@@ -46,6 +46,7 @@ void tp_sd_notify(const char *msg);
 int tp_admin_start(int listen_fd);
 void tp_admin_on_cqe(enum tp_ctl_op op, uint32_t slot, int res);
 void tp_admin_stop(void);
+void tp_admin_tick(uint64_t now_ms);
 
 /* ---- health checks (src/upstream/health.c) ---- */
 

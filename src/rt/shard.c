@@ -409,7 +409,7 @@ static unsigned listener_add(struct tp_shard *sh, const struct tp_lis_msg *m)
     unsigned i;
 
     for (i = 0; i < sh->n_lis; i++)
-        if (sh->lis[i].fd < 0 && !sh->lis[i].closing)
+        if (sh->lis[i].fd < 0 && !sh->lis[i].closing && sh->lis[i].conns == 0)
             break;
     if (i == sh->n_lis) {
         if (sh->n_lis == TP_MAX_LISTENERS) {
@@ -618,9 +618,17 @@ static void reconcile_listeners(struct tp_shard *sh)
                 listener_add(sh, &msgs[i]);
             continue;
         }
-        for (unsigned k = 0; k < sh->n_lis; k++)
-            if (sh->lis[k].fd >= 0 && strcmp(sh->lis[k].name, msgs[i].name) == 0)
-                listener_close(sh, k);
+        for (unsigned k = 0; k < sh->n_lis; k++) {
+            if (sh->lis[k].fd < 0 || strcmp(sh->lis[k].name, msgs[i].name) != 0)
+                continue;
+            listener_close(sh, k);
+            /* its connections finish their current request, then close */
+            for (uint32_t j = 0; j < sh->conn_used; j++) {
+                struct tp_conn *c = tp_conn_of(sh, j);
+                if (!c->in_free && c->listener == k && c->state != TP_CS_CLOSING)
+                    tp_conn_drain(sh, c);
+            }
+        }
     }
 }
 
