@@ -491,7 +491,8 @@ tpb_versions() {
 
 # --------------------------------------------------------------------- wrk
 
-# tpb_wrk URL CONNS SECONDS OUT: runs wrk pinned to the load CPU, waits for
+# tpb_wrk URL CONNS SECONDS OUT: runs wrk pinned to the load CPU (with the
+# Lua script TPB_WRK_SCRIPT, by default wrk/report.lua), waits for
 # it (in the background so the INT/TERM trap can stop it), and parses the
 # line bench/wrk/report.lua prints into TPB_W_* variables. Returns nonzero
 # when wrk failed or printed no report.
@@ -499,7 +500,7 @@ tpb_wrk() {
 	local url=$1 conns=$2 secs=$3 out=$4 threads=${WRK_THREADS:-2} line kv
 	[ "$threads" -gt "$conns" ] && threads=$conns
 	tpb_start "$out" "$TPB_CPU_LOAD" "$WRK_BIN" -t "$threads" -c "$conns" -d "${secs}s" \
-		--timeout "${WRK_TIMEOUT:-2}s" --latency -s "$TPB_BENCH/wrk/report.lua" "$url"
+		--timeout "${WRK_TIMEOUT:-2}s" --latency -s "${TPB_WRK_SCRIPT:-$TPB_BENCH/wrk/report.lua}" "$url"
 	local pid=$TPB_LAST_PID
 	wait "$pid"
 	local rc=$?
