@@ -345,7 +345,8 @@ void tp_conn_flush(struct tp_shard *sh, struct tp_conn *c)
     sqe = tp_sqe(sh);
     /* one buffer: a plain send spares the kernel the msghdr copy */
     if (c->out->msg.msg_iovlen == 1)
-        io_uring_prep_send(sqe, c->fd, c->out->iov[0].iov_base, c->out->iov[0].iov_len, MSG_NOSIGNAL | MSG_WAITALL);
+        io_uring_prep_send(sqe, c->fd, c->out->iov[0].iov_base, c->out->iov[0].iov_len,
+                           MSG_NOSIGNAL | MSG_WAITALL);
     else
         io_uring_prep_sendmsg(sqe, c->fd, &c->out->msg, MSG_NOSIGNAL | MSG_WAITALL);
     io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_SEND, c->slot, c->gen));
@@ -1094,7 +1095,7 @@ static bool pump_body(struct tp_shard *sh, struct tp_conn *c)
             if (r->body_too_large)
                 tp_conn_error(sh, c, 413, "request body too large", true);
             else
-                tp_conn_error(sh, c, 400, "malformed request body", true);
+                tp_conn_error(sh, c, 400, tp_h1_llhttp_reason(rc), true);
             return c->state != TP_CS_CLOSING;
         }
         r->bytes_in += used;
@@ -1148,10 +1149,11 @@ static void process_input(struct tp_shard *sh, struct tp_conn *c)
                 break;
             c->state = TP_CS_ACTIVE;
             if (rc == TP_HEAD_ERROR) {
+                const char *why = c->req->head.reason_text ? c->req->head.reason_text : "malformed request";
                 tp_conn_error(sh, c, status,
                               status == 414   ? "uri too long"
                               : status == 431 ? "request header fields too large"
-                                              : "malformed request",
+                                              : why,
                               true);
                 break;
             }

@@ -149,9 +149,9 @@ struct tp_seg {
     char inl[16];
 };
 
-#define TP_OUTQ_SEGS 64
+#define TP_OUTQ_SEGS    64
 #define TP_COALESCE_MAX 2048 /* [bytes] slices copied into a preceding block */
-#define TP_SEND_IOV  32
+#define TP_SEND_IOV     32
 
 struct tp_outq {
     struct tp_outq *next_free;
@@ -214,8 +214,9 @@ struct tp_head {
     uint32_t n_hdrs, cap_hdrs;
     uint8_t last_cb; /* 1 field, 2 value, 3 value complete */
     bool url_done;
-    bool bad;  /* a rule llhttp does not enforce was broken (obs-fold, empty name) */
-    bool hold; /* a reference on hold_bid keeps <base> alive */
+    bool bad;                /* a rule llhttp does not enforce was broken (obs-fold, empty name) */
+    const char *reason_text; /* why the head was refused (400 body) */
+    bool hold;               /* a reference on hold_bid keeps <base> alive */
     uint16_t hold_bid;
     struct tp_hdr inl[TP_HDRS_INLINE];
 };

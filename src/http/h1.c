@@ -11,9 +11,9 @@
  * finished head is read as base + offset with no re-parse.
  *
  * llhttp (built with LLHTTP_STRICT_MODE) rejects most malformed input; two
- * rules it lets through are enforced here: obsolete line folding and an empty
- * header name both show up as a header value span that does not follow a
- * header name span.
+ * rules it lets through are enforced here: obsolete line folding shows up as
+ * a value span that does not start where the value's previous span ended,
+ * and an empty header name as a value span that follows no name.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,7 +85,13 @@ int tp_head_on_field(struct tp_head *h, const char *at, size_t len)
         hd->name.off = span_off(h, at);
         h->last_cb = 1;
     }
-    h->hdrs[h->n_hdrs - 1].name.len += (uint32_t)len;
+    struct tp_hdr *hd = &h->hdrs[h->n_hdrs - 1];
+    if (hd->name.len && span_off(h, at) != hd->name.off + hd->name.len) {
+        h->bad = true;
+        h->reason_text = "invalid header name";
+        return -1;
+    }
+    hd->name.len += (uint32_t)len;
     return 0;
 }
 
@@ -95,11 +101,19 @@ int tp_head_on_value(struct tp_head *h, const char *at, size_t len)
      * folded continuation line or a header without a name. */
     if (h->last_cb != 1 && h->last_cb != 2) {
         h->bad = true;
+        h->reason_text = h->last_cb == 3 ? "obsolete line folding" : "empty header name";
         return -1;
     }
     struct tp_hdr *hd = &h->hdrs[h->n_hdrs - 1];
-    if (h->last_cb == 1)
+    if (h->last_cb == 1) {
         hd->value.off = span_off(h, at);
+    } else if (span_off(h, at) != hd->value.off + hd->value.len) {
+        /* llhttp continues a value across a folded line without telling:
+         * a span that does not start where the previous one ended is one */
+        h->bad = true;
+        h->reason_text = "obsolete line folding";
+        return -1;
+    }
     hd->value.len += (uint32_t)len;
     h->last_cb = 2;
     return 0;
@@ -115,6 +129,7 @@ int tp_head_on_value_complete(struct tp_head *h)
     }
     if (h->n_hdrs == 0 || h->hdrs[h->n_hdrs - 1].name.len == 0) {
         h->bad = true;
+        h->reason_text = "empty header name";
         return -1;
     }
     h->last_cb = 3;
@@ -169,6 +184,8 @@ enum tp_head_rc tp_head_parse(struct tp_shard *sh, llhttp_t *p, struct tp_head *
             used = len;
         } else {
             *status = 400;
+            if (!h->bad)
+                h->reason_text = tp_h1_llhttp_reason(rc);
             return TP_HEAD_ERROR;
         }
         if (h->bad) {
@@ -214,6 +231,35 @@ void tp_head_release(struct tp_shard *sh, struct tp_head *h)
     if (h->hold) {
         h->hold = false;
         tp_buf_release(sh, h->hold_bid);
+    }
+}
+
+const char *tp_h1_llhttp_reason(int err)
+{
+    switch (err) {
+    case HPE_INVALID_METHOD:
+        return "invalid method";
+    case HPE_INVALID_URL:
+        return "invalid request target";
+    case HPE_INVALID_VERSION:
+        return "invalid http version";
+    case HPE_INVALID_HEADER_TOKEN:
+        return "invalid header";
+    case HPE_UNEXPECTED_CONTENT_LENGTH:
+        return "conflicting content-length";
+    case HPE_INVALID_CONTENT_LENGTH:
+        return "invalid content-length";
+    case HPE_INVALID_TRANSFER_ENCODING:
+        return "invalid transfer-encoding";
+    case HPE_INVALID_CHUNK_SIZE:
+        return "invalid chunk size";
+    case HPE_LF_EXPECTED:
+    case HPE_CR_EXPECTED:
+        return "invalid line ending";
+    case HPE_STRICT:
+        return "invalid character";
+    default:
+        return "malformed request";
     }
 }
 

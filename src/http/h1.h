@@ -47,6 +47,9 @@ static inline const char *tp_slice_ptr(const struct tp_head *h, struct tp_slice 
     return h->base + s.off;
 }
 
+/** A short reason (for the JSON error body) for an llhttp error code. */
+const char *tp_h1_llhttp_reason(int err);
+
 /** Classifies a header name (enum tp_hdr_id). */
 uint8_t tp_h1_header_id(const char *name, size_t len);
 

@@ -908,7 +908,8 @@ static void uconn_flush(struct tp_shard *sh, struct tp_uconn *uc)
     sqe = tp_sqe(sh);
     /* one buffer: a plain send spares the kernel the msghdr copy */
     if (uc->out->msg.msg_iovlen == 1)
-        io_uring_prep_send(sqe, uc->fd, uc->out->iov[0].iov_base, uc->out->iov[0].iov_len, MSG_NOSIGNAL | MSG_WAITALL);
+        io_uring_prep_send(sqe, uc->fd, uc->out->iov[0].iov_base, uc->out->iov[0].iov_len,
+                           MSG_NOSIGNAL | MSG_WAITALL);
     else
         io_uring_prep_sendmsg(sqe, uc->fd, &uc->out->msg, MSG_NOSIGNAL | MSG_WAITALL);
     io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_USEND, uc->slot, uc->gen));
