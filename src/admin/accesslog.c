@@ -45,6 +45,7 @@ struct alog_shard {
     tp_stat_t dropped;
     time_t sec; /* second of the cached time prefix */
     char tsec[32];
+    size_t tsec_len;
 };
 
 /* what a line needs from the request head, copied at head time */
@@ -257,8 +258,14 @@ void tp_accesslog_capture(struct tp_shard *sh, struct tp_req *r, const char *pat
     const char *target = h->base + h->url.off;
     size_t tlen = cap_len(h->url.len);
     path_len = cap_len(path_len);
-    ref = tp_head_value(h, "referer", 7, &ref_len);
-    ua = tp_head_value(h, "user-agent", 10, &ua_len);
+    ref = ua = NULL;
+    if (atomic_load_explicit(&alog.format, memory_order_relaxed) == TP_ACCESS_COMBINED) {
+        /* only the combined format shows these */
+        ref = tp_head_value(h, "referer", 7, &ref_len);
+        ua = tp_head_value(h, "user-agent", 10, &ua_len);
+    } else {
+        tlen = 0;
+    }
     ref_len = ref ? cap_len(ref_len) : 0;
     ua_len = ua ? cap_len(ua_len) : 0;
 
@@ -310,36 +317,47 @@ static void put(struct line *l, const char *s, size_t n)
 static void put_u64(struct line *l, uint64_t v)
 {
     char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
-    put(l, tmp, (size_t)n);
+    int n = 0;
+    do {
+        tmp[sizeof(tmp) - 1 - n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(l, tmp + sizeof(tmp) - n, (size_t)n);
 }
 
+/* [ns] as milliseconds with three decimals */
 static void put_ms(struct line *l, uint64_t ns)
 {
-    char tmp[32];
-    int n = snprintf(tmp, sizeof(tmp), "%llu.%03llu", (unsigned long long)(ns / 1000000),
-                     (unsigned long long)(ns / 1000 % 1000));
-    put(l, tmp, (size_t)n);
+    uint64_t us = ns / 1000;
+    char frac[4] = {'.', (char)('0' + us / 100 % 10), (char)('0' + us / 10 % 10), (char)('0' + us % 10)};
+    put_u64(l, us / 1000);
+    put(l, frac, 4);
 }
 
 /* JSON string body: quotes, backslashes, control and non-ASCII bytes escaped
- * (bytes >= 0x80 as \u00XX keep the line valid UTF-8 whatever came in) */
+ * (bytes >= 0x80 as \u00XX keep the line valid UTF-8 whatever came in); runs
+ * of plain bytes are copied at once */
 static void put_json(struct line *l, const char *s, size_t n)
 {
     static const char hx[] = "0123456789abcdef";
+    size_t run = 0;
+
     PUTS(l, "\"");
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\')
+            continue;
+        put(l, s + run, i - run);
+        run = i + 1;
         if (ch == '"' || ch == '\\') {
             char e[2] = {'\\', (char)ch};
             put(l, e, 2);
-        } else if (ch < 0x20 || ch >= 0x7f) {
+        } else {
             char e[6] = {'\\', 'u', '0', '0', hx[ch >> 4], hx[ch & 15]};
             put(l, e, 6);
-        } else {
-            put(l, (const char *)&ch, 1);
         }
     }
+    put(l, s + run, n - run);
     PUTS(l, "\"");
 }
 
@@ -367,17 +385,18 @@ static void format_json(struct line *l, struct alog_shard *a, struct tp_conn *c,
                         struct timespec *ts, const struct alog_info *in)
 {
     struct tm tm;
-    char tbuf[48];
 
     if (ts->tv_sec != a->sec) {
         gmtime_r(&ts->tv_sec, &tm);
-        strftime(a->tsec, sizeof(a->tsec), "%Y-%m-%dT%H:%M:%S", &tm);
+        a->tsec_len = strftime(a->tsec, sizeof(a->tsec), "%Y-%m-%dT%H:%M:%S", &tm);
         a->sec = ts->tv_sec;
     }
-    int n = snprintf(tbuf, sizeof(tbuf), "%s.%03ldZ", a->tsec, ts->tv_nsec / 1000000);
+    long ms = ts->tv_nsec / 1000000;
+    char frac[6] = {'.', (char)('0' + ms / 100), (char)('0' + ms / 10 % 10), (char)('0' + ms % 10), 'Z', '"'};
     PUTS(l, "{\"time\":\"");
-    put(l, tbuf, (size_t)n);
-    PUTS(l, "\",\"request_id\":");
+    put(l, a->tsec, a->tsec_len);
+    put(l, frac, 6);
+    PUTS(l, ",\"request_id\":");
     put_json(l, r->id, r->id_len);
     PUTS(l, ",\"trace_id\":");
     put_json(l, r->trace + 3, 32);
@@ -485,30 +504,27 @@ void tp_accesslog_line(struct tp_shard *sh, struct tp_conn *c, struct tp_req *r)
     struct alog_shard *a = sh->alog;
     const struct alog_info *in = r->info ? (const struct alog_info *)r->info->data : NULL;
     struct timespec ts;
-    char tmp[ALOG_LINE];
-    struct line l = {.p = tmp, .len = 0, .cap = sizeof(tmp) - 1};
 
     if (!a || a->fd < 0 || !a->buf[0] || !atomic_load_explicit(&alog.enabled, memory_order_relaxed))
         goto out;
+    if (ALOG_BUF - a->len[a->cur] < ALOG_LINE) {
+        /* no room for a line of the longest size: hand the buffer to the
+         * kernel, or drop the line when both buffers are busy */
+        if (a->writing) {
+            tp_stat_add(&a->dropped, 1);
+            goto out;
+        }
+        tp_accesslog_flush(sh);
+    }
+    /* the line is formatted in place, at the end of the filling buffer */
+    struct line l = {.p = a->buf[a->cur] + a->len[a->cur], .len = 0, .cap = ALOG_LINE - 1};
     clock_gettime(CLOCK_REALTIME, &ts);
     if (atomic_load_explicit(&alog.format, memory_order_relaxed) == TP_ACCESS_COMBINED)
         format_combined(&l, c, r, &ts, in);
     else
         format_json(&l, a, c, r, &ts, in);
     if (l.len == l.cap)
-        tmp[l.len - 1] = '\n'; /* cut: still one line */
-    if (a->len[a->cur] + l.len > ALOG_BUF) {
-        if (a->writing) {
-            tp_stat_add(&a->dropped, 1); /* both buffers busy: the disk is behind */
-            goto out;
-        }
-        tp_accesslog_flush(sh);
-        if (a->len[a->cur] + l.len > ALOG_BUF) {
-            tp_stat_add(&a->dropped, 1);
-            goto out;
-        }
-    }
-    memcpy(a->buf[a->cur] + a->len[a->cur], tmp, l.len);
+        l.p[l.len - 1] = '\n'; /* cut: still one line */
     a->len[a->cur] += (uint32_t)l.len;
     a->lines[a->cur]++;
 out:
