@@ -54,6 +54,7 @@ struct tp_ctl_info tp_ctl;
 struct ctl_listener {
     char name[64];
     struct tp_addr addr;
+    int *fds; /* [n_shards] duplicates of the shards' sockets: shutdown() stops listening at once */
 };
 
 static struct {
@@ -162,6 +163,45 @@ static bool same_addr(const struct tp_addr *a, const struct tp_addr *b)
     return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
 }
 
+/* Keeps duplicates of a listener's sockets, so the control thread can stop
+ * it listening itself, synchronously (see stop_listening). */
+static int keep_listener(struct ctl_listener *cl, const char *name, const struct tp_addr *addr,
+                         const int *fds)
+{
+    snprintf(cl->name, sizeof(cl->name), "%s", name);
+    cl->addr = *addr;
+    cl->fds = malloc(sizeof(int) * tp_rt.n_shards);
+    if (!cl->fds)
+        return -ENOMEM;
+    for (unsigned s = 0; s < tp_rt.n_shards; s++)
+        cl->fds[s] = fcntl(fds[s], F_DUPFD_CLOEXEC, 0);
+    return 0;
+}
+
+/*
+ * Stops <cl> listening in every shard now: shutdown(2) on a listening TCP
+ * socket takes it out of its SO_REUSEPORT group, so new connections are
+ * refused from this moment on (the shards' closes follow asynchronously).
+ * Used for removed listeners and the drain, so that what turnpike reports
+ * (READY=1 after a reload, /readyz during a drain) is already true.
+ */
+static void stop_listening(struct ctl_listener *cl, bool release)
+{
+    for (unsigned s = 0; cl->fds && s < tp_rt.n_shards; s++) {
+        if (cl->fds[s] < 0)
+            continue;
+        shutdown(cl->fds[s], SHUT_RD);
+        if (release) {
+            close(cl->fds[s]);
+            cl->fds[s] = -1;
+        }
+    }
+    if (release) {
+        free(cl->fds);
+        cl->fds = NULL;
+    }
+}
+
 /* Opens <l>'s socket for every shard into <fds>. Returns 0 or -errno (nothing left open). */
 static int open_listener(const struct tp_cfg_listener *l, int *fds)
 {
@@ -222,14 +262,9 @@ static void reload(void)
         int k = find_listener(cfg->listeners[i].name);
         if (k >= 0 && same_addr(&ctl.lis[k].addr, &cfg->listeners[i].addr))
             continue;
-        /* a different listener on an address we already listen on: the old one
-         * goes first, so the new sockets join its port once it closes */
-        int err = 0;
-        for (unsigned j = 0; j < ctl.n_lis; j++)
-            if (same_addr(&ctl.lis[j].addr, &cfg->listeners[i].addr))
-                err = -EADDRINUSE;
-        if (!err)
-            err = open_listener(&cfg->listeners[i], newfds[i]);
+        /* new, or moved to another address (a listener renamed on the same
+         * address joins the old sockets' SO_REUSEPORT group) */
+        int err = open_listener(&cfg->listeners[i], newfds[i]);
         if (err) {
             tp_diag_add(&diag, "%s:%u:%u: listeners[%zu].address: cannot listen on %s: %s", cfg->source,
                         cfg->listeners[i].addr_pos.line, cfg->listeners[i].addr_pos.col, i,
@@ -253,22 +288,31 @@ static void reload(void)
     tp_snapshot_publish(s); /* s owns cfg from here */
 
     /* listeners: removed or changed ones close, new ones open, in every shard */
+    struct ctl_listener kept[TP_MAX_LISTENERS_CTL];
+    unsigned n_kept = 0;
     for (unsigned j = 0; j < ctl.n_lis; j++) {
         bool keep = false;
         for (size_t i = 0; i < s->cfg->n_listeners; i++)
             if (!is_new[i] && strcmp(s->cfg->listeners[i].name, ctl.lis[j].name) == 0)
                 keep = true;
-        if (keep)
+        if (keep) {
+            kept[n_kept++] = ctl.lis[j];
             continue;
+        }
+        stop_listening(&ctl.lis[j], true);
         struct tp_lis_msg m = {.add = false, .fd = -1};
         snprintf(m.name, sizeof(m.name), "%s", ctl.lis[j].name);
         for (unsigned sidx = 0; sidx < tp_rt.n_shards; sidx++)
             tp_shard_post_listener(tp_rt.shards[sidx], &m);
         tp_info("listener %s (%s) closed", ctl.lis[j].name, ctl.lis[j].addr.text);
     }
+    memcpy(ctl.lis, kept, sizeof(kept[0]) * n_kept);
+    ctl.n_lis = n_kept;
     for (size_t i = 0; i < s->cfg->n_listeners; i++) {
         if (!is_new[i])
             continue;
+        keep_listener(&ctl.lis[ctl.n_lis++], s->cfg->listeners[i].name, &s->cfg->listeners[i].addr,
+                      newfds[i]);
         for (unsigned sidx = 0; sidx < tp_rt.n_shards; sidx++) {
             struct tp_lis_msg m = {.add = true,
                                    .fd = newfds[i][sidx],
@@ -283,11 +327,6 @@ static void reload(void)
                 close(m.fd);
         }
         tp_info("listener %s on %s opened", s->cfg->listeners[i].name, s->cfg->listeners[i].addr.text);
-    }
-    ctl.n_lis = 0;
-    for (size_t i = 0; i < s->cfg->n_listeners; i++) {
-        snprintf(ctl.lis[ctl.n_lis].name, sizeof(ctl.lis[0].name), "%s", s->cfg->listeners[i].name);
-        ctl.lis[ctl.n_lis++].addr = s->cfg->listeners[i].addr;
     }
     for (unsigned sidx = 0; sidx < tp_rt.n_shards; sidx++)
         tp_shard_post(tp_rt.shards[sidx], TP_MSG_RELOAD);
@@ -349,6 +388,9 @@ static void start_drain(void)
     tp_notice("draining: no new connections; in-flight requests finish (at most %llu ms)",
               (unsigned long long)tp_snapshot_current->cfg->drain_timeout_ms);
     ctl.drain_deadline_ms = ctl.now_ms + tp_snapshot_current->cfg->drain_timeout_ms;
+    /* new connections are refused from here on, whatever the shards are busy with */
+    for (unsigned j = 0; j < ctl.n_lis; j++)
+        stop_listening(&ctl.lis[j], false);
     for (unsigned i = 0; i < tp_rt.n_shards; i++)
         tp_shard_post(tp_rt.shards[i], TP_MSG_DRAIN);
 }
@@ -553,8 +595,7 @@ int tp_runtime_run(struct tp_config *cfg, const char *path)
                     close(fds[k][sidx]);
             goto out;
         }
-        snprintf(ctl.lis[ctl.n_lis].name, sizeof(ctl.lis[0].name), "%s", s->cfg->listeners[i].name);
-        ctl.lis[ctl.n_lis++].addr = s->cfg->listeners[i].addr;
+        keep_listener(&ctl.lis[ctl.n_lis++], s->cfg->listeners[i].name, &s->cfg->listeners[i].addr, fds[i]);
     }
     if (s->cfg->has_admin) {
         admin_fd = tp_listen_socket(&s->cfg->admin, 128);
@@ -664,6 +705,9 @@ out:
     close(ctl.sig_fd);
     close(tp_rt.ctl_wake_fd);
     free(ctl.cpus);
+    for (unsigned j = 0; j < ctl.n_lis; j++)
+        stop_listening(&ctl.lis[j], true);
+    ctl.n_lis = 0;
     lis_stats_free();
     if (exit_code == 0)
         tp_notice("stopped");

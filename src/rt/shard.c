@@ -476,6 +476,10 @@ static void on_accept(struct tp_shard *sh, uint32_t idx, int res)
         } else {
             tp_conn_start(sh, res, as->listener, &as->addr);
         }
+    } else if (res == -EINVAL) {
+        /* the socket stopped listening: the control thread shut it down
+         * (drain, listener removed); its message follows */
+        listener_close(sh, as->listener);
     } else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN && res != -ECONNABORTED) {
         TP_LOG_RL(TP_LOG_ERR, "accept on %s: %s", l->addr.text, strerror(-res));
     }
