@@ -294,6 +294,47 @@ static void discard_output(struct fy_diag *diag, void *user, const char *buf, si
     (void)diag, (void)user, (void)buf, (void)len;
 }
 
+/*
+ * YAML text must be UTF-8 here. libfyaml 0.7.12 loops forever on a directive
+ * line ("%...") holding a byte sequence that is not UTF-8, which would hang
+ * `turnpike -t` and a reload; checking the encoding first also gives a
+ * positioned message for the common case of a file saved in Latin-1.
+ */
+static bool utf8_valid(const char *buf, size_t len, struct tp_cfg_errs *errs)
+{
+    const unsigned char *p = (const unsigned char *)buf;
+    uint32_t line = 1, col = 1;
+
+    for (size_t i = 0; i < len;) {
+        unsigned char c = p[i];
+        size_t n = c < 0x80             ? 1
+                   : (c & 0xe0) == 0xc0 ? 2
+                   : (c & 0xf0) == 0xe0 ? 3
+                   : (c & 0xf8) == 0xf0 ? 4
+                                        : 0;
+        bool ok = n != 0 && i + n <= len && !(n == 2 && c < 0xc2) && !(n == 4 && c > 0xf4);
+        for (size_t k = 1; ok && k < n; k++)
+            ok = (p[i + k] & 0xc0) == 0x80;
+        /* overlong 3-byte forms, UTF-16 surrogates, and code points above U+10FFFF */
+        if (ok && n == 3 && ((c == 0xe0 && p[i + 1] < 0xa0) || (c == 0xed && p[i + 1] >= 0xa0)))
+            ok = false;
+        if (ok && n == 4 && ((c == 0xf0 && p[i + 1] < 0x90) || (c == 0xf4 && p[i + 1] >= 0x90)))
+            ok = false;
+        if (!ok) {
+            tp_cfg_errs_add(errs, line, col, "invalid UTF-8 (byte 0x%02x): the file must be UTF-8", c);
+            return false;
+        }
+        if (c == '\n') {
+            line++;
+            col = 1;
+        } else {
+            col++;
+        }
+        i += n;
+    }
+    return true;
+}
+
 struct tp_ynode *tp_cfg_yaml_parse(const char *buf, size_t len, struct tp_cfg_arena *a,
                                    struct tp_cfg_errs *errs, bool *empty)
 {
@@ -305,6 +346,8 @@ struct tp_ynode *tp_cfg_yaml_parse(const char *buf, size_t len, struct tp_cfg_ar
     int docs = 0;
 
     *empty = false;
+    if (!utf8_valid(buf, len, errs))
+        return NULL;
     fy_diag_cfg_default(&dcfg);
     dcfg.fp = NULL; /* libfyaml must never print: our caller owns stderr */
     dcfg.output_fn = discard_output;

@@ -51,6 +51,8 @@ static int detect_journal(void)
 }
 
 static void log_write(enum tp_log_level level, const char *suffix, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static void log_write(enum tp_log_level level, const char *suffix, const char *fmt, va_list ap)
 {
     char line[2048];
     size_t n = 0;
