@@ -418,6 +418,11 @@ static void test_yaml_errors(void)
            "g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\n",
            "t.yaml:5:7: document too large: more than 1048576 nodes once aliases are expanded");
     EXPECT("non-string key", "? [a]\n: 1\n" LST, "t.yaml:1:3: keys must be strings, got a list");
+    /* libfyaml 0.7.12 would loop forever on the directive; the encoding check comes first */
+    EXPECT("not UTF-8 in a directive", "%x\xfa\n" LST,
+           "t.yaml:1:3: invalid UTF-8 (byte 0xfa): the file must be UTF-8");
+    EXPECT("not UTF-8 in a value", LST "workers: caf\xe9\n",
+           "t.yaml:3:13: invalid UTF-8 (byte 0xe9): the file must be UTF-8");
     EXPECT("merge keys are plain keys in YAML 1.2", "l: &l {address: 127.0.0.1:1}\nlisteners:\n  - <<: *l\n",
            "t.yaml:1:1: l: unknown key", "t.yaml:3:5: listeners[0].<<: unknown key",
            "t.yaml:3:5: listeners[0]: missing required key \"address\"");
