@@ -473,7 +473,10 @@ static void format_combined(struct line *l, struct tp_conn *c, struct tp_req *r,
         PUTS(l, " ");
         d += in->method_len + in->host_len + in->path_len;
         put_clf(l, d, in->target_len);
-        PUTS(l, in->http_minor ? " HTTP/1.1" : " HTTP/1.0");
+        if (in->http_minor)
+            PUTS(l, " HTTP/1.1");
+        else
+            PUTS(l, " HTTP/1.0");
     } else {
         PUTS(l, "-");
     }

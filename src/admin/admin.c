@@ -313,7 +313,8 @@ void tp_admin_tick(uint64_t now_ms)
 {
     /* a client that neither finishes its request nor reads the answer loses its slot */
     for (uint32_t i = 0; i < ADMIN_SLOTS; i++)
-        if (adm.conns[i].fd >= 0 && !adm.conns[i].closing && now_ms - adm.conns[i].started_ms > ADMIN_TIMEOUT_MS)
+        if (adm.conns[i].fd >= 0 && !adm.conns[i].closing &&
+            now_ms - adm.conns[i].started_ms > ADMIN_TIMEOUT_MS)
             conn_close(i);
 }
 

@@ -50,6 +50,7 @@
 #include "rt/runtime.h"
 
 #define LINGER_MS         2000 /* [ms] reading after shutdown(SHUT_WR) before close */
+#define LINGER_DRAIN_MS   500  /* [ms] the same while shutting down */
 #define DISCARD_MAX_BYTES (1u << 20)
 
 static llhttp_settings_t req_settings;
@@ -399,14 +400,17 @@ static void conn_linger(struct tp_shard *sh, struct tp_conn *c)
 {
     if (c->state != TP_CS_LINGER) {
         c->state = TP_CS_LINGER;
-        conn_deadline(sh, c, sh->now_ms + LINGER_MS);
+        if (c->in.n)
+            c->linger = true; /* bytes we will never read: drop them without a reset */
+        conn_deadline(sh, c, sh->now_ms + (sh->draining ? LINGER_DRAIN_MS : LINGER_MS));
         tp_inq_clear(sh, &c->in);
     }
     if (c->out && c->out->n) {
         tp_conn_flush(sh, c);
         return;
     }
-    if (c->peer_closed) {
+    if (c->peer_closed || (!c->linger && c->in.n == 0)) {
+        /* nothing unread to protect: a plain close sends no reset */
         tp_conn_close(sh, c);
         return;
     }
@@ -606,6 +610,13 @@ void tp_req_finish(struct tp_shard *sh, struct tp_conn *c)
     struct tp_req *r = c->req;
     bool close = r->resp_close || !r->client_keepalive || sh->draining;
 
+    /* Lingering protects a response from the reset a close with unread input
+     * causes. It is needed when the request was not read to its end, or when
+     * we close a connection the client meant to keep (it may have pipelined
+     * more); a client that asked to close sends nothing more. */
+    if (close && ((r->body_state != TP_BODY_DONE && r->body_state != TP_BODY_NONE) || r->client_keepalive))
+        c->linger = true;
+
     r->resp_state = TP_RESP_DONE;
     req_end(sh, c);
     tp_conn_flush(sh, c);
@@ -665,8 +676,10 @@ void tp_conn_error(struct tp_shard *sh, struct tp_conn *c, unsigned status, cons
             close = true;
         }
     }
-    if (close)
+    if (close) {
         r->resp_close = true;
+        c->linger = true; /* the client may still be sending what we refused */
+    }
     r->status = (uint16_t)status;
     r->error = reason;
     b = tp_h1_error_response(sh, status, reason, r->id, r->id_len, r->extra_hdrs, r->extra_len,

@@ -336,6 +336,7 @@ struct tp_conn {
     bool shut;         /* shutdown(SHUT_WR) submitted */
     bool rst;          /* close with RST (aborted response) */
     bool drain;        /* close after the current request (shutdown, listener removed) */
+    bool linger;       /* closing must drain unread input first (lingering close) */
     bool in_free;
     struct tp_timer timer;
     struct tp_inq in;

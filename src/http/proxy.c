@@ -1192,6 +1192,11 @@ static bool on_response_head(struct tp_shard *sh, struct tp_uconn *uc, struct tp
     struct tp_head *h = &uc->rhead;
     struct tp_block *b;
 
+    if (status < 100 || status > 599) {
+        /* not a status a client can be given (llhttp takes any three digits) */
+        upstream_failed(sh, c, FAIL_INVALID, TP_EUPSTREAM);
+        return false;
+    }
     mark_connection_tokens(h);
     if (status < 200) {
         if (status == 101) {

@@ -623,7 +623,9 @@ static void reconcile_listeners(struct tp_shard *sh)
             continue;
         }
         for (unsigned k = 0; k < sh->n_lis; k++) {
-            if (sh->lis[k].fd < 0 || strcmp(sh->lis[k].name, msgs[i].name) != 0)
+            /* by name: the socket may already be closed (the control thread
+             * shut it down, and the accepts ended on that) */
+            if (strcmp(sh->lis[k].name, msgs[i].name) != 0 || (sh->lis[k].fd < 0 && !sh->lis[k].conns))
                 continue;
             listener_close(sh, k);
             /* its connections finish their current request, then close */

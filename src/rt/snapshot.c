@@ -134,12 +134,50 @@ static struct tp_route_state *route_state_new(const char *name)
     return st;
 }
 
+static void rl_ref_put(struct tp_rl_ref *r)
+{
+    if (r && --r->refs == 0) {
+        tp_ratelimit_destroy(r->rl);
+        free(r);
+    }
+}
+
+static bool rl_same_key(const struct tp_rl_ref *r, const struct tp_key *k)
+{
+    if (r->kind != k->kind)
+        return false;
+    return k->kind != TP_KEY_HEADER || (k->name && strcmp(r->name, k->name) == 0);
+}
+
+/* The limiter for a route of the new generation: the route's current one when
+ * it is keyed the same way (its buckets carry over; the new rate and burst
+ * apply at publish), else a fresh one with full buckets. */
+static struct tp_rl_ref *rl_for(struct tp_route_state *st, const struct tp_cfg_rate_limit *cfg, int *err)
+{
+    struct tp_rl_ref *r = st->rl;
+
+    if (r && rl_same_key(r, &cfg->key)) {
+        r->refs++;
+        return r;
+    }
+    r = calloc(1, sizeof(*r));
+    if (!r || !(r->rl = tp_ratelimit_create(cfg, 0, err))) {
+        free(r);
+        return NULL;
+    }
+    r->kind = cfg->key.kind;
+    if (cfg->key.name)
+        snprintf(r->name, sizeof(r->name), "%s", cfg->key.name);
+    r->refs = 1;
+    r->fresh = true;
+    return r;
+}
+
 static void route_state_put(struct tp_route_state *st)
 {
     if (--st->refs > 0)
         return;
-    if (st->rl)
-        tp_ratelimit_destroy(st->rl);
+    rl_ref_put(st->rl);
     free(st->stats);
     free(st->name);
     free(st);
@@ -243,6 +281,7 @@ static void snapshot_free(struct tp_snapshot *s)
         free(rt->split);
         free(rt->req.set_block);
         free(rt->resp.set_block);
+        rl_ref_put(rt->rlref);
         if (rt->st)
             route_state_put(rt->st);
     }
@@ -371,9 +410,9 @@ struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, 
         rt->st->refs++;
         /* bucket state carries over; a changed rate or burst applies at publish */
         if (rc->rate_limit) {
-            if (!rt->st->rl && !(rt->st->rl = tp_ratelimit_create(rc->rate_limit, 0, &err)))
+            if (!(rt->rlref = rl_for(rt->st, rc->rate_limit, &err)))
                 goto fail;
-            rt->rl = rt->st->rl;
+            rt->rl = rt->rlref->rl;
         }
         if (rc->upstream != TP_UPSTREAM_NONE)
             rt->up = &s->ups[rc->upstream];
@@ -423,9 +462,20 @@ void tp_snapshot_publish(struct tp_snapshot *s)
     struct tp_snapshot *old = tp_snapshot_current;
 
     /* the new generation's settings for state it shares with the old one */
-    for (size_t i = 0; i < s->n_routes; i++)
-        if (s->routes[i].rl)
-            tp_ratelimit_update(s->routes[i].rl, s->routes[i].cfg->rate_limit, tp_clock_ns());
+    for (size_t i = 0; i < s->n_routes; i++) {
+        struct tp_rt_route *rt = &s->routes[i];
+        if (!rt->rlref)
+            continue;
+        if (rt->rlref->fresh) {
+            /* a new limiter (first limit, or a new key) becomes the route's */
+            rt->rlref->fresh = false;
+            rt->rlref->refs++;
+            rl_ref_put(rt->st->rl);
+            rt->st->rl = rt->rlref;
+        } else if (tp_ratelimit_update(rt->rl, rt->cfg->rate_limit, tp_clock_ns()) < 0) {
+            tp_err("route %s: cannot apply the new rate limit; the previous one stays", rt->st->name);
+        }
+    }
     for (size_t u = 0; u < s->n_ups; u++)
         for (size_t e = 0; e < s->ups[u].n_eps; e++) {
             struct tp_rt_endpoint *ep = &s->ups[u].eps[e];

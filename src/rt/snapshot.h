@@ -84,10 +84,19 @@ struct tp_ep_shard {
     struct tp_hist duration; /* upstream time to response end */
 } __attribute__((aligned(TP_CACHELINE)));
 
+/** A rate limiter shared by the generations whose route keys it the same way. [control refcount] */
+struct tp_rl_ref {
+    struct tp_ratelimit *rl;
+    int refs;              /* route state + snapshots using it */
+    enum tp_key_kind kind; /* what it is keyed by: a new key starts a new limiter */
+    char name[128];        /* header name for TP_KEY_HEADER */
+    bool fresh;            /* created by a build not yet published */
+};
+
 struct tp_route_state {
     char *name;
     int refs;                     /* snapshots using it [control] */
-    struct tp_ratelimit *rl;      /* created when a generation first limits the route; kept */
+    struct tp_rl_ref *rl;         /* the route's current limiter; NULL until a generation limits it */
     struct tp_route_stats *stats; /* [n_shards] */
 };
 
@@ -152,7 +161,8 @@ struct tp_rt_route {
     struct tp_rt_upstream **split; /* [cfg->n_split] */
     struct tp_rt_rewrite req, resp;
     size_t strip_len;        /* strlen(cfg->strip_prefix) or 0 */
-    struct tp_ratelimit *rl; /* st->rl when this generation's route has a rate_limit */
+    struct tp_ratelimit *rl; /* rlref->rl when this generation's route has a rate_limit */
+    struct tp_rl_ref *rlref; /* holds a reference */
     bool resp_has_ctype;     /* response_headers sets Content-Type */
 };
 

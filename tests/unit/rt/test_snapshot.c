@@ -200,7 +200,7 @@ static void test_adoption(void)
     struct tp_route_state *slow = slow1->st;
     struct tp_upstream_state *up = s1->ups[0].st;
     struct tp_endpoint_state *ep0 = s1->ups[0].eps[0].st, *ep1 = s1->ups[0].eps[1].st;
-    struct tp_ratelimit *slow_rl = slow->rl;
+    struct tp_ratelimit *slow_rl = slow->rl->rl;
     struct tp_breaker *br0 = ep0->breaker;
 
     is_str(api->name, "api", "route state named after the route");
@@ -347,7 +347,7 @@ static unsigned long check_snapshot(const struct tp_snapshot *s)
     bad += strcmp(api->cfg->name, "api") != 0;
     bad += api->resp.set_len != (size_t)n || memcmp(api->resp.set_block, want, (size_t)n) != 0;
     bad += api->st != g_api || strcmp(api->st->name, "api") != 0;
-    bad += api->up != &s->ups[0] || api->rl != g_api->rl;
+    bad += api->up != &s->ups[0] || api->rl != g_api->rl->rl;
     bad += s->ups[0].eps[0].st != g_ep[0] || s->ups[0].eps[1].st != g_ep[1];
     bad += strcmp(s->ups[0].eps[1].cfg->addr.text, "127.0.0.1:9002") != 0;
     bad += s->n_shards != SHARDS;
