@@ -1,0 +1,250 @@
+# SPDX-License-Identifier: MIT
+"""Reload on SIGHUP (CONFIG.md "Signals", operations.md "Reload"): new routing
+after the generation moves; in-flight requests finish on their old configuration;
+100 reloads under keep-alive load without a failed request or a dropped
+connection; an invalid file changes nothing and is reported as FILE:LINE:COLUMN;
+rate-limit buckets carry over."""
+import re
+import threading
+import time
+
+from tp_harness import T, Client, assert_gateway_error, get, upstream_cfg, wait_until
+from tp_more import (Gate, Loader, admin_json, config_text, derive, generation, metrics, reload, reload_fails,
+                     sighup_and_wait, write_config)
+
+
+def test_reload_changes_routing(h):
+    a = h.upstream(name="A")
+    b = h.upstream(name="B")
+    tp = h.turnpike({
+        "upstreams": [upstream_cfg("a", a), upstream_cfg("b", b)],
+        "routes": [{"name": "api", "match": {"path_prefix": "/api"}, "upstream": "a"}],
+    })
+    assert generation(tp) == 1
+    r = get(tp.port, "/api/1")
+    assert (r.status, r.header("x-upstream")) == (200, "A"), r
+    assert_gateway_error(get(tp.port, "/new"), 404)
+
+    cfg = derive(tp, routes=[
+        {"name": "api", "match": {"path_prefix": "/api"}, "upstream": "b"},
+        {"name": "new", "match": {"path": "/new"}, "direct_response": {"status": 200, "body": "new route\n"}},
+    ])
+    assert reload(tp, cfg) == 2
+    for i in range(6):  # fresh connections land on both workers
+        r = get(tp.port, f"/api/{i}")
+        assert (r.status, r.header("x-upstream"), r.body) == (200, "B", f"GET /api/{i}".encode()), r
+        r = get(tp.port, "/new")
+        assert (r.status, r.body) == (200, b"new route\n"), r
+    assert a.count() == 1 and b.count() == 6, (a.count(), b.count())
+
+    # and back again, on a keep-alive connection opened before the reload
+    c = h.client(tp.port)
+    c.request("GET", "/api/x")
+    assert c.read_response().header("x-upstream") == "B"
+    reload(tp, derive(tp, routes=[{"name": "api", "match": {"path_prefix": "/api"}, "upstream": "a"}]))
+    c.request("GET", "/api/y")
+    r = c.read_response()
+    assert (r.status, r.header("x-upstream")) == (200, "A"), r
+    assert_gateway_error(get(tp.port, "/new"), 404)
+    assert generation(tp) == 3
+
+
+def test_inflight_request_finishes_on_old_config(h):
+    gate = Gate()
+    a = h.upstream(gate.handler, name="A")
+    b = h.upstream(name="B")
+    tp = h.turnpike({
+        "upstreams": [upstream_cfg("a", a), upstream_cfg("b", b)],
+        "routes": [{"name": "slow", "match": {"path_prefix": "/slow"}, "upstream": "a",
+                    "response_headers": {"set": {"x-config": "old"}}}],
+    })
+    result = {}
+
+    def slow():
+        c = Client(tp.port, timeout=T(30))
+        try:
+            c.request("GET", "/slow/1")
+            result["r"] = c.read_response()
+        except Exception as e:  # noqa: BLE001 - reported below
+            result["e"] = e
+        finally:
+            c.close()
+
+    t = threading.Thread(target=slow, daemon=True)
+    t.start()
+    a.wait_heads(1)  # the slow request is at upstream A, under generation 1
+
+    reload(tp, derive(tp, routes=[{"name": "slow", "match": {"path_prefix": "/slow"}, "upstream": "b",
+                                   "response_headers": {"set": {"x-config": "new"}}}]))
+    for i in range(4):
+        r = get(tp.port, f"/slow/n{i}")
+        assert (r.status, r.header("x-upstream"), r.header("x-config")) == (200, "B", "new"), r
+    assert "r" not in result and "e" not in result, result  # still held at A
+
+    gate.open()
+    t.join(T(20))
+    assert not t.is_alive()
+    assert "e" not in result, result
+    r = result["r"]
+    assert (r.status, r.body, r.header("x-upstream"), r.header("x-config")) == (200, b"A /slow/1", "A", "old"), r
+    assert len(a.heads) == 1 and b.count() == 4
+
+
+def test_100_reloads_under_keepalive_load(h):
+    up = h.upstream(name="U")
+
+    def routes(v):
+        return [{"name": "r", "match": {"path_prefix": "/"}, "upstream": "u",
+                 "response_headers": {"set": {"x-version": f"v{v}"}}}]
+
+    tp = h.turnpike({"upstreams": [upstream_cfg("u", up)], "routes": routes(0)})
+
+    def check(r):
+        if r.header("x-version") not in ("v0", "v1"):
+            return f"x-version {r.header('x-version')!r}"
+        return None
+
+    load = Loader(tp.port, 32, "/load", check).start()
+    probe = h.client(tp.port)
+    try:
+        wait_until_each_thread_sent(load, 1)
+        next_at = time.monotonic()
+        for k in range(1, 101):
+            cfg = derive(tp, routes=routes(k % 2))
+            write_config(tp, cfg)
+            sighup_and_wait(tp, 1 + k)
+            # a new request after the reload sees the new configuration
+            probe.request("GET", f"/probe/{k}")
+            r = probe.read_response()
+            assert (r.status, r.header("x-version")) == (200, f"v{k % 2}"), (k, r)
+            assert not load.failures, load.failures[:5]
+            next_at += 0.05
+            time.sleep(max(0.0, next_at - time.monotonic()))
+    finally:
+        load.stop()
+    print(f"load: {sum(load.received)} responses on {load.n} connections during 100 reloads")
+    try:
+        assert not load.failures, load.failures[:5]
+        assert set(load.statuses) == {200}, load.statuses
+        for i in range(load.n):
+            assert load.sent[i] == load.received[i], (i, load.sent[i], load.received[i])
+            assert load.sent[i] >= 2, f"thread {i} made only {load.sent[i]} requests"
+            # the same socket still works: nothing was dropped
+            c = load.clients[i]
+            assert c.sock is load.socks[i]
+            c.request("GET", "/after")
+            r = c.read_response()
+            assert (r.status, r.header("x-version")) == (200, "v0"), r
+    finally:
+        load.close()
+    m = metrics(tp)
+    assert m.value("turnpike_config_generation") == 101
+    assert m.value("turnpike_config_reloads_total", result="success") == 100
+    assert m.value("turnpike_config_reloads_total", result="failure") == 0
+    assert admin_json(tp)["generation"] == 101
+    total = sum(load.received) + load.n + 100  # load, the checks after it, the probes
+    assert m.value("turnpike_requests_total", route="r", code="2xx") == total
+    assert up.count() == total
+
+
+def wait_until_each_thread_sent(load, n):
+    wait_until(lambda: all(s >= n for s in load.received) or load.failures, T(20),
+               what=f"every load thread to get {n} responses")
+    assert not load.failures, load.failures[:5]
+
+
+def test_invalid_reload_keeps_old_config(h):
+    a = h.upstream(name="A")
+    tp = h.turnpike({
+        "upstreams": [upstream_cfg("a", a)],
+        "routes": [{"name": "api", "match": {"path_prefix": "/api"}, "upstream": "a"}],
+    })
+    path = str(tp.config_path)
+    cfg0 = admin_json(tp)
+    assert get(tp.port, "/api/0").status == 200
+
+    # 1. an unknown upstream; the error points at the value (the opening quote)
+    bad = derive(tp, routes=[{"name": "api", "match": {"path_prefix": "/api"}, "upstream": "nope"}])
+    text = config_text(bad)
+    lines = text.split("\n")
+    ln = next(i for i, s in enumerate(lines) if '"upstream": "nope"' in s)
+    col = lines[ln].index('"nope"') + 1
+    err = reload_fails(tp, text)
+    want = f'{path}:{ln + 1}:{col}: routes[0].upstream: no upstream named "nope"'
+    assert want in err, f"expected {want!r} in stderr:\n{err}"
+    c1 = admin_json(tp)
+    assert (c1["generation"], c1["sha256"], c1["loaded_at"]) == (1, cfg0["sha256"], cfg0["loaded_at"]), c1
+    assert [r["name"] for r in c1["routes"]] == ["api"]
+    r = get(tp.port, "/api/1")
+    assert (r.status, r.header("x-upstream")) == (200, "A"), r
+
+    # 2. a YAML syntax error (the closing brace of the top-level flow mapping is missing)
+    text = config_text(derive(tp)).rstrip().rstrip("}") + "\n"
+    err = reload_fails(tp, text)
+    m = re.search(re.escape(path) + r":(\d+):(\d+): \S", err)
+    assert m, f"no {path}:LINE:COLUMN: line in stderr:\n{err}"
+    assert int(m.group(1)) >= 1 and int(m.group(2)) >= 1
+    m2 = metrics(tp)
+    assert m2.value("turnpike_config_reloads_total", result="failure") == 2
+    assert m2.value("turnpike_config_reloads_total", result="success") == 0
+    assert m2.value("turnpike_config_generation") == 1
+    assert generation(tp) == 1
+    r = get(tp.port, "/api/2")
+    assert (r.status, r.header("x-upstream")) == (200, "A"), r
+
+    # 3. a valid file again: the next reload works and is generation 2
+    write_config(tp, tp.config)
+    sighup_and_wait(tp, 2)
+    assert metrics(tp).value("turnpike_config_reloads_total", result="success") == 1
+
+
+def test_ratelimit_state_survives_reload(h):
+    up = h.upstream(name="U")
+
+    def routes(tag):
+        return [{"name": "limited", "match": {"path_prefix": "/"}, "upstream": "u",
+                 "rate_limit": {"rate": "1/m", "burst": 5, "key": "route"},
+                 "response_headers": {"set": {"x-tag": tag}}}]
+
+    tp = h.turnpike({"upstreams": [upstream_cfg("u", up)], "routes": routes("one")})
+    for i in range(3):
+        r = get(tp.port, f"/a{i}")
+        assert (r.status, r.header("ratelimit-remaining"), r.header("x-tag")) == (200, str(4 - i), "one"), r
+    reload(tp, derive(tp, routes=routes("two")))
+    for i in range(2):
+        r = get(tp.port, f"/b{i}")
+        assert (r.status, r.header("ratelimit-remaining"), r.header("x-tag")) == (200, str(1 - i), "two"), r
+    r = get(tp.port, "/c")
+    assert_gateway_error(r, 429)
+    assert r.header("ratelimit-limit") == "5" and r.header("ratelimit-remaining") == "0", r
+    assert up.count() == 5
+    assert metrics(tp).value("turnpike_ratelimit_rejected_total", route="limited") == 1
+
+
+def test_removed_endpoint_pool_closed(h):
+    """operations.md: keepalive connections to endpoints that were removed are closed."""
+    a = h.upstream(name="A")
+    b = h.upstream(name="B")
+    tp = h.turnpike({"upstreams": [upstream_cfg("u", a)], "routes": [{"name": "r", "upstream": "u"}]})
+    for i in range(4):
+        assert get(tp.port, f"/a{i}").header("x-upstream") == "A"
+    assert a.accepted >= 1
+    assert a.closed_conns < a.accepted  # turnpike keeps some pooled
+    reload(tp, derive(tp, upstreams=[upstream_cfg("u", b)]))
+    wait_until(lambda: a.closed_conns == a.accepted, T(10), what="A's pooled connections to close")
+    for i in range(4):
+        assert get(tp.port, f"/b{i}").header("x-upstream") == "B"
+    assert len(a.heads) == 4
+
+
+def test_workers_change_needs_restart(h):
+    up = h.upstream(name="U")
+    tp = h.turnpike({"upstreams": [upstream_cfg("u", up)], "routes": [{"name": "r", "upstream": "u"}]})
+    err0 = len(tp.stderr())
+    assert reload(tp, derive(tp, workers=1, routes=[{"name": "r", "upstream": "u",
+                                                      "response_headers": {"set": {"x-new": "1"}}}])) == 2
+    wait_until(lambda: "workers" in tp.stderr()[err0:], T(5), what="a warning about workers")
+    m = metrics(tp)
+    assert m.value("turnpike_shards") == 2
+    assert admin_json(tp)["workers"] == 2
+    assert get(tp.port, "/x").header("x-new") == "1"
