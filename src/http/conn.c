@@ -142,7 +142,7 @@ static int rq_on_body(llhttp_t *p, const char *at, size_t len)
     if (r->body_state != TP_BODY_STREAM)
         return 0; /* discarded */
     if (!r->chunked) {
-        if (!tp_outq_push_rbuf(sh, &r->uc->out, c->exec_bid, at, (uint32_t)len))
+        if (!tp_outq_push_slice(sh, &r->uc->out, c->exec_ref, at, (uint32_t)len))
             return -1;
         r->body_fwd += len;
         return 0;
@@ -1096,9 +1096,9 @@ static bool pump_body(struct tp_shard *sh, struct tp_conn *c)
     while ((e = tp_inq_front(&c->in))) {
         if (stream && r->uc->out && (r->uc->out->bytes >= TP_OUTQ_BUDGET || tp_outq_full(r->uc->out, 12)))
             break;
-        const char *data = (const char *)tp_buf_ptr(sh, e->bid) + e->off;
+        const char *data = tp_rbuf_data(sh, e);
         uint32_t len = e->len, used;
-        c->exec_bid = e->bid;
+        c->exec_ref = tp_rbuf_ref(e);
         llhttp_errno_t rc = llhttp_execute(&c->parser, data, len);
         if (rc == HPE_PAUSED) {
             used = (uint32_t)(llhttp_get_error_pos(&c->parser) - data);

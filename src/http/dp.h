@@ -86,6 +86,7 @@ struct tp_block {
     struct tp_block *next; /* free list link */
     uint32_t size;         /* [bytes] of data[]; TP_BLOCK_SIZE for pooled blocks */
     uint32_t len;          /* bytes used */
+    uint32_t refs;         /* holders; tp_block_put drops one, the last frees */
     char data[];
 };
 
@@ -93,10 +94,18 @@ struct tp_block {
 
 #define TP_INQ_INLINE 4
 
+/* Received bytes live in a provided buffer <bid>, or (decrypted TLS) in a block. */
 struct tp_rbuf {
+    struct tp_block *blk; /* NULL: the provided buffer <bid> */
     uint16_t bid;
     uint32_t off; /* first unconsumed byte in the buffer */
     uint32_t len; /* unconsumed bytes */
+};
+
+/** A reference to the buffer some received bytes live in. */
+struct tp_bref {
+    struct tp_block *blk; /* NULL: the provided buffer <bid> */
+    uint16_t bid;
 };
 
 /**
@@ -128,6 +137,12 @@ static inline void tp_inq_init(struct tp_inq *q)
 static inline struct tp_rbuf *tp_inq_front(struct tp_inq *q)
 {
     return q->n ? &q->e[q->head] : NULL;
+}
+
+static inline struct tp_bref tp_rbuf_ref(const struct tp_rbuf *e)
+{
+    struct tp_bref r = {.blk = e->blk, .bid = e->bid};
+    return r;
 }
 
 /* ---- send queue: one sendmsg in flight per socket ---- */
@@ -216,8 +231,8 @@ struct tp_head {
     bool url_done;
     bool bad;                /* a rule llhttp does not enforce was broken (obs-fold, empty name) */
     const char *reason_text; /* why the head was refused (400 body) */
-    bool hold;               /* a reference on hold_bid keeps <base> alive */
-    uint16_t hold_bid;
+    bool hold;               /* a reference on hold_ref keeps <base> alive */
+    struct tp_bref hold_ref;
     struct tp_hdr inl[TP_HDRS_INLINE];
 };
 
@@ -344,10 +359,10 @@ struct tp_conn {
     struct tp_req *req;
     struct tp_conn *next; /* free list / starved list link */
     llhttp_t parser;
-    bool head_done;    /* parser reached the end of a head */
-    bool msg_done;     /* parser reached the end of a message */
-    bool in_process;   /* inside process_input (no recursion) */
-    uint16_t exec_bid; /* buffer being parsed (body slices point into it) */
+    bool head_done;          /* parser reached the end of a head */
+    bool msg_done;           /* parser reached the end of a message */
+    bool in_process;         /* inside process_input (no recursion) */
+    struct tp_bref exec_ref; /* buffer being parsed (body slices point into it) */
     uint64_t deadline_ms;
     char peer[48]; /* client address text for X-Forwarded-For */
     uint8_t peer_len;
@@ -392,7 +407,6 @@ struct tp_uconn {
     bool pool_when_sent; /* response done before our send completed */
     uint8_t mode;        /* response body relay mode (proxy.c) */
     uint32_t pool_keepalive;
-    uint16_t exec_bid;
     struct tp_block *dec_blk; /* decoding a chunked body for an HTTP/1.0 client */
     uint64_t deadline_ms;
     uint32_t served;
@@ -491,6 +505,14 @@ static inline void tp_buf_ref(struct tp_shard *sh, uint16_t bid)
 {
     sh->bufs.refs[bid]++;
 }
+/** The first unconsumed byte of <e>. */
+static inline const char *tp_rbuf_data(struct tp_shard *sh, const struct tp_rbuf *e)
+{
+    return (e->blk ? e->blk->data : (const char *)tp_buf_ptr(sh, e->bid)) + e->off;
+}
+/** Takes / drops one reference on the buffer of <r>. */
+void tp_bref_get(struct tp_shard *sh, struct tp_bref r);
+void tp_bref_put(struct tp_shard *sh, struct tp_bref r);
 uint64_t tp_rand64(struct tp_shard *sh);
 /** Takes the buffer a recv CQE carries (one reference for the caller); -1 when none. */
 int tp_cqe_buffer(struct tp_shard *sh, const struct io_uring_cqe *cqe);
@@ -519,6 +541,8 @@ extern __thread struct tp_shard *tp_self;
 
 /** Appends a received buffer; false when memory for the queue ran out. */
 bool tp_inq_push(struct tp_inq *q, uint16_t bid, uint32_t len);
+/** Appends the <b->len> bytes of a block, taking over the caller's reference on it. */
+bool tp_inq_push_block(struct tp_inq *q, struct tp_block *b);
 /** Drops every queued buffer. */
 void tp_inq_clear(struct tp_shard *sh, struct tp_inq *q);
 /** Consumes <n> bytes from the front, releasing emptied buffers. */
@@ -528,6 +552,9 @@ bool tp_outq_push(struct tp_shard *sh, struct tp_outq **qp, const struct tp_seg 
 bool tp_outq_push_static(struct tp_shard *sh, struct tp_outq **qp, const char *p, uint32_t len);
 bool tp_outq_push_block(struct tp_shard *sh, struct tp_outq **qp, struct tp_block *b);
 bool tp_outq_push_rbuf(struct tp_shard *sh, struct tp_outq **qp, uint16_t bid, const char *p, uint32_t len);
+/** Queues <len> received bytes at <p> inside the buffer of <r>, without a copy (one reference taken). */
+bool tp_outq_push_slice(struct tp_shard *sh, struct tp_outq **qp, struct tp_bref r, const char *p,
+                        uint32_t len);
 bool tp_outq_push_inline(struct tp_shard *sh, struct tp_outq **qp, const char *p, uint32_t len);
 static inline bool tp_outq_full(const struct tp_outq *q, unsigned need)
 {

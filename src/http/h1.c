@@ -168,7 +168,7 @@ enum tp_head_rc tp_head_parse(struct tp_shard *sh, llhttp_t *p, struct tp_head *
     struct tp_rbuf *e;
 
     while ((e = tp_inq_front(q))) {
-        const char *data = (const char *)tp_buf_ptr(sh, e->bid) + e->off;
+        const char *data = tp_rbuf_data(sh, e);
         uint32_t len = e->len, used;
         /* never let llhttp look further than the limit allows */
         uint32_t room = limit + 1 - h->len;
@@ -207,9 +207,9 @@ enum tp_head_rc tp_head_parse(struct tp_shard *sh, llhttp_t *p, struct tp_head *
             } else {
                 /* whole head in this buffer: keep it alive while the head is used */
                 h->base = data;
-                h->hold_bid = e->bid;
+                h->hold_ref = tp_rbuf_ref(e);
                 h->hold = true;
-                tp_buf_ref(sh, e->bid);
+                tp_bref_get(sh, h->hold_ref);
             }
             h->len += used;
             tp_inq_consume(sh, q, used);
@@ -230,7 +230,7 @@ void tp_head_release(struct tp_shard *sh, struct tp_head *h)
 {
     if (h->hold) {
         h->hold = false;
-        tp_buf_release(sh, h->hold_bid);
+        tp_bref_put(sh, h->hold_ref);
     }
 }
 

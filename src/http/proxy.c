@@ -1385,9 +1385,9 @@ static void process_response(struct tp_shard *sh, struct tp_uconn *uc)
             }
             break;
         }
-        const char *data = (const char *)tp_buf_ptr(sh, e->bid) + e->off;
+        const char *data = tp_rbuf_data(sh, e);
         uint32_t len = e->len, used;
-        uc->exec_bid = e->bid;
+        struct tp_bref ref = tp_rbuf_ref(e);
         llhttp_errno_t rc = llhttp_execute(&uc->parser, data, len);
         if (rc == HPE_PAUSED)
             used = (uint32_t)(llhttp_get_error_pos(&uc->parser) - data);
@@ -1400,12 +1400,12 @@ static void process_response(struct tp_shard *sh, struct tp_uconn *uc)
         if (used) {
             bool ok = true;
             if (uc->mode == RM_RAW) {
-                ok = tp_outq_push_rbuf(sh, &c->out, e->bid, data, used);
+                ok = tp_outq_push_slice(sh, &c->out, ref, data, used);
             } else if (uc->mode == RM_WRAP) {
                 char line[16];
                 int n = snprintf(line, sizeof(line), "%x\r\n", used);
                 ok = tp_outq_push_inline(sh, &c->out, line, (uint32_t)n) &&
-                     tp_outq_push_rbuf(sh, &c->out, e->bid, data, used) &&
+                     tp_outq_push_slice(sh, &c->out, ref, data, used) &&
                      tp_outq_push_static(sh, &c->out, "\r\n", 2);
             } else if (uc->mode == RM_DECODE && uc->dec_blk && uc->dec_blk->len) {
                 ok = tp_outq_push_block(sh, &c->out, uc->dec_blk);

@@ -17,25 +17,63 @@
 
 #include "http/dp.h"
 
+void tp_bref_get(struct tp_shard *sh, struct tp_bref r)
+{
+    if (r.blk)
+        r.blk->refs++;
+    else
+        tp_buf_ref(sh, r.bid);
+}
+
+void tp_bref_put(struct tp_shard *sh, struct tp_bref r)
+{
+    if (r.blk)
+        tp_block_put(sh, r.blk);
+    else
+        tp_buf_release(sh, r.bid);
+}
+
+static bool inq_grow(struct tp_inq *q);
+
+bool tp_inq_push_block(struct tp_inq *q, struct tp_block *b)
+{
+    if (q->n == q->cap && !inq_grow(q))
+        return false;
+    struct tp_rbuf *e = &q->e[(q->head + q->n) & (q->cap - 1)];
+    e->blk = b;
+    e->bid = 0;
+    e->off = 0;
+    e->len = b->len;
+    q->n++;
+    q->bytes += b->len;
+    return true;
+}
+
+static bool inq_grow(struct tp_inq *q)
+{
+    /* spill: unroll the ring into a heap array twice as large */
+    uint16_t ncap = (uint16_t)(q->cap * 2);
+    struct tp_rbuf *ne = malloc(sizeof(*ne) * ncap);
+    if (!ne || ncap < q->cap) {
+        free(ne);
+        return false;
+    }
+    for (uint16_t i = 0; i < q->n; i++)
+        ne[i] = q->e[(q->head + i) & (q->cap - 1)];
+    if (q->e != q->inl)
+        free(q->e);
+    q->e = ne;
+    q->cap = ncap;
+    q->head = 0;
+    return true;
+}
+
 bool tp_inq_push(struct tp_inq *q, uint16_t bid, uint32_t len)
 {
-    if (q->n == q->cap) {
-        /* spill: unroll the ring into a heap array twice as large */
-        uint16_t ncap = (uint16_t)(q->cap * 2);
-        struct tp_rbuf *ne = malloc(sizeof(*ne) * ncap);
-        if (!ne || ncap < q->cap) {
-            free(ne);
-            return false;
-        }
-        for (uint16_t i = 0; i < q->n; i++)
-            ne[i] = q->e[(q->head + i) & (q->cap - 1)];
-        if (q->e != q->inl)
-            free(q->e);
-        q->e = ne;
-        q->cap = ncap;
-        q->head = 0;
-    }
+    if (q->n == q->cap && !inq_grow(q))
+        return false;
     struct tp_rbuf *e = &q->e[(q->head + q->n) & (q->cap - 1)];
+    e->blk = NULL;
     e->bid = bid;
     e->off = 0;
     e->len = len;
@@ -58,7 +96,7 @@ static void inq_shrink(struct tp_inq *q)
 void tp_inq_clear(struct tp_shard *sh, struct tp_inq *q)
 {
     while (q->n) {
-        tp_buf_release(sh, q->e[q->head].bid);
+        tp_bref_put(sh, tp_rbuf_ref(&q->e[q->head]));
         q->head = (q->head + 1) & (q->cap - 1);
         q->n--;
     }
@@ -77,7 +115,7 @@ void tp_inq_consume(struct tp_shard *sh, struct tp_inq *q, uint32_t n)
         q->bytes -= take;
         n -= take;
         if (e->len == 0) {
-            tp_buf_release(sh, e->bid);
+            tp_bref_put(sh, tp_rbuf_ref(e));
             q->head = (q->head + 1) & (q->cap - 1);
             q->n--;
         }
@@ -123,17 +161,18 @@ bool tp_outq_push_block(struct tp_shard *sh, struct tp_outq **qp, struct tp_bloc
     return true;
 }
 
-bool tp_outq_push_rbuf(struct tp_shard *sh, struct tp_outq **qp, uint16_t bid, const char *p, uint32_t len)
+bool tp_outq_push_slice(struct tp_shard *sh, struct tp_outq **qp, struct tp_bref r, const char *p,
+                        uint32_t len)
 {
     struct tp_outq *q = *qp;
 
     /* A small slice right after a block we wrote (a response head, say) is
      * copied into that block: one buffer to send instead of two, and the
-     * receive buffer goes back to the kernel at once. Only a segment that is
-     * not part of the send in flight may grow. */
+     * receive buffer goes back at once. Only a block nobody else holds, in
+     * a segment that is not part of the send in flight, may grow. */
     if (q && q->n > q->sending && len <= TP_COALESCE_MAX) {
         struct tp_seg *t = &q->seg[(q->head + q->n - 1) % TP_OUTQ_SEGS];
-        if (t->kind == TP_SEG_BLOCK && t->p + t->len == t->blk->data + t->blk->len &&
+        if (t->kind == TP_SEG_BLOCK && t->blk->refs == 1 && t->p + t->len == t->blk->data + t->blk->len &&
             t->blk->size - t->blk->len >= len) {
             memcpy(t->blk->data + t->blk->len, p, len);
             t->blk->len += len;
@@ -142,11 +181,18 @@ bool tp_outq_push_rbuf(struct tp_shard *sh, struct tp_outq **qp, uint16_t bid, c
             return true;
         }
     }
-    struct tp_seg s = {.p = p, .len = len, .kind = TP_SEG_RBUF, .bid = bid};
+    struct tp_seg s = {
+        .p = p, .len = len, .kind = r.blk ? TP_SEG_BLOCK : TP_SEG_RBUF, .bid = r.bid, .blk = r.blk};
     if (!tp_outq_push(sh, qp, &s))
         return false;
-    tp_buf_ref(sh, bid);
+    tp_bref_get(sh, r);
     return true;
+}
+
+bool tp_outq_push_rbuf(struct tp_shard *sh, struct tp_outq **qp, uint16_t bid, const char *p, uint32_t len)
+{
+    struct tp_bref r = {.blk = NULL, .bid = bid};
+    return tp_outq_push_slice(sh, qp, r, p, len);
 }
 
 bool tp_outq_push_inline(struct tp_shard *sh, struct tp_outq **qp, const char *p, uint32_t len)

@@ -109,11 +109,14 @@ struct tp_block *tp_block_get(struct tp_shard *sh, size_t need)
     }
     b->next = NULL;
     b->len = 0;
+    b->refs = 1;
     return b;
 }
 
 void tp_block_put(struct tp_shard *sh, struct tp_block *b)
 {
+    if (--b->refs)
+        return;
     if (b->size == TP_BLOCK_SIZE && sh->n_blk_free < FREE_CAP) {
         b->next = sh->blk_free;
         sh->blk_free = b;

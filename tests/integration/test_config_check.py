@@ -43,7 +43,7 @@ def test_every_error_in_file_order():
     assert err == [
         f"{path}:2:10: workers: 0 is out of range (1..1024)",
         f"{path}:5:5: listeners[0].adress: unknown key",
-        f"{path}:6:5: listeners[0].tls is not supported yet",
+        f'{path}:6:10: listeners[0].tls: missing required key "certificates"',
         f'{path}:9:16: timeouts.client_idle: invalid duration "10 s" (expected e.g. 250ms, 2s, 1m, 1h)',
         f'{path}:12:13: routes[0].upstream: no upstream named "userz"',
         f"{path}:13:3: routes[1]: needs one of upstream, split or direct_response",
@@ -82,7 +82,7 @@ def test_path_as_given(tmp_path):
     # A relative path with "./" stays exactly as typed in every message.
     (tmp_path / "c.yaml").write_text("listeners:\n  - address: 127.0.0.1:8080\n    tls: {}\n")
     rc, out, err = check("./c.yaml", cwd=tmp_path)
-    assert (rc, out, err) == (1, "", ["./c.yaml:3:5: listeners[0].tls is not supported yet"])
+    assert (rc, out, err) == (1, "", ['./c.yaml:3:10: listeners[0].tls: missing required key "certificates"'])
 
 
 @pytest.mark.parametrize(
@@ -94,8 +94,8 @@ def test_path_as_given(tmp_path):
         ("listeners:\n  - address: 127.0.0.1:1\nworkers: 1\nworkers: 2\n", ["4:1: workers: duplicate key"]),
         (
             "listeners:\n  - address: 127.0.0.1:1\nupstreams:\n  - name: u\n"
-            "    endpoints: [{address: 127.0.0.1:2}]\n    tls: {verify: false}\n",
-            ["6:5: upstreams[0].tls is not supported yet"],
+            "    endpoints: [{address: 127.0.0.1:2}]\n    tls: {verify: yes}\n",
+            ['6:19: upstreams[0].tls.verify: invalid value "yes" (expected true or false)'],
         ),
         (
             "listeners:\n  - address: 127.0.0.1:1\nroutes:\n  - match: {path: /x}\n"

@@ -437,12 +437,25 @@ static void test_key_errors(void)
     EXPECT("duplicate key", LST "workers: 1\nworkers: 2\n", "t.yaml:4:1: workers: duplicate key");
     EXPECT("duplicate nested key", "listeners:\n  - address: 127.0.0.1:1\n    address: 127.0.0.1:2\n",
            "t.yaml:3:5: listeners[0].address: duplicate key");
-    EXPECT("listeners tls not supported yet",
+    EXPECT("listeners tls without certificates",
            "listeners:\n  - address: 0.0.0.0:443\n    tls:\n      certificates: []\n",
-           "t.yaml:3:5: listeners[0].tls is not supported yet");
-    EXPECT("upstream tls not supported yet",
-           LST "upstreams:\n  - name: u\n    endpoints: [{address: 127.0.0.1:1}]\n    tls: {sni: x}\n",
-           "t.yaml:6:5: upstreams[0].tls is not supported yet");
+           "t.yaml:4:21: listeners[0].tls.certificates: at least one certificate is required");
+    EXPECT("listeners tls certificate file missing",
+           "listeners:\n  - address: 0.0.0.0:443\n    tls:\n      certificates: [{cert: /nonexistent.pem, "
+           "key: /x.key}]\n",
+           "t.yaml:4:29: listeners[0].tls.certificates[0].cert: cannot read \"/nonexistent.pem\": No such "
+           "file or directory",
+           "t.yaml:4:52: listeners[0].tls.certificates[0].key: cannot read \"/x.key\": No such file or "
+           "directory");
+    EXPECT("listeners tls alpn h2",
+           "listeners:\n  - address: 0.0.0.0:443\n    tls: {alpn: [h2], certificates: []}\n",
+           "t.yaml:3:18: listeners[0].tls.alpn[0]: invalid value \"h2\" (expected http/1.1 or http/1.0: "
+           "turnpike "
+           "speaks HTTP/1.x)",
+           "t.yaml:3:37: listeners[0].tls.certificates: at least one certificate is required");
+    EXPECT("upstream tls verify is a boolean",
+           LST "upstreams:\n  - name: u\n    endpoints: [{address: 127.0.0.1:1}]\n    tls: {verify: yes}\n",
+           "t.yaml:6:19: upstreams[0].tls.verify: invalid value \"yes\" (expected true or false)");
     EXPECT("missing listeners", "workers: auto\n", "t.yaml:1:1: missing required key \"listeners\"");
     EXPECT("missing upstream name", LST "upstreams:\n  - endpoints: [{address: 127.0.0.1:1}]\n",
            "t.yaml:4:5: upstreams[0]: missing required key \"name\"");
@@ -816,7 +829,7 @@ static void test_many_errors_in_order(void)
     static const char *const want[] = {
         DATA "bad_many.yaml:2:10: workers: 0 is out of range (1..1024)",
         DATA "bad_many.yaml:5:5: listeners[0].adress: unknown key",
-        DATA "bad_many.yaml:6:5: listeners[0].tls is not supported yet",
+        DATA "bad_many.yaml:6:10: listeners[0].tls: missing required key \"certificates\"",
         DATA "bad_many.yaml:9:16: timeouts.client_idle: invalid duration \"10 s\" (expected e.g. 250ms, 2s, "
              "1m, 1h)",
         DATA "bad_many.yaml:12:13: routes[0].upstream: no upstream named \"userz\"",
