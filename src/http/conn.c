@@ -42,11 +42,13 @@
 #include <turnpike/log.h>
 #include <turnpike/ratelimit.h>
 #include <turnpike/router.h>
+#include <turnpike/tls.h>
 
 #include "admin/accesslog.h"
 #include <turnpike/hash.h>
 #include "http/dp.h"
 #include "http/h1.h"
+#include "http/tlsio.h"
 #include "rt/runtime.h"
 
 #define LINGER_MS         2000 /* [ms] reading after shutdown(SHUT_WR) before close */
@@ -277,7 +279,35 @@ void tp_conn_on_recv(struct tp_shard *sh, struct tp_conn *c, struct io_uring_cqe
         conn_maybe_finish(sh, c);
         return;
     }
-    if (res > 0 && bid >= 0) {
+    if (res > 0 && bid >= 0 && c->tls && c->state != TP_CS_LINGER) {
+        /* TLS: the ciphertext goes into OpenSSL and its buffer back to the
+         * kernel; what decrypts joins the receive queue as blocks */
+        size_t plain;
+        enum tp_tlsio_rc rc = tp_tlsio_input(sh, c->tls, (const char *)tp_buf_ptr(sh, (uint16_t)bid),
+                                             (size_t)res, &c->in, &plain);
+        tp_buf_release(sh, (uint16_t)bid);
+        bid = -1;
+        tp_conn_flush(sh, c); /* handshake messages, alerts */
+        if (rc == TP_TLSIO_ERROR) {
+            c->peer_closed = true;
+            tp_conn_close(sh, c);
+            return;
+        }
+        if (rc == TP_TLSIO_HS_DONE && c->state == TP_CS_IDLE)
+            conn_deadline(sh, c, sh->now_ms + sh->snap_limits.client_idle_ms);
+        if (c->in.n) {
+            if (c->state == TP_CS_ACTIVE)
+                c->deadline_ms = sh->now_ms + sh->snap_limits.client_idle_ms;
+            process_input(sh, c);
+            if (c->state == TP_CS_CLOSING)
+                return;
+        }
+        if (rc == TP_TLSIO_CLOSED)
+            res = 0; /* close_notify: the end of the stream */
+    }
+    if (res > 0 && bid < 0 && c->tls) {
+        /* decrypted and handled above */
+    } else if (res > 0 && bid >= 0) {
         if (c->state == TP_CS_LINGER) {
             tp_buf_release(sh, (uint16_t)bid); /* lingering: read and drop */
         } else if (!tp_inq_push(&c->in, (uint16_t)bid, (uint32_t)res)) {
@@ -300,7 +330,7 @@ void tp_conn_on_recv(struct tp_shard *sh, struct tp_conn *c, struct io_uring_cqe
             c->req->resp_close = true;
             return;
         }
-        if (c->state == TP_CS_LINGER && c->out && c->out->n) {
+        if (c->state == TP_CS_LINGER && tp_conn_pending(c)) {
             return; /* still flushing the final response */
         }
         tp_conn_close(sh, c);
@@ -333,23 +363,35 @@ void tp_conn_on_recv(struct tp_shard *sh, struct tp_conn *c, struct io_uring_cqe
 void tp_conn_flush(struct tp_shard *sh, struct tp_conn *c)
 {
     struct io_uring_sqe *sqe;
+    struct tp_outq **qp = &c->out;
 
-    if (c->send_busy || !c->out || c->out->n == 0 || c->state == TP_CS_CLOSING)
+    if (c->state == TP_CS_CLOSING)
         return;
-    if (tp_outq_prepare(c->out) == 0) {
+    if (c->tls) {
+        /* TLS: plaintext is encrypted into the wire queue, which is sent */
+        if (!tp_tlsio_encrypt(sh, c->tls, &c->out)) {
+            c->rst = true;
+            tp_conn_close(sh, c);
+            return;
+        }
+        qp = &c->tls->wire;
+    }
+    struct tp_outq *q = *qp;
+    if (c->send_busy || !q || q->n == 0)
+        return;
+    if (tp_outq_prepare(q) == 0) {
         /* only empty marker segments: consume them */
-        tp_outq_sent(sh, c->out, 0);
-        if (c->out->n == 0)
-            tp_outq_clear(sh, &c->out);
+        tp_outq_sent(sh, q, 0);
+        if (q->n == 0)
+            tp_outq_clear(sh, qp);
         return;
     }
     sqe = tp_sqe(sh);
     /* one buffer: a plain send spares the kernel the msghdr copy */
-    if (c->out->msg.msg_iovlen == 1)
-        io_uring_prep_send(sqe, c->fd, c->out->iov[0].iov_base, c->out->iov[0].iov_len,
-                           MSG_NOSIGNAL | MSG_WAITALL);
+    if (q->msg.msg_iovlen == 1)
+        io_uring_prep_send(sqe, c->fd, q->iov[0].iov_base, q->iov[0].iov_len, MSG_NOSIGNAL | MSG_WAITALL);
     else
-        io_uring_prep_sendmsg(sqe, c->fd, &c->out->msg, MSG_NOSIGNAL | MSG_WAITALL);
+        io_uring_prep_sendmsg(sqe, c->fd, &q->msg, MSG_NOSIGNAL | MSG_WAITALL);
     io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_SEND, c->slot, c->gen));
     c->send_busy = true;
     c->ops++;
@@ -371,20 +413,20 @@ void tp_conn_on_send(struct tp_shard *sh, struct tp_conn *c, int res)
         tp_conn_close(sh, c);
         return;
     }
-    bool empty = tp_outq_sent(sh, c->out, (uint32_t)res);
+    struct tp_outq **qp = c->tls ? &c->tls->wire : &c->out;
+    if (tp_outq_sent(sh, *qp, (uint32_t)res))
+        tp_outq_clear(sh, qp);
     if (c->state == TP_CS_ACTIVE)
         c->deadline_ms = sh->now_ms + sh->snap_limits.client_idle_ms;
-    if (!empty) {
-        tp_conn_flush(sh, c);
-    } else {
-        tp_outq_clear(sh, &c->out);
-        if (c->state == TP_CS_LINGER) {
-            conn_linger(sh, c);
-            return;
-        }
+    tp_conn_flush(sh, c);
+    if (c->state == TP_CS_CLOSING)
+        return;
+    if (c->state == TP_CS_LINGER && tp_conn_pending(c) == 0) {
+        conn_linger(sh, c);
+        return;
     }
     /* room again towards the client: let the upstream side continue */
-    if (c->req && c->req->uc && (!c->out || c->out->bytes < TP_OUTQ_BUDGET / 2))
+    if (c->req && c->req->uc && tp_conn_pending(c) < TP_OUTQ_BUDGET / 2)
         tp_proxy_client_drained(sh, c);
 }
 
@@ -405,7 +447,9 @@ static void conn_linger(struct tp_shard *sh, struct tp_conn *c)
         conn_deadline(sh, c, sh->now_ms + (sh->draining ? LINGER_DRAIN_MS : LINGER_MS));
         tp_inq_clear(sh, &c->in);
     }
-    if (c->out && c->out->n) {
+    if (c->tls && !c->peer_closed)
+        tp_tlsio_shutdown(sh, c->tls); /* close_notify, sent before our FIN */
+    if (tp_conn_pending(c)) {
         tp_conn_flush(sh, c);
         return;
     }
@@ -461,6 +505,10 @@ static void conn_maybe_finish(struct tp_shard *sh, struct tp_conn *c)
         return;
     tp_inq_clear(sh, &c->in);
     tp_outq_clear(sh, &c->out);
+    if (c->tls) {
+        tp_tlsio_destroy(sh, c->tls);
+        c->tls = NULL;
+    }
     if (c->fd < 0) {
         tp_conn_free(sh, c);
         return;
@@ -542,7 +590,20 @@ void tp_conn_start(struct tp_shard *sh, int fd, unsigned listener, const struct 
     llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
     c->parser.data = c;
     tp_timer_init(&c->timer, conn_on_timer);
-    conn_deadline(sh, c, sh->now_ms + sh->snap_limits.client_idle_ms);
+    struct tp_tls_server *tls = tp_snapshot_listener_tls(sh->snap, sh->lis[listener].name);
+    if (tls) {
+        /* the handshake counts as part of the first request's head */
+        SSL *ssl = tp_tls_server_ssl(tls);
+        c->tls = ssl ? tp_tlsio_create(ssl) : NULL;
+        if (!c->tls) {
+            TP_LOG_RL(TP_LOG_ERR, "out of memory for a TLS connection");
+            tp_conn_close(sh, c);
+            return;
+        }
+        conn_deadline(sh, c, sh->now_ms + sh->snap_limits.client_header_ms);
+    } else {
+        conn_deadline(sh, c, sh->now_ms + sh->snap_limits.client_idle_ms);
+    }
     tp_conn_rearm(sh, c);
 }
 
@@ -1094,7 +1155,7 @@ static bool pump_body(struct tp_shard *sh, struct tp_conn *c)
     if (stream && (!r->uc || r->uc->state != TP_US_ACTIVE))
         return true; /* not connected yet: the body waits in the queue */
     while ((e = tp_inq_front(&c->in))) {
-        if (stream && r->uc->out && (r->uc->out->bytes >= TP_OUTQ_BUDGET || tp_outq_full(r->uc->out, 12)))
+        if (stream && (tp_uconn_pending(r->uc) >= TP_OUTQ_BUDGET || tp_outq_full(r->uc->out, 12)))
             break;
         const char *data = tp_rbuf_data(sh, e);
         uint32_t len = e->len, used;

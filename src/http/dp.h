@@ -264,6 +264,7 @@ enum tp_resp_state {
 
 struct tp_uconn;
 struct tp_conn;
+struct tp_tls_conn;
 
 struct tp_req {
     struct tp_req *next_free;
@@ -355,6 +356,7 @@ struct tp_conn {
     bool in_free;
     struct tp_timer timer;
     struct tp_inq in;
+    struct tp_tls_conn *tls; /* NULL = plain */
     struct tp_outq *out;
     struct tp_req *req;
     struct tp_conn *next; /* free list / starved list link */
@@ -373,8 +375,9 @@ struct tp_conn {
 
 enum tp_uconn_state {
     TP_US_CONNECTING = 0,
-    TP_US_ACTIVE, /* serving a request */
-    TP_US_IDLE,   /* in the keepalive pool, recv armed */
+    TP_US_HANDSHAKE, /* connected, TLS handshake in progress */
+    TP_US_ACTIVE,    /* serving a request */
+    TP_US_IDLE,      /* in the keepalive pool, recv armed */
     TP_US_CLOSING,
 };
 
@@ -396,6 +399,7 @@ struct tp_uconn {
     uint32_t conn_gen;
     struct tp_timer timer;
     struct tp_inq in;
+    struct tp_tls_conn *tls; /* NULL = plain */
     struct tp_outq *out;
     struct tp_uconn *pnext, *pprev; /* pool links */
     struct tp_uconn *next;          /* free / starved list link */

@@ -45,9 +45,11 @@
 #include <turnpike/hash.h>
 #include <turnpike/log.h>
 #include <turnpike/router.h>
+#include <turnpike/tls.h>
 
 #include "http/dp.h"
 #include "http/h1.h"
+#include "http/tlsio.h"
 #include "rt/runtime.h"
 
 #define RESP_HEAD_MAX (64u * 1024u) /* [bytes] largest upstream response head */
@@ -256,6 +258,10 @@ static void uconn_maybe_finish(struct tp_shard *sh, struct tp_uconn *uc)
         return;
     tp_inq_clear(sh, &uc->in);
     tp_outq_clear(sh, &uc->out);
+    if (uc->tls) {
+        tp_tlsio_destroy(sh, uc->tls);
+        uc->tls = NULL;
+    }
     tp_head_dispose(sh, &uc->rhead);
     if (uc->dec_blk) {
         tp_block_put(sh, uc->dec_blk);
@@ -564,7 +570,10 @@ target_rest:
         tp_blk_put(b, c->peer, c->peer_len);
         tp_blk_lit(b, "\r\n");
     }
-    tp_blk_lit(b, "X-Forwarded-Proto: http\r\n");
+    if (c->tls)
+        tp_blk_lit(b, "X-Forwarded-Proto: https\r\n");
+    else
+        tp_blk_lit(b, "X-Forwarded-Proto: http\r\n");
     if (r->host_len) {
         tp_blk_lit(b, "X-Forwarded-Host: ");
         tp_blk_put(b, h->base + r->host_off, r->host_len);
@@ -691,6 +700,16 @@ static void connect_new(struct tp_shard *sh, struct tp_conn *c, struct tp_rt_end
     tp_head_init(&uc->rhead);
     tp_timer_init(&uc->timer, uconn_on_timer);
     tp_stat_add(&ep->st->shard[sh->id].connects, 1);
+    if (r->up->tls) {
+        SSL *ssl = tp_tls_client_ssl(r->up->tls, &ep->cfg->addr);
+        uc->tls = ssl ? tp_tlsio_create(ssl) : NULL;
+        if (!uc->tls) {
+            tp_uconn_free(sh, uc);
+            close(fd);
+            upstream_failed(sh, c, FAIL_CONNECT, -ENOMEM);
+            return;
+        }
+    }
     attach(sh, uc, c);
     r->reused = false;
     sqe = tp_sqe(sh);
@@ -898,20 +917,31 @@ static void upstream_failed(struct tp_shard *sh, struct tp_conn *c, enum fail_ki
 static void uconn_flush(struct tp_shard *sh, struct tp_uconn *uc)
 {
     struct io_uring_sqe *sqe;
+    struct tp_outq **qp = &uc->out;
 
-    if (uc->send_busy || uc->state != TP_US_ACTIVE || !uc->out || uc->out->n == 0)
+    if (uc->state != TP_US_ACTIVE && uc->state != TP_US_HANDSHAKE)
         return;
-    if (tp_outq_prepare(uc->out) == 0) {
-        tp_outq_sent(sh, uc->out, 0);
+    if (uc->tls) {
+        /* TLS: plaintext (once the handshake is done) is encrypted into the wire queue */
+        if (!tp_tlsio_encrypt(sh, uc->tls, uc->state == TP_US_ACTIVE ? &uc->out : NULL))
+            return; /* out of memory: the response timeout ends the attempt */
+        qp = &uc->tls->wire;
+    } else if (uc->state != TP_US_ACTIVE) {
+        return;
+    }
+    struct tp_outq *q = *qp;
+    if (uc->send_busy || !q || q->n == 0)
+        return;
+    if (tp_outq_prepare(q) == 0) {
+        tp_outq_sent(sh, q, 0);
         return;
     }
     sqe = tp_sqe(sh);
     /* one buffer: a plain send spares the kernel the msghdr copy */
-    if (uc->out->msg.msg_iovlen == 1)
-        io_uring_prep_send(sqe, uc->fd, uc->out->iov[0].iov_base, uc->out->iov[0].iov_len,
-                           MSG_NOSIGNAL | MSG_WAITALL);
+    if (q->msg.msg_iovlen == 1)
+        io_uring_prep_send(sqe, uc->fd, q->iov[0].iov_base, q->iov[0].iov_len, MSG_NOSIGNAL | MSG_WAITALL);
     else
-        io_uring_prep_sendmsg(sqe, uc->fd, &uc->out->msg, MSG_NOSIGNAL | MSG_WAITALL);
+        io_uring_prep_sendmsg(sqe, uc->fd, &q->msg, MSG_NOSIGNAL | MSG_WAITALL);
     io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_USEND, uc->slot, uc->gen));
     uc->send_busy = true;
     uc->ops++;
@@ -933,10 +963,11 @@ void tp_uconn_on_send(struct tp_shard *sh, struct tp_uconn *uc, int res)
         uconn_maybe_finish(sh, uc);
         return;
     }
+    struct tp_outq **qp = uc->tls ? &uc->tls->wire : &uc->out;
     if (uc->pool_when_sent) {
         uc->pool_when_sent = false;
-        if (res >= 0 && tp_outq_sent(sh, uc->out, (uint32_t)res)) {
-            tp_outq_clear(sh, &uc->out);
+        if (res >= 0 && tp_outq_sent(sh, *qp, (uint32_t)res) && tp_uconn_pending(uc) == 0) {
+            tp_outq_clear(sh, qp);
             pool_put(sh, uc, uc->pool_keepalive);
         } else {
             tp_uconn_close(sh, uc);
@@ -953,14 +984,11 @@ void tp_uconn_on_send(struct tp_shard *sh, struct tp_uconn *uc, int res)
         return;
     }
     struct tp_req *r = c->req;
-    bool empty = tp_outq_sent(sh, uc->out, (uint32_t)res);
-    if (!empty) {
-        uconn_flush(sh, uc);
-    } else {
-        tp_outq_clear(sh, &uc->out);
-        if (r->body_state == TP_BODY_DONE || r->body_state == TP_BODY_NONE)
-            r->req_sent = true;
-    }
+    if (tp_outq_sent(sh, *qp, (uint32_t)res))
+        tp_outq_clear(sh, qp);
+    uconn_flush(sh, uc);
+    if (tp_uconn_pending(uc) == 0 && (r->body_state == TP_BODY_DONE || r->body_state == TP_BODY_NONE))
+        r->req_sent = true;
     uconn_deadline(sh, uc, sh->now_ms + r->limits.upstream_response_ms);
     /* room towards the upstream again: read more of the client's body */
     if (r->body_state == TP_BODY_STREAM)
@@ -983,6 +1011,17 @@ void tp_uconn_on_connect(struct tp_shard *sh, struct tp_uconn *uc, int res)
     }
     if (res < 0) {
         upstream_failed(sh, c, FAIL_CONNECT, res);
+        return;
+    }
+    if (uc->tls) {
+        /* TLS: the handshake first, still under upstream_connect */
+        uc->state = TP_US_HANDSHAKE;
+        tp_uconn_rearm(sh, uc);
+        if (tp_tlsio_handshake(sh, uc->tls) == TP_TLSIO_ERROR) {
+            upstream_failed(sh, c, FAIL_CONNECT, TP_EUPSTREAM);
+            return;
+        }
+        uconn_flush(sh, uc);
         return;
     }
     uc->state = TP_US_ACTIVE;
@@ -1013,7 +1052,10 @@ static void uconn_on_timer(struct tp_timer *t, uint64_t now_ms)
         tp_uconn_close(sh, uc);
         return;
     }
-    upstream_failed(sh, c, uc->state == TP_US_CONNECTING ? FAIL_CONNECT_TIMEOUT : FAIL_TIMEOUT, TP_ETIMEOUT);
+    upstream_failed(sh, c,
+                    uc->state == TP_US_CONNECTING || uc->state == TP_US_HANDSHAKE ? FAIL_CONNECT_TIMEOUT
+                                                                                  : FAIL_TIMEOUT,
+                    TP_ETIMEOUT);
 }
 
 void tp_uconn_on_recv(struct tp_shard *sh, struct tp_uconn *uc, struct io_uring_cqe *cqe)
@@ -1031,6 +1073,22 @@ void tp_uconn_on_recv(struct tp_shard *sh, struct tp_uconn *uc, struct io_uring_
         if (bid >= 0)
             tp_buf_release(sh, (uint16_t)bid);
         uconn_maybe_finish(sh, uc);
+        return;
+    }
+    if (uc->state == TP_US_IDLE && uc->tls && res > 0 && bid >= 0) {
+        /* pooled TLS: session tickets and key updates may arrive; only
+         * application data, an alert or a close ends the connection */
+        size_t plain;
+        enum tp_tlsio_rc rc = tp_tlsio_input(sh, uc->tls, (const char *)tp_buf_ptr(sh, (uint16_t)bid),
+                                             (size_t)res, NULL, &plain);
+        tp_buf_release(sh, (uint16_t)bid);
+        if (rc != TP_TLSIO_OK || plain) {
+            tp_uconn_close(sh, uc);
+            return;
+        }
+        uconn_flush(sh, uc);
+        if (!more)
+            tp_uconn_rearm(sh, uc);
         return;
     }
     if (uc->state == TP_US_IDLE) {
@@ -1058,7 +1116,35 @@ void tp_uconn_on_recv(struct tp_shard *sh, struct tp_uconn *uc, struct io_uring_
         tp_uconn_close(sh, uc);
         return;
     }
-    if (res > 0 && bid >= 0) {
+    if (res > 0 && bid >= 0 && uc->tls) {
+        size_t plain;
+        enum tp_tlsio_rc rc = tp_tlsio_input(sh, uc->tls, (const char *)tp_buf_ptr(sh, (uint16_t)bid),
+                                             (size_t)res, &uc->in, &plain);
+        tp_buf_release(sh, (uint16_t)bid);
+        if (rc == TP_TLSIO_ERROR) {
+            upstream_failed(sh, c, uc->state == TP_US_HANDSHAKE ? FAIL_CONNECT : FAIL_INVALID, TP_EUPSTREAM);
+            return;
+        }
+        if (rc == TP_TLSIO_HS_DONE) {
+            uc->state = TP_US_ACTIVE;
+            uconn_go(sh, uc, c);
+            if (uc->state != TP_US_ACTIVE)
+                return;
+        } else {
+            uconn_flush(sh, uc);
+        }
+        if (rc == TP_TLSIO_CLOSED) {
+            uc->peer_closed = true;
+            process_response(sh, uc);
+            return;
+        }
+        if (plain && uc->state == TP_US_ACTIVE) {
+            uc->deadline_ms = sh->now_ms + c->req->limits.upstream_response_ms;
+            process_response(sh, uc);
+            if (uc->state == TP_US_CLOSING || uc->state == TP_US_IDLE)
+                return;
+        }
+    } else if (res > 0 && bid >= 0) {
         if (!tp_inq_push(&uc->in, (uint16_t)bid, (uint32_t)res)) {
             tp_buf_release(sh, (uint16_t)bid);
             upstream_failed(sh, c, FAIL_INVALID, -ENOMEM);
@@ -1070,6 +1156,10 @@ void tp_uconn_on_recv(struct tp_shard *sh, struct tp_uconn *uc, struct io_uring_
             return;
     } else if (res == 0) {
         uc->peer_closed = true;
+        if (uc->state == TP_US_HANDSHAKE) {
+            upstream_failed(sh, c, FAIL_CONNECT, TP_ECLOSED);
+            return;
+        }
         process_response(sh, uc);
         return;
     } else if (res < 0) {
@@ -1083,6 +1173,10 @@ void tp_uconn_on_recv(struct tp_shard *sh, struct tp_uconn *uc, struct io_uring_
         } else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
             uc->peer_closed = true;
             uc->reset = true;
+            if (uc->state == TP_US_HANDSHAKE) {
+                upstream_failed(sh, c, FAIL_CONNECT, res);
+                return;
+            }
             process_response(sh, uc);
             return;
         }
@@ -1366,7 +1460,7 @@ static void process_response(struct tp_shard *sh, struct tp_uconn *uc)
             continue;
         }
         /* body */
-        if (c->out && (c->out->bytes >= TP_OUTQ_BUDGET || tp_outq_full(c->out, 6)))
+        if (tp_conn_pending(c) >= TP_OUTQ_BUDGET || tp_outq_full(c->out, 6))
             break;
         e = tp_inq_front(&uc->in);
         if (!e) {

@@ -27,10 +27,12 @@
 #include <turnpike/balance.h>
 #include <turnpike/breaker.h>
 #include <turnpike/clock.h>
+#include <turnpike/err.h>
 #include <turnpike/hash.h>
 #include <turnpike/log.h>
 #include <turnpike/ratelimit.h>
 #include <turnpike/router.h>
+#include <turnpike/tls.h>
 
 #include "rt/snapshot.h"
 
@@ -296,10 +298,14 @@ static void snapshot_free(struct tp_snapshot *s)
         free(up->swrr);
         if (up->maglev)
             tp_maglev_destroy(up->maglev);
+        tp_tls_client_destroy(up->tls);
         if (up->st)
             upstream_state_put(up->st);
     }
     free(s->ups);
+    for (size_t i = 0; s->lis && i < s->n_lis; i++)
+        tp_tls_server_destroy(s->lis[i].tls);
+    free(s->lis);
     free(s->shard_inflight);
     tp_config_destroy(s->cfg);
     free(s);
@@ -346,6 +352,23 @@ struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, 
             index_put(&eix, old->ups[i].eps[e].st->key, old->ups[i].eps[e].st);
     }
 
+    /* listeners: TLS contexts, certificates read again at every load */
+    s->lis = calloc(cfg->n_listeners ? cfg->n_listeners : 1, sizeof(*s->lis));
+    if (!s->lis)
+        goto fail;
+    s->n_lis = cfg->n_listeners;
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        char e[512];
+        s->lis[i].cfg = &cfg->listeners[i];
+        if (cfg->listeners[i].tls &&
+            !(s->lis[i].tls = tp_tls_server_create(cfg->listeners[i].tls, e, sizeof(e)))) {
+            tp_diag_add(diag, "%s:%u:%u: listeners[%zu].tls: %s", cfg->source,
+                        cfg->listeners[i].tls->pos.line, cfg->listeners[i].tls->pos.col, i, e);
+            err = TP_ECONFIG;
+            goto fail_quiet;
+        }
+    }
+
     /* upstreams and endpoints */
     s->n_ups = cfg->n_upstreams;
     for (size_t i = 0; i < cfg->n_upstreams; i++) {
@@ -379,6 +402,15 @@ struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, 
                 if (!ep->st->breaker && !(ep->st->breaker = tp_breaker_create(uc->circuit_breaker, &err)))
                     goto fail;
                 ep->breaker = ep->st->breaker;
+            }
+        }
+        if (uc->tls) {
+            char e[512];
+            if (!(up->tls = tp_tls_client_create(uc->tls, e, sizeof(e)))) {
+                tp_diag_add(diag, "%s:%u:%u: upstreams[%zu].tls: %s", cfg->source, uc->tls->pos.line,
+                            uc->tls->pos.col, i, e);
+                err = TP_ECONFIG;
+                goto fail_quiet;
             }
         }
         if (uc->balance == TP_BALANCE_HASH) {
@@ -446,6 +478,7 @@ struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, 
 
 fail:
     tp_diag_add(diag, "%s: cannot build the runtime configuration: %s", cfg->source, strerror(-err));
+fail_quiet:
     free(targets);
     index_dispose(&rix);
     index_dispose(&uix);
@@ -543,6 +576,14 @@ void tp_snapshot_shutdown(void)
         snapshot_free(reg.retired[i]);
     free(reg.retired);
     memset(&reg, 0, sizeof(reg));
+}
+
+struct tp_tls_server *tp_snapshot_listener_tls(const struct tp_snapshot *s, const char *name)
+{
+    for (size_t i = 0; i < s->n_lis; i++)
+        if (strcmp(s->lis[i].cfg->name, name) == 0)
+            return s->lis[i].tls;
+    return NULL;
 }
 
 void tp_registry_each_endpoint(void (*fn)(struct tp_endpoint_state *st, void *ctx), void *ctx)

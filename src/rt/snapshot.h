@@ -140,10 +140,20 @@ struct tp_rt_upstream {
     struct tp_upstream_state *st;
     struct tp_rt_endpoint *eps;
     size_t n_eps;
-    uint32_t *weights;        /* [n_eps] */
-    struct tp_maglev *maglev; /* balance: hash */
-    int64_t *swrr;            /* [n_shards][swrr_stride] smooth WRR state per shard */
-    size_t swrr_stride;       /* entries per shard, padded to a cache line */
+    uint32_t *weights;         /* [n_eps] */
+    struct tp_maglev *maglev;  /* balance: hash */
+    int64_t *swrr;             /* [n_shards][swrr_stride] smooth WRR state per shard */
+    size_t swrr_stride;        /* entries per shard, padded to a cache line */
+    struct tp_tls_client *tls; /* upstreams[].tls; NULL = plain */
+};
+
+struct tp_tls_server;
+struct tp_tls_client;
+
+/** A listener of a generation: its TLS contexts (certificates as read at this load). */
+struct tp_rt_listener {
+    const struct tp_cfg_listener *cfg;
+    struct tp_tls_server *tls; /* NULL = plain HTTP */
 };
 
 /** A header set by a rewrite, pre-rendered as "Name: value\r\n". */
@@ -176,6 +186,8 @@ struct tp_snapshot {
     size_t n_routes;
     struct tp_rt_upstream *ups;
     size_t n_ups;
+    struct tp_rt_listener *lis;
+    size_t n_lis;
     _Atomic long refs;
     unsigned n_shards;
     /* in-flight requests per shard on this snapshot: shard i writes [i*16] only */
@@ -224,6 +236,9 @@ void tp_registry_each_route(void (*fn)(struct tp_route_state *st, void *ctx), vo
 
 /** Number of shards the registry's per-shard arrays are sized for. */
 unsigned tp_registry_shards(void);
+
+/** The TLS server of the listener named <name> in <s>, or NULL (plain). [any] */
+struct tp_tls_server *tp_snapshot_listener_tls(const struct tp_snapshot *s, const char *name);
 
 /** Status class index 0..4 for 1xx..5xx. */
 static inline unsigned tp_status_class(unsigned status)

@@ -114,7 +114,13 @@ static SSL_CTX *server_ctx(struct tp_tls_server *t, const struct tp_cfg_tls_serv
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, cert->key, SSL_FILETYPE_PEM) != 1) {
-        snprintf(err, errlen, "cannot load key %s: %s", cert->key, tp_tls_error(e, sizeof(e)));
+        unsigned long code = ERR_peek_last_error();
+        if (ERR_GET_LIB(code) == ERR_LIB_X509 && ERR_GET_REASON(code) == X509_R_KEY_VALUES_MISMATCH) {
+            ERR_clear_error();
+            snprintf(err, errlen, "key %s does not match certificate %s", cert->key, cert->cert);
+        } else {
+            snprintf(err, errlen, "cannot load key %s: %s", cert->key, tp_tls_error(e, sizeof(e)));
+        }
         goto fail;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
