@@ -10,7 +10,7 @@ import socket
 import struct
 
 from tp_harness import T, Client, build_request, free_port, upstream_cfg, wait_until
-from tp_more import metrics
+from tp_more import Gate, metrics
 
 FIELDS = {"time", "request_id", "trace_id", "client", "method", "host", "path", "status", "bytes_in",
           "bytes_out", "duration_ms", "route", "upstream", "endpoint", "upstream_ms"}
@@ -186,8 +186,6 @@ def test_stdout(h):
 def test_client_gone_logged_499(h):
     """operations.md: a request that was read but never answered because the client
     went away is logged with status 499."""
-    from tp_more import Gate
-
     log = h.tmp_path / "access.log"
     gate = Gate()
     up = h.upstream(gate.handler, name="G")

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tp_harness import T, Client, assert_gateway_error, build_response, get, upstream_cfg, wait_until
-from tp_more import admin_json, metrics, wait_metric
+from tp_more import admin_json, derive, metrics, reload, wait_metric
 
 BREAKER = {"consecutive_failures": 3, "open_for": "1s", "half_open_requests": 1}
 
@@ -180,8 +180,6 @@ def test_open_endpoint_skipped_when_another_is_healthy(h):
 def test_breaker_state_survives_reload_and_removal_closes_it(h):
     """CONFIG.md: circuit-breaker state of endpoints that still exist carries over a
     reload; policies.md: removing circuit_breaker closes the breaker."""
-    from tp_more import derive, reload
-
     fl = Flaky("500")
     up = h.upstream(fl.handler, name="U")
     other = h.upstream(name="O")

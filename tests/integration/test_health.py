@@ -4,7 +4,7 @@ healthy; a health check answer is healthy when it is 2xx"): an endpoint failing 
 check is marked unhealthy after unhealthy_after checks and gets no traffic; it
 returns after healthy_after good checks; with no healthy endpoint requests get 503."""
 from tp_harness import assert_gateway_error, free_port, get, upstream_cfg
-from tp_more import Switch, admin_json, metrics, non_health, wait_metric
+from tp_more import Switch, admin_json, delay_handler, derive, metrics, non_health, reload, wait_metric
 
 HC = {"path": "/hc", "interval": "200ms", "timeout": "1s", "unhealthy_after": 2, "healthy_after": 2}
 
@@ -80,8 +80,6 @@ def test_all_unhealthy_gives_503(h):
 
 def test_health_state_survives_reload(h):
     """CONFIG.md: health status of endpoints that still exist carries over a reload."""
-    from tp_more import derive, reload
-
     s = Switch(200, health_path="/hc", health_status=500)
     up = h.upstream(s.handler, name="U")
     other = h.upstream(name="O")
@@ -94,3 +92,27 @@ def test_health_state_survives_reload(h):
     assert healthy(tp, up.addr) == 0
     assert_gateway_error(get(tp.port, "/still-down"), 503)
     assert get(tp.port, "/o").status == 200
+
+
+def test_health_check_timeout_counts_as_failure(h):
+    """A check that takes longer than health_check.timeout fails."""
+    slow_hc = delay_handler(1.5)
+    s = Switch(200, health_path="/hc")
+
+    def handler(req, conn):
+        if req.target == "/hc" and s.status == 200 and getattr(s, "hang", True):
+            return slow_hc(req, conn)
+        return s.handler(req, conn)
+
+    a = h.upstream(handler, name="A")
+    b = h.upstream(Switch(200, health_path="/hc").handler, name="B")
+    tp = h.turnpike({"upstreams": [upstream_cfg("u", a, b, health_check=dict(HC, timeout="100ms"))],
+                     "routes": [{"name": "r", "upstream": "u"}]})
+    wait_metric(tp, "turnpike_endpoint_healthy", 0, upstream="u", endpoint=a.addr)
+    assert healthy(tp, b.addr) == 1
+    for i in range(6):
+        r = get(tp.port, f"/t{i}")
+        assert (r.status, r.header("x-upstream")) == (200, "B"), r
+    assert non_health(a, "/hc") == []
+    s.hang = False  # answers at once again
+    wait_metric(tp, "turnpike_endpoint_healthy", 1, upstream="u", endpoint=a.addr)

@@ -3,10 +3,9 @@
 removed in the file are opened or closed; operations.md: connections of a removed
 listener finish their current request and close)."""
 import socket
-import threading
 
-from tp_harness import T, Client, free_port, get, has_token, upstream_cfg
-from tp_more import Gate, admin_json, derive, metrics, reload, wait_metric
+from tp_harness import T, free_port, get, has_token, upstream_cfg
+from tp_more import Gate, admin_json, config_text, derive, metrics, reload, reload_fails, wait_metric
 
 
 def refused(port, tries=5):
@@ -121,8 +120,6 @@ def test_connections_on_removed_listener_finish_and_close(h):
 
 def test_reload_fails_when_new_listener_cannot_bind(h):
     """operations.md: a listener that cannot bind fails the whole reload."""
-    from tp_more import config_text, reload_fails
-
     up = h.upstream(name="U")
     tp = h.turnpike({"upstreams": [upstream_cfg("u", up)], "routes": [{"name": "all", "upstream": "u"}]})
     blocker = socket.socket()

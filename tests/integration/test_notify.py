@@ -7,14 +7,13 @@ SIGTERM."""
 import os
 import re
 import signal
-import socket
 import tempfile
 import time
 
 import pytest
 
 from tp_harness import T, get, upstream_cfg
-from tp_more import Notify, config_text, derive, env_turnpike, fields, write_config, write_text_atomic
+from tp_more import Notify, config_text, derive, env_turnpike, fields, reload, write_config, write_text_atomic
 
 
 def mono_us():
@@ -121,7 +120,5 @@ def test_no_notify_socket_no_problem(h):
     up = h.upstream(name="U")
     tp = env_turnpike(h, {"upstreams": [upstream_cfg("u", up)], "routes": [{"name": "all", "upstream": "u"}]},
                       {"NOTIFY_SOCKET": f"/tmp/tp-nobody-{os.getpid()}-{time.monotonic_ns()}"})
-    from tp_more import reload
-
     assert reload(tp, derive(tp)) == 2
     assert get(tp.port, "/z").status == 200

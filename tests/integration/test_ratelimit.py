@@ -7,7 +7,7 @@ import re
 import threading
 
 from tp_harness import T, Client, assert_gateway_error, get, upstream_cfg
-from tp_more import metrics
+from tp_more import derive, metrics, reload
 
 INT = re.compile(r"\d+")
 
@@ -160,8 +160,6 @@ def test_rejected_request_with_body_keeps_connection(h):
 def test_reload_smaller_burst_caps_and_key_change_restarts(h):
     """policies.md "Reload": a smaller burst caps every bucket at the new size;
     changing key starts over with fresh, full buckets."""
-    from tp_more import derive, reload
-
     up = h.upstream(name="U")
     tp = h.turnpike({"upstreams": [upstream_cfg("u", up)], "routes": [limited_route("rl", 10, "route")]})
     c = h.client(tp.port)
