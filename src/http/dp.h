@@ -310,6 +310,7 @@ struct tp_req {
     bool fresh_retry_done;
     bool head_cl_seen;           /* the client sent Content-Length */
     bool head_parsed;            /* the request head was complete and parsed */
+    bool head_unflushed;         /* the response head is the last thing queued, not handed to the kernel */
     uint16_t fail_status;        /* upstream status that triggered a retry */
     uint64_t body_consumed;      /* request body bytes taken from the client queue */
     uint64_t tried[4];           /* endpoints tried by this request (bit per index) */
@@ -568,6 +569,8 @@ static inline bool tp_outq_full(const struct tp_outq *q, unsigned need)
 uint32_t tp_outq_prepare(struct tp_outq *q);
 /** Consumes <n> sent bytes of the segments in flight; returns true when the queue is empty. */
 bool tp_outq_sent(struct tp_shard *sh, struct tp_outq *q, uint32_t n);
+/** Takes back the last queued segment unless it is part of the send in flight. */
+bool tp_outq_drop_last(struct tp_shard *sh, struct tp_outq *q);
 /** Releases every segment and the queue itself. */
 void tp_outq_clear(struct tp_shard *sh, struct tp_outq **qp);
 

@@ -871,6 +871,14 @@ static void upstream_failed(struct tp_shard *sh, struct tp_conn *c, enum fail_ki
     }
     r->up_ns += sh->now_ns - r->up_start_ns;
     attempt_release(r, 0, sh->now_ms);
+    if (r->resp_state == TP_RESP_HEAD && r->head_unflushed && tp_outq_drop_last(sh, c->out)) {
+        /* the upstream failed right behind its head (a bad body in the same
+         * read): the head never left, so the client can still get a 502 */
+        r->resp_state = TP_RESP_NONE;
+        r->bytes_out -= r->resp_head_len;
+        r->status = 0;
+    }
+    r->head_unflushed = false;
     if (r->resp_state != TP_RESP_NONE) {
         /* part of the response already went out: cut the client short so it
          * cannot take a truncated response for a complete one */
@@ -1375,6 +1383,7 @@ static bool on_response_head(struct tp_shard *sh, struct tp_uconn *uc, struct tp
         return false;
     }
     r->resp_state = TP_RESP_HEAD;
+    r->head_unflushed = true;
     llhttp_resume(p);
     return true;
 }
@@ -1513,6 +1522,7 @@ static void process_response(struct tp_shard *sh, struct tp_uconn *uc)
             r->bytes_out += used;
             tp_inq_consume(sh, &uc->in, used);
         }
+        r->head_unflushed = false;
         tp_conn_flush(sh, c);
         if (uc->msg_done) {
             uc->msg_done = false;

@@ -265,6 +265,17 @@ bool tp_outq_sent(struct tp_shard *sh, struct tp_outq *q, uint32_t n)
     return q->n == 0;
 }
 
+bool tp_outq_drop_last(struct tp_shard *sh, struct tp_outq *q)
+{
+    if (!q || q->n == 0 || q->n <= q->sending)
+        return false; /* nothing queued, or the last segment is being sent */
+    struct tp_seg *s = &q->seg[(q->head + q->n - 1) % TP_OUTQ_SEGS];
+    q->bytes -= s->len;
+    seg_release(sh, s);
+    q->n--;
+    return true;
+}
+
 void tp_outq_clear(struct tp_shard *sh, struct tp_outq **qp)
 {
     struct tp_outq *q = *qp;
