@@ -66,13 +66,17 @@ void tp_ratelimit_destroy(struct tp_ratelimit *rl);
 
 /**
  * Applies a reloaded rate and burst at time <now_ns>, while shards keep
- * calling tp_ratelimit_take(). Every bucket keeps its level: a rate change
- * only changes how fast it refills from now on, a smaller burst clamps it
- * (seen at its next take; a burst raised again before that gives the old
- * level back). The parameters are published with a sequence lock, so a take
- * sees either all old or all new values. Returns 0, or -EINVAL when <cfg> is
- * invalid (as for create) or changes the key between `route` and a per-key
- * kind (then create a new limiter); <rl> is then unchanged.
+ * calling tp_ratelimit_take(). Every bucket keeps its level, fractions of a
+ * token included: a rate change only changes how fast it refills from now on,
+ * a smaller burst clamps it (seen at its next take; a burst raised again
+ * before that gives the old level back). The parameters are published with a
+ * sequence lock, so a take sees either all old or all new values. When the
+ * new rate or burst needs another resolution of the limiter's token clock
+ * (a power of two derived from them, so most rate changes do), the call
+ * also converts every bucket word, one CAS each, before it returns: one pass
+ * over the table. Returns 0, or -EINVAL when <cfg> is invalid (as for create) or
+ * changes the key between `route` and a per-key kind (then create a new
+ * limiter); <rl> is then unchanged.
  * Not concurrent with itself. [control]
  */
 int tp_ratelimit_update(struct tp_ratelimit *rl, const struct tp_cfg_rate_limit *cfg, uint64_t now_ns);

@@ -2,7 +2,10 @@
 /*
  * Unit tests of the token-bucket rate limiter (src/policy/ratelimit.c):
  * bucket math on a fake clock, the 429 header values, clock edge cases,
- * reloads, the per-key table, and exactness under concurrent shards.
+ * reloads, the per-key table, buckets at an arbitrary phase of the limiter's
+ * clock (a take from a full bucket banks no fraction), fractional refill,
+ * extreme rates, years of idleness, reloads that change the clock's unit, and
+ * exactness under concurrent shards.
  * Runs under ASan and TSan (label tsan).
  */
 #include <errno.h>
@@ -213,7 +216,7 @@ static void test_clock_edges(void)
     is_int(drain(rl, 0, 1 * S, 100), 5, "10^12/s: burst 5");
     is_int(drain(rl, 0, 1 * S, 100), 0, "10^12/s: empty at the same ns");
     ok(tp_ratelimit_take(rl, 0, 1 * S + 1, NULL), "10^12/s: 1 ns later tokens again");
-    /* 10^7 s at 10^12/s = 10^19 tokens > 2^63: the difference wrapped */
+    /* 10^7 s at 10^12/s = 10^19 units > 2^63: the difference wrapped around */
     is_int(drain(rl, 0, 1 * S + 10000000ull * S, 100), 5, "wrapped difference reads as full");
     tp_ratelimit_destroy(rl);
 
@@ -327,6 +330,289 @@ static void test_keyed(void)
     tp_ratelimit_destroy(rl);
 }
 
+/* ---- the bucket's own phase: a take from a full bucket banks nothing ---- */
+
+/* A time at no particular phase of any token clock used here: the limiter's
+ * clock starts at 0 (creation), and this is neither a whole hour nor a whole
+ * second after it. */
+#define TP (T0 + 2991 * S + 123 * MS)
+
+/* Takes <n> tokens at TP from a fresh <tokens>/<period_ms> burst <burst>
+ * limiter, then checks the denied take's headers and when the next token
+ * comes: one token interval after the take (not 2 ns before it, nor 1 ms
+ * for intervals of a minute or more). */
+static void check_empty(uint64_t tokens, uint64_t period_ms, uint64_t burst, uint64_t retry_s,
+                        uint64_t reset_s, const char *what)
+{
+    struct tp_ratelimit *rl = mk(tokens, period_ms, burst, TP_KEY_ROUTE, 0);
+    struct tp_rl_result r;
+    /* the next token: one interval, rounded up to the ns */
+    uint64_t next = (period_ms * MS + tokens - 1) / tokens;
+    uint64_t early = next >= 60 * S ? 1 * MS : 2;
+
+    ok(drain(rl, 0, TP, burst + 5) == burst, "%s: a full bucket gives %llu at once", what,
+       (unsigned long long)burst);
+    ok(!tp_ratelimit_take(rl, 0, TP, &r), "%s: then denied", what);
+    ok(r.remaining == 0 && r.retry_after_s == retry_s && r.reset_s == reset_s,
+       "%s: retry %llu reset %llu (got remaining %llu retry %llu reset %llu)", what,
+       (unsigned long long)retry_s, (unsigned long long)reset_s, (unsigned long long)r.remaining,
+       (unsigned long long)r.retry_after_s, (unsigned long long)r.reset_s);
+    ok(!tp_ratelimit_take(rl, 0, TP + next - early, NULL), "%s: still empty just before %llu ns", what,
+       (unsigned long long)next);
+    ok(tp_ratelimit_take(rl, 0, TP + next, &r), "%s: a token at %llu ns", what, (unsigned long long)next);
+    ok(!tp_ratelimit_take(rl, 0, TP + next, NULL), "%s: only one", what);
+    tp_ratelimit_destroy(rl);
+}
+
+static void test_phase(void)
+{
+    struct tp_ratelimit *rl;
+    struct tp_rl_result r;
+    uint64_t n;
+    bool all;
+
+    /* The integration test's case: at 2991.123 s after a whole hour of the
+     * limiter's clock, 609 s were left to the next global tick. */
+    check_empty(1, 3600000, 1, 3600, 3600, "1/h burst 1");
+    check_empty(1, 60000, 1, 60, 60, "1/m burst 1");
+    check_empty(2, 3600000, 1, 1800, 1800, "2/h burst 1");
+    check_empty(1, 3600000, 2, 3600, 7200, "1/h burst 2");
+    check_empty(10, 60000, 5, 6, 30, "10/m burst 5");
+    check_empty(3, 1000, 2, 1, 1, "3/s burst 2");
+
+    /* 1/m burst 1 around a whole minute of the clock: one request, not two */
+    rl = mk(1, 60000, 1, TP_KEY_ROUTE, 0);
+    ok(tp_ratelimit_take(rl, 0, T0 + 59 * S + 999 * MS, NULL), "1/m: admitted 1 ms before a whole minute");
+    ok(!tp_ratelimit_take(rl, 0, T0 + 60 * S + 1 * MS, &r), "1/m: denied 1 ms after it");
+    is_int(r.retry_after_s, 60, "1/m: retry 60 (59.998 s rounded up)");
+    tp_ratelimit_destroy(rl);
+
+    /* many phases, down to the ns: the next token is one interval after the
+     * take, less at most one clock unit (< 2 ns) */
+    all = true;
+    for (uint64_t i = 0; i < 200; i++) {
+        uint64_t t = T0 + (i * 0x9E3779B97F4A7C15ull) % (7200 * S);
+        struct tp_rl_result d;
+
+        rl = mk(1, 3600000, 1, TP_KEY_ROUTE, 0);
+        all &= tp_ratelimit_take(rl, 0, t, NULL);
+        all &= !tp_ratelimit_take(rl, 0, t, &d);
+        all &= d.retry_after_s == 3600 && d.reset_s == 3600;
+        all &= !tp_ratelimit_take(rl, 0, t + 3600 * S - 2, NULL);
+        all &= tp_ratelimit_take(rl, 0, t + 3600 * S, NULL);
+        tp_ratelimit_destroy(rl);
+        rl = mk(3, 1000, 1, TP_KEY_ROUTE, 0);
+        all &= tp_ratelimit_take(rl, 0, t, NULL);
+        all &= !tp_ratelimit_take(rl, 0, t + 333333333 - 2, NULL);
+        all &= tp_ratelimit_take(rl, 0, t + 333333334, NULL);
+        tp_ratelimit_destroy(rl);
+    }
+    ok(all, "200 phases: 1/h and 3/s buckets refill one interval after the take");
+
+    /* a take from a full bucket drops the fraction, and a steady client at
+     * exactly the rate is never denied */
+    rl = mk(100, 1000, 1, TP_KEY_ROUTE, 0);
+    n = 0;
+    for (uint64_t i = 0; i < 1000; i++)
+        n += tp_ratelimit_take(rl, 0, TP + 5 * MS + i * 10 * MS, NULL);
+    is_int(n, 1000, "100/s burst 1: one request every 10 ms, all admitted");
+    ok(!tp_ratelimit_take(rl, 0, TP + 5 * MS + 999 * 10 * MS + 9 * MS, NULL), "and none in between");
+    tp_ratelimit_destroy(rl);
+}
+
+/* A partly refilled bucket keeps its fraction of a token. */
+static void test_fraction(void)
+{
+    struct tp_ratelimit *rl = mk(1, 1000, 10, TP_KEY_ROUTE, 0);
+    struct tp_rl_result r;
+
+    is_int(drain(rl, 0, TP, 100), 10, "1/s burst 10: 10 at once");
+    tp_ratelimit_peek(rl, 0, TP + 2500 * MS, &r);
+    ok(r.remaining == 2 && r.reset_s == 8, "2.5 s later: 2 tokens, full in 7.5 s (got %llu, %llu)",
+       (unsigned long long)r.remaining, (unsigned long long)r.reset_s);
+    is_int(drain(rl, 0, TP + 2500 * MS, 100), 2, "2 taken at 2.5 s");
+    tp_ratelimit_take(rl, 0, TP + 2500 * MS, &r);
+    ok(r.remaining == 0 && r.retry_after_s == 1 && r.reset_s == 10,
+       "half a token left: retry 1 reset 10 (9.5 s)");
+    ok(!tp_ratelimit_take(rl, 0, TP + 3000 * MS - 2, NULL), "no third token before 3.0 s");
+    ok(tp_ratelimit_take(rl, 0, TP + 3000 * MS, NULL), "the half token counts: a third at 3.0 s");
+    ok(!tp_ratelimit_take(rl, 0, TP + 3000 * MS, NULL), "and no more");
+    is_int(drain(rl, 0, TP + 13 * S, 100), 10, "full again 10 s later, capped at burst");
+    tp_ratelimit_destroy(rl);
+}
+
+/* 10^9/s (one token per ns), 1/h and one token per 1000 hours. */
+static void test_extreme_rates(void)
+{
+    struct tp_ratelimit *rl;
+    struct tp_rl_result r;
+    uint64_t n;
+
+    rl = mk(1000000000ull, 1000, 1000, TP_KEY_ROUTE, 0);
+    is_int(drain(rl, 0, TP, 5000), 1000, "10^9/s: burst 1000");
+    ok(!tp_ratelimit_take(rl, 0, TP, &r) && r.retry_after_s == 1 && r.reset_s == 1,
+       "10^9/s: empty: retry 1 reset 1");
+    is_int(drain(rl, 0, TP + 1, 5000), 1, "10^9/s: one token 1 ns later");
+    is_int(drain(rl, 0, TP + 501, 5000), 500, "10^9/s: 500 in 500 ns");
+    is_int(drain(rl, 0, TP + 1 * S, 5000), 1000, "10^9/s: capped at burst");
+    tp_ratelimit_destroy(rl);
+
+    rl = mk(1000000000ull, 1000, 1, TP_KEY_CLIENT_IP, 16);
+    n = 0;
+    for (uint64_t i = 0; i < 1000; i++)
+        n += tp_ratelimit_take(rl, 7, TP + i, NULL);
+    is_int(n, 1000, "10^9/s burst 1: a take every ns, all admitted");
+    ok(!tp_ratelimit_take(rl, 7, TP + 999, NULL), "and not two in one ns");
+    tp_ratelimit_destroy(rl);
+
+    rl = mk(1, 3600000000ull, 1, TP_KEY_ROUTE, 0);
+    ok(tp_ratelimit_take(rl, 0, TP, NULL), "1 per 1000 h: first admitted");
+    ok(!tp_ratelimit_take(rl, 0, TP + 1 * S, &r) && r.retry_after_s == 3599999 && r.reset_s == 3599999,
+       "1 per 1000 h: retry 3599999 s one second later (got %llu %llu)", (unsigned long long)r.retry_after_s,
+       (unsigned long long)r.reset_s);
+    ok(!tp_ratelimit_take(rl, 0, TP + 3600000 * S - 1 * MS, NULL), "1 per 1000 h: not before 1000 h");
+    ok(tp_ratelimit_take(rl, 0, TP + 3600000 * S, NULL), "1 per 1000 h: at 1000 h");
+    tp_ratelimit_destroy(rl);
+
+    /* a huge burst forces whole-token units: still exact at the boundary */
+    rl = mk(1, 1000, 1ull << 60, TP_KEY_ROUTE, 0);
+    ok(tp_ratelimit_take(rl, 0, TP, &r) && r.remaining == (1ull << 60) - 1, "burst 2^60: full at start");
+    tp_ratelimit_destroy(rl);
+}
+
+/* Buckets idle for years read as full, used or not. */
+static void test_idle(void)
+{
+    const uint64_t year = 365ull * 24 * 3600 * S;
+    struct tp_ratelimit *rl;
+    struct tp_rl_result r;
+
+    rl = mk(1, 3600000, 3, TP_KEY_CLIENT_IP, 0);
+    is_int(drain(rl, 0x42, TP, 10), 3, "1/h keyed: emptied");
+    tp_ratelimit_peek(rl, 0x42, TP + 10 * year, &r);
+    ok(r.remaining == 3 && r.reset_s == 0, "1/h: 10 years idle reads full");
+    is_int(drain(rl, 0x42, TP + 10 * year, 10), 3, "and gives burst, no more");
+    is_int(drain(rl, 0x43, TP + 10 * year, 10), 3, "a never-used slot after 10 years: full");
+    tp_ratelimit_destroy(rl);
+
+    rl = mk(100, 1000, 200, TP_KEY_ROUTE, 0);
+    drain(rl, 0, TP, 1000);
+    is_int(drain(rl, 0, TP + 150 * year, 1000), 200, "100/s: 150 years idle: full");
+    tp_ratelimit_destroy(rl);
+
+    /* 10^9/s has one unit per token: 150 years is 4.7 * 10^18 units, past
+     * 2^62, where the difference wraps and the guard reads it as full */
+    rl = mk(1000000000ull, 1000, 5, TP_KEY_ROUTE, 0);
+    drain(rl, 0, TP, 100);
+    is_int(drain(rl, 0, TP + 150 * year, 100), 5, "10^9/s: 150 years idle (wrapped difference): full");
+    is_int(drain(rl, 0, TP + 150 * year, 100), 0, "and empty again after that");
+    tp_ratelimit_destroy(rl);
+}
+
+/* Reloads that change the clock's unit (S) keep every bucket's level. */
+static void test_rescale(void)
+{
+    struct tp_ratelimit *rl;
+    struct tp_cfg_rate_limit c;
+    struct tp_rl_result r;
+    struct tp_rl_stats st;
+    bool all;
+
+    /* 100/s -> 1/h: S grows 2^18 times */
+    rl = mk(100, 1000, 200, TP_KEY_ROUTE, 0);
+    drain(rl, 0, TP, 150);
+    c = cfg_of(1, 3600000, 200, TP_KEY_ROUTE);
+    is_int(tp_ratelimit_update(rl, &c, TP), 0, "update 100/s -> 1/h");
+    tp_ratelimit_peek(rl, 0, TP, &r);
+    ok(r.remaining == 50 && r.reset_s == 150 * 3600, "level 50 kept, 150 h to full (got %llu %llu)",
+       (unsigned long long)r.remaining, (unsigned long long)r.reset_s);
+    tp_ratelimit_peek(rl, 0, TP + 3600 * S, &r);
+    is_int(r.remaining, 51, "one more an hour later");
+    /* 1/h -> 10^9/s: S shrinks to 1 */
+    c = cfg_of(1000000000ull, 1000, 200, TP_KEY_ROUTE);
+    is_int(tp_ratelimit_update(rl, &c, TP + 3600 * S), 0, "update 1/h -> 10^9/s");
+    tp_ratelimit_peek(rl, 0, TP + 3600 * S, &r);
+    is_int(r.remaining, 51, "level 51 kept");
+    tp_ratelimit_peek(rl, 0, TP + 3600 * S + 100, &r);
+    is_int(r.remaining, 151, "100 more in 100 ns");
+    is_int(drain(rl, 0, TP + 3601 * S, 1000), 200, "full and capped a second later");
+    tp_ratelimit_destroy(rl);
+
+    /* fractions: scaling up keeps them exactly, scaling down rounds down */
+    rl = mk(1, 1000, 10, TP_KEY_ROUTE, 0);
+    drain(rl, 0, TP, 100);
+    c = cfg_of(1, 60000, 10, TP_KEY_ROUTE);
+    is_int(tp_ratelimit_update(rl, &c, TP + 2500 * MS), 0, "update 1/s -> 1/m at level 2.5");
+    is_int(drain(rl, 0, TP + 2500 * MS, 100), 2, "2 tokens kept");
+    ok(!tp_ratelimit_take(rl, 0, TP + 2500 * MS + 30 * S - 1 * MS, &r), "the half token needs 30 s at 1/m");
+    ok(tp_ratelimit_take(rl, 0, TP + 2500 * MS + 30 * S, NULL), "and counts: a token at 30 s");
+    c = cfg_of(1000000000ull, 1000, 10, TP_KEY_ROUTE);
+    drain(rl, 0, TP + 2500 * MS + 45 * S, 100); /* at 1/m, 15 s: a quarter token */
+    is_int(tp_ratelimit_update(rl, &c, TP + 2500 * MS + 45 * S), 0, "update 1/m -> 10^9/s at level 0.25");
+    ok(!tp_ratelimit_take(rl, 0, TP + 2500 * MS + 45 * S, NULL),
+       "the quarter token is dropped (1 unit = 1 token)");
+    ok(tp_ratelimit_take(rl, 0, TP + 2500 * MS + 45 * S + 1, NULL), "a whole token 1 ns later");
+    tp_ratelimit_destroy(rl);
+
+    /* a bucket in debt (taken with a newer clock reading than the update's)
+     * stays in debt */
+    rl = mk(1, 1000, 1, TP_KEY_ROUTE, 0);
+    ok(tp_ratelimit_take(rl, 0, TP + 10 * S, NULL), "taken at +10 s");
+    c = cfg_of(1, 60000, 1, TP_KEY_ROUTE);
+    is_int(tp_ratelimit_update(rl, &c, TP), 0, "update 1/s -> 1/m with an older clock reading");
+    ok(!tp_ratelimit_take(rl, 0, TP + 10 * S, &r), "still empty at +10 s");
+    ok(r.retry_after_s >= 60, "and no token before a minute at the new rate (%llu)",
+       (unsigned long long)r.retry_after_s);
+    tp_ratelimit_destroy(rl);
+
+    /* a keyed table: every slot converted, levels kept, table intact */
+    rl = mk(10, 1000, 4, TP_KEY_HEADER, 16);
+    for (uint64_t k = 1; k <= 8; k++)
+        drain(rl, k, TP, (k - 1) % 4 + 1); /* levels 3, 2, 1, 0, 3, 2, 1, 0 */
+    for (uint64_t k = 100; k < 107; k++)
+        drain(rl, k, TP, 1);
+    drain(rl, 9, TP - 1 * S, 1); /* the 16th key, full again at TP */
+    c = cfg_of(10, 3600000, 4, TP_KEY_HEADER);
+    is_int(tp_ratelimit_update(rl, &c, TP), 0, "keyed: update 10/s -> 10/h");
+    all = true;
+    for (uint64_t k = 1; k <= 8; k++) {
+        tp_ratelimit_peek(rl, k, TP, &r);
+        all &= r.remaining == 3 - (k - 1) % 4;
+    }
+    ok(all, "keyed: every key keeps its level");
+    tp_ratelimit_peek(rl, 99, TP, &r);
+    is_int(r.remaining, 4, "keyed: an unknown key is full");
+    is_int(drain(rl, 4, TP + 179 * S, 10), 0, "keyed: the emptied key refills at 10/h (none in 179 s)");
+    tp_ratelimit_stats(rl, &st);
+    ok(st.slots_used == 16 && st.table_full == 0, "keyed: 16 slots, all used (%llu)",
+       (unsigned long long)st.slots_used);
+    ok(tp_ratelimit_take(rl, 200, TP, &r) && r.remaining == 3, "keyed: a 17th key takes over the full slot");
+    tp_ratelimit_stats(rl, &st);
+    ok(st.reclaimed == 1 && st.table_full == 0, "keyed: reclaimed, not full");
+    c = cfg_of(10, 1000, 4, TP_KEY_HEADER);
+    is_int(tp_ratelimit_update(rl, &c, TP + 180 * S), 0,
+           "keyed: back to 10/s at 180 s (half a token at 10/h)");
+    tp_ratelimit_peek(rl, 200, TP + 180 * S, &r);
+    is_int(r.remaining, 3, "keyed: level 3.5 of the new key kept");
+    tp_ratelimit_peek(rl, 200, TP + 180 * S + 50 * MS, &r);
+    is_int(r.remaining, 4, "keyed: and its half token completes in 50 ms at 10/s");
+    tp_ratelimit_peek(rl, 4, TP + 180 * S + 49 * MS, &r);
+    is_int(r.remaining, 0, "keyed: the emptied key has half a token ...");
+    is_int(drain(rl, 4, TP + 180 * S + 50 * MS, 10), 1, "keyed: ... and a whole one 50 ms later");
+    tp_ratelimit_destroy(rl);
+
+    /* back and forth many times: the level is kept within rounding */
+    rl = mk(1000, 1000, 100, TP_KEY_ROUTE, 0);
+    drain(rl, 0, TP, 60); /* level 40 */
+    for (int i = 0; i < 40; i++) {
+        c = (i & 1) ? cfg_of(1000, 1000, 100, TP_KEY_ROUTE) : cfg_of(1, 3600000, 100, TP_KEY_ROUTE);
+        tp_ratelimit_update(rl, &c, TP);
+    }
+    tp_ratelimit_peek(rl, 0, TP, &r);
+    is_int(r.remaining, 40, "40 rescalings at one instant: level 40 kept");
+    tp_ratelimit_destroy(rl);
+}
+
 /* ---- concurrency: exactness across threads ---- */
 
 #define NTHREADS 4
@@ -340,6 +626,8 @@ struct race {
     _Atomic uint64_t admitted;
     _Atomic int go;
     _Atomic int stop_updates;
+    bool rescale; /* updates alternate the rate (1000/s, 10/s) instead of the burst */
+    _Atomic uint64_t n_updates;
 };
 
 static uint64_t mono_ns(void)
@@ -366,18 +654,24 @@ static void *race_thread(void *arg)
     return NULL;
 }
 
-/* Reloads the burst between two values while the takers run (same rate). */
+/* Reloads the burst between two values while the takers run (same rate),
+ * or with <rescale> the rate between 1000/s and 10/s, which changes the
+ * clock's unit 64-fold and converts every bucket word each time. */
 static void *update_thread(void *arg)
 {
     struct race *rc = arg;
+    enum tp_key_kind kind = tp_ratelimit_keyed(rc->rl) ? TP_KEY_CLIENT_IP : TP_KEY_ROUTE;
     uint64_t i = 0;
 
     while (!atomic_load(&rc->stop_updates)) {
-        struct tp_cfg_rate_limit c = cfg_of(1000, 1000, (i++ & 1) ? 50 : 40, TP_KEY_ROUTE);
+        struct tp_cfg_rate_limit c = rc->rescale ? cfg_of((i & 1) ? 10 : 1000, 1000, 50, kind)
+                                                 : cfg_of(1000, 1000, (i & 1) ? 50 : 40, kind);
         uint64_t now = atomic_load(&rc->fake_now);
 
+        i++;
         tp_ratelimit_update(rc->rl, &c, now);
     }
+    atomic_store(&rc->n_updates, i);
     return NULL;
 }
 
@@ -456,6 +750,43 @@ static void test_threads(void)
     ok(got <= bound && got >= 40, "updates racing with takes: admitted %llu <= %llu", (unsigned long long)got,
        (unsigned long long)bound);
     tp_ratelimit_destroy(rc.rl);
+
+    /* Rescaling reloads racing with takes, on the route bucket and on one key
+     * of a keyed table (the sweep converts all its slots each time): the
+     * faster rate bounds it, and the bucket is never corrupted (a word read
+     * in the wrong unit would show up as a huge level or a lockout). */
+    for (int keyed = 0; keyed < 2; keyed++) {
+        struct tp_rl_result r;
+
+        rc.rl = keyed ? mk(1000, 1000, 50, TP_KEY_CLIENT_IP, 16) : mk(1000, 1000, 50, TP_KEY_ROUTE, 0);
+        rc.key = keyed ? 0x9999 : 0;
+        rc.rescale = true;
+        rc.step = 1000;
+        rc.iters = 20000;
+        atomic_store(&rc.fake_now, start = T0);
+        got = run_race(&rc, true);
+        span = atomic_load(&rc.fake_now) - start;
+        bound = 50 + span / 1000000 + 1;
+        ok(got <= bound && got >= 50,
+           "%s, rescaling updates racing with takes (%llu updates): admitted %llu <= %llu",
+           keyed ? "keyed" : "route", (unsigned long long)atomic_load(&rc.n_updates), (unsigned long long)got,
+           (unsigned long long)bound);
+        /* settle on 1000/s: 50 ms later at most 50 tokens, 100 ms later full */
+        {
+            struct tp_cfg_rate_limit c = cfg_of(1000, 1000, 50, keyed ? TP_KEY_CLIENT_IP : TP_KEY_ROUTE);
+
+            tp_ratelimit_update(rc.rl, &c, atomic_load(&rc.fake_now));
+        }
+        is_int(drain(rc.rl, rc.key, atomic_load(&rc.fake_now) + 100 * MS, 1000), 50,
+               keyed ? "keyed: full 100 ms later" : "route: full 100 ms later");
+        ok(!tp_ratelimit_take(rc.rl, rc.key, atomic_load(&rc.fake_now) + 101 * MS - 2, &r) &&
+               r.retry_after_s == 1 && r.reset_s == 1,
+           "%s: then empty, retry 1 reset 1", keyed ? "keyed" : "route");
+        is_int(drain(rc.rl, rc.key, atomic_load(&rc.fake_now) + 101 * MS, 1000), 1,
+               keyed ? "keyed: one token 1 ms later" : "route: one token 1 ms later");
+        tp_ratelimit_destroy(rc.rl);
+    }
+    rc.rescale = false;
 }
 
 int main(void)
@@ -466,6 +797,11 @@ int main(void)
     test_clock_edges();
     test_update();
     test_keyed();
+    test_phase();
+    test_fraction();
+    test_extreme_rates();
+    test_idle();
+    test_rescale();
     test_threads();
     return tap_done();
 }
