@@ -317,12 +317,8 @@ static void put(struct line *l, const char *s, size_t n)
 static void put_u64(struct line *l, uint64_t v)
 {
     char tmp[24];
-    int n = 0;
-    do {
-        tmp[sizeof(tmp) - 1 - n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    put(l, tmp + sizeof(tmp) - n, (size_t)n);
+    char *p = tp_fmt_u64(tmp + sizeof(tmp), v);
+    put(l, p, (size_t)(tmp + sizeof(tmp) - p));
 }
 
 /* [ns] as milliseconds with three decimals */

@@ -469,12 +469,8 @@ const char *tp_h1_date(void)
 void tp_blk_u64(struct tp_block *b, uint64_t v)
 {
     char tmp[24];
-    int n = 0;
-    do {
-        tmp[sizeof(tmp) - 1 - n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    tp_blk_put(b, tmp + sizeof(tmp) - n, (size_t)n);
+    char *p = tp_fmt_u64(tmp + sizeof(tmp), v);
+    tp_blk_put(b, p, (size_t)(tmp + sizeof(tmp) - p));
 }
 
 void tp_blk_hex(struct tp_block *b, uint64_t v)

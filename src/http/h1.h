@@ -90,6 +90,16 @@ static inline void tp_blk_put(struct tp_block *b, const void *p, size_t n)
 }
 #define tp_blk_lit(b, s) tp_blk_put((b), (s), sizeof(s) - 1)
 void tp_blk_u64(struct tp_block *b, uint64_t v);
+
+/** Writes <v> in decimal so that it ends at <end>; returns where it starts. */
+static inline char *tp_fmt_u64(char *end, uint64_t v)
+{
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return end;
+}
 void tp_blk_hex(struct tp_block *b, uint64_t v);
 
 /** Hex-encodes <n> random bytes into <out> (2n chars, no NUL). */

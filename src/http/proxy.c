@@ -470,6 +470,23 @@ static uint64_t tp_endpoint_inflight(void *ctx, size_t i)
 /* the upstream request head                                           */
 /* ------------------------------------------------------------------ */
 
+/* Hop-by-hop headers (RFC 9110 7.6.1): never forwarded in either direction;
+ * turnpike writes its own framing and connection handling. */
+static bool hop_by_hop(uint8_t id)
+{
+    switch (id) {
+    case TP_H_CONNECTION:
+    case TP_H_KEEP_ALIVE:
+    case TP_H_PROXY_CONNECTION:
+    case TP_H_TE:
+    case TP_H_UPGRADE:
+    case TP_H_TRANSFER_ENCODING:
+        return true;
+    default:
+        return false;
+    }
+}
+
 static bool in_names(const struct tp_header_kv *kv, size_t n, const char *name, size_t len)
 {
     for (size_t i = 0; i < n; i++)
@@ -514,13 +531,9 @@ target_rest:
     for (uint32_t i = 0; i < h->n_hdrs; i++) {
         const struct tp_hdr *hd = &h->hdrs[i];
         const char *name = h->base + hd->name.off;
+        if (hop_by_hop(hd->id))
+            continue;
         switch (hd->id) {
-        case TP_H_CONNECTION:
-        case TP_H_KEEP_ALIVE:
-        case TP_H_PROXY_CONNECTION:
-        case TP_H_TE:
-        case TP_H_UPGRADE:
-        case TP_H_TRANSFER_ENCODING:
         case TP_H_CONTENT_LENGTH:
         case TP_H_X_FORWARDED_PROTO:
         case TP_H_X_FORWARDED_HOST:
@@ -1231,18 +1244,8 @@ static struct tp_block *build_response_head(struct tp_shard *sh, struct tp_req *
     for (uint32_t i = 0; i < h->n_hdrs; i++) {
         const struct tp_hdr *hd = &h->hdrs[i];
         const char *name = h->base + hd->name.off;
-        switch (hd->id) {
-        case TP_H_CONNECTION:
-        case TP_H_KEEP_ALIVE:
-        case TP_H_PROXY_CONNECTION:
-        case TP_H_TE:
-        case TP_H_UPGRADE:
-        case TP_H_TRANSFER_ENCODING:
-        case TP_H_X_REQUEST_ID:
+        if (hop_by_hop(hd->id) || hd->id == TP_H_X_REQUEST_ID)
             continue;
-        default:
-            break;
-        }
         if (hd->drop || resp_in_names(rw, name, hd->name.len))
             continue;
         tp_blk_put(b, name, hd->name.len);
