@@ -16,8 +16,14 @@
  *
  * Called by config.c only. [control]
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <libfyaml.h>
 
@@ -295,10 +301,12 @@ static void discard_output(struct fy_diag *diag, void *user, const char *buf, si
 }
 
 /*
- * YAML text must be UTF-8 here. libfyaml 0.7.12 loops forever on a directive
- * line ("%...") holding a byte sequence that is not UTF-8, which would hang
- * `turnpike -t` and a reload; checking the encoding first also gives a
- * positioned message for the common case of a file saved in Latin-1.
+ * YAML text must be UTF-8 made of printable characters (YAML 1.2
+ * "c-printable": tab, line breaks and everything visible; no other control
+ * characters). libfyaml 0.7.12 loops forever on a directive line holding
+ * bytes that are not UTF-8, and corrupts its heap on some inputs holding a NUL
+ * byte, which would hang or crash `turnpike -t` and a reload; checking the
+ * text first also gives a positioned message for a file saved in Latin-1.
  */
 static bool utf8_valid(const char *buf, size_t len, struct tp_cfg_errs *errs)
 {
@@ -324,6 +332,13 @@ static bool utf8_valid(const char *buf, size_t len, struct tp_cfg_errs *errs)
             tp_cfg_errs_add(errs, line, col, "invalid UTF-8 (byte 0x%02x): the file must be UTF-8", c);
             return false;
         }
+        uint32_t cp = n == 1 ? c : n == 2 ? (uint32_t)(c & 0x1f) << 6 | (p[i + 1] & 0x3f) : 0;
+        bool control = (n == 1 && ((cp < 0x20 && cp != '\t' && cp != '\n' && cp != '\r') || cp == 0x7f)) ||
+                       (n == 2 && cp >= 0x80 && cp <= 0x9f && cp != 0x85);
+        if (control) {
+            tp_cfg_errs_add(errs, line, col, "control character U+%04X is not allowed in YAML", cp);
+            return false;
+        }
         if (c == '\n') {
             line++;
             col = 1;
@@ -333,6 +348,82 @@ static bool utf8_valid(const char *buf, size_t len, struct tp_cfg_errs *errs)
         i += n;
     }
     return true;
+}
+
+/*
+ * libfyaml 0.7.12 corrupts its heap on some malformed inputs (found by
+ * tests/fuzz/fuzz_config: an explicit "?" key followed by a tab and another
+ * "?"), which would crash or hang the process on `turnpike -t`, at startup,
+ * or - worst - on a reload of a running gateway. So the file is first run
+ * through the parser in a child process, with a deadline; only when that
+ * child comes back clean does the parse happen here. A fork per load costs a
+ * few milliseconds and happens only on start, reload and -t.
+ */
+#define GUARD_TIMEOUT_MS 5000
+
+static int guard_parse(const char *buf, size_t len)
+{
+    struct fy_diag_cfg dcfg;
+    struct fy_diag *diag;
+    struct fy_parser *fyp;
+    struct fy_event *fye;
+
+    fy_diag_cfg_default(&dcfg);
+    dcfg.fp = NULL;
+    dcfg.output_fn = discard_output;
+    diag = fy_diag_create(&dcfg);
+    if (!diag)
+        return 0; /* out of memory in the child says nothing about the file */
+    struct fy_parse_cfg pcfg = {.flags = FYPCF_QUIET | FYPCF_DEFAULT_VERSION_1_2, .diag = diag};
+    fyp = fy_parser_create(&pcfg);
+    if (!fyp || fy_parser_set_string(fyp, buf, len) != 0)
+        return 0;
+    while ((fye = fy_parser_parse(fyp)) != NULL)
+        fy_parser_event_free(fyp, fye);
+    fy_parser_destroy(fyp);
+    fy_diag_destroy(diag);
+    return 0;
+}
+
+/* 0 when the parser survives <buf>; -1 (with a message in <errs>) when it crashed or hung. */
+static int parser_survives(const char *buf, size_t len, struct tp_cfg_errs *errs)
+{
+    pid_t pid = fork();
+    int status = 0;
+
+    if (pid == -1)
+        return 0; /* cannot check: parse in-process as before */
+    if (pid == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd >= 0) {
+            dup2(fd, STDERR_FILENO);
+            dup2(fd, STDOUT_FILENO);
+        }
+        _exit(guard_parse(buf, len));
+    }
+    for (int waited = 0;; waited++) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            break;
+        if (r == -1 && errno != EINTR)
+            return 0;
+        if (waited * 2 >= GUARD_TIMEOUT_MS) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            tp_cfg_errs_add(errs, 1, 1,
+                            "the YAML parser did not finish on this file; simplify its syntax "
+                            "(explicit \"?\" keys and tabs are the usual trigger)");
+            return -1;
+        }
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return 0;
+    tp_cfg_errs_add(errs, 1, 1,
+                    "the YAML parser failed on this file; simplify its syntax (explicit \"?\" keys "
+                    "and tabs are the usual trigger)");
+    return -1;
 }
 
 struct tp_ynode *tp_cfg_yaml_parse(const char *buf, size_t len, struct tp_cfg_arena *a,
@@ -346,7 +437,7 @@ struct tp_ynode *tp_cfg_yaml_parse(const char *buf, size_t len, struct tp_cfg_ar
     int docs = 0;
 
     *empty = false;
-    if (!utf8_valid(buf, len, errs))
+    if (!utf8_valid(buf, len, errs) || parser_survives(buf, len, errs) < 0)
         return NULL;
     fy_diag_cfg_default(&dcfg);
     dcfg.fp = NULL; /* libfyaml must never print: our caller owns stderr */

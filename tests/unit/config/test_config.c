@@ -421,6 +421,8 @@ static void test_yaml_errors(void)
     /* libfyaml 0.7.12 would loop forever on the directive; the encoding check comes first */
     EXPECT("not UTF-8 in a directive", "%x\xfa\n" LST,
            "t.yaml:1:3: invalid UTF-8 (byte 0xfa): the file must be UTF-8");
+    EXPECT("NUL byte", LST "workers: 1\x01\n",
+           "t.yaml:3:11: control character U+0001 is not allowed in YAML");
     EXPECT("not UTF-8 in a value", LST "workers: caf\xe9\n",
            "t.yaml:3:13: invalid UTF-8 (byte 0xe9): the file must be UTF-8");
     EXPECT("merge keys are plain keys in YAML 1.2", "l: &l {address: 127.0.0.1:1}\nlisteners:\n  - <<: *l\n",
