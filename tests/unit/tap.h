@@ -47,19 +47,19 @@ static inline int tap_ok(int cond, const char *file, int line, const char *fmt, 
 
 #define ok(cond, ...) tap_ok(!!(cond), __FILE__, __LINE__, __VA_ARGS__)
 
-#define is_int(got, want, ...)                                                                   \
-    do {                                                                                         \
-        long long g_ = (long long)(got), w_ = (long long)(want);                                 \
-        if (!tap_ok(g_ == w_, __FILE__, __LINE__, __VA_ARGS__))                                  \
-            tap_diag("got %lld, want %lld", g_, w_);                                             \
+#define is_int(got, want, ...)                                                                               \
+    do {                                                                                                     \
+        long long g_ = (long long)(got), w_ = (long long)(want);                                             \
+        if (!tap_ok(g_ == w_, __FILE__, __LINE__, __VA_ARGS__))                                              \
+            tap_diag("got %lld, want %lld", g_, w_);                                                         \
     } while (0)
 
-#define is_str(got, want, ...)                                                                   \
-    do {                                                                                         \
-        const char *g_ = (got), *w_ = (want);                                                    \
-        int eq_ = (g_ && w_) ? strcmp(g_, w_) == 0 : g_ == w_;                                   \
-        if (!tap_ok(eq_, __FILE__, __LINE__, __VA_ARGS__))                                       \
-            tap_diag("got \"%s\", want \"%s\"", g_ ? g_ : "(null)", w_ ? w_ : "(null)");       \
+#define is_str(got, want, ...)                                                                               \
+    do {                                                                                                     \
+        const char *g_ = (got), *w_ = (want);                                                                \
+        int eq_ = (g_ && w_) ? strcmp(g_, w_) == 0 : g_ == w_;                                               \
+        if (!tap_ok(eq_, __FILE__, __LINE__, __VA_ARGS__))                                                   \
+            tap_diag("got \"%s\", want \"%s\"", g_ ? g_ : "(null)", w_ ? w_ : "(null)");                     \
     } while (0)
 
 static inline int tap_done(void)
@@ -70,8 +70,8 @@ static inline int tap_done(void)
     return tap_failed ? 1 : 0;
 }
 
-#define TAP_SKIP_ALL(reason)                                                                     \
-    do {                                                                                         \
-        printf("1..0 # SKIP %s\n", reason);                                                      \
-        return 77;                                                                               \
+#define TAP_SKIP_ALL(reason)                                                                                 \
+    do {                                                                                                     \
+        printf("1..0 # SKIP %s\n", reason);                                                                  \
+        return 77;                                                                                           \
     } while (0)
