@@ -1079,6 +1079,17 @@ static void uconn_on_timer(struct tp_timer *t, uint64_t now_ms)
                     TP_ETIMEOUT);
 }
 
+/* The buffer ring ran dry (-ENOBUFS ended the multishot recv): wait to be re-armed. */
+static void uconn_starve(struct tp_shard *sh, struct tp_uconn *uc)
+{
+    tp_stat_add(&sh->enobufs, 1);
+    if (uc->starved)
+        return;
+    uc->starved = true;
+    uc->next = sh->ustarved;
+    sh->ustarved = uc;
+}
+
 void tp_uconn_on_recv(struct tp_shard *sh, struct tp_uconn *uc, struct io_uring_cqe *cqe)
 {
     int res = cqe->res;
@@ -1117,10 +1128,7 @@ void tp_uconn_on_recv(struct tp_shard *sh, struct tp_uconn *uc, struct io_uring_
         if (bid >= 0)
             tp_buf_release(sh, (uint16_t)bid);
         if (res == -ENOBUFS) {
-            tp_stat_add(&sh->enobufs, 1);
-            uc->starved = true;
-            uc->next = sh->ustarved;
-            sh->ustarved = uc;
+            uconn_starve(sh, uc);
             return;
         }
         if (res != -ECANCELED || !more) {
@@ -1187,10 +1195,7 @@ void tp_uconn_on_recv(struct tp_shard *sh, struct tp_uconn *uc, struct io_uring_
         if (bid >= 0)
             tp_buf_release(sh, (uint16_t)bid);
         if (res == -ENOBUFS) {
-            tp_stat_add(&sh->enobufs, 1);
-            uc->starved = true;
-            uc->next = sh->ustarved;
-            sh->ustarved = uc;
+            uconn_starve(sh, uc);
         } else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
             uc->peer_closed = true;
             uc->reset = true;
