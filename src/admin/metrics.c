@@ -9,6 +9,7 @@
  * only (route, upstream, endpoint and listener names), so the series count
  * is bounded by the config, never by request data.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -85,6 +86,30 @@ static void labels_of(struct tp_abuf *tmp, const char *k1, const char *v1, const
     tp_abuf_put(tmp, "", 1);
 }
 
+/* One sample line "name{labels} value" from labels built by labels_of(). */
+static void sample(struct tp_abuf *b, const char *name, const struct tp_abuf *lb, unsigned long long v)
+{
+    /* labels_of() leaves a trailing "," and a NUL: neither belongs in the braces */
+    tp_abuf_printf(b, "%s{%.*s} %llu\n", name, (int)(lb->len - 2), lb->data, v);
+}
+
+/* A counter family with one series per endpoint, summed over the shards from
+ * the tp_stat_t at <field> of struct tp_ep_shard. */
+static void endpoint_counter(struct tp_abuf *b, struct tp_abuf *lb, const struct tp_snapshot *s, unsigned ns,
+                             const char *name, const char *help, size_t field)
+{
+    family(b, name, "counter", help);
+    for (size_t u = 0; u < s->n_ups; u++)
+        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
+            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
+            uint64_t v = 0;
+            for (unsigned sh = 0; sh < ns; sh++)
+                v += tp_stat_get((const tp_stat_t *)((const char *)&st->shard[sh] + field));
+            labels_of(lb, "upstream", st->upstream, "endpoint", st->addr.text);
+            sample(b, name, lb, v);
+        }
+}
+
 void tp_metrics_render(struct tp_abuf *b)
 {
     struct tp_snapshot *s = tp_snapshot_current;
@@ -127,8 +152,7 @@ void tp_metrics_render(struct tp_abuf *b)
         for (unsigned sh = 0; sh < ns; sh++)
             v += tp_stat_get(&s->routes[i].st->stats[sh].ratelimited);
         labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
-        lb.data[lb.len - 2] = 0; /* drop the trailing comma */
-        tp_abuf_printf(b, "turnpike_ratelimit_rejected_total{%s} %llu\n", lb.data, (unsigned long long)v);
+        sample(b, "turnpike_ratelimit_rejected_total", &lb, v);
     }
     family(b, "turnpike_ratelimit_table_full_total", "counter",
            "Rate-limit decisions taken by a route's shared overflow bucket because its key table was full.");
@@ -136,9 +160,8 @@ void tp_metrics_render(struct tp_abuf *b)
         if (!s->routes[i].rl)
             continue;
         labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
-        lb.data[lb.len - 2] = 0;
-        tp_abuf_printf(b, "turnpike_ratelimit_table_full_total{%s} %llu\n", lb.data,
-                       (unsigned long long)tp_ratelimit_table_full_total(s->routes[i].rl));
+        sample(b, "turnpike_ratelimit_table_full_total", &lb,
+               (unsigned long long)(tp_ratelimit_table_full_total(s->routes[i].rl)));
     }
 
     /* ---- upstreams and endpoints ---- */
@@ -156,31 +179,11 @@ void tp_metrics_render(struct tp_abuf *b)
                                class_label[k], (unsigned long long)v);
             }
         }
-    family(b, "turnpike_upstream_connect_failures_total", "counter",
-           "Failed or timed-out upstream connects.");
-    for (size_t u = 0; u < s->n_ups; u++)
-        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
-            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
-            uint64_t v = 0;
-            for (unsigned sh = 0; sh < ns; sh++)
-                v += tp_stat_get(&st->shard[sh].connect_failures);
-            labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
-            lb.data[lb.len - 2] = 0;
-            tp_abuf_printf(b, "turnpike_upstream_connect_failures_total{%s} %llu\n", lb.data,
-                           (unsigned long long)v);
-        }
-    family(b, "turnpike_upstream_connections_opened_total", "counter", "Upstream connections opened.");
-    for (size_t u = 0; u < s->n_ups; u++)
-        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
-            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
-            uint64_t v = 0;
-            for (unsigned sh = 0; sh < ns; sh++)
-                v += tp_stat_get(&st->shard[sh].connects);
-            labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
-            lb.data[lb.len - 2] = 0;
-            tp_abuf_printf(b, "turnpike_upstream_connections_opened_total{%s} %llu\n", lb.data,
-                           (unsigned long long)v);
-        }
+    endpoint_counter(b, &lb, s, ns, "turnpike_upstream_connect_failures_total",
+                     "Failed or timed-out upstream connects.",
+                     offsetof(struct tp_ep_shard, connect_failures));
+    endpoint_counter(b, &lb, s, ns, "turnpike_upstream_connections_opened_total",
+                     "Upstream connections opened.", offsetof(struct tp_ep_shard, connects));
     family(b, "turnpike_upstream_pool_idle_connections", "gauge",
            "Idle keepalive connections pooled, all shards.");
     for (size_t u = 0; u < s->n_ups; u++)
@@ -190,9 +193,7 @@ void tp_metrics_render(struct tp_abuf *b)
             for (unsigned sh = 0; sh < ns; sh++)
                 v += __atomic_load_n(&st->shard[sh].idle_count, __ATOMIC_RELAXED);
             labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
-            lb.data[lb.len - 2] = 0;
-            tp_abuf_printf(b, "turnpike_upstream_pool_idle_connections{%s} %llu\n", lb.data,
-                           (unsigned long long)v);
+            sample(b, "turnpike_upstream_pool_idle_connections", &lb, (unsigned long long)(v));
         }
     family(b, "turnpike_upstream_response_duration_seconds", "histogram",
            "Time from an attempt's start to the upstream response's end, by endpoint.");
@@ -212,26 +213,22 @@ void tp_metrics_render(struct tp_abuf *b)
         for (size_t e = 0; e < s->ups[u].n_eps; e++) {
             struct tp_rt_endpoint *ep = &s->ups[u].eps[e];
             labels_of(&lb, "upstream", ep->st->upstream, "endpoint", ep->st->addr.text);
-            lb.data[lb.len - 2] = 0;
-            tp_abuf_printf(b, "turnpike_circuit_state{%s} %d\n", lb.data,
-                           ep->breaker ? tp_breaker_state(ep->breaker, now_ms) : 0);
+            sample(b, "turnpike_circuit_state", &lb,
+                   (unsigned long long)(ep->breaker ? tp_breaker_state(ep->breaker, now_ms) : 0));
         }
     family(b, "turnpike_endpoint_healthy", "gauge", "Endpoint health: 1 healthy, 0 not.");
     for (size_t u = 0; u < s->n_ups; u++)
         for (size_t e = 0; e < s->ups[u].n_eps; e++) {
             struct tp_endpoint_state *st = s->ups[u].eps[e].st;
             labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
-            lb.data[lb.len - 2] = 0;
-            tp_abuf_printf(b, "turnpike_endpoint_healthy{%s} %d\n", lb.data,
-                           atomic_load(&st->healthy) ? 1 : 0);
+            sample(b, "turnpike_endpoint_healthy", &lb, atomic_load(&st->healthy) ? 1 : 0);
         }
     family(b, "turnpike_upstream_inflight_requests", "gauge",
            "Requests in flight per upstream (counted when max_concurrent_requests is set).");
     for (size_t u = 0; u < s->n_ups; u++) {
         labels_of(&lb, "upstream", s->ups[u].st->name, NULL, NULL);
-        lb.data[lb.len - 2] = 0;
-        tp_abuf_printf(b, "turnpike_upstream_inflight_requests{%s} %llu\n", lb.data,
-                       (unsigned long long)atomic_load(&s->ups[u].st->inflight));
+        sample(b, "turnpike_upstream_inflight_requests", &lb,
+               (unsigned long long)(atomic_load(&s->ups[u].st->inflight)));
     }
 
     /* ---- connections ---- */
@@ -241,8 +238,7 @@ void tp_metrics_render(struct tp_abuf *b)
         for (unsigned sh = 0; sh < ns; sh++)
             v += atomic_load_explicit(&ls->shard[sh].active, memory_order_relaxed);
         labels_of(&lb, "listener", ls->name, NULL, NULL);
-        lb.data[lb.len - 2] = 0;
-        tp_abuf_printf(b, "turnpike_connections_active{%s} %lld\n", lb.data, (long long)v);
+        sample(b, "turnpike_connections_active", &lb, (unsigned long long)(v));
     }
     family(b, "turnpike_connections_total", "counter", "Client connections accepted, by listener.");
     for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next) {
@@ -250,8 +246,7 @@ void tp_metrics_render(struct tp_abuf *b)
         for (unsigned sh = 0; sh < ns; sh++)
             v += atomic_load_explicit(&ls->shard[sh].accepted, memory_order_relaxed);
         labels_of(&lb, "listener", ls->name, NULL, NULL);
-        lb.data[lb.len - 2] = 0;
-        tp_abuf_printf(b, "turnpike_connections_total{%s} %llu\n", lb.data, (unsigned long long)v);
+        sample(b, "turnpike_connections_total", &lb, (unsigned long long)(v));
     }
     uint64_t rejected = 0, enobufs = 0, active = 0;
     for (unsigned sh = 0; sh < ns; sh++) {
