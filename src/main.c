@@ -21,7 +21,10 @@
 #include <turnpike/config.h>
 #include <turnpike/log.h>
 
+#include "admin/admin.h"
+#include "http/request.h"
 #include "rt/runtime.h"
+#include "upstream/health.h"
 
 #define TP_DEFAULT_CONFIG "/etc/turnpike/turnpike.yaml"
 
@@ -105,6 +108,12 @@ int main(int argc, char **argv)
         printf("configuration ok\n");
         tp_config_destroy(cfg);
         return 0;
+    }
+    /* the modules hook into the reactor and the control thread before anything runs */
+    if (tp_http_register() < 0 || tp_admin_register() < 0 || tp_health_register() < 0) {
+        fprintf(stderr, "turnpike: cannot register the runtime's modules\n");
+        tp_config_destroy(cfg);
+        return 1;
     }
     return tp_runtime_run(cfg, path);
 }

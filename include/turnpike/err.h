@@ -18,16 +18,12 @@ enum tp_errcode {
     TP_EOK = 0,
     TP_EBASE = -1000,     /* first turnpike code */
     TP_ECONFIG = -1000,   /* configuration is invalid (diagnostics say why) */
-    TP_EPARSE = -1001,    /* malformed input */
-    TP_ELIMIT = -1002,    /* a configured limit was reached */
-    TP_ENOROUTE = -1003,  /* no route matched */
-    TP_EUNSUPP = -1004,   /* feature not built */
-    TP_EURING = -1005,    /* io_uring unavailable or lacks a needed feature */
-    TP_ECLOSED = -1006,   /* peer closed */
-    TP_ETIMEOUT = -1007,  /* a timeout passed */
-    TP_EUPSTREAM = -1008, /* upstream sent something invalid */
-    TP_EBUSY = -1009,     /* capacity exhausted (pool, slab, table) */
-    TP_ELAST = -1010,
+    TP_EURING = -1001,    /* io_uring unavailable or lacks a needed feature */
+    TP_ECLOSED = -1002,   /* the peer closed the connection */
+    TP_ETIMEOUT = -1003,  /* a timeout passed */
+    TP_EUPSTREAM = -1004, /* the upstream sent something invalid */
+    TP_ETLS = -1005,      /* TLS handshake or record failure */
+    TP_ELAST = -1006,
 };
 
 /** Returns a static string for <err> (negative errno or TP_E* code). [any] */

@@ -15,7 +15,9 @@
 #include <turnpike/log.h>
 
 #include "admin/admin.h"
+#include "http/h1.h"
 #include "rt/control.h"
+#include "rt/runtime.h"
 
 #define ADMIN_SLOTS      64
 #define ADMIN_REQ_MAX    8192
@@ -37,6 +39,9 @@ static struct {
     bool accept_armed;
     struct admin_conn conns[ADMIN_SLOTS];
 } adm = {.fd = -1};
+
+enum admin_op { OP_ACCEPT = 0, OP_RECV, OP_SEND };
+static int adm_svc = -1;
 
 /* ---- growable output buffer ---- */
 
@@ -116,18 +121,16 @@ static void arm_accept(void)
 {
     if (adm.fd < 0 || adm.accept_armed)
         return;
-    struct io_uring_sqe *sqe = tp_ctl_sqe(TP_CTL_ADMIN_ACCEPT, 0);
+    struct io_uring_sqe *sqe = tp_ctl_sqe(adm_svc, OP_ACCEPT, 0);
     io_uring_prep_multishot_accept(sqe, adm.fd, NULL, NULL, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_ADMIN_ACCEPT, 0));
     adm.accept_armed = true;
 }
 
 static void conn_recv(uint32_t slot)
 {
     struct admin_conn *a = &adm.conns[slot];
-    struct io_uring_sqe *sqe = tp_ctl_sqe(TP_CTL_ADMIN_RECV, slot);
+    struct io_uring_sqe *sqe = tp_ctl_sqe(adm_svc, OP_RECV, slot);
     io_uring_prep_recv(sqe, a->fd, a->req + a->len, ADMIN_REQ_MAX - 1 - a->len, 0);
-    io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_ADMIN_RECV, slot));
     a->ops++;
 }
 
@@ -139,9 +142,8 @@ static void conn_close(uint32_t slot)
         return;
     a->closing = true;
     if (a->ops) {
-        struct io_uring_sqe *sqe = tp_ctl_sqe(TP_CTL_ADMIN_CLOSE, slot);
+        struct io_uring_sqe *sqe = tp_ctl_sqe(-1, 0, 0);
         io_uring_prep_cancel_fd(sqe, a->fd, IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_NONE, 0));
         return;
     }
     close(a->fd);
@@ -152,9 +154,8 @@ static void conn_close(uint32_t slot)
 static void conn_send(uint32_t slot)
 {
     struct admin_conn *a = &adm.conns[slot];
-    struct io_uring_sqe *sqe = tp_ctl_sqe(TP_CTL_ADMIN_SEND, slot);
+    struct io_uring_sqe *sqe = tp_ctl_sqe(adm_svc, OP_SEND, slot);
     io_uring_prep_send(sqe, a->fd, a->out.data + a->sent, a->out.len - a->sent, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_ADMIN_SEND, slot));
     a->ops++;
 }
 
@@ -167,9 +168,9 @@ static void respond(struct admin_conn *a, unsigned status, const char *ctype, st
                          : status == 400 ? "Bad Request"
                                          : "Error";
     tp_abuf_printf(&a->out,
-                   "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nCache-Control: no-store\r\n"
-                   "Connection: close\r\n\r\n",
-                   status, reason, ctype, body->len);
+                   "HTTP/1.1 %u %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                   "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                   status, reason, tp_h1_date(), ctype, body->len);
     if (!head)
         tp_abuf_put(&a->out, body->data, body->len);
 }
@@ -230,9 +231,9 @@ static void handle(struct admin_conn *a)
     tp_abuf_dispose(&body);
 }
 
-void tp_admin_on_cqe(enum tp_ctl_op op, uint32_t slot, int res)
+static void admin_on_cqe(unsigned op, uint32_t slot, int res)
 {
-    if (op == TP_CTL_ADMIN_ACCEPT) {
+    if (op == OP_ACCEPT) {
         if (res >= 0) {
             uint32_t i;
             for (i = 0; i < ADMIN_SLOTS && adm.conns[i].fd >= 0; i++)
@@ -271,7 +272,7 @@ void tp_admin_on_cqe(enum tp_ctl_op op, uint32_t slot, int res)
         }
         return;
     }
-    if (op == TP_CTL_ADMIN_RECV) {
+    if (op == OP_RECV) {
         if (res <= 0) {
             conn_close(slot);
             return;
@@ -295,7 +296,7 @@ void tp_admin_on_cqe(enum tp_ctl_op op, uint32_t slot, int res)
         conn_send(slot);
         return;
     }
-    if (op == TP_CTL_ADMIN_SEND) {
+    if (op == OP_SEND) {
         if (res <= 0) {
             conn_close(slot);
             return;
@@ -309,8 +310,9 @@ void tp_admin_on_cqe(enum tp_ctl_op op, uint32_t slot, int res)
     }
 }
 
-void tp_admin_tick(uint64_t now_ms)
+static void admin_tick(uint64_t now_ms, bool draining)
 {
+    (void)draining;
     /* a client that neither finishes its request nor reads the answer loses its slot */
     for (uint32_t i = 0; i < ADMIN_SLOTS; i++)
         if (adm.conns[i].fd >= 0 && !adm.conns[i].closing &&
@@ -318,16 +320,31 @@ void tp_admin_tick(uint64_t now_ms)
             conn_close(i);
 }
 
-int tp_admin_start(int listen_fd)
+/* Binds admin.address before the shards start: a port in use fails the start. */
+static int admin_prepare(const struct tp_config *cfg)
 {
     for (unsigned i = 0; i < ADMIN_SLOTS; i++)
         adm.conns[i].fd = -1;
-    adm.fd = listen_fd;
+    adm.fd = -1;
+    if (!cfg->has_admin)
+        return 0;
+    int fd = tp_listen_socket(&cfg->admin, 128);
+    if (fd < 0) {
+        fprintf(stderr, "%s: admin.address: cannot listen on %s: %s\n", cfg->source, cfg->admin.text,
+                strerror(-fd));
+        return fd;
+    }
+    adm.fd = fd;
+    return 0;
+}
+
+static int admin_started(void)
+{
     arm_accept();
     return 0;
 }
 
-void tp_admin_stop(void)
+static void admin_stop(void)
 {
     for (unsigned i = 0; i < ADMIN_SLOTS; i++) {
         if (adm.conns[i].fd >= 0) {
@@ -339,4 +356,19 @@ void tp_admin_stop(void)
     if (adm.fd >= 0)
         close(adm.fd);
     adm.fd = -1;
+}
+
+static const struct tp_ctl_service admin_service = {
+    .name = "admin",
+    .prepare = admin_prepare,
+    .started = admin_started,
+    .on_cqe = admin_on_cqe,
+    .tick = admin_tick,
+    .stop = admin_stop,
+};
+
+int tp_admin_register(void)
+{
+    adm_svc = tp_ctl_service_register(&admin_service);
+    return adm_svc < 0 ? -1 : 0;
 }

@@ -26,3 +26,6 @@ void tp_abuf_dispose(struct tp_abuf *b);
 void tp_metrics_render(struct tp_abuf *b);
 /** Renders GET /config: generation, loaded_at, source, sha256, routes and upstreams with live state. */
 void tp_config_render(struct tp_abuf *b);
+
+/** Registers the admin endpoints as a control-thread service (before tp_runtime_run). [control] */
+int tp_admin_register(void);

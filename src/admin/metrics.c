@@ -18,9 +18,9 @@
 #include <turnpike/clock.h>
 #include <turnpike/ratelimit.h>
 
-#include "admin/accesslog.h"
 #include "admin/admin.h"
-#include "http/dp.h"
+#include "http/accesslog.h"
+#include "http/request.h"
 #include "rt/control.h"
 #include "rt/runtime.h"
 #include "rt/snapshot.h"
@@ -128,7 +128,7 @@ void tp_metrics_render(struct tp_abuf *b)
             uint64_t v = 0;
             for (unsigned sh = 0; sh < ns; sh++)
                 v += i < s->n_routes ? tp_stat_get(&s->routes[i].st->stats[sh].requests[k])
-                                     : tp_stat_get(&tp_rt.shards[sh]->unmatched.requests[k]);
+                                     : tp_stat_get(&tp_http_shard(tp_rt.shards[sh])->unmatched.requests[k]);
             tp_abuf_put(b, "turnpike_requests_total{route=\"", 31);
             label(b, name);
             tp_abuf_printf(b, "\",code=\"%s\"} %llu\n", class_label[k], (unsigned long long)v);
@@ -141,7 +141,7 @@ void tp_metrics_render(struct tp_abuf *b)
         memset(&h, 0, sizeof(h));
         for (unsigned sh = 0; sh < ns; sh++)
             hist_sum(&h, i < s->n_routes ? &s->routes[i].st->stats[sh].duration
-                                         : &tp_rt.shards[sh]->unmatched.duration);
+                                         : &tp_http_shard(tp_rt.shards[sh])->unmatched.duration);
         labels_of(&lb, "route", i < s->n_routes ? s->routes[i].st->name : "unmatched", NULL, NULL);
         hist_render(b, "turnpike_request_duration_seconds", lb.data, &h);
     }
@@ -191,7 +191,7 @@ void tp_metrics_render(struct tp_abuf *b)
             struct tp_endpoint_state *st = s->ups[u].eps[e].st;
             uint64_t v = 0;
             for (unsigned sh = 0; sh < ns; sh++)
-                v += __atomic_load_n(&st->shard[sh].idle_count, __ATOMIC_RELAXED);
+                v += tp_stat_get(&st->shard[sh].idle_count);
             labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
             sample(b, "turnpike_upstream_pool_idle_connections", &lb, (unsigned long long)(v));
         }
@@ -252,7 +252,7 @@ void tp_metrics_render(struct tp_abuf *b)
     for (unsigned sh = 0; sh < ns; sh++) {
         rejected += tp_stat_get(&tp_rt.shards[sh]->rejected_conns);
         enobufs += tp_stat_get(&tp_rt.shards[sh]->enobufs);
-        active += tp_stat_get(&tp_rt.shards[sh]->active_requests);
+        active += tp_stat_get(&tp_http_shard(tp_rt.shards[sh])->active_requests);
     }
     family(b, "turnpike_connections_rejected_total", "counter",
            "Connections closed at accept: over limits.max_connections, or while draining.");

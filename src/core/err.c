@@ -6,15 +6,11 @@
 
 static const char *const tp_errstr[] = {
     [-(TP_ECONFIG - TP_EBASE)] = "invalid configuration",
-    [-(TP_EPARSE - TP_EBASE)] = "malformed input",
-    [-(TP_ELIMIT - TP_EBASE)] = "limit reached",
-    [-(TP_ENOROUTE - TP_EBASE)] = "no route",
-    [-(TP_EUNSUPP - TP_EBASE)] = "not supported",
     [-(TP_EURING - TP_EBASE)] = "io_uring unavailable",
     [-(TP_ECLOSED - TP_EBASE)] = "connection closed",
     [-(TP_ETIMEOUT - TP_EBASE)] = "timed out",
     [-(TP_EUPSTREAM - TP_EBASE)] = "invalid upstream response",
-    [-(TP_EBUSY - TP_EBASE)] = "capacity exhausted",
+    [-(TP_ETLS - TP_EBASE)] = "TLS failure",
 };
 
 const char *tp_strerror(int err)

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <pthread.h>
 #include <time.h>
 
 #include "http/h1.h"
@@ -162,10 +163,111 @@ static bool head_save(struct tp_head *h, const char *data, uint32_t n, uint32_t 
     return true;
 }
 
-enum tp_head_rc tp_head_parse(struct tp_shard *sh, llhttp_t *p, struct tp_head *h, struct tp_inq *q,
-                              uint32_t limit, const bool *done_flag, unsigned *status)
+/* ---- the parser wiring ---- */
+
+static inline struct tp_h1_parser *hp_of(llhttp_t *p)
+{
+    return (struct tp_h1_parser *)p; /* the llhttp_t is its first member */
+}
+
+static int pw_on_url(llhttp_t *p, const char *at, size_t len)
+{
+    return tp_head_on_url(hp_of(p)->head, at, len);
+}
+
+static int pw_on_url_complete(llhttp_t *p)
+{
+    hp_of(p)->head->url_done = true;
+    return 0;
+}
+
+static int pw_on_status(llhttp_t *p, const char *at, size_t len)
+{
+    return tp_head_on_status(hp_of(p)->head, at, len);
+}
+
+static int pw_on_field(llhttp_t *p, const char *at, size_t len)
+{
+    return tp_head_on_field(hp_of(p)->head, at, len);
+}
+
+static int pw_on_value(llhttp_t *p, const char *at, size_t len)
+{
+    return tp_head_on_value(hp_of(p)->head, at, len);
+}
+
+static int pw_on_value_complete(llhttp_t *p)
+{
+    return tp_head_on_value_complete(hp_of(p)->head);
+}
+
+static int pw_on_headers_complete(llhttp_t *p)
+{
+    struct tp_h1_parser *hp = hp_of(p);
+
+    hp->head_done = true;
+    return hp->on_headers ? hp->on_headers(hp) : HPE_PAUSED;
+}
+
+static int pw_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct tp_h1_parser *hp = hp_of(p);
+    return hp->on_body ? hp->on_body(hp, at, len) : 0;
+}
+
+static int pw_on_message_complete(llhttp_t *p)
+{
+    hp_of(p)->msg_done = true;
+    return HPE_PAUSED;
+}
+
+static llhttp_settings_t pw_settings;
+static pthread_once_t pw_once = PTHREAD_ONCE_INIT;
+
+static void pw_settings_init(void)
+{
+    llhttp_settings_init(&pw_settings);
+    pw_settings.on_url = pw_on_url;
+    pw_settings.on_url_complete = pw_on_url_complete;
+    pw_settings.on_status = pw_on_status;
+    pw_settings.on_header_field = pw_on_field;
+    pw_settings.on_header_value = pw_on_value;
+    pw_settings.on_header_value_complete = pw_on_value_complete;
+    pw_settings.on_headers_complete = pw_on_headers_complete;
+    pw_settings.on_body = pw_on_body;
+    pw_settings.on_message_complete = pw_on_message_complete;
+}
+
+void tp_h1_parser_init(struct tp_h1_parser *hp, llhttp_type_t type, struct tp_head *head,
+                       tp_h1_body_fn on_body)
+{
+    pthread_once(&pw_once, pw_settings_init);
+    llhttp_init(&hp->p, type, &pw_settings);
+    hp->p.data = hp;
+    hp->head = head;
+    hp->head_done = hp->msg_done = false;
+    hp->on_body = on_body;
+    hp->on_headers = NULL;
+}
+
+void tp_h1_parser_finish_message(struct tp_h1_parser *hp)
+{
+    llhttp_resume(&hp->p);
+    hp->msg_done = false;
+    llhttp_execute(&hp->p, "", 0);
+    if (hp->msg_done) {
+        hp->msg_done = false;
+        llhttp_resume(&hp->p);
+    }
+}
+
+enum tp_head_rc tp_head_parse(struct tp_shard *sh, struct tp_h1_parser *hp, struct tp_inq *q, uint32_t limit,
+                              unsigned *status)
 {
     struct tp_rbuf *e;
+    llhttp_t *p = &hp->p;
+    struct tp_head *h = hp->head;
+    const bool *done_flag = &hp->head_done;
 
     while ((e = tp_inq_front(q))) {
         const char *data = tp_rbuf_data(sh, e);

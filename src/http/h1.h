@@ -10,9 +10,106 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "http/dp.h"
+#include <llhttp.h>
 
-/* ---- recording a head (called from the llhttp callbacks of conn.c / proxy.c) ---- */
+#include <turnpike/err.h>
+
+#include "rt/reactor.h"
+
+/* ---- HTTP/1 heads as slices of received bytes ---- */
+
+/** Headers turnpike acts on, recognized once at parse time. */
+enum tp_hdr_id {
+    TP_H_OTHER = 0,
+    TP_H_HOST,
+    TP_H_CONTENT_LENGTH,
+    TP_H_TRANSFER_ENCODING,
+    TP_H_CONNECTION,
+    TP_H_KEEP_ALIVE,
+    TP_H_PROXY_CONNECTION,
+    TP_H_TE,
+    TP_H_UPGRADE,
+    TP_H_TRAILER,
+    TP_H_X_FORWARDED_FOR,
+    TP_H_X_FORWARDED_PROTO,
+    TP_H_X_FORWARDED_HOST,
+    TP_H_X_REQUEST_ID,
+    TP_H_TRACEPARENT,
+    TP_H_EXPECT,
+    TP_H_COOKIE,
+    TP_H_COUNT
+};
+
+struct tp_slice {
+    uint32_t off, len; /* offsets into the head's bytes */
+};
+
+struct tp_hdr {
+    struct tp_slice name, value;
+    uint8_t id;   /* enum tp_hdr_id */
+    uint8_t drop; /* not forwarded */
+};
+
+#define TP_HDRS_INLINE 48
+
+/** A request or response head being parsed, then parsed. */
+struct tp_head {
+    const char *base; /* bytes of the head once complete (buffer or <copy>) */
+    char *copy;       /* malloc'd when the head spans receive buffers */
+    uint32_t copy_cap;
+    uint32_t len;           /* bytes of head consumed so far */
+    uint32_t exec_off;      /* logical offset of the chunk being executed */
+    const char *exec_base;  /* start of the chunk being executed */
+    struct tp_slice url;    /* request target (requests) */
+    struct tp_slice reason; /* reason phrase (responses) */
+    struct tp_hdr *hdrs;
+    uint32_t n_hdrs, cap_hdrs;
+    uint8_t last_cb; /* 1 field, 2 value, 3 value complete */
+    bool url_done;
+    bool bad;                /* a rule llhttp does not enforce was broken (obs-fold, empty name) */
+    const char *reason_text; /* why the head was refused (400 body) */
+    bool hold;               /* a reference on hold_ref keeps <base> alive */
+    struct tp_bref hold_ref;
+    struct tp_hdr inl[TP_HDRS_INLINE];
+};
+
+/* ---- the llhttp wiring of both sides ---- */
+
+struct tp_h1_parser;
+
+/** Body bytes (decoded: chunk framing removed) as llhttp delivers them. Returns 0, or -1 to stop with an
+ * error. */
+typedef int (*tp_h1_body_fn)(struct tp_h1_parser *hp, const char *at, size_t len);
+
+/**
+ * An llhttp parser wired to record heads into <head> (tp_head_on_*), pause
+ * at the end of a head and at the end of a message, and hand body bytes to
+ * <on_body>. The request parser of client connections, the response parser
+ * of upstream connections, the unit tests and the fuzzers all use this one
+ * wiring. <on_headers> may override what on_headers_complete returns (a
+ * response to HEAD has no body: return 1).
+ */
+struct tp_h1_parser {
+    llhttp_t p;
+    struct tp_head *head;
+    bool head_done; /* the parser reached the end of a head */
+    bool msg_done;  /* the parser reached the end of a message */
+    tp_h1_body_fn on_body;
+    int (*on_headers)(struct tp_h1_parser *hp); /* NULL: pause */
+};
+
+/**
+ * Brings <hp>, paused at the end of a bodiless message's head, to the end
+ * of that message and resumes it, so the next message (pipelined request,
+ * final response after an interim one) starts from a clean parser.
+ */
+void tp_h1_parser_finish_message(struct tp_h1_parser *hp);
+
+/** Sets up <hp> as a parser of <type> (HTTP_REQUEST / HTTP_RESPONSE) recording into <head>. */
+void tp_h1_parser_init(struct tp_h1_parser *hp, llhttp_type_t type, struct tp_head *head,
+                       tp_h1_body_fn on_body);
+
+/* ---- recording a head (called by the parser wiring) ---- */
 
 void tp_head_init(struct tp_head *h);
 /** Frees what <h> allocated and releases its held buffer. */
@@ -31,13 +128,12 @@ enum tp_head_rc {
 };
 
 /**
- * Runs <p> over the front of <q> until the head completes. Consumes the head's
+ * Runs <hp> over the front of <q> until its head completes. Consumes the head's
  * bytes from <q>. A head longer than <limit> bytes is an error: 414 when the
- * request line alone is over, else 431. <p>'s on_headers_complete must set
- * *<done_flag> and pause. [shard]
+ * request line alone is over, else 431. [shard]
  */
-enum tp_head_rc tp_head_parse(struct tp_shard *sh, llhttp_t *p, struct tp_head *h, struct tp_inq *q,
-                              uint32_t limit, const bool *done_flag, unsigned *status);
+enum tp_head_rc tp_head_parse(struct tp_shard *sh, struct tp_h1_parser *hp, struct tp_inq *q, uint32_t limit,
+                              unsigned *status);
 
 /** Releases the receive buffer a finished head points into (after the head was used). */
 void tp_head_release(struct tp_shard *sh, struct tp_head *h);

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The control thread (the process's main thread): startup, signals, reloads,
- * drain, the admin listener and health checks, on a ring of its own.
+ * drain, snapshot collection, and the services registered with it (admin
+ * endpoints, health checks, the access log's file), on a ring of its own.
  *
  * Startup: probe io_uring, build the first snapshot, bind every listener
- * (one SO_REUSEPORT socket per shard and listener) and the admin socket, and
- * only then start the shards; any failure exits 1 before anything accepts.
- * READY=1 goes to systemd once every shard has armed its accepts.
+ * (one SO_REUSEPORT socket per shard and listener), let the services prepare
+ * (the admin socket is bound there), and only then start the shards; any failure exits 1 before anything
+ * accepts. READY=1 goes to systemd once every shard has armed its accepts.
  *
  * Reload (SIGHUP) is a transaction: load and validate the file, bind new
  * listeners, build the snapshot; any failure is logged (FILE:LINE:COLUMN
@@ -39,7 +40,6 @@
 #include <turnpike/err.h>
 #include <turnpike/log.h>
 
-#include "admin/accesslog.h"
 #include "rt/control.h"
 #include "rt/runtime.h"
 #include "rt/snapshot.h"
@@ -110,7 +110,36 @@ uint64_t tp_ctl_now_ms(void)
     return ctl.now_ms;
 }
 
-struct io_uring_sqe *tp_ctl_sqe(enum tp_ctl_op op, uint32_t slot)
+/* ---- services ---- */
+
+/* user_data of the control ring: service + 1 (8 bits; 0 = ignored) | op (8 bits) | slot (32 bits) */
+#define CTL_SVC_SIGNAL 0xfe
+#define CTL_SVC_WAKE   0xfd
+
+static const struct tp_ctl_service *services[TP_CTL_SERVICES];
+static unsigned n_services;
+
+#define EACH_SERVICE(fn, ...)                                                                                \
+    do {                                                                                                     \
+        for (unsigned s_ = 0; s_ < n_services; s_++)                                                         \
+            if (services[s_]->fn)                                                                            \
+                services[s_]->fn(__VA_ARGS__);                                                               \
+    } while (0)
+
+int tp_ctl_service_register(const struct tp_ctl_service *s)
+{
+    if (n_services == TP_CTL_SERVICES)
+        return -1;
+    services[n_services] = s;
+    return (int)n_services++;
+}
+
+static inline uint64_t ctl_ud(unsigned svc_tag, unsigned op, uint32_t slot)
+{
+    return ((uint64_t)svc_tag << 56) | ((uint64_t)(op & 0xff) << 48) | slot;
+}
+
+struct io_uring_sqe *tp_ctl_sqe(int svc, unsigned op, uint32_t slot)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&ctl.ring);
     if (!sqe) {
@@ -119,7 +148,8 @@ struct io_uring_sqe *tp_ctl_sqe(enum tp_ctl_op op, uint32_t slot)
         TP_BUG_ON(!sqe);
     }
     io_uring_prep_nop(sqe);
-    io_uring_sqe_set_data64(sqe, tp_ctl_ud(op, slot));
+    /* the caller's prep_* keeps user_data: liburing's prep helpers do not touch it */
+    io_uring_sqe_set_data64(sqe, ctl_ud(svc < 0 ? 0 : (unsigned)svc + 1, op, slot));
     return sqe;
 }
 
@@ -336,7 +366,7 @@ static void reload(void)
     tp_ctl.loaded_at_real_ns = s->loaded_at_real_ns;
     tp_ctl.source = s->cfg->source;
     memcpy(tp_ctl.sha256, s->cfg->sha256, sizeof(tp_ctl.sha256));
-    tp_accesslog_configure(s->cfg);
+    EACH_SERVICE(configure, s->cfg);
     free(newfds);
     tp_info("configuration generation %llu loaded from %s", (unsigned long long)s->generation,
             s->cfg->source);
@@ -361,16 +391,16 @@ fail:
 
 static void arm_signal(void)
 {
-    struct io_uring_sqe *sqe = tp_ctl_sqe(TP_CTL_SIGNAL, 0);
+    struct io_uring_sqe *sqe = tp_ctl_sqe(-1, 0, 0);
     io_uring_prep_read(sqe, ctl.sig_fd, &ctl.sig, sizeof(ctl.sig), 0);
-    io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_SIGNAL, 0));
+    io_uring_sqe_set_data64(sqe, ctl_ud(CTL_SVC_SIGNAL, 0, 0));
 }
 
 static void arm_wake(void)
 {
-    struct io_uring_sqe *sqe = tp_ctl_sqe(TP_CTL_WAKE, 0);
+    struct io_uring_sqe *sqe = tp_ctl_sqe(-1, 0, 0);
     io_uring_prep_read(sqe, tp_rt.ctl_wake_fd, &ctl.wake_buf, sizeof(ctl.wake_buf), 0);
-    io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_WAKE, 0));
+    io_uring_sqe_set_data64(sqe, ctl_ud(CTL_SVC_WAKE, 0, 0));
 }
 
 static void start_drain(void)
@@ -408,7 +438,7 @@ static void on_signal(int res)
             start_drain();
             break;
         case SIGUSR1:
-            tp_accesslog_reopen();
+            EACH_SERVICE(reopen);
             for (unsigned i = 0; i < tp_rt.n_shards; i++)
                 tp_shard_post(tp_rt.shards[i], TP_MSG_LOGREOPEN);
             break;
@@ -432,40 +462,20 @@ static void control_loop(void)
         ctl.now_ms = tp_clock_ms();
         io_uring_for_each_cqe(&ctl.ring, head, cqe)
         {
-            enum tp_ctl_op op = (enum tp_ctl_op)(cqe->user_data >> 56);
-            uint32_t slot = (uint32_t)cqe->user_data;
-            switch (op) {
-            case TP_CTL_SIGNAL:
+            unsigned tag = (unsigned)(cqe->user_data >> 56);
+            if (tag == CTL_SVC_SIGNAL)
                 on_signal(cqe->res);
-                break;
-            case TP_CTL_WAKE:
+            else if (tag == CTL_SVC_WAKE)
                 arm_wake();
-                break;
-            case TP_CTL_ADMIN_ACCEPT:
-            case TP_CTL_ADMIN_RECV:
-            case TP_CTL_ADMIN_SEND:
-            case TP_CTL_ADMIN_CLOSE:
-                tp_admin_on_cqe(op, slot, cqe->res);
-                break;
-            case TP_CTL_HC_CONNECT:
-            case TP_CTL_HC_SEND:
-            case TP_CTL_HC_RECV:
-            case TP_CTL_HC_CLOSE:
-            case TP_CTL_HC_CANCEL:
-                tp_health_on_cqe(op, slot, cqe->res);
-                break;
-            default:
-                break;
-            }
+            else if (tag && tag <= n_services && services[tag - 1]->on_cqe)
+                services[tag - 1]->on_cqe((unsigned)(cqe->user_data >> 48) & 0xff, (uint32_t)cqe->user_data,
+                                          cqe->res);
             n++;
         }
         io_uring_cq_advance(&ctl.ring, n);
 
         tp_snapshot_collect();
-        if (!tp_ctl.draining)
-            tp_health_tick(ctl.now_ms);
-        tp_accesslog_tick(ctl.now_ms);
-        tp_admin_tick(ctl.now_ms);
+        EACH_SERVICE(tick, ctl.now_ms, tp_ctl.draining);
         if (tp_ctl.draining) {
             if (atomic_load(&tp_rt.shards_done) == tp_rt.n_shards) {
                 ctl.stop = true;
@@ -518,7 +528,8 @@ int tp_runtime_run(struct tp_config *cfg, const char *path)
     struct tp_diag diag = {0};
     struct tp_snapshot *s;
     sigset_t mask;
-    int admin_fd = -1, ret, exit_code = 1;
+    int ret, exit_code = 1;
+    bool prepared = false;
     int(*fds)[TP_MAX_SHARDS] = NULL;
     unsigned started = 0;
 
@@ -597,24 +608,19 @@ int tp_runtime_run(struct tp_config *cfg, const char *path)
         }
         keep_listener(&ctl.lis[ctl.n_lis++], s->cfg->listeners[i].name, &s->cfg->listeners[i].addr, fds[i]);
     }
-    if (s->cfg->has_admin) {
-        admin_fd = tp_listen_socket(&s->cfg->admin, 128);
-        if (admin_fd < 0) {
-            fprintf(stderr, "%s: admin.address: cannot listen on %s: %s\n", s->cfg->source,
-                    s->cfg->admin.text, strerror(-admin_fd));
-            for (size_t k = 0; k < s->cfg->n_listeners; k++)
+    for (unsigned k = 0; k < n_services; k++) {
+        if (services[k]->prepare && services[k]->prepare(s->cfg) < 0) {
+            for (unsigned j = k; j-- > 0;)
+                if (services[j]->stop)
+                    services[j]->stop();
+            for (size_t i = 0; i < s->cfg->n_listeners; i++)
                 for (unsigned sidx = 0; sidx < tp_rt.n_shards; sidx++)
-                    close(fds[k][sidx]);
-            admin_fd = -1;
+                    close(fds[i][sidx]);
             goto out;
         }
     }
-    if (tp_accesslog_configure(s->cfg) < 0) {
-        for (size_t k = 0; k < s->cfg->n_listeners; k++)
-            for (unsigned sidx = 0; sidx < tp_rt.n_shards; sidx++)
-                close(fds[k][sidx]);
-        goto out;
-    }
+    EACH_SERVICE(configure, s->cfg);
+    prepared = true;
 
     tp_rt.shards = calloc(tp_rt.n_shards, sizeof(*tp_rt.shards));
     if (!tp_rt.shards)
@@ -661,9 +667,9 @@ int tp_runtime_run(struct tp_config *cfg, const char *path)
         tp_err("shards did not start in time");
         goto stop;
     }
-    if (admin_fd >= 0 && tp_admin_start(admin_fd) < 0)
-        goto stop;
-    admin_fd = -1;
+    for (unsigned k = 0; k < n_services; k++)
+        if (services[k]->started && services[k]->started() < 0)
+            goto stop;
 
     tp_ctl.generation = 1;
     tp_ctl.loaded_at_real_ns = s->loaded_at_real_ns;
@@ -693,13 +699,10 @@ join:
     }
     free(tp_rt.shards);
     tp_rt.shards = NULL;
-    tp_admin_stop();
-    tp_health_stop();
 out:
-    if (admin_fd >= 0)
-        close(admin_fd);
+    if (prepared)
+        EACH_SERVICE(stop);
     free(fds);
-    tp_accesslog_close();
     tp_snapshot_shutdown();
     io_uring_queue_exit(&ctl.ring);
     close(ctl.sig_fd);

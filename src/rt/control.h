@@ -1,58 +1,59 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The control thread's ring and what runs on it: signals, reloads, the admin
- * listener, health checks. Operations carry user_data = op (8 bits) | slot
- * (32 bits), like the shards'; they are not on the request path. [control]
+ * The control thread's ring and what runs on it: signals, reloads, snapshot
+ * collection, and the registered services (admin endpoints, health checks,
+ * access log files). Operations carry user_data = service (8 bits) | op
+ * (8 bits) | slot (32 bits); they are not on the request path. [control]
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "rt/uring_compat.h"
 
-enum tp_ctl_op {
-    TP_CTL_NONE = 0,
-    TP_CTL_SIGNAL, /* signalfd read */
-    TP_CTL_WAKE,   /* eventfd read: a shard has news */
-    TP_CTL_ADMIN_ACCEPT,
-    TP_CTL_ADMIN_RECV, /* slot = admin connection */
-    TP_CTL_ADMIN_SEND,
-    TP_CTL_ADMIN_CLOSE,
-    TP_CTL_HC_CONNECT, /* slot = health check probe */
-    TP_CTL_HC_SEND,
-    TP_CTL_HC_RECV,
-    TP_CTL_HC_CLOSE,
-    TP_CTL_HC_CANCEL,
-    TP_CTL_LOG_WRITE, /* access log write of the control thread (unused by shards) */
-    TP_CTL_COUNT
+struct tp_config;
+
+/**
+ * A service of the control thread: admin endpoints, health checks, the
+ * access log's file. The control loop knows them only through this table;
+ * every hook is optional. [control]
+ */
+struct tp_ctl_service {
+    const char *name;
+    /** Startup, before any shard starts: bind, open. Negative fails the start (after saying why on stderr).
+     */
+    int (*prepare)(const struct tp_config *cfg);
+    /** After startup and after every successful reload, with the configuration now current. */
+    void (*configure)(const struct tp_config *cfg);
+    /** The shards are running. Negative fails the start. */
+    int (*started)(void);
+    /** A completion of one of the service's ops (<op> as given to tp_ctl_sqe). */
+    void (*on_cqe)(unsigned op, uint32_t slot, int res);
+    /** Every loop iteration (at least every 100 ms). */
+    void (*tick)(uint64_t now_ms, bool draining);
+    /** SIGUSR1: reopen files. */
+    void (*reopen)(void);
+    /** The process is stopping: close what is open. */
+    void (*stop)(void);
 };
 
-static inline uint64_t tp_ctl_ud(enum tp_ctl_op op, uint32_t slot)
-{
-    return ((uint64_t)op << 56) | slot;
-}
+#define TP_CTL_SERVICES 8
 
-/** An SQE on the control ring, user_data already set. */
-struct io_uring_sqe *tp_ctl_sqe(enum tp_ctl_op op, uint32_t slot);
+/** Registers <s> (static storage); returns its id for tp_ctl_sqe, or -1. Before tp_runtime_run. [control] */
+int tp_ctl_service_register(const struct tp_ctl_service *s);
+
+/**
+ * An SQE on the control ring (a nop until prepared) whose completion goes to
+ * service <svc> as (<op>, <slot>). <svc> -1: the completion is ignored. [control]
+ */
+struct io_uring_sqe *tp_ctl_sqe(int svc, unsigned op, uint32_t slot);
 
 /** [ms] monotonic time of the current control loop iteration. */
 uint64_t tp_ctl_now_ms(void);
 
 /** Sends <msg> to systemd's NOTIFY_SOCKET when set. */
 void tp_sd_notify(const char *msg);
-
-/* ---- admin (src/admin/admin.c) ---- */
-
-int tp_admin_start(int listen_fd);
-void tp_admin_on_cqe(enum tp_ctl_op op, uint32_t slot, int res);
-void tp_admin_stop(void);
-void tp_admin_tick(uint64_t now_ms);
-
-/* ---- health checks (src/upstream/health.c) ---- */
-
-void tp_health_tick(uint64_t now_ms);
-void tp_health_on_cqe(enum tp_ctl_op op, uint32_t slot, int res);
-void tp_health_stop(void);
 
 /* ---- what the admin endpoints show ---- */
 

@@ -80,8 +80,6 @@ void tp_shard_free_unstarted(struct tp_shard *sh);
 void tp_shard_post(struct tp_shard *sh, unsigned msgs);
 /** Queues a listener change for a shard (then post TP_MSG_RELOAD). Returns false when the mailbox is full. */
 bool tp_shard_post_listener(struct tp_shard *sh, const struct tp_lis_msg *m);
-/** Open client connections of a shard (read by the control thread). */
-unsigned tp_shard_conns(const struct tp_shard *sh);
 
 /**
  * Opens a listening socket for <addr> with SO_REUSEPORT (one per shard and

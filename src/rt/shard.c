@@ -27,6 +27,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -40,8 +41,7 @@
 #include <turnpike/clock.h>
 #include <turnpike/log.h>
 
-#include "admin/accesslog.h"
-#include "http/dp.h"
+#include "rt/reactor.h"
 #include "rt/runtime.h"
 
 __thread struct tp_shard *tp_self;
@@ -56,6 +56,7 @@ __thread struct tp_shard *tp_self;
 
 struct tp_shard_ext {
     pthread_t thread;
+    bool hooked[TP_SHARD_EXT]; /* create hooks that succeeded (destroy runs for these) */
     pthread_mutex_t mbox_lock;
     struct tp_lis_msg mbox[TP_LIS_MSGS];
     unsigned n_mbox;
@@ -79,6 +80,22 @@ struct io_uring_sqe *tp_sqe(struct tp_shard *sh)
     }
     sh->sqes_pending = true;
     return sqe;
+}
+
+void tp_close_fd(struct tp_shard *sh, int fd)
+{
+    struct io_uring_sqe *sqe = tp_sqe(sh);
+    io_uring_prep_close(sqe, fd);
+    io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_NONE, 0, 0));
+}
+
+void tp_shard_conn_closed(struct tp_shard *sh, unsigned listener)
+{
+    struct tp_shard_listener *l = &sh->lis[listener];
+
+    l->conns--;
+    tp_stat_add(&l->stats->shard[sh->id].active, (uint64_t)-1);
+    atomic_fetch_sub_explicit(&tp_rt.conns_open, 1, memory_order_relaxed);
 }
 
 uint64_t tp_rand64(struct tp_shard *sh)
@@ -126,33 +143,6 @@ void tp_block_put(struct tp_shard *sh, struct tp_block *b)
     }
 }
 
-struct tp_req *tp_req_get(struct tp_shard *sh)
-{
-    struct tp_req *r = sh->req_free;
-
-    if (r) {
-        sh->req_free = r->next_free;
-        sh->n_req_free--;
-    } else {
-        r = malloc(sizeof(*r));
-        if (!r)
-            return NULL;
-    }
-    memset(r, 0, offsetof(struct tp_req, head));
-    return r;
-}
-
-void tp_req_put(struct tp_shard *sh, struct tp_req *r)
-{
-    if (sh->n_req_free < FREE_CAP) {
-        r->next_free = sh->req_free;
-        sh->req_free = r;
-        sh->n_req_free++;
-    } else {
-        free(r);
-    }
-}
-
 struct tp_outq *tp_outq_get(struct tp_shard *sh)
 {
     struct tp_outq *q = sh->outq_free;
@@ -186,104 +176,132 @@ void tp_outq_put(struct tp_shard *sh, struct tp_outq *q)
 /* connection slabs                                                    */
 /* ------------------------------------------------------------------ */
 
-struct tp_conn *tp_conn_of(struct tp_shard *sh, uint32_t slot)
+static inline struct tp_slot *slab_obj(struct tp_slab *sl, uint32_t i)
 {
-    if (slot >= sh->conn_used)
-        return NULL;
-    return &sh->conn_chunks[slot >> CHUNK_SHIFT][slot & (CHUNK_SIZE - 1)];
+    return (struct tp_slot *)((char *)sl->chunks[i >> CHUNK_SHIFT] +
+                              (size_t)(i & (CHUNK_SIZE - 1)) * sl->objsize);
 }
 
-struct tp_uconn *tp_uconn_of(struct tp_shard *sh, uint32_t slot)
+struct tp_slot *tp_slab_at(struct tp_shard *sh, unsigned id, uint32_t i)
 {
-    if (slot >= sh->uc_used)
-        return NULL;
-    return &sh->uc_chunks[slot >> CHUNK_SHIFT][slot & (CHUNK_SIZE - 1)];
+    struct tp_slab *sl = &sh->slabs[id];
+    return i < sl->used ? slab_obj(sl, i) : NULL;
 }
 
-/* Grows a slab by one chunk. Slots are never moved, so pointers stay valid. */
-static bool slab_grow(void ***chunks, uint32_t *cap, uint32_t used, size_t objsize)
+void *tp_slab_lookup(struct tp_shard *sh, uint32_t slot, uint32_t gen)
 {
-    if (used < *cap)
+    unsigned id = slot >> TP_SLAB_SHIFT;
+    uint32_t i = slot & ((1u << TP_SLAB_SHIFT) - 1);
+
+    if (TP_UNLIKELY(id >= TP_SLABS || i >= sh->slabs[id].used))
+        return NULL;
+    struct tp_slot *o = slab_obj(&sh->slabs[id], i);
+    return o->gen == gen && !o->in_free ? o : NULL;
+}
+
+/* Grows a slab by one chunk. Objects are never moved, so pointers stay valid. */
+static bool slab_grow(struct tp_slab *sl)
+{
+    if (sl->used < sl->cap)
         return true;
-    uint32_t nchunks = *cap >> CHUNK_SHIFT;
-    void **n = realloc(*chunks, sizeof(void *) * (nchunks + 1));
+    uint32_t nchunks = sl->cap >> CHUNK_SHIFT;
+    if (sl->cap + CHUNK_SIZE > (1u << TP_SLAB_SHIFT))
+        return false;
+    void **n = realloc(sl->chunks, sizeof(void *) * (nchunks + 1));
     if (!n)
         return false;
-    *chunks = n;
-    n[nchunks] = calloc(CHUNK_SIZE, objsize);
+    sl->chunks = n;
+    n[nchunks] = calloc(CHUNK_SIZE, sl->objsize);
     if (!n[nchunks])
         return false;
-    *cap += CHUNK_SIZE;
+    sl->cap += CHUNK_SIZE;
     return true;
 }
 
-struct tp_conn *tp_shard_conn_alloc(struct tp_shard *sh)
+void *tp_slab_alloc(struct tp_shard *sh, unsigned id)
 {
-    struct tp_conn *c = sh->conn_free;
+    struct tp_slab *sl = &sh->slabs[id];
+    struct tp_slot *o = sl->free;
 
-    if (c) {
-        sh->conn_free = c->next;
+    TP_BUG_ON(id >= TP_SLABS || sl->objsize == 0);
+    if (o) {
+        sl->free = o->next_free;
     } else {
-        if (!slab_grow((void ***)&sh->conn_chunks, &sh->conn_cap, sh->conn_used, sizeof(struct tp_conn)))
+        if (!slab_grow(sl))
             return NULL;
-        uint32_t slot = sh->conn_used++;
-        c = tp_conn_of(sh, slot);
-        c->slot = slot;
-        c->gen = 0;
+        uint32_t i = sl->used++;
+        o = slab_obj(sl, i);
+        o->slot = ((uint32_t)id << TP_SLAB_SHIFT) | i;
+        o->gen = 0;
     }
-    uint32_t slot = c->slot, gen = (c->gen + 1) & 0xffffff;
-    memset(c, 0, sizeof(*c));
-    c->slot = slot;
-    c->gen = gen;
-    c->fd = -1;
-    tp_inq_init(&c->in);
-    sh->n_conns++;
-    return c;
+    uint32_t slot = o->slot, gen = (o->gen + 1) & 0xffffff;
+    memset(o, 0, sl->objsize);
+    o->slot = slot;
+    o->gen = gen;
+    sl->live++;
+    return o;
 }
 
-void tp_conn_free(struct tp_shard *sh, struct tp_conn *c)
+void tp_slab_free(struct tp_shard *sh, void *obj)
 {
-    TP_BUG_ON(c->in_free);
-    c->in_free = true;
-    c->gen = (c->gen + 1) & 0xffffff; /* stale CQEs no longer match */
-    c->next = sh->conn_free;
-    sh->conn_free = c;
-    sh->n_conns--;
+    struct tp_slot *o = obj;
+    struct tp_slab *sl = &sh->slabs[o->slot >> TP_SLAB_SHIFT];
+
+    TP_BUG_ON(o->in_free);
+    o->in_free = true;
+    o->gen = (o->gen + 1) & 0xffffff; /* stale CQEs no longer match */
+    o->next_free = sl->free;
+    sl->free = o;
+    sl->live--;
 }
 
-struct tp_uconn *tp_uconn_alloc(struct tp_shard *sh)
+/* ------------------------------------------------------------------ */
+/* registration: ops, slabs, hooks (process start, before any shard)  */
+/* ------------------------------------------------------------------ */
+
+static tp_op_fn op_table[TP_OP_MAX];
+static unsigned n_ops = TP_OP_FIRST_FREE;
+static size_t slab_sizes[TP_SLABS];
+static unsigned n_slabs;
+static const struct tp_shard_hooks *hooks[TP_SHARD_EXT];
+static unsigned n_hooks;
+static tp_accept_fn acceptor;
+
+int tp_reactor_op_register(tp_op_fn fn)
 {
-    struct tp_uconn *uc = sh->uc_free;
-
-    if (uc) {
-        sh->uc_free = uc->next;
-    } else {
-        if (!slab_grow((void ***)&sh->uc_chunks, &sh->uc_cap, sh->uc_used, sizeof(struct tp_uconn)))
-            return NULL;
-        uint32_t slot = sh->uc_used++;
-        uc = tp_uconn_of(sh, slot);
-        uc->slot = slot;
-        uc->gen = 0;
-    }
-    uint32_t slot = uc->slot, gen = (uc->gen + 1) & 0xffffff;
-    memset(uc, 0, sizeof(*uc));
-    uc->slot = slot;
-    uc->gen = gen;
-    uc->fd = -1;
-    tp_inq_init(&uc->in);
-    sh->n_uconns++;
-    return uc;
+    if (n_ops == TP_OP_MAX)
+        return -1;
+    op_table[n_ops] = fn;
+    return (int)n_ops++;
 }
 
-void tp_uconn_free(struct tp_shard *sh, struct tp_uconn *uc)
+int tp_reactor_slab_register(size_t objsize)
 {
-    TP_BUG_ON(uc->in_free);
-    uc->in_free = true;
-    uc->gen = (uc->gen + 1) & 0xffffff;
-    uc->next = sh->uc_free;
-    sh->uc_free = uc;
-    sh->n_uconns--;
+    if (n_slabs == TP_SLABS || objsize < sizeof(struct tp_slot))
+        return -1;
+    slab_sizes[n_slabs] = objsize;
+    return (int)n_slabs++;
 }
+
+int tp_shard_hooks_register(const struct tp_shard_hooks *h)
+{
+    if (n_hooks == TP_SHARD_EXT)
+        return -1;
+    hooks[n_hooks] = h;
+    return (int)n_hooks++;
+}
+
+void tp_shard_set_acceptor(tp_accept_fn fn)
+{
+    acceptor = fn;
+}
+
+#define EACH_HOOK(fn, ...)                                                                                   \
+    do {                                                                                                     \
+        for (unsigned h_ = 0; h_ < n_hooks; h_++)                                                            \
+            if (hooks[h_]->fn)                                                                               \
+                hooks[h_]->fn(__VA_ARGS__);                                                                  \
+    } while (0)
 
 /* ------------------------------------------------------------------ */
 /* provided buffers                                                    */
@@ -358,33 +376,6 @@ static inline int cqe_buffer(struct tp_shard *sh, const struct io_uring_cqe *cqe
     return bid;
 }
 
-/* Re-arms receives that stopped on -ENOBUFS once a quarter of the pool is back. */
-static void starved_rearm(struct tp_shard *sh)
-{
-    if (!sh->starved && !sh->ustarved)
-        return;
-    if (sh->bufs.held + sh->bufs.adv > sh->bufs.count - sh->bufs.count / 4)
-        return;
-    struct tp_conn *c = sh->starved;
-    sh->starved = NULL;
-    while (c) {
-        struct tp_conn *next = c->next;
-        c->next = NULL;
-        c->starved = false;
-        tp_conn_rearm(sh, c);
-        c = next;
-    }
-    struct tp_uconn *uc = sh->ustarved;
-    sh->ustarved = NULL;
-    while (uc) {
-        struct tp_uconn *next = uc->next;
-        uc->next = NULL;
-        uc->starved = false;
-        tp_uconn_rearm(sh, uc);
-        uc = next;
-    }
-}
-
 /* ------------------------------------------------------------------ */
 /* listeners and accept                                                */
 /* ------------------------------------------------------------------ */
@@ -452,9 +443,7 @@ static void listener_close(struct tp_shard *sh, unsigned i)
     for (unsigned k = 0; k < TP_ACCEPTS_PER_LISTENER; k++)
         if (sh->acc[i * TP_ACCEPTS_PER_LISTENER + k].armed)
             return; /* closed when the last accept completes */
-    sqe = tp_sqe(sh);
-    io_uring_prep_close(sqe, l->fd);
-    io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_NONE, 0, 0));
+    tp_close_fd(sh, l->fd);
     l->fd = -1;
     l->closing = false;
 }
@@ -473,11 +462,11 @@ static void on_accept(struct tp_shard *sh, uint32_t idx, int res)
             /* over max_connections (or shutting down): closed at once, unread */
             atomic_fetch_sub_explicit(&tp_rt.conns_open, 1, memory_order_relaxed);
             tp_stat_add(&sh->rejected_conns, 1);
-            struct io_uring_sqe *sqe = tp_sqe(sh);
-            io_uring_prep_close(sqe, res);
-            io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_NONE, 0, 0));
+            tp_close_fd(sh, res);
         } else {
-            tp_conn_start(sh, res, as->listener, &as->addr);
+            l->conns++;
+            tp_stat_add(&l->stats->shard[sh->id].active, 1);
+            acceptor(sh, res, as->listener, &as->addr);
         }
     } else if (res == -EINVAL) {
         /* the socket stopped listening: the control thread shut it down
@@ -490,9 +479,7 @@ static void on_accept(struct tp_shard *sh, uint32_t idx, int res)
         for (unsigned k = 0; k < TP_ACCEPTS_PER_LISTENER; k++)
             if (sh->acc[as->listener * TP_ACCEPTS_PER_LISTENER + k].armed)
                 return;
-        struct io_uring_sqe *sqe = tp_sqe(sh);
-        io_uring_prep_close(sqe, l->fd);
-        io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_NONE, 0, 0));
+        tp_close_fd(sh, l->fd);
         l->fd = -1;
         l->closing = false;
         return;
@@ -521,20 +508,10 @@ static void snapshot_adopt(struct tp_shard *sh)
     tp_snapshot_get(cur);
     struct tp_snapshot *old = sh->snap;
     sh->snap = cur;
-    sh->snap_limits.max_header_bytes = cur->cfg->max_header_bytes;
-    sh->snap_limits.max_body_bytes = cur->cfg->max_body_bytes;
-    sh->snap_limits.client_header_ms = cur->cfg->client_header_ms;
-    sh->snap_limits.client_idle_ms = cur->cfg->client_idle_ms;
-    sh->snap_limits.upstream_connect_ms = cur->cfg->upstream_connect_ms;
-    sh->snap_limits.upstream_response_ms = cur->cfg->upstream_response_ms;
     atomic_store_explicit(&tp_rt.max_conns, cur->cfg->max_connections, memory_order_relaxed);
+    EACH_HOOK(on_snapshot, sh, old);
     if (!old)
         return;
-    /* keepalive pools of endpoints the new generation dropped */
-    for (size_t u = 0; u < old->n_ups; u++)
-        for (size_t e = 0; e < old->ups[u].n_eps; e++)
-            if (atomic_load_explicit(&old->ups[u].eps[e].st->retired, memory_order_acquire))
-                tp_pool_close_idle(sh, old->ups[u].eps[e].st);
     if (*inflight_of(old, sh->id) == 0) {
         tp_snapshot_put(old);
     } else {
@@ -586,26 +563,6 @@ static void wake_arm(struct tp_shard *sh)
     io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_WAKE, 0, 0));
 }
 
-static void close_all_idle(struct tp_shard *sh, bool all)
-{
-    for (uint32_t i = 0; i < sh->conn_used; i++) {
-        struct tp_conn *c = tp_conn_of(sh, i);
-        if (c->in_free || c->state == TP_CS_CLOSING)
-            continue;
-        if (all)
-            tp_conn_close(sh, c);
-        else
-            tp_conn_drain(sh, c);
-    }
-    for (uint32_t i = 0; i < sh->uc_used; i++) {
-        struct tp_uconn *uc = tp_uconn_of(sh, i);
-        if (uc->in_free || uc->state == TP_US_CLOSING)
-            continue;
-        if (all || uc->state == TP_US_IDLE)
-            tp_uconn_close(sh, uc);
-    }
-}
-
 static void reconcile_listeners(struct tp_shard *sh)
 {
     struct tp_shard_ext *x = (struct tp_shard_ext *)(sh + 1);
@@ -632,11 +589,7 @@ static void reconcile_listeners(struct tp_shard *sh)
                 continue;
             listener_close(sh, k);
             /* its connections finish their current request, then close */
-            for (uint32_t j = 0; j < sh->conn_used; j++) {
-                struct tp_conn *c = tp_conn_of(sh, j);
-                if (!c->in_free && c->listener == k && c->state != TP_CS_CLOSING)
-                    tp_conn_drain(sh, c);
-            }
+            EACH_HOOK(on_listener_closed, sh, k);
         }
     }
 }
@@ -647,19 +600,18 @@ static void on_wake(struct tp_shard *sh)
 
     if (msgs & TP_MSG_RELOAD)
         reconcile_listeners(sh);
-    if (msgs & (TP_MSG_RELOAD | TP_MSG_LOGREOPEN))
-        tp_accesslog_shard_sync(sh);
+    EACH_HOOK(on_msgs, sh, msgs);
     if ((msgs & TP_MSG_DRAIN) && !sh->draining) {
         sh->draining = true;
         for (unsigned i = 0; i < sh->n_lis; i++)
             listener_close(sh, i);
-        close_all_idle(sh, false);
+        EACH_HOOK(drain, sh, false);
     }
     if (msgs & TP_MSG_STOP) {
         sh->draining = true;
         for (unsigned i = 0; i < sh->n_lis; i++)
             listener_close(sh, i);
-        close_all_idle(sh, true);
+        EACH_HOOK(drain, sh, true);
     }
     if (!sh->stop)
         wake_arm(sh);
@@ -694,83 +646,37 @@ bool tp_shard_post_listener(struct tp_shard *sh, const struct tp_lis_msg *m)
     return ok;
 }
 
-unsigned tp_shard_conns(const struct tp_shard *sh)
-{
-    return __atomic_load_n(&sh->n_conns, __ATOMIC_RELAXED);
-}
-
 /* ------------------------------------------------------------------ */
 /* completions                                                         */
 /* ------------------------------------------------------------------ */
 
-static void dispatch(struct tp_shard *sh, struct io_uring_cqe *cqe)
+/* Completions go by op: the reactor's own, then the table modules filled. */
+static inline void dispatch(struct tp_shard *sh, struct io_uring_cqe *cqe)
 {
-    uint64_t ud = cqe->user_data;
-    enum tp_op op = tp_ud_op(ud);
-    uint32_t slot = tp_ud_slot(ud), gen = tp_ud_gen(ud);
-    int res = cqe->res;
+    unsigned op = tp_ud_op(cqe->user_data);
 
     switch (op) {
+    case TP_OP_NONE:
+        return;
     case TP_OP_ACCEPT:
-        on_accept(sh, slot, res);
+        on_accept(sh, tp_ud_slot(cqe->user_data), cqe->res);
         return;
     case TP_OP_WAKE:
         on_wake(sh);
         return;
-    case TP_OP_LOGW:
-        tp_accesslog_on_write(sh, res);
-        return;
-    case TP_OP_NONE:
-        return;
     default:
-        break;
-    }
-
-    if (op >= TP_OP_URECV && op <= TP_OP_UCLOSE) {
-        struct tp_uconn *uc = tp_uconn_of(sh, slot);
-        if (!uc || uc->gen != gen || uc->in_free) {
-            int bid = cqe_buffer(sh, cqe);
-            if (bid >= 0)
-                tp_buf_release(sh, (uint16_t)bid);
+        if (TP_LIKELY(op < TP_OP_MAX && op_table[op])) {
+            op_table[op](sh, cqe);
             return;
         }
-        switch (op) {
-        case TP_OP_URECV:
-            tp_uconn_on_recv(sh, uc, cqe);
-            return;
-        case TP_OP_USEND:
-            tp_uconn_on_send(sh, uc, res);
-            return;
-        case TP_OP_UCONNECT:
-            tp_uconn_on_connect(sh, uc, res);
-            return;
-        default:
-            tp_uconn_on_op_done(sh, uc, op, res);
-            return;
-        }
-    }
-
-    struct tp_conn *c = tp_conn_of(sh, slot);
-    if (!c || c->gen != gen || c->in_free) {
+        /* not ours: a buffer it carries still goes back */
         int bid = cqe_buffer(sh, cqe);
         if (bid >= 0)
             tp_buf_release(sh, (uint16_t)bid);
         return;
     }
-    switch (op) {
-    case TP_OP_RECV:
-        tp_conn_on_recv(sh, c, cqe);
-        return;
-    case TP_OP_SEND:
-        tp_conn_on_send(sh, c, res);
-        return;
-    default:
-        tp_conn_on_op_done(sh, c, op, res);
-        return;
-    }
 }
 
-/* Exported for conn.c / proxy.c: the buffer of a recv CQE. */
 int tp_cqe_buffer(struct tp_shard *sh, const struct io_uring_cqe *cqe)
 {
     return cqe_buffer(sh, cqe);
@@ -779,6 +685,14 @@ int tp_cqe_buffer(struct tp_shard *sh, const struct io_uring_cqe *cqe)
 /* ------------------------------------------------------------------ */
 /* the thread                                                          */
 /* ------------------------------------------------------------------ */
+
+static bool shard_busy(struct tp_shard *sh)
+{
+    for (unsigned i = 0; i < n_hooks; i++)
+        if (hooks[i]->busy && hooks[i]->busy(sh))
+            return true;
+    return false;
+}
 
 static int ring_setup(struct tp_shard *sh)
 {
@@ -839,7 +753,7 @@ static void *shard_main(void *arg)
 
     rcu_register_thread();
     snapshot_adopt(sh);
-    tp_accesslog_shard_sync(sh);
+    EACH_HOOK(start, sh);
     for (unsigned i = 0; i < x->n_init_lis; i++)
         listener_add(sh, &x->init_lis[i]);
     wake_arm(sh);
@@ -878,16 +792,12 @@ static void *shard_main(void *arg)
         io_uring_cq_advance(&sh->ring, n);
 
         tp_wheel_run(&sh->wheel, sh->now_ms);
-        starved_rearm(sh);
-        tp_accesslog_flush(sh);
+        EACH_HOOK(tick, sh);
         bufs_flush(sh);
         rcu_quiescent_state();
 
-        if (sh->draining && sh->n_conns == 0) {
-            close_all_idle(sh, true);
-            if (sh->n_uconns == 0 && !tp_accesslog_busy(sh))
-                sh->stop = true;
-        }
+        if (sh->draining && !shard_busy(sh))
+            sh->stop = true;
     }
 
     /* leave: drop snapshot references, flush the last SQEs (closes) */
@@ -901,7 +811,7 @@ static void *shard_main(void *arg)
         tp_snapshot_put(sh->snap);
     sh->snap = NULL;
     rcu_unregister_thread();
-    tp_accesslog_shard_close(sh);
+    EACH_HOOK(stop, sh);
     atomic_fetch_add(&tp_rt.shards_done, 1);
     tp_shard_post(NULL, 0);
     return NULL;
@@ -930,11 +840,16 @@ struct tp_shard *tp_shard_create(unsigned id, int cpu, const struct tp_lis_msg *
         sh->rng[1] = (uint64_t)(uintptr_t)sh ^ 0xbf58476d1ce4e5b9ull;
     }
     pthread_mutex_init(&x->mbox_lock, NULL);
-    if (tp_accesslog_shard_init(sh) < 0) {
-        *err = -ENOMEM;
-        close(sh->wake_fd);
-        free(sh);
-        return NULL;
+    for (unsigned i = 0; i < n_slabs; i++)
+        sh->slabs[i].objsize = slab_sizes[i];
+    for (unsigned i = 0; i < n_hooks; i++) {
+        int ret = hooks[i]->create ? hooks[i]->create(sh, i) : 0;
+        if (ret < 0) {
+            *err = ret;
+            tp_shard_free_unstarted(sh);
+            return NULL;
+        }
+        x->hooked[i] = true;
     }
     for (unsigned i = 0; i < n_lis && i < TP_MAX_LISTENERS; i++)
         x->init_lis[x->n_init_lis++] = lis[i];
@@ -967,16 +882,13 @@ void tp_shard_free_unstarted(struct tp_shard *sh)
     for (unsigned i = 0; i < x->n_init_lis; i++)
         if (!sh->n_lis && x->init_lis[i].fd >= 0)
             close(x->init_lis[i].fd); /* never handed to the loop */
-    for (uint32_t i = 0; i < (sh->conn_cap >> CHUNK_SHIFT); i++)
-        free(sh->conn_chunks[i]);
-    free(sh->conn_chunks);
-    for (uint32_t i = 0; i < (sh->uc_cap >> CHUNK_SHIFT); i++)
-        free(sh->uc_chunks[i]);
-    free(sh->uc_chunks);
-    while (sh->req_free) {
-        struct tp_req *r = sh->req_free;
-        sh->req_free = r->next_free;
-        free(r);
+    for (unsigned i = 0; i < n_hooks; i++)
+        if (x->hooked[i] && hooks[i]->destroy)
+            hooks[i]->destroy(sh);
+    for (unsigned k = 0; k < TP_SLABS; k++) {
+        for (uint32_t i = 0; i < (sh->slabs[k].cap >> CHUNK_SHIFT); i++)
+            free(sh->slabs[k].chunks[i]);
+        free(sh->slabs[k].chunks);
     }
     while (sh->outq_free) {
         struct tp_outq *q = sh->outq_free;

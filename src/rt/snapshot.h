@@ -74,10 +74,9 @@ struct tp_route_stats {
 } __attribute__((aligned(TP_CACHELINE)));
 
 /** Per-shard state of one endpoint. [shard i only, except counters read by control] */
-struct tp_uconn;
 struct tp_ep_shard {
-    struct tp_uconn *idle; /* LIFO keepalive pool (head) */
-    uint32_t idle_count;
+    void *idle;            /* keepalive pool of the shard's upstream exchange (LIFO head) */
+    tp_stat_t idle_count;  /* connections in it */
     tp_stat_t requests[5]; /* upstream responses by class */
     tp_stat_t connect_failures;
     tp_stat_t connects;      /* connections opened */

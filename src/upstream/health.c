@@ -22,6 +22,10 @@
 
 #include "rt/control.h"
 #include "rt/snapshot.h"
+#include "upstream/health.h"
+
+enum hc_op { OP_CONNECT = 0, OP_SEND, OP_RECV };
+static int hc_svc = -1;
 
 struct probe {
     bool used; /* slot taken (until every op completed) */
@@ -92,9 +96,8 @@ static void probe_close(uint32_t slot, bool ok, const char *why)
         return;
     pr->closing = true;
     if (pr->ops) {
-        struct io_uring_sqe *sqe = tp_ctl_sqe(TP_CTL_HC_CANCEL, slot);
+        struct io_uring_sqe *sqe = tp_ctl_sqe(-1, 0, 0);
         io_uring_prep_cancel_fd(sqe, pr->fd, IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_NONE, 0));
         return;
     }
     probe_release(slot);
@@ -144,13 +147,12 @@ static void probe_start(struct tp_endpoint_state *st, const struct tp_cfg_health
     }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     pr->fd = fd;
-    struct io_uring_sqe *sqe = tp_ctl_sqe(TP_CTL_HC_CONNECT, slot);
+    struct io_uring_sqe *sqe = tp_ctl_sqe(hc_svc, OP_CONNECT, slot);
     io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&st->addr.ss, st->addr.len);
-    io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_HC_CONNECT, slot));
     pr->ops++;
 }
 
-void tp_health_tick(uint64_t now_ms)
+static void health_tick(uint64_t now_ms, bool draining)
 {
     struct tp_snapshot *s = tp_snapshot_current;
 
@@ -158,7 +160,7 @@ void tp_health_tick(uint64_t now_ms)
     for (uint32_t i = 0; i < hc.n; i++)
         if (hc.p[i].used && !hc.p[i].done && now_ms >= hc.p[i].deadline_ms)
             probe_close(i, false, "timed out");
-    if (!s)
+    if (!s || draining)
         return;
     for (size_t u = 0; u < s->n_ups; u++) {
         const struct tp_cfg_health_check *cfg = s->ups[u].cfg->health_check;
@@ -186,7 +188,7 @@ static bool status_2xx(const char *resp, size_t len, bool *complete)
     return resp[9] == '2' && resp[10] >= '0' && resp[10] <= '9' && resp[11] >= '0' && resp[11] <= '9';
 }
 
-void tp_health_on_cqe(enum tp_ctl_op op, uint32_t slot, int res)
+static void health_on_cqe(unsigned op, uint32_t slot, int res)
 {
     if (slot >= hc.n || !hc.p[slot].used)
         return;
@@ -200,33 +202,30 @@ void tp_health_on_cqe(enum tp_ctl_op op, uint32_t slot, int res)
         return;
     }
     switch (op) {
-    case TP_CTL_HC_CONNECT:
+    case OP_CONNECT:
         if (res < 0) {
             probe_close(slot, false, strerror(-res));
             return;
         }
-        sqe = tp_ctl_sqe(TP_CTL_HC_SEND, slot);
+        sqe = tp_ctl_sqe(hc_svc, OP_SEND, slot);
         io_uring_prep_send(sqe, pr->fd, pr->req, pr->req_len, MSG_NOSIGNAL);
-        io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_HC_SEND, slot));
         pr->ops++;
         return;
-    case TP_CTL_HC_SEND:
+    case OP_SEND:
         if (res < 0) {
             probe_close(slot, false, strerror(-res));
             return;
         }
         pr->sent += (size_t)res;
-        sqe = tp_ctl_sqe(pr->sent < pr->req_len ? TP_CTL_HC_SEND : TP_CTL_HC_RECV, slot);
+        sqe = tp_ctl_sqe(hc_svc, pr->sent < pr->req_len ? OP_SEND : OP_RECV, slot);
         if (pr->sent < pr->req_len) {
             io_uring_prep_send(sqe, pr->fd, pr->req + pr->sent, pr->req_len - pr->sent, MSG_NOSIGNAL);
-            io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_HC_SEND, slot));
         } else {
             io_uring_prep_recv(sqe, pr->fd, pr->resp, sizeof(pr->resp), 0);
-            io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_HC_RECV, slot));
         }
         pr->ops++;
         return;
-    case TP_CTL_HC_RECV: {
+    case OP_RECV: {
         bool complete;
         if (res <= 0) {
             probe_close(slot, false, res == 0 ? "closed without a response" : strerror(-res));
@@ -238,9 +237,8 @@ void tp_health_on_cqe(enum tp_ctl_op op, uint32_t slot, int res)
             probe_close(slot, ok, ok ? "" : "status not 2xx");
             return;
         }
-        sqe = tp_ctl_sqe(TP_CTL_HC_RECV, slot);
+        sqe = tp_ctl_sqe(hc_svc, OP_RECV, slot);
         io_uring_prep_recv(sqe, pr->fd, pr->resp + pr->resp_len, sizeof(pr->resp) - pr->resp_len, 0);
-        io_uring_sqe_set_data64(sqe, tp_ctl_ud(TP_CTL_HC_RECV, slot));
         pr->ops++;
         return;
     }
@@ -249,11 +247,24 @@ void tp_health_on_cqe(enum tp_ctl_op op, uint32_t slot, int res)
     }
 }
 
-void tp_health_stop(void)
+static void health_stop(void)
 {
     for (uint32_t i = 0; i < hc.n; i++)
         if (hc.p[i].used)
             probe_release(i);
     free(hc.p);
     memset(&hc, 0, sizeof(hc));
+}
+
+static const struct tp_ctl_service health_service = {
+    .name = "health",
+    .on_cqe = health_on_cqe,
+    .tick = health_tick,
+    .stop = health_stop,
+};
+
+int tp_health_register(void)
+{
+    hc_svc = tp_ctl_service_register(&health_service);
+    return hc_svc < 0 ? -1 : 0;
 }

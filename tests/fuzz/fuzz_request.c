@@ -9,69 +9,31 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../unit/http/fake_shard.h"
+#include "../unit/fake_shard.h"
 #include "http/h1.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-struct ctx {
-    struct tp_head head;
-    bool done, msg;
-    uint64_t body;
-};
-
-static int on_url(llhttp_t *p, const char *at, size_t len)
+/* body bytes through the production parser wiring (tp_h1_parser) */
+static uint64_t body_bytes;
+static int on_body(struct tp_h1_parser *hp, const char *at, size_t len)
 {
-    return tp_head_on_url(&((struct ctx *)p->data)->head, at, len);
-}
-static int on_field(llhttp_t *p, const char *at, size_t len)
-{
-    return tp_head_on_field(&((struct ctx *)p->data)->head, at, len);
-}
-static int on_value(llhttp_t *p, const char *at, size_t len)
-{
-    return tp_head_on_value(&((struct ctx *)p->data)->head, at, len);
-}
-static int on_value_complete(llhttp_t *p)
-{
-    return tp_head_on_value_complete(&((struct ctx *)p->data)->head);
-}
-static int on_headers_complete(llhttp_t *p)
-{
-    ((struct ctx *)p->data)->done = true;
-    return HPE_PAUSED;
-}
-static int on_body(llhttp_t *p, const char *at, size_t len)
-{
+    (void)hp;
     (void)at;
-    ((struct ctx *)p->data)->body += len;
+    body_bytes += len;
     return 0;
-}
-static int on_message_complete(llhttp_t *p)
-{
-    ((struct ctx *)p->data)->msg = true;
-    return HPE_PAUSED;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static struct tp_shard *sh;
-    static llhttp_settings_t st;
-    struct ctx c;
-    llhttp_t p;
+    struct tp_head head;
+    struct tp_h1_parser hp;
+    llhttp_t *p = &hp.p;
     unsigned status = 0;
 
-    if (!sh) {
+    if (!sh)
         sh = fake_shard_create(64, 512);
-        llhttp_settings_init(&st);
-        st.on_url = on_url;
-        st.on_header_field = on_field;
-        st.on_header_value = on_value;
-        st.on_header_value_complete = on_value_complete;
-        st.on_headers_complete = on_headers_complete;
-        st.on_body = on_body;
-        st.on_message_complete = on_message_complete;
-    }
     if (size < 1)
         return 0;
     /* byte 0 chooses the chunk size the bytes arrive in */
@@ -79,10 +41,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     data++;
     size--;
 
-    memset(&c, 0, sizeof(c));
-    tp_head_init(&c.head);
-    llhttp_init(&p, HTTP_REQUEST, &st);
-    p.data = &c;
+    tp_head_init(&head);
+    tp_h1_parser_init(&hp, HTTP_REQUEST, &head, on_body);
     struct tp_inq q;
     tp_inq_init(&q);
     size_t off = 0;
@@ -97,25 +57,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         off += n;
         bid++;
-        rc = tp_head_parse(sh, &p, &c.head, &q, 1024, &c.done, &status);
+        rc = tp_head_parse(sh, &hp, &q, 1024, &status);
     }
     if (rc == TP_HEAD_DONE) {
         /* every slice lies inside the head */
-        for (uint32_t i = 0; i < c.head.n_hdrs; i++)
-            if (c.head.hdrs[i].value.off + c.head.hdrs[i].value.len > c.head.len ||
-                c.head.hdrs[i].name.off + c.head.hdrs[i].name.len > c.head.len)
+        for (uint32_t i = 0; i < head.n_hdrs; i++)
+            if (head.hdrs[i].value.off + head.hdrs[i].value.len > head.len ||
+                head.hdrs[i].name.off + head.hdrs[i].name.len > head.len)
                 __builtin_trap();
-        tp_head_release(sh, &c.head);
+        tp_head_release(sh, &head);
         /* the body: whatever is left in the queue */
-        llhttp_resume(&p);
+        llhttp_resume(p);
         struct tp_rbuf *e;
         while ((e = tp_inq_front(&q))) {
             const char *d = (const char *)tp_buf_ptr(sh, e->bid) + e->off;
-            llhttp_errno_t r = llhttp_execute(&p, d, e->len);
+            llhttp_errno_t r = llhttp_execute(p, d, e->len);
             uint32_t used = e->len;
             if (r == HPE_PAUSED) {
-                used = (uint32_t)(llhttp_get_error_pos(&p) - d);
-                llhttp_resume(&p);
+                used = (uint32_t)(llhttp_get_error_pos(p) - d);
+                llhttp_resume(p);
             } else if (r != HPE_OK) {
                 break;
             }
@@ -123,7 +83,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     tp_inq_clear(sh, &q);
-    tp_head_dispose(sh, &c.head);
+    tp_head_dispose(sh, &head);
     if (sh->bufs.held != 0)
         __builtin_trap(); /* a buffer reference leaked */
     return 0;

@@ -12,7 +12,8 @@
  * The shard is faked (fake_shard.h): buffers live in plain memory and
  * tp_buf_release writes a ring nobody reads, so the test can see which buffer
  * went back and when. llhttp runs with callbacks that forward to tp_head_on_*
- * and pause in on_headers_complete, as src/http/conn.c and proxy.c do.
+ * and pause in on_headers_complete: the wiring of src/http/h1.c that the
+ * client and upstream sessions use (tp_h1_parser).
  * Single-threaded.
  */
 #include <stdio.h>
@@ -23,71 +24,9 @@
 #include "http/h1.h"
 #include "tap.h"
 
-/* ---- the parser glue of conn.c / proxy.c ---- */
-
-struct pctx {
-    struct tp_head *h;
-    bool done;
-};
-
-static llhttp_settings_t req_set, resp_set;
-
-static struct tp_head *head_of(llhttp_t *p)
-{
-    return ((struct pctx *)p->data)->h;
-}
-static int cb_url(llhttp_t *p, const char *at, size_t len)
-{
-    return tp_head_on_url(head_of(p), at, len);
-}
-static int cb_url_complete(llhttp_t *p)
-{
-    head_of(p)->url_done = true;
-    return 0;
-}
-static int cb_status(llhttp_t *p, const char *at, size_t len)
-{
-    return tp_head_on_status(head_of(p), at, len);
-}
-static int cb_field(llhttp_t *p, const char *at, size_t len)
-{
-    return tp_head_on_field(head_of(p), at, len);
-}
-static int cb_value(llhttp_t *p, const char *at, size_t len)
-{
-    return tp_head_on_value(head_of(p), at, len);
-}
-static int cb_value_complete(llhttp_t *p)
-{
-    return tp_head_on_value_complete(head_of(p));
-}
-static int cb_headers_complete(llhttp_t *p)
-{
-    ((struct pctx *)p->data)->done = true;
-    return HPE_PAUSED;
-}
-
-static void settings_init(void)
-{
-    llhttp_settings_init(&req_set);
-    req_set.on_url = cb_url;
-    req_set.on_url_complete = cb_url_complete;
-    req_set.on_header_field = cb_field;
-    req_set.on_header_value = cb_value;
-    req_set.on_header_value_complete = cb_value_complete;
-    req_set.on_headers_complete = cb_headers_complete;
-    llhttp_settings_init(&resp_set);
-    resp_set.on_status = cb_status;
-    resp_set.on_header_field = cb_field;
-    resp_set.on_header_value = cb_value;
-    resp_set.on_header_value_complete = cb_value_complete;
-    resp_set.on_headers_complete = cb_headers_complete;
-}
-
 /* One parse: parser, head, queue. */
 struct job {
-    llhttp_t p;
-    struct pctx ctx;
+    struct tp_h1_parser hp;
     struct tp_head h;
     struct tp_inq q;
     unsigned status;
@@ -96,17 +35,15 @@ struct job {
 static void job_init(struct job *j, llhttp_type_t type)
 {
     memset(j, 0, sizeof(*j));
-    llhttp_init(&j->p, type, type == HTTP_REQUEST ? &req_set : &resp_set);
-    j->p.data = &j->ctx;
-    j->ctx.h = &j->h;
     tp_head_init(&j->h);
+    tp_h1_parser_init(&j->hp, type, &j->h, NULL);
     tp_inq_init(&j->q);
 }
 
 static enum tp_head_rc job_parse(struct tp_shard *sh, struct job *j, uint32_t limit)
 {
     j->status = 0;
-    return tp_head_parse(sh, &j->p, &j->h, &j->q, limit, &j->ctx.done, &j->status);
+    return tp_head_parse(sh, &j->hp, &j->q, limit, &j->status);
 }
 
 static void job_dispose(struct tp_shard *sh, struct job *j)
@@ -333,14 +270,14 @@ static void test_pipelined_and_response(struct tp_shard *sh)
     tp_head_release(sh, &j.h);
     is_int(sh->bufs.refs[bid], 1, "released first head: the queue's reference remains");
 
-    /* the second head on the same parser (resumed), recorded in another head */
+    /* the second head on the same parser, recorded in another head, once the
+     * first (bodiless) message is finished as the client session does */
+    tp_h1_parser_finish_message(&j.hp);
     tp_head_init(&h2);
-    j.ctx.h = &h2;
-    j.ctx.done = false;
-    llhttp_resume(&j.p);
+    j.hp.head = &h2;
+    j.hp.head_done = false;
     unsigned status = 0;
-    is_int(tp_head_parse(sh, &j.p, &h2, &j.q, 4096, &j.ctx.done, &status), TP_HEAD_DONE,
-           "pipelined: second head");
+    is_int(tp_head_parse(sh, &j.hp, &j.q, 4096, &status), TP_HEAD_DONE, "pipelined: second head");
     ok(h2.base == (const char *)tp_buf_ptr(sh, bid) + 28,
        "second head's base is at its offset in the buffer");
     render(&h2, text, sizeof(text));
@@ -361,7 +298,7 @@ static void test_pipelined_and_response(struct tp_shard *sh)
         render(&j.h, text, sizeof(text));
         is_str(text, "<|Service Unavailable>\nServer: up [0]\nContent-Length: 0 [2]\n",
                "response slices (%s)", split ? "split" : "one buffer");
-        is_int(llhttp_get_status_code(&j.p), 503, "status code");
+        is_int(llhttp_get_status_code(&j.hp.p), 503, "status code");
         job_dispose(sh, &j);
         is_int(fake_refs_total(sh), 0, "response: no references left");
     }
@@ -738,7 +675,6 @@ int main(void)
 {
     struct tp_shard *sh = fake_shard_create(1024, 2048);
 
-    settings_init();
     head_len = sizeof(REQ_HEAD) - 1;
     memcpy(full_req, REQ_HEAD, head_len);
     memcpy(full_req + head_len, REQ_BODY, sizeof(REQ_BODY) - 1);

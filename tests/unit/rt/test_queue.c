@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit tests of the receive and send queues (src/http/queue.c, declared in
- * src/http/dp.h): tp_inq_push / consume / clear with the inline ring, its
+ * Unit tests of the receive and send queues (src/rt/queue.c, declared in
+ * src/rt/queue.h): tp_inq_push / consume / clear with the inline ring, its
  * wrap-around, the spill to the heap and the shrink back, the capacity
  * limit; tp_outq_push_* / prepare / sent with partial sends, zero-length
  * segments, the iovec limit, the segment ring's capacity and wrap-around,

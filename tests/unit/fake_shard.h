@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http/dp.h"
+#include "rt/reactor.h"
 
 /* Creates a shard with <count> (power of two) buffers of <size> bytes. */
 static inline struct tp_shard *fake_shard_create(uint32_t count, uint32_t size)

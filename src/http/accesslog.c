@@ -23,14 +23,15 @@
 
 #include <turnpike/log.h>
 
-#include "admin/accesslog.h"
-#include "http/dp.h"
+#include "http/accesslog.h"
 #include "http/h1.h"
+#include "rt/control.h"
+#include "rt/reactor.h"
 #include "rt/runtime.h"
 
 #define ALOG_BUF  (64u * 1024u)
 #define ALOG_LINE 8192u /* longest line; longer fields are cut */
-#define FIELD_MAX 2048u
+#define FIELD_MAX 2048u /* [bytes] longest captured field */
 
 struct alog_shard {
     int fd;
@@ -48,12 +49,13 @@ struct alog_shard {
     size_t tsec_len;
 };
 
-/* what a line needs from the request head, copied at head time */
-struct alog_info {
-    uint16_t method_len, host_len, path_len, target_len, ref_len, ua_len;
-    uint8_t http_minor;
-    char data[];
-};
+static int ext_idx = -1; /* the shard's struct alog_shard in sh->ext */
+static int op_write = -1;
+
+static inline struct alog_shard *alog_of(struct tp_shard *sh)
+{
+    return sh->ext[ext_idx];
+}
 
 static struct {
     pthread_mutex_t lock;
@@ -84,7 +86,7 @@ static int open_path(const char *path, int *is_pipe)
     return fd;
 }
 
-int tp_accesslog_configure(const struct tp_config *cfg)
+static int accesslog_configure(const struct tp_config *cfg)
 {
     int is_pipe = 0, fd;
 
@@ -121,7 +123,7 @@ int tp_accesslog_configure(const struct tp_config *cfg)
     return 0;
 }
 
-void tp_accesslog_reopen(void)
+static void accesslog_reopen(void)
 {
     int is_pipe = 0, fd;
 
@@ -142,12 +144,17 @@ void tp_accesslog_reopen(void)
     tp_info("access log reopened: %s", alog.path);
 }
 
-void tp_accesslog_tick(uint64_t now_ms)
+static int accesslog_prepare(const struct tp_config *cfg)
 {
-    (void)now_ms;
+    return accesslog_configure(cfg);
 }
 
-void tp_accesslog_close(void)
+static void accesslog_reconfigure(const struct tp_config *cfg)
+{
+    accesslog_configure(cfg); /* a file that cannot be opened is logged; the old one stays */
+}
+
+static void accesslog_close(void)
 {
     pthread_mutex_lock(&alog.lock);
     if (alog.fd >= 0)
@@ -164,8 +171,8 @@ uint64_t tp_accesslog_dropped(void)
     uint64_t n = 0;
     for (unsigned i = 0; i < tp_rt.n_shards && tp_rt.shards; i++) {
         struct tp_shard *sh = tp_rt.shards[i];
-        if (sh && sh->alog)
-            n += tp_stat_get(&((struct alog_shard *)sh->alog)->dropped);
+        if (sh && sh->ext[ext_idx])
+            n += tp_stat_get(&alog_of(sh)->dropped);
     }
     return n;
 }
@@ -174,25 +181,33 @@ uint64_t tp_accesslog_dropped(void)
 /* shard side                                                          */
 /* ------------------------------------------------------------------ */
 
-int tp_accesslog_shard_init(struct tp_shard *sh)
+static int alog_shard_create(struct tp_shard *sh, unsigned idx)
 {
     struct alog_shard *a = calloc(1, sizeof(*a));
     if (!a)
         return -ENOMEM;
     a->fd = -1;
-    sh->alog = a;
+    sh->ext[idx] = a;
     return 0;
 }
 
-bool tp_accesslog_busy(struct tp_shard *sh)
+static void alog_shard_destroy(struct tp_shard *sh)
 {
-    struct alog_shard *a = sh->alog;
+    free(sh->ext[ext_idx]);
+    sh->ext[ext_idx] = NULL;
+}
+
+/* A draining shard stops only once its last write completed. */
+static bool alog_shard_busy(struct tp_shard *sh)
+{
+    struct alog_shard *a = alog_of(sh);
     return a && a->writing;
 }
 
-void tp_accesslog_shard_sync(struct tp_shard *sh)
+/* Takes the current descriptor (start, SIGUSR1, reload). */
+static void alog_shard_sync(struct tp_shard *sh)
 {
-    struct alog_shard *a = sh->alog;
+    struct alog_shard *a = alog_of(sh);
     uint64_t gen = atomic_load(&alog.gen);
 
     if (!a || gen == a->gen)
@@ -216,9 +231,10 @@ void tp_accesslog_shard_sync(struct tp_shard *sh)
     }
 }
 
-void tp_accesslog_shard_close(struct tp_shard *sh)
+/* Thread exit: the last lines, and the buffers. */
+static void alog_shard_stop(struct tp_shard *sh)
 {
-    struct alog_shard *a = sh->alog;
+    struct alog_shard *a = alog_of(sh);
     if (!a)
         return;
     if (a->fd >= 0) {
@@ -230,71 +246,16 @@ void tp_accesslog_shard_close(struct tp_shard *sh)
     }
     free(a->buf[0]);
     free(a->buf[1]);
-    free(a);
-    sh->alog = NULL;
+    a->buf[0] = a->buf[1] = NULL;
+    a->fd = -1;
 }
 
-/* ---- capture ---- */
-
-static size_t cap_len(size_t n)
+bool tp_accesslog_enabled(bool *combined)
 {
-    return n > FIELD_MAX ? FIELD_MAX : n;
-}
-
-void tp_accesslog_capture(struct tp_shard *sh, struct tp_req *r, const char *path, size_t path_len)
-{
-    const struct tp_head *h = &r->head;
-    struct alog_info *in;
-    size_t ref_len = 0, ua_len = 0;
-    const char *ref, *ua;
-
-    (void)sh;
     if (!atomic_load_explicit(&alog.enabled, memory_order_relaxed))
-        return;
-    const char *method = llhttp_method_name((llhttp_method_t)r->method);
-    size_t mlen = strlen(method);
-    const char *host = h->base + r->host_off;
-    size_t hlen = cap_len(r->host_len);
-    const char *target = h->base + h->url.off;
-    size_t tlen = cap_len(h->url.len);
-    path_len = cap_len(path_len);
-    ref = ua = NULL;
-    if (atomic_load_explicit(&alog.format, memory_order_relaxed) == TP_ACCESS_COMBINED) {
-        /* only the combined format shows these */
-        ref = tp_head_value(h, "referer", 7, &ref_len);
-        ua = tp_head_value(h, "user-agent", 10, &ua_len);
-    } else {
-        tlen = 0;
-    }
-    ref_len = ref ? cap_len(ref_len) : 0;
-    ua_len = ua ? cap_len(ua_len) : 0;
-
-    struct tp_block *b = tp_block_get(sh, sizeof(*in) + mlen + hlen + path_len + tlen + ref_len + ua_len);
-    if (!b)
-        return;
-    in = (struct alog_info *)b->data;
-    char *p = in->data;
-    in->method_len = (uint16_t)mlen;
-    memcpy(p, method, mlen);
-    p += mlen;
-    in->host_len = (uint16_t)hlen;
-    memcpy(p, host, hlen);
-    p += hlen;
-    in->path_len = (uint16_t)path_len;
-    memcpy(p, path, path_len);
-    p += path_len;
-    in->target_len = (uint16_t)tlen;
-    memcpy(p, target, tlen);
-    p += tlen;
-    in->ref_len = (uint16_t)ref_len;
-    if (ref_len)
-        memcpy(p, ref, ref_len);
-    p += ref_len;
-    in->ua_len = (uint16_t)ua_len;
-    if (ua_len)
-        memcpy(p, ua, ua_len);
-    in->http_minor = r->http10 ? 0 : 1;
-    r->info = b;
+        return false;
+    *combined = atomic_load_explicit(&alog.format, memory_order_relaxed) == TP_ACCESS_COMBINED;
+    return true;
 }
 
 /* ---- formatting ---- */
@@ -372,13 +333,17 @@ static void put_clf(struct line *l, const char *s, size_t n)
     }
 }
 
-static const char *route_name(struct tp_req *r)
+/* a string field: JSON string, or null */
+static void put_json_or_null(struct line *l, const char *s, size_t n)
 {
-    return r->route ? r->route->cfg->name : NULL;
+    if (s)
+        put_json(l, s, n);
+    else
+        PUTS(l, "null");
 }
 
-static void format_json(struct line *l, struct alog_shard *a, struct tp_conn *c, struct tp_req *r,
-                        struct timespec *ts, const struct alog_info *in)
+static void format_json(struct line *l, struct alog_shard *a, const struct tp_access_record *r,
+                        struct timespec *ts)
 {
     struct tm tm;
 
@@ -395,27 +360,15 @@ static void format_json(struct line *l, struct alog_shard *a, struct tp_conn *c,
     PUTS(l, ",\"request_id\":");
     put_json(l, r->id, r->id_len);
     PUTS(l, ",\"trace_id\":");
-    put_json(l, r->trace + 3, 32);
+    put_json(l, r->trace_id, 32);
     PUTS(l, ",\"client\":");
-    put_json(l, c->peer, c->peer_len);
-    const char *d = in ? in->data : "";
+    put_json(l, r->client, r->client_len);
     PUTS(l, ",\"method\":");
-    if (in)
-        put_json(l, d, in->method_len);
-    else
-        PUTS(l, "null");
-    d += in ? in->method_len : 0;
+    put_json_or_null(l, r->method, r->method_len);
     PUTS(l, ",\"host\":");
-    if (in && in->host_len)
-        put_json(l, d, in->host_len);
-    else
-        PUTS(l, "null");
-    d += in ? in->host_len : 0;
+    put_json_or_null(l, r->host_len ? r->host : NULL, r->host_len);
     PUTS(l, ",\"path\":");
-    if (in)
-        put_json(l, d, in->path_len);
-    else
-        PUTS(l, "null");
+    put_json_or_null(l, r->path, r->path_len);
     PUTS(l, ",\"status\":");
     put_u64(l, r->status);
     PUTS(l, ",\"bytes_in\":");
@@ -423,53 +376,48 @@ static void format_json(struct line *l, struct alog_shard *a, struct tp_conn *c,
     PUTS(l, ",\"bytes_out\":");
     put_u64(l, r->bytes_out);
     PUTS(l, ",\"duration_ms\":");
-    put_ms(l, tp_self->now_ns - r->start_ns);
+    put_ms(l, r->duration_ns);
     PUTS(l, ",\"route\":");
-    if (route_name(r))
-        put_json(l, route_name(r), strlen(route_name(r)));
-    else
-        PUTS(l, "null");
+    put_json_or_null(l, r->route, r->route ? strlen(r->route) : 0);
     PUTS(l, ",\"upstream\":");
-    if (r->up)
-        put_json(l, r->up->cfg->name, strlen(r->up->cfg->name));
-    else
-        PUTS(l, "null");
+    put_json_or_null(l, r->upstream, r->upstream ? strlen(r->upstream) : 0);
     PUTS(l, ",\"endpoint\":");
-    if (r->last_ep)
-        put_json(l, r->last_ep->cfg->addr.text, strlen(r->last_ep->cfg->addr.text));
-    else
-        PUTS(l, "null");
+    put_json_or_null(l, r->endpoint, r->endpoint ? strlen(r->endpoint) : 0);
     PUTS(l, ",\"upstream_ms\":");
-    if (r->last_ep)
-        put_ms(l, r->up_ns);
+    if (r->has_upstream_ns)
+        put_ms(l, r->upstream_ns);
     else
         PUTS(l, "null");
     if (r->error) {
+        /* the same text as the answer's JSON body: reason, then the cause when there is one */
         PUTS(l, ",\"error\":");
-        put_json(l, r->error, strlen(r->error));
+        if (r->cause) {
+            char e[256];
+            int n = snprintf(e, sizeof(e), "%s: %s", r->error, r->cause);
+            put_json(l, e, n > 0 && (size_t)n < sizeof(e) ? (size_t)n : strlen(r->error));
+        } else {
+            put_json(l, r->error, strlen(r->error));
+        }
     }
     PUTS(l, "}\n");
 }
 
-static void format_combined(struct line *l, struct tp_conn *c, struct tp_req *r, struct timespec *ts,
-                            const struct alog_info *in)
+static void format_combined(struct line *l, const struct tp_access_record *r, struct timespec *ts)
 {
     struct tm tm;
     char tbuf[64];
 
     gmtime_r(&ts->tv_sec, &tm);
     size_t n = strftime(tbuf, sizeof(tbuf), "[%d/%b/%Y:%H:%M:%S +0000]", &tm);
-    put(l, c->peer, c->peer_len);
+    put(l, r->client, r->client_len);
     PUTS(l, " - - ");
     put(l, tbuf, n);
     PUTS(l, " \"");
-    if (in) {
-        const char *d = in->data;
-        put_clf(l, d, in->method_len);
+    if (r->method) {
+        put_clf(l, r->method, r->method_len);
         PUTS(l, " ");
-        d += in->method_len + in->host_len + in->path_len;
-        put_clf(l, d, in->target_len);
-        if (in->http_minor)
+        put_clf(l, r->target, r->target_len);
+        if (r->http_minor)
             PUTS(l, " HTTP/1.1");
         else
             PUTS(l, " HTTP/1.0");
@@ -479,58 +427,52 @@ static void format_combined(struct line *l, struct tp_conn *c, struct tp_req *r,
     PUTS(l, "\" ");
     put_u64(l, r->status);
     PUTS(l, " ");
-    uint64_t body = r->bytes_out > r->resp_head_len ? r->bytes_out - r->resp_head_len : 0;
-    if (body)
-        put_u64(l, body);
+    if (r->body_out)
+        put_u64(l, r->body_out);
     else
         PUTS(l, "-");
     PUTS(l, " \"");
-    if (in && in->ref_len)
-        put_clf(l, in->data + in->method_len + in->host_len + in->path_len + in->target_len, in->ref_len);
+    if (r->referer_len)
+        put_clf(l, r->referer, r->referer_len);
     else
         PUTS(l, "-");
     PUTS(l, "\" \"");
-    if (in && in->ua_len)
-        put_clf(l, in->data + in->method_len + in->host_len + in->path_len + in->target_len + in->ref_len,
-                in->ua_len);
+    if (r->user_agent_len)
+        put_clf(l, r->user_agent, r->user_agent_len);
     else
         PUTS(l, "-");
     PUTS(l, "\"\n");
 }
 
-void tp_accesslog_line(struct tp_shard *sh, struct tp_conn *c, struct tp_req *r)
+static void alog_flush(struct tp_shard *sh);
+
+void tp_accesslog_write(struct tp_shard *sh, const struct tp_access_record *r)
 {
-    struct alog_shard *a = sh->alog;
-    const struct alog_info *in = r->info ? (const struct alog_info *)r->info->data : NULL;
+    struct alog_shard *a = alog_of(sh);
     struct timespec ts;
 
     if (!a || a->fd < 0 || !a->buf[0] || !atomic_load_explicit(&alog.enabled, memory_order_relaxed))
-        goto out;
+        return;
     if (ALOG_BUF - a->len[a->cur] < ALOG_LINE) {
         /* no room for a line of the longest size: hand the buffer to the
          * kernel, or drop the line when both buffers are busy */
         if (a->writing) {
             tp_stat_add(&a->dropped, 1);
-            goto out;
+            return;
         }
-        tp_accesslog_flush(sh);
+        alog_flush(sh);
     }
     /* the line is formatted in place, at the end of the filling buffer */
     struct line l = {.p = a->buf[a->cur] + a->len[a->cur], .len = 0, .cap = ALOG_LINE - 1};
     clock_gettime(CLOCK_REALTIME, &ts);
     if (atomic_load_explicit(&alog.format, memory_order_relaxed) == TP_ACCESS_COMBINED)
-        format_combined(&l, c, r, &ts, in);
+        format_combined(&l, r, &ts);
     else
-        format_json(&l, a, c, r, &ts, in);
+        format_json(&l, a, r, &ts);
     if (l.len == l.cap)
         l.p[l.len - 1] = '\n'; /* cut: still one line */
     a->len[a->cur] += (uint32_t)l.len;
     a->lines[a->cur]++;
-out:
-    if (r->info) {
-        tp_block_put(sh, r->info);
-        r->info = NULL;
-    }
 }
 
 static void submit_chunk(struct tp_shard *sh, struct alog_shard *a)
@@ -548,14 +490,15 @@ static void submit_chunk(struct tp_shard *sh, struct alog_shard *a)
     }
     struct io_uring_sqe *sqe = tp_sqe(sh);
     io_uring_prep_write(sqe, a->fd, a->buf[w] + a->woff, n, (uint64_t)-1);
-    io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_LOGW, 0, 0));
+    io_uring_sqe_set_data64(sqe, tp_ud((unsigned)op_write, 0, 0));
     a->wchunk = n;
     a->writing = true;
 }
 
-void tp_accesslog_flush(struct tp_shard *sh)
+/* Once per loop iteration: the filling buffer goes out unless a write is in flight. */
+static void alog_flush(struct tp_shard *sh)
 {
-    struct alog_shard *a = sh->alog;
+    struct alog_shard *a = alog_of(sh);
 
     if (!a || a->writing || a->len[a->cur] == 0 || a->fd < 0)
         return;
@@ -564,9 +507,10 @@ void tp_accesslog_flush(struct tp_shard *sh)
     submit_chunk(sh, a);
 }
 
-void tp_accesslog_on_write(struct tp_shard *sh, int res)
+static void alog_on_write(struct tp_shard *sh, struct io_uring_cqe *cqe)
 {
-    struct alog_shard *a = sh->alog;
+    struct alog_shard *a = alog_of(sh);
+    int res = cqe->res;
     int w;
 
     if (!a)
@@ -592,4 +536,39 @@ void tp_accesslog_on_write(struct tp_shard *sh, int res)
     }
     a->len[w] = a->lines[w] = 0;
     a->woff = 0;
+}
+
+static void alog_shard_msgs(struct tp_shard *sh, unsigned msgs)
+{
+    if (msgs & (TP_MSG_RELOAD | TP_MSG_LOGREOPEN))
+        alog_shard_sync(sh);
+}
+
+static const struct tp_shard_hooks alog_hooks = {
+    .create = alog_shard_create,
+    .start = alog_shard_sync,
+    .on_msgs = alog_shard_msgs,
+    .tick = alog_flush,
+    .busy = alog_shard_busy,
+    .stop = alog_shard_stop,
+    .destroy = alog_shard_destroy,
+};
+
+static const struct tp_ctl_service alog_service = {
+    .name = "access log",
+    .prepare = accesslog_prepare,
+    .configure = accesslog_reconfigure,
+    .reopen = accesslog_reopen,
+    .stop = accesslog_close,
+};
+
+int tp_accesslog_register(void)
+{
+    if (ext_idx >= 0)
+        return 0;
+    ext_idx = tp_shard_hooks_register(&alog_hooks);
+    op_write = tp_reactor_op_register(alog_on_write);
+    if (ext_idx < 0 || op_write < 0 || tp_ctl_service_register(&alog_service) < 0)
+        return -1;
+    return 0;
 }

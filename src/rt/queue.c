@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "http/dp.h"
+#include "rt/reactor.h"
 
 void tp_bref_get(struct tp_shard *sh, struct tp_bref r)
 {

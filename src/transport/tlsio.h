@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * TLS on a connection, for both sides of the proxy (src/http/conn.c,
- * src/http/proxy.c): OpenSSL runs on memory BIOs, so the ring keeps doing
+ * TLS inside the transport (src/transport/transport.c), for both sides of
+ * the proxy: OpenSSL runs on memory BIOs, so the ring keeps doing
  * every socket operation. Ciphertext received into a provided buffer is
  * written into the read BIO and the buffer returned at once; SSL_read
  * decrypts into blocks that join the connection's receive queue like
@@ -16,7 +16,7 @@
 
 #include <openssl/ssl.h>
 
-#include "http/dp.h"
+#include "rt/reactor.h"
 
 struct tp_tls_conn {
     SSL *ssl;
@@ -63,16 +63,4 @@ void tp_tlsio_shutdown(struct tp_shard *sh, struct tp_tls_conn *t);
 static inline uint64_t tp_tlsio_pending(const struct tp_tls_conn *t)
 {
     return t->wire ? t->wire->bytes : 0;
-}
-
-/** Bytes queued towards the client, plaintext and ciphertext. */
-static inline uint64_t tp_conn_pending(const struct tp_conn *c)
-{
-    return (c->out ? c->out->bytes : 0) + (c->tls ? tp_tlsio_pending(c->tls) : 0);
-}
-
-/** Bytes queued towards an upstream, plaintext and ciphertext. */
-static inline uint64_t tp_uconn_pending(const struct tp_uconn *uc)
-{
-    return (uc->out ? uc->out->bytes : 0) + (uc->tls ? tp_tlsio_pending(uc->tls) : 0);
 }

@@ -7,7 +7,7 @@
 #include <turnpike/log.h>
 #include <turnpike/tls.h>
 
-#include "http/tlsio.h"
+#include "transport/tlsio.h"
 
 #define WIRE_BLOCK (16384 + 512) /* a full record and then some */
 #define WRITE_MAX  16384         /* plaintext per SSL_write: one record */

@@ -1,0 +1,550 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The request layer (see request.h): a request's life from a parsed head to
+ * its record, whatever protocol the downstream session speaks. [shard]
+ *
+ *   session parsed the head ─▶ tp_req_dispatch: ids, path check, route
+ *        │                        ├─ no route ─────────────▶ 404 (ds->error)
+ *        │                        ├─ rate limit refuses ────▶ 429 (ds->error)
+ *        │                        ├─ direct_response ──────▶ ds->direct
+ *        │                        └─ proxy (proxy.c) ───────▶ upstream exchange
+ *        ▼
+ *   session ends it ─▶ tp_req_end: upstream side dropped, metrics, access log
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <turnpike/hash.h>
+#include <turnpike/log.h>
+#include <turnpike/ratelimit.h>
+#include <turnpike/router.h>
+
+#include "http/accesslog.h"
+#include "http/request.h"
+
+#define FREE_CAP  4096 /* requests kept on the shard's free list */
+#define FIELD_MAX 2048 /* [bytes] longest field captured for the access log */
+
+/* ------------------------------------------------------------------ */
+/* begin / end                                                         */
+/* ------------------------------------------------------------------ */
+
+struct tp_req *tp_req_begin(struct tp_shard *sh, struct tp_ds *ds)
+{
+    struct tp_http_shard *hs = tp_http_shard(sh);
+    struct tp_req *r = hs->req_free;
+
+    if (r) {
+        hs->req_free = r->next_free;
+        hs->n_req_free--;
+    } else {
+        r = malloc(sizeof(*r));
+        if (!r)
+            return NULL;
+    }
+    memset(r, 0, offsetof(struct tp_req, head));
+    tp_head_init(&r->head);
+    r->ds = ds;
+    r->start_ns = sh->now_ns;
+    r->snap = tp_shard_snapshot_enter(sh);
+    r->limits = hs->limits;
+    tp_stat_add(&hs->active_requests, 1);
+    return r;
+}
+
+static void req_record(struct tp_shard *sh, struct tp_req *r);
+
+void tp_req_end(struct tp_shard *sh, struct tp_req *r)
+{
+    struct tp_http_shard *hs = tp_http_shard(sh);
+
+    if (r->att.conn || r->att.ep || r->counted_up)
+        tp_proxy_abort(sh, r);
+    /* a request whose head was read but that got no response: the client
+     * went away (recorded as 499, as nginx does); an unfinished head is not
+     * a request and is not recorded */
+    if (!r->status && r->head_parsed)
+        r->status = 499;
+    if (r->status)
+        req_record(sh, r);
+    if (r->info) {
+        tp_block_put(sh, r->info);
+        r->info = NULL;
+    }
+    if (r->uhead) {
+        tp_block_put(sh, r->uhead);
+        r->uhead = NULL;
+    }
+    tp_head_dispose(sh, &r->head);
+    tp_shard_snapshot_leave(sh, r->snap);
+    tp_stat_add(&hs->active_requests, (uint64_t)-1);
+    if (hs->n_req_free < FREE_CAP) {
+        r->next_free = hs->req_free;
+        hs->req_free = r;
+        hs->n_req_free++;
+    } else {
+        free(r);
+    }
+}
+
+void tp_req_error(struct tp_shard *sh, struct tp_req *r, unsigned status, const char *reason, bool close)
+{
+    r->ds->ops->error(sh, r, status, reason, close);
+}
+
+/* ------------------------------------------------------------------ */
+/* ids                                                                 */
+/* ------------------------------------------------------------------ */
+
+static bool valid_request_id(const char *v, size_t len)
+{
+    if (len == 0 || len > 64)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '"' || ch == '\\')
+            return false;
+    }
+    return true;
+}
+
+static bool is_hex(const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char ch = v[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f')))
+            return false;
+    }
+    return true;
+}
+
+static bool all_zero(const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (v[i] != '0')
+            return false;
+    return true;
+}
+
+/* W3C traceparent version 00: "00-<32 hex trace-id>-<16 hex parent-id>-<2 hex flags>". */
+static bool valid_traceparent(const char *v, size_t len)
+{
+    if (len < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-')
+        return false;
+    if (!is_hex(v, 2) || !is_hex(v + 3, 32) || !is_hex(v + 36, 16) || !is_hex(v + 53, 2))
+        return false;
+    if (v[0] == 'f' && v[1] == 'f')
+        return false;
+    if (v[0] == '0' && v[1] == '0' && len != 55)
+        return false;
+    return !all_zero(v + 3, 32) && !all_zero(v + 36, 16);
+}
+
+void tp_req_ids(struct tp_shard *sh, struct tp_req *r, bool from_head)
+{
+    const struct tp_head *h = &r->head;
+
+    for (uint32_t i = 0; from_head && i < h->n_hdrs && !(r->id_len && r->trace[0]); i++) {
+        const struct tp_hdr *hd = &h->hdrs[i];
+        const char *v = h->base + hd->value.off;
+        if (hd->id == TP_H_X_REQUEST_ID && !r->id_len && valid_request_id(v, hd->value.len)) {
+            memcpy(r->id, v, hd->value.len);
+            r->id_len = (uint8_t)hd->value.len;
+        } else if (hd->id == TP_H_TRACEPARENT && !r->trace[0] && valid_traceparent(v, hd->value.len)) {
+            memcpy(r->trace, v, 55);
+        }
+    }
+    if (!r->id_len) {
+        tp_h1_random_hex(sh, r->id, 16);
+        r->id_len = 32;
+    }
+    if (!r->trace[0]) {
+        memcpy(r->trace, "00-", 3);
+        tp_h1_random_hex(sh, r->trace + 3, 16);
+        r->trace[35] = '-';
+        tp_h1_random_hex(sh, r->trace + 36, 8);
+        memcpy(r->trace + 52, "-01", 3);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* dispatch                                                            */
+/* ------------------------------------------------------------------ */
+
+/* "." and ".." segments (also percent-encoded, which upstreams commonly decode) are refused. */
+static bool has_dot_segment(const char *p, size_t len)
+{
+    size_t i = 0;
+
+    while (i < len) {
+        if (p[i++] != '/')
+            continue;
+        size_t s = i, dots = 0;
+        while (i < len && p[i] != '/')
+            i++;
+        /* the segment is p[s, i): count its dots, giving up at any other byte */
+        for (size_t k = s; k < i;) {
+            if (p[k] == '.') {
+                dots++;
+                k++;
+            } else if (i - k >= 3 && p[k] == '%' && p[k + 1] == '2' && (p[k + 2] | 0x20) == 'e') {
+                dots++;
+                k += 3;
+            } else {
+                dots = 3;
+                break;
+            }
+        }
+        if (dots == 1 || dots == 2)
+            return true;
+    }
+    return false;
+}
+
+static size_t cap_len(size_t n)
+{
+    return n > FIELD_MAX ? FIELD_MAX : n;
+}
+
+/* what a line needs from the request head, copied while the head is alive */
+struct alog_info {
+    uint16_t method_len, host_len, path_len, target_len, ref_len, ua_len;
+    char data[];
+};
+
+static void capture(struct tp_shard *sh, struct tp_req *r, const char *path, size_t path_len)
+{
+    const struct tp_head *h = &r->head;
+    size_t ref_len = 0, ua_len = 0;
+    const char *ref = NULL, *ua = NULL;
+    bool combined;
+
+    if (!tp_accesslog_enabled(&combined))
+        return;
+    const char *method = llhttp_method_name((llhttp_method_t)r->method);
+    size_t mlen = strlen(method);
+    const char *host = h->base + r->host_off;
+    size_t hlen = cap_len(r->host_len);
+    const char *target = h->base + h->url.off;
+    size_t tlen = 0;
+    path_len = cap_len(path_len);
+    if (combined) {
+        /* only the combined format shows these */
+        tlen = cap_len(h->url.len);
+        ref = tp_head_value(h, "referer", 7, &ref_len);
+        ua = tp_head_value(h, "user-agent", 10, &ua_len);
+    }
+    ref_len = ref ? cap_len(ref_len) : 0;
+    ua_len = ua ? cap_len(ua_len) : 0;
+
+    struct alog_info *in;
+    struct tp_block *b = tp_block_get(sh, sizeof(*in) + mlen + hlen + path_len + tlen + ref_len + ua_len);
+    if (!b)
+        return;
+    in = (struct alog_info *)b->data;
+    char *p = in->data;
+    in->method_len = (uint16_t)mlen;
+    memcpy(p, method, mlen);
+    p += mlen;
+    in->host_len = (uint16_t)hlen;
+    memcpy(p, host, hlen);
+    p += hlen;
+    in->path_len = (uint16_t)path_len;
+    memcpy(p, path, path_len);
+    p += path_len;
+    in->target_len = (uint16_t)tlen;
+    memcpy(p, target, tlen);
+    p += tlen;
+    in->ref_len = (uint16_t)ref_len;
+    if (ref_len)
+        memcpy(p, ref, ref_len);
+    p += ref_len;
+    in->ua_len = (uint16_t)ua_len;
+    if (ua_len)
+        memcpy(p, ua, ua_len);
+    r->info = b;
+}
+
+static const char *hdr_lookup(void *ctx, const char *name, size_t name_len, size_t *value_len)
+{
+    return tp_head_value(ctx, name, name_len, value_len);
+}
+
+/* The route's rate limit: false when a 429 was sent. RateLimit headers ride on every answer of the route. */
+static bool rate_admit(struct tp_shard *sh, struct tp_req *r)
+{
+    const struct tp_cfg_rate_limit *cfg = r->route->cfg->rate_limit;
+    struct tp_rl_result res;
+    uint64_t key = 0;
+
+    switch (cfg->key.kind) {
+    case TP_KEY_CLIENT_IP:
+        key = tp_hash_bytes(r->ds->peer, r->ds->peer_len);
+        break;
+    case TP_KEY_HEADER: {
+        size_t vl = 0;
+        const char *v = tp_head_value(&r->head, cfg->key.name, cfg->key.name_len, &vl);
+        key = v ? tp_hash_bytes(v, vl) : 0;
+        break;
+    }
+    default:
+        break;
+    }
+    bool ok = tp_ratelimit_take(r->route->rl, key, sh->now_ns, &res);
+    char *x = r->extra_hdrs;
+    int n = snprintf(x, sizeof(r->extra_hdrs),
+                     "RateLimit-Limit: %llu\r\nRateLimit-Remaining: %llu\r\nRateLimit-Reset: %llu\r\n",
+                     (unsigned long long)res.limit, (unsigned long long)res.remaining,
+                     (unsigned long long)res.reset_s);
+    if (!ok && n > 0 && (size_t)n < sizeof(r->extra_hdrs))
+        n += snprintf(x + n, sizeof(r->extra_hdrs) - (size_t)n, "Retry-After: %llu\r\n",
+                      (unsigned long long)(res.retry_after_s ? res.retry_after_s : 1));
+    r->extra_len = n > 0 && (size_t)n < sizeof(r->extra_hdrs) ? (uint16_t)n : 0;
+    if (ok)
+        return true;
+    tp_stat_add(&r->route->st->stats[sh->id].ratelimited, 1);
+    tp_req_error(sh, r, 429, "rate limited", false);
+    return false;
+}
+
+void tp_req_dispatch(struct tp_shard *sh, struct tp_req *r, const char *path, size_t path_len)
+{
+    const char *q = memchr(path, '?', path_len);
+
+    if (q)
+        path_len = (size_t)(q - path);
+    if (has_dot_segment(path, path_len)) {
+        tp_req_error(sh, r, 400, "dot segment in path", true);
+        return;
+    }
+    capture(sh, r, path, path_len);
+
+    struct tp_route_req rq = {
+        .method = r->method,
+        .host = r->host_len ? r->head.base + r->host_off : NULL,
+        .host_len = r->host_len,
+        .path = path,
+        .path_len = path_len,
+        .header = hdr_lookup,
+        .header_ctx = &r->head,
+    };
+    r->route = tp_router_lookup(r->snap->router, &rq, NULL);
+    if (!r->route) {
+        tp_req_error(sh, r, 404, "no route", false);
+        return;
+    }
+    if (r->route->rl && !rate_admit(sh, r))
+        return;
+    if (r->route->cfg->direct) {
+        r->ds->ops->direct(sh, r);
+        return;
+    }
+    tp_proxy_start(sh, r);
+}
+
+/* ------------------------------------------------------------------ */
+/* header rules                                                        */
+/* ------------------------------------------------------------------ */
+
+/* Hop-by-hop headers (RFC 9110 7.6.1): never forwarded in either direction;
+ * each side writes its own framing and connection handling. */
+static bool hop_by_hop(uint8_t id)
+{
+    switch (id) {
+    case TP_H_CONNECTION:
+    case TP_H_KEEP_ALIVE:
+    case TP_H_PROXY_CONNECTION:
+    case TP_H_TE:
+    case TP_H_UPGRADE:
+    case TP_H_TRANSFER_ENCODING:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static bool in_names(const struct tp_header_kv *kv, size_t n, const char *name, size_t len)
+{
+    for (size_t i = 0; i < n; i++)
+        if (kv[i].name_len == len && strncasecmp(kv[i].name, name, len) == 0)
+            return true;
+    return false;
+}
+
+static bool rewritten(const struct tp_header_rewrite *rw, const char *name, size_t len)
+{
+    return rw && (in_names(rw->remove, rw->n_remove, name, len) || in_names(rw->set, rw->n_set, name, len));
+}
+
+/* Marks the headers named in <h>'s Connection headers as hop-by-hop. */
+static void mark_connection_tokens(struct tp_head *h)
+{
+    for (uint32_t i = 0; i < h->n_hdrs; i++) {
+        if (h->hdrs[i].id != TP_H_CONNECTION)
+            continue;
+        const char *v = h->base + h->hdrs[i].value.off;
+        for (uint32_t k = 0; k < h->n_hdrs; k++)
+            if (h->hdrs[k].id == TP_H_OTHER &&
+                tp_h1_has_token(v, h->hdrs[i].value.len, h->base + h->hdrs[k].name.off, h->hdrs[k].name.len))
+                h->hdrs[k].drop = 1;
+    }
+}
+
+static inline void emit(const struct tp_hdr_sink *s, void *ctx, const char *name, size_t nlen, const char *v,
+                        size_t vlen)
+{
+    s->name(ctx, name, nlen);
+    s->value(ctx, v, vlen);
+    s->end(ctx);
+}
+
+/* The route's set headers: "Name: value\r\n" lines, emitted one by one. */
+static void emit_set(const struct tp_header_rewrite *rw, const struct tp_hdr_sink *s, void *ctx)
+{
+    for (size_t i = 0; rw && i < rw->n_set; i++)
+        emit(s, ctx, rw->set[i].name, rw->set[i].name_len, rw->set[i].value, rw->set[i].value_len);
+}
+
+bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s, void *ctx)
+{
+    const struct tp_head *h = &r->head;
+    const struct tp_header_rewrite *rw = r->route->req.cfg;
+    const struct tp_ds *ds = r->ds;
+    bool xff_done = false;
+
+    for (uint32_t i = 0; i < h->n_hdrs; i++) {
+        const struct tp_hdr *hd = &h->hdrs[i];
+        const char *name = h->base + hd->name.off;
+        if (hop_by_hop(hd->id))
+            continue;
+        switch (hd->id) {
+        case TP_H_CONTENT_LENGTH:
+        case TP_H_X_FORWARDED_PROTO:
+        case TP_H_X_FORWARDED_HOST:
+        case TP_H_X_REQUEST_ID:
+        case TP_H_TRACEPARENT:
+            continue;
+        case TP_H_HOST:
+            if (r->abs_path_off)
+                continue; /* absolute-form: the authority is the host, written below */
+            break;
+        case TP_H_X_FORWARDED_FOR:
+            if (xff_done)
+                continue;
+            /* all X-Forwarded-For lines become one, with the client appended */
+            xff_done = true;
+            s->name(ctx, "X-Forwarded-For", 15);
+            for (uint32_t k = i; k < h->n_hdrs; k++) {
+                if (h->hdrs[k].id != TP_H_X_FORWARDED_FOR)
+                    continue;
+                s->value(ctx, h->base + h->hdrs[k].value.off, h->hdrs[k].value.len);
+                s->value(ctx, ", ", 2);
+            }
+            s->value(ctx, ds->peer, ds->peer_len);
+            s->end(ctx);
+            continue;
+        default:
+            break;
+        }
+        if (hd->drop || rewritten(rw, name, hd->name.len))
+            continue;
+        emit(s, ctx, name, hd->name.len, h->base + hd->value.off, hd->value.len);
+    }
+    bool host_set = rw && in_names(rw->set, rw->n_set, "host", 4);
+    if (r->abs_path_off && !host_set)
+        emit(s, ctx, "Host", 4, h->base + r->host_off, r->host_len);
+    emit_set(rw, s, ctx);
+    if (!xff_done)
+        emit(s, ctx, "X-Forwarded-For", 15, ds->peer, ds->peer_len);
+    if (ds->tls)
+        emit(s, ctx, "X-Forwarded-Proto", 17, "https", 5);
+    else
+        emit(s, ctx, "X-Forwarded-Proto", 17, "http", 4);
+    if (r->host_len)
+        emit(s, ctx, "X-Forwarded-Host", 16, h->base + r->host_off, r->host_len);
+    emit(s, ctx, "X-Request-Id", 12, r->id, r->id_len);
+    emit(s, ctx, "traceparent", 11, r->trace, 55);
+    return r->host_len || host_set;
+}
+
+void tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const struct tp_hdr_sink *s,
+                             void *ctx)
+{
+    const struct tp_header_rewrite *rw = r->route->resp.cfg;
+
+    mark_connection_tokens(h);
+    for (uint32_t i = 0; i < h->n_hdrs; i++) {
+        const struct tp_hdr *hd = &h->hdrs[i];
+        const char *name = h->base + hd->name.off;
+        if (hop_by_hop(hd->id) || hd->id == TP_H_X_REQUEST_ID || hd->drop ||
+            rewritten(rw, name, hd->name.len))
+            continue;
+        emit(s, ctx, name, hd->name.len, h->base + hd->value.off, hd->value.len);
+    }
+    emit_set(rw, s, ctx);
+    /* RateLimit-* lines are kept preformatted: split them back into fields */
+    const char *p = r->extra_hdrs, *end = r->extra_hdrs + r->extra_len;
+    while (p < end) {
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        const char *eol = memchr(p, '\r', (size_t)(end - p));
+        if (!colon || !eol || colon > eol)
+            break;
+        emit(s, ctx, p, (size_t)(colon - p), colon + 2, (size_t)(eol - colon - 2));
+        p = eol + 2;
+    }
+    emit(s, ctx, "X-Request-Id", 12, r->id, r->id_len);
+}
+
+/* ------------------------------------------------------------------ */
+/* accounting                                                          */
+/* ------------------------------------------------------------------ */
+
+static void req_record(struct tp_shard *sh, struct tp_req *r)
+{
+    struct tp_route_stats *rs = r->route ? &r->route->st->stats[sh->id] : &tp_http_shard(sh)->unmatched;
+    uint64_t dur_ns = sh->now_ns - r->start_ns;
+
+    tp_stat_add(&rs->requests[tp_status_class(r->status)], 1);
+    tp_hist_observe(&rs->duration, dur_ns / 1000);
+
+    bool combined;
+    if (!tp_accesslog_enabled(&combined))
+        return;
+    const struct alog_info *in = r->info ? (const struct alog_info *)r->info->data : NULL;
+    struct tp_access_record rec = {
+        .client = r->ds->peer,
+        .client_len = r->ds->peer_len,
+        .id = r->id,
+        .id_len = r->id_len,
+        .trace_id = r->trace + 3,
+        .http_minor = r->http_minor,
+        .status = r->status,
+        .bytes_in = r->bytes_in,
+        .bytes_out = r->bytes_out,
+        .body_out = r->bytes_out > r->resp_head_len ? r->bytes_out - r->resp_head_len : 0,
+        .duration_ns = dur_ns,
+        .route = r->route ? r->route->cfg->name : NULL,
+        .upstream = r->up ? r->up->cfg->name : NULL,
+        .endpoint = r->last_ep ? r->last_ep->cfg->addr.text : NULL,
+        .has_upstream_ns = r->last_ep != NULL,
+        .upstream_ns = r->up_ns,
+        .error = r->error,
+        .cause = r->error && r->err ? tp_strerror(r->err) : NULL,
+    };
+    if (in) {
+        const char *d = in->data;
+        rec.method = d;
+        rec.method_len = in->method_len;
+        rec.host = d += in->method_len;
+        rec.host_len = in->host_len;
+        rec.path = d += in->host_len;
+        rec.path_len = in->path_len;
+        rec.target = d += in->path_len;
+        rec.target_len = in->target_len;
+        rec.referer = d += in->target_len;
+        rec.referer_len = in->ref_len;
+        rec.user_agent = d + in->ref_len;
+        rec.user_agent_len = in->ua_len;
+    }
+    tp_accesslog_write(sh, &rec);
+}

@@ -1,0 +1,325 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The request layer: what happens to a request whatever protocol carries it
+ * on either side. Routing, rate limits, the choice of upstream and endpoint,
+ * attempts and retries, the header rules (hop-by-hop removal, rewrites,
+ * X-Forwarded-*, X-Request-Id, traceparent), gateway-made answers, metrics
+ * and the access log are written here once.
+ *
+ * Two seams connect it to protocols:
+ *   - a downstream session (struct tp_ds + struct tp_ds_ops) is the client
+ *     side: HTTP/1 today (h1_server.c); an HTTP/2 stream plugs in the same way;
+ *   - an upstream exchange (struct tp_ux_ops) is the upstream side of one
+ *     attempt: HTTP/1 with keepalive pools today (h1_client.c).
+ * Sessions parse and frame; the request layer decides.
+ *
+ * Ownership: a request belongs to its shard and to its downstream session,
+ * which begins and ends it; everything it holds is released by tp_req_end.
+ * [shard]
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include <turnpike/breaker.h>
+
+#include "http/h1.h"
+#include "rt/reactor.h"
+
+struct tp_req;
+
+/* ---- limits and timeouts of one generation, copied where they are used ---- */
+
+struct tp_limits {
+    uint64_t max_header_bytes;
+    uint64_t max_body_bytes;
+    uint64_t client_header_ms;
+    uint64_t client_idle_ms;
+    uint64_t upstream_connect_ms;
+    uint64_t upstream_response_ms;
+};
+
+/* ---- the downstream seam ---- */
+
+/** How the upstream's response body is framed on the wire. */
+enum tp_framing {
+    TP_FRAME_NONE = 0, /* no body */
+    TP_FRAME_LENGTH,   /* Content-Length */
+    TP_FRAME_CHUNKED,  /* Transfer-Encoding: chunked */
+    TP_FRAME_CLOSE,    /* delimited by the upstream's close */
+};
+
+/** What the request layer tells a downstream session about a response head, and what it answers. */
+struct tp_resp_info {
+    uint8_t framing;   /* in: enum tp_framing of the upstream's body */
+    bool head_only;    /* in: a response to HEAD: framing headers kept, no body follows */
+    bool want_content; /* out: deliver the body decoded (chunked framing removed) rather than as received */
+};
+
+/**
+ * A downstream session's operations: the client side of a request. The
+ * request layer calls these; they never call back into it synchronously
+ * except through tp_req_end / tp_req_response_finished as documented.
+ */
+struct tp_ds_ops {
+    /**
+     * Answers <r> with a gateway-made error: <status>, JSON body with
+     * <reason>, the request id and r->extra_hdrs. <close>: the connection
+     * (or stream) ends after it. May end the request.
+     */
+    void (*error)(struct tp_shard *sh, struct tp_req *r, unsigned status, const char *reason, bool close);
+    /** Answers <r> with its route's direct_response. May end the request. */
+    void (*direct)(struct tp_shard *sh, struct tp_req *r);
+    /**
+     * Queues a response head: an interim one (1xx, dropped where the client
+     * cannot take it) or the final one, with the headers of <h> that the
+     * response rules keep. Returns false when it could not (out of memory,
+     * too large): the caller fails the attempt.
+     */
+    bool (*head)(struct tp_shard *sh, struct tp_req *r, unsigned status, const struct tp_head *h,
+                 struct tp_resp_info *ri);
+    /** Queues body bytes: a slice of a received buffer (no copy). false: out of memory. */
+    bool (*body)(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, const char *p, uint32_t len);
+    /** Queues body bytes held in block <b> (reference taken over). false: out of memory. */
+    bool (*body_block)(struct tp_shard *sh, struct tp_req *r, struct tp_block *b);
+    /** The response is complete: finish it (the request may end here). */
+    void (*done)(struct tp_shard *sh, struct tp_req *r);
+    /** The response cannot complete after it started: cut it short (reset). Ends the request. */
+    void (*abort)(struct tp_shard *sh, struct tp_req *r);
+    /** Takes back the response head if it was not handed to the kernel yet; true when it was. */
+    bool (*unqueue_head)(struct tp_shard *sh, struct tp_req *r);
+    /** True while the client's queue is over its budget: the exchange stops relaying until resume. */
+    bool (*congested)(const struct tp_req *r);
+    /** Hands queued response bytes to the socket. */
+    void (*flush)(struct tp_shard *sh, struct tp_req *r);
+    /** The upstream side can take request body bytes (again): read on. */
+    void (*resume_body)(struct tp_shard *sh, struct tp_req *r);
+};
+
+/** The part of every downstream session the request layer reads. */
+struct tp_ds {
+    const struct tp_ds_ops *ops;
+    char peer[48]; /* client address text (X-Forwarded-For, client_ip keys, logs) */
+    uint8_t peer_len;
+    uint8_t listener; /* index into the shard's listeners */
+    bool tls;         /* the client connection is TLS (X-Forwarded-Proto) */
+};
+
+/* ---- the upstream seam ---- */
+
+/**
+ * An upstream exchange's operations: one attempt of <r> towards r->att.ep.
+ * Results come back through tp_proxy_* (request.h, proxy.c).
+ */
+struct tp_ux_ops {
+    /**
+     * Encodes the request for the upstream (into r->uhead) while its head is
+     * alive; every attempt sends that. false: too large (431).
+     */
+    bool (*prepare)(struct tp_shard *sh, struct tp_req *r);
+    /** Starts the attempt: a pooled connection or a new one. */
+    void (*start)(struct tp_shard *sh, struct tp_req *r);
+    /** Drops the attempt's connection (client gone, failure, retry): closed, never reused. */
+    void (*abort)(struct tp_shard *sh, struct tp_req *r);
+    /** True when request body bytes can be queued now (connected, under its send budget). */
+    bool (*body_ready)(const struct tp_req *r);
+    /** Queues request body content (slice of a received buffer, no copy). false: out of memory. */
+    bool (*body)(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, const char *p, uint32_t len);
+    /** The request body is complete (after the last body call). false: out of memory. */
+    bool (*body_end)(struct tp_shard *sh, struct tp_req *r);
+    /** Body bytes were queued, or a pause ended: send them. */
+    void (*flush)(struct tp_shard *sh, struct tp_req *r);
+    /** The client's queue has room again: continue relaying the response. */
+    void (*resume)(struct tp_shard *sh, struct tp_req *r);
+};
+
+/* ---- requests ---- */
+
+enum tp_body_state {
+    TP_BODY_NONE = 0, /* no request body */
+    TP_BODY_STREAM,   /* body bytes are being read and forwarded */
+    TP_BODY_DISCARD,  /* body bytes are read and dropped (gateway-made answer) */
+    TP_BODY_DONE,     /* message complete */
+};
+
+enum tp_resp_state {
+    TP_RESP_NONE = 0, /* nothing sent to the client for this request yet */
+    TP_RESP_HEAD,     /* head (and maybe body) sent or queued, streaming */
+    TP_RESP_DONE,     /* response complete (queued) */
+};
+
+/** Why an attempt failed (decides retries and the 502/504 answer). */
+enum tp_fail_kind {
+    TP_FAIL_CONNECT = 0, /* connect refused / unreachable / TLS handshake: nothing was sent */
+    TP_FAIL_CONNECT_TIMEOUT,
+    TP_FAIL_RESET,   /* EOF or reset before the response was complete */
+    TP_FAIL_TIMEOUT, /* upstream_response passed */
+    TP_FAIL_INVALID, /* unparsable response */
+    TP_FAIL_STATUS,  /* a 502/503/504 that retries.on names */
+};
+
+/**
+ * What one upstream try holds, acquired in one place (attempt_begin) and
+ * released in one place (attempt_end): the endpoint, its in-flight count,
+ * the breaker's admission, the exchange's connection.
+ */
+struct tp_attempt {
+    struct tp_rt_endpoint *ep;    /* NULL between attempts */
+    void *conn;                   /* the exchange's connection while attached */
+    struct tp_breaker_pass bpass; /* what the endpoint's breaker admitted this attempt with */
+    uint64_t start_ns;            /* [ns] */
+    bool breaker_admitted;
+    bool counted_ep; /* holds an endpoint in-flight slot (least_request) */
+    bool reused;     /* the connection came from the pool */
+    bool resp_bytes; /* the upstream sent response bytes */
+    bool req_sent;   /* the request was fully handed to the upstream socket */
+};
+
+struct tp_req {
+    struct tp_req *next_free;
+    struct tp_ds *ds;           /* the downstream session */
+    const struct tp_ux_ops *ux; /* the upstream protocol of <up> */
+    struct tp_snapshot *snap;   /* generation the request runs on */
+    struct tp_rt_route *route;
+    struct tp_rt_upstream *up;
+    struct tp_rt_endpoint *last_ep; /* endpoint of the last attempt (access log) */
+    struct tp_attempt att;
+    struct tp_block *info;  /* method/host/path copies for the access log */
+    struct tp_block *uhead; /* the request as the upstream protocol encodes it, kept for retries */
+    uint64_t hash_key;      /* balance: hash, computed while the head is alive */
+    uint64_t start_ns;
+    uint64_t up_ns; /* [ns] total upstream time */
+    uint64_t content_length;
+    uint64_t body_bytes;    /* request body bytes read so far */
+    uint64_t body_fwd;      /* request body bytes handed to the upstream side (a retry cannot resend them) */
+    uint64_t bytes_in;      /* head + body from the client */
+    uint64_t bytes_out;     /* to the client */
+    uint32_t resp_head_len; /* bytes of the response head among bytes_out */
+    uint16_t status;        /* status sent to the client */
+    uint16_t fail_status;   /* upstream status that triggered a retry */
+    uint8_t method;
+    uint8_t http_minor;    /* HTTP/1.<minor> of the client */
+    uint8_t body_state;    /* enum tp_body_state */
+    uint8_t resp_state;    /* enum tp_resp_state */
+    uint8_t attempts;      /* upstream attempts so far */
+    bool client_keepalive; /* the client allows keep-alive */
+    bool chunked;          /* the request body is chunked */
+    bool resp_close;       /* close the client connection after this response */
+    bool counted_up;       /* holds an upstream in-flight slot (max_concurrent_requests) */
+    bool expect_continue;
+    bool body_too_large; /* max_body_bytes passed while streaming */
+    bool body_left_ok;   /* discarding a small unread body keeps the connection */
+    bool aborted;        /* the upstream side failed after the response started */
+    bool force_fresh;    /* next attempt on a new connection, not a pooled one */
+    bool fresh_retry_done;
+    bool head_cl_seen;           /* the client sent Content-Length */
+    bool head_parsed;            /* the request head was complete and parsed */
+    bool head_unflushed;         /* the response head is the last thing queued, not handed to the kernel */
+    bool uhead_open;             /* uhead lacks Host and its end: each attempt adds the endpoint's */
+    uint64_t tried[4];           /* endpoints tried by this request (bit per index) */
+    uint16_t extra_len;          /* bytes in extra_hdrs */
+    uint32_t host_off, host_len; /* Host (or absolute-form authority) within the head */
+    uint32_t abs_path_off;       /* absolute-form: offset of the path within the target */
+    struct tp_limits limits;
+    const char *error;    /* reason of a gateway-made response */
+    int err;              /* the error behind it (-errno or TP_E*), 0 when none */
+    char extra_hdrs[160]; /* RateLimit-* / Retry-After lines for the response */
+    char id[65];          /* X-Request-Id */
+    uint8_t id_len;
+    char trace[56];      /* traceparent forwarded */
+    struct tp_head head; /* request head */
+};
+
+/* ---- per-shard state of the HTTP layer ---- */
+
+struct tp_http_shard {
+    struct tp_limits limits;         /* of sh->snap, for new connections and requests */
+    struct tp_route_stats unmatched; /* requests that found no route */
+    tp_stat_t active_requests;
+    struct tp_req *req_free;
+    uint32_t n_req_free;
+    int slab_conn, slab_uconn; /* slab ids of client and upstream connections */
+};
+
+/** The HTTP layer's state of shard <sh>. [any: counters are read by the control thread] */
+struct tp_http_shard *tp_http_shard(const struct tp_shard *sh);
+
+/**
+ * Registers the HTTP layer with the reactor (slabs, acceptor, shard hooks),
+ * the transport, and the access log with the control thread. Process start,
+ * before tp_runtime_run. Returns 0 or -1. [control]
+ */
+int tp_http_register(void);
+
+/* ---- the request layer's API (request.c) ---- */
+
+/** Starts a request on session <ds> (on the shard's current snapshot); NULL when out of memory. */
+struct tp_req *tp_req_begin(struct tp_shard *sh, struct tp_ds *ds);
+/** Releases everything <r> holds, records it (metrics, access log) and frees it. */
+void tp_req_end(struct tp_shard *sh, struct tp_req *r);
+
+/**
+ * The head of <r> is parsed and its framing known; the session filled
+ * method, host, target, body state. Checks what every protocol shares (ids,
+ * path), routes, applies the route's policies and starts the answer: a
+ * gateway-made one, the direct_response, or the proxy.
+ */
+void tp_req_dispatch(struct tp_shard *sh, struct tp_req *r, const char *path, size_t path_len);
+
+/** Answers <r> with a gateway-made error (the downstream session writes it). */
+void tp_req_error(struct tp_shard *sh, struct tp_req *r, unsigned status, const char *reason, bool close);
+
+/**
+ * Sets the request's X-Request-Id and traceparent: the client's when valid
+ * and <from_head> (the parsed head is alive), else new ones.
+ */
+void tp_req_ids(struct tp_shard *sh, struct tp_req *r, bool from_head);
+
+/** Receives the headers of a forwarded head, one at a time: name, value pieces, end. */
+struct tp_hdr_sink {
+    void (*name)(void *ctx, const char *p, size_t n);
+    void (*value)(void *ctx, const char *p, size_t n);
+    void (*end)(void *ctx);
+};
+
+/**
+ * Emits the header fields of <r>'s request as the upstream gets them: the
+ * client's minus hop-by-hop, framing and the route's removed/set names;
+ * X-Forwarded-For merged with the client appended; the route's set headers;
+ * X-Forwarded-Proto/Host, X-Request-Id, traceparent. Returns false when no
+ * Host field was emitted (an HTTP/1.0 client may send none): the exchange
+ * then names the endpoint it connects to. Framing headers are the exchange's.
+ */
+bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s, void *ctx);
+
+/**
+ * Emits the header fields of the upstream's response head <h> as the client
+ * gets them: minus hop-by-hop (and names listed in its Connection header)
+ * and the route's removed/set names; then the route's set headers,
+ * RateLimit lines, X-Request-Id. Framing headers are the session's.
+ */
+void tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const struct tp_hdr_sink *s,
+                             void *ctx);
+
+/* ---- the proxy (proxy.c): attempts, retries, results from the exchange ---- */
+
+/** Forwards <r> to its route's upstream (split chosen here). */
+void tp_proxy_start(struct tp_shard *sh, struct tp_req *r);
+/** The client went away or the request ends: drop the upstream side. */
+void tp_proxy_abort(struct tp_shard *sh, struct tp_req *r);
+/** The current attempt failed with <kind> (<err>: the cause): retry, or answer 502/504, or cut short. */
+void tp_proxy_failed(struct tp_shard *sh, struct tp_req *r, enum tp_fail_kind kind, int err);
+/**
+ * A response head (<status>, parsed <h>) arrived for the current attempt.
+ * Returns false when the attempt or the request ended (retry on status,
+ * refused head).
+ */
+bool tp_proxy_response_head(struct tp_shard *sh, struct tp_req *r, unsigned status, struct tp_head *h,
+                            struct tp_resp_info *ri);
+/** The response is complete; the exchange has released its connection. */
+void tp_proxy_response_done(struct tp_shard *sh, struct tp_req *r);
+
+/** True for the methods a retry may repeat. */
+bool tp_method_idempotent(unsigned method);

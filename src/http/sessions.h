@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The HTTP/1 sessions as the rest of the HTTP layer sees them: the server
+ * side (h1_server.c, a downstream session) and the upstream client side
+ * (h1_client.c, an upstream exchange with keepalive pools), and what the
+ * layer's shard hooks (http.c) ask of them. [shard]
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <sys/socket.h>
+
+#include "http/request.h"
+
+/* ---- HTTP/1 server (h1_server.c) ---- */
+
+/** Size of a client connection object (its slab). */
+size_t tp_h1s_conn_size(void);
+/** Takes an accepted connection of listener <listener> (tp_accept_fn). */
+void tp_h1s_accept(struct tp_shard *sh, int fd, unsigned listener, const struct sockaddr_storage *peer);
+/** Drain: idle connections close now, busy ones after their response; <now>: close every one now. */
+void tp_h1s_drain(struct tp_shard *sh, bool now);
+/** Connections of listener <idx> finish their request, then close. */
+void tp_h1s_listener_closed(struct tp_shard *sh, unsigned idx);
+/** Open client connections of the shard. */
+uint32_t tp_h1s_count(struct tp_shard *sh);
+
+/* ---- HTTP/1 upstream exchange (h1_client.c) ---- */
+
+/** Size of an upstream connection object (its slab). */
+size_t tp_h1c_conn_size(void);
+/** The exchange's operations (struct tp_ux_ops) for HTTP/1 upstreams. */
+const struct tp_ux_ops *tp_h1_exchange_ops(void);
+/** Closes the shard's idle pooled connections to <eps> (endpoint retired by a reload). */
+void tp_h1c_pool_close(struct tp_shard *sh, struct tp_endpoint_state *eps);
+/** Closes the shard's upstream connections: idle ones (<all> false) or every one. */
+void tp_h1c_close_all(struct tp_shard *sh, bool all);
+/** Open upstream connections of the shard. */
+uint32_t tp_h1c_count(struct tp_shard *sh);
