@@ -32,9 +32,6 @@ struct tp_log_rl {
     uint32_t suppressed; /* lines dropped since the last one written */
 };
 
-/** Sets the most verbose level written (default INFO). [control, before threads] */
-void tp_log_set_level(enum tp_log_level level);
-
 /** Returns nonzero when <level> would be written. [any] */
 int tp_log_enabled(enum tp_log_level level);
 
@@ -43,7 +40,6 @@ void tp_log_set_thread(const char *name);
 
 /** Writes one line. [any] */
 void tp_log(enum tp_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void tp_logv(enum tp_log_level level, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 /** Writes one line unless <rl> has passed <burst> lines this second. [any, rl owned by caller's thread] */
 void tp_log_rl(struct tp_log_rl *rl, uint32_t burst, enum tp_log_level level, const char *fmt, ...)

@@ -16,21 +16,15 @@
 
 #include <turnpike/log.h>
 
-static _Atomic int log_level = TP_LOG_INFO;
 static int log_journal = -1; /* -1 unknown, 0 no, 1 stderr is the journal */
 static __thread char log_thread[24] = "main";
 
 static const char *const level_word[TP_LOG_LEVEL_COUNT] = {"error", "warn", "notice", "info", "debug"};
 static const int level_prio[TP_LOG_LEVEL_COUNT] = {3, 4, 5, 6, 7};
 
-void tp_log_set_level(enum tp_log_level level)
-{
-    atomic_store_explicit(&log_level, level, memory_order_relaxed);
-}
-
 int tp_log_enabled(enum tp_log_level level)
 {
-    return (int)level <= atomic_load_explicit(&log_level, memory_order_relaxed);
+    return level <= TP_LOG_INFO; /* debug lines are compiled in but not written */
 }
 
 void tp_log_set_thread(const char *name)
@@ -92,7 +86,7 @@ static void log_write(enum tp_log_level level, const char *suffix, const char *f
         ;
 }
 
-void tp_logv(enum tp_log_level level, const char *fmt, va_list ap)
+static void logv(enum tp_log_level level, const char *fmt, va_list ap)
 {
     if (!tp_log_enabled(level))
         return;
@@ -103,7 +97,7 @@ void tp_log(enum tp_log_level level, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    tp_logv(level, fmt, ap);
+    logv(level, fmt, ap);
     va_end(ap);
 }
 

@@ -50,7 +50,7 @@ static inline uint32_t span_off(const struct tp_head *h, const char *at)
     return h->exec_off + (uint32_t)(at - h->exec_base);
 }
 
-int tp_head_on_url(struct tp_head *h, const char *at, size_t len)
+static int tp_head_on_url(struct tp_head *h, const char *at, size_t len)
 {
     if (h->url.len == 0)
         h->url.off = span_off(h, at);
@@ -58,7 +58,7 @@ int tp_head_on_url(struct tp_head *h, const char *at, size_t len)
     return 0;
 }
 
-int tp_head_on_status(struct tp_head *h, const char *at, size_t len)
+static int tp_head_on_status(struct tp_head *h, const char *at, size_t len)
 {
     if (h->reason.len == 0)
         h->reason.off = span_off(h, at);
@@ -66,7 +66,7 @@ int tp_head_on_status(struct tp_head *h, const char *at, size_t len)
     return 0;
 }
 
-int tp_head_on_field(struct tp_head *h, const char *at, size_t len)
+static int tp_head_on_field(struct tp_head *h, const char *at, size_t len)
 {
     h->url_done = true;
     if (h->last_cb != 1) {
@@ -96,7 +96,7 @@ int tp_head_on_field(struct tp_head *h, const char *at, size_t len)
     return 0;
 }
 
-int tp_head_on_value(struct tp_head *h, const char *at, size_t len)
+static int tp_head_on_value(struct tp_head *h, const char *at, size_t len)
 {
     /* A value span that does not continue a header's name or value is a
      * folded continuation line or a header without a name. */
@@ -120,7 +120,7 @@ int tp_head_on_value(struct tp_head *h, const char *at, size_t len)
     return 0;
 }
 
-int tp_head_on_value_complete(struct tp_head *h)
+static int tp_head_on_value_complete(struct tp_head *h)
 {
     if (h->last_cb == 1) {
         /* empty value: no value span was delivered */
@@ -387,7 +387,9 @@ uint8_t tp_h1_header_id(const char *name, size_t len)
     case 2:
         return EQ("te") ? TP_H_TE : TP_H_OTHER;
     case 4:
-        return EQ("host") ? TP_H_HOST : TP_H_OTHER;
+        if (EQ("host"))
+            return TP_H_HOST;
+        return EQ("date") ? TP_H_DATE : TP_H_OTHER;
     case 6:
         if (EQ("cookie"))
             return TP_H_COOKIE;
@@ -647,3 +649,23 @@ struct tp_block *tp_h1_error_response(struct tp_shard *sh, unsigned status, cons
     TP_BUG_ON(b->len > b->size);
     return b;
 }
+
+/* ---- header lines ---- */
+
+static void line_name(void *ctx, const char *p, size_t n)
+{
+    tp_blk_put(ctx, p, n);
+    tp_blk_lit((struct tp_block *)ctx, ": ");
+}
+
+static void line_value(void *ctx, const char *p, size_t n)
+{
+    tp_blk_put(ctx, p, n);
+}
+
+static void line_end(void *ctx)
+{
+    tp_blk_lit((struct tp_block *)ctx, "\r\n");
+}
+
+const struct tp_hdr_sink tp_h1_line_sink = {line_name, line_value, line_end};

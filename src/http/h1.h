@@ -37,6 +37,7 @@ enum tp_hdr_id {
     TP_H_TRACEPARENT,
     TP_H_EXPECT,
     TP_H_COOKIE,
+    TP_H_DATE,
     TP_H_COUNT
 };
 
@@ -115,12 +116,6 @@ void tp_head_init(struct tp_head *h);
 /** Frees what <h> allocated and releases its held buffer. */
 void tp_head_dispose(struct tp_shard *sh, struct tp_head *h);
 
-int tp_head_on_url(struct tp_head *h, const char *at, size_t len);
-int tp_head_on_status(struct tp_head *h, const char *at, size_t len);
-int tp_head_on_field(struct tp_head *h, const char *at, size_t len);
-int tp_head_on_value(struct tp_head *h, const char *at, size_t len);
-int tp_head_on_value_complete(struct tp_head *h);
-
 enum tp_head_rc {
     TP_HEAD_MORE = 0, /* every queued byte consumed, head not complete */
     TP_HEAD_DONE,     /* head complete: h->base valid until tp_head_dispose */
@@ -175,6 +170,16 @@ const char *tp_h1_date(void);
 struct tp_block *tp_h1_error_response(struct tp_shard *sh, unsigned status, const char *reason,
                                       const char *id, size_t id_len, const char *extra, size_t extra_len,
                                       bool close, bool head_only);
+
+/** Receives the headers of a forwarded head, one at a time: name, value pieces, end. */
+struct tp_hdr_sink {
+    void (*name)(void *ctx, const char *p, size_t n);
+    void (*value)(void *ctx, const char *p, size_t n);
+    void (*end)(void *ctx);
+};
+
+/** Writes each field into the struct tp_block given as context as an HTTP/1 "Name: value\r\n" line. */
+extern const struct tp_hdr_sink tp_h1_line_sink;
 
 /** Appends to a block with bounds checking: the caller checks b->len <= b->size at the end. */
 static inline void tp_blk_put(struct tp_block *b, const void *p, size_t n)

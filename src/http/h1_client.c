@@ -239,24 +239,6 @@ static struct tp_uconn *pool_take(struct tp_shard *sh, struct tp_endpoint_state 
 /* the request head                                                    */
 /* ------------------------------------------------------------------ */
 
-static void sink_name(void *ctx, const char *p, size_t n)
-{
-    tp_blk_put(ctx, p, n);
-    tp_blk_lit((struct tp_block *)ctx, ": ");
-}
-
-static void sink_value(void *ctx, const char *p, size_t n)
-{
-    tp_blk_put(ctx, p, n);
-}
-
-static void sink_end(void *ctx)
-{
-    tp_blk_lit((struct tp_block *)ctx, "\r\n");
-}
-
-static const struct tp_hdr_sink blk_sink = {sink_name, sink_value, sink_end};
-
 /* Writes the request head for the upstream into <b> (b->len says how much it
  * needed, which may exceed b->size: the caller then retries larger). The
  * final empty line is left out when no Host was written: each attempt adds
@@ -286,7 +268,7 @@ static bool write_request_head(struct tp_block *b, struct tp_req *r)
     tp_blk_put(b, target, tlen);
     tp_blk_lit(b, " HTTP/1.1\r\n");
 
-    bool has_host = tp_req_upstream_headers(r, &blk_sink, b);
+    bool has_host = tp_req_upstream_headers(r, &tp_h1_line_sink, b);
     if (r->chunked) {
         tp_blk_lit(b, "Transfer-Encoding: chunked\r\n");
     } else if (r->body_state != TP_BODY_NONE || (r->head_cl_seen && r->content_length == 0)) {

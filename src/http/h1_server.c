@@ -348,24 +348,6 @@ static void ds_direct(struct tp_shard *sh, struct tp_req *r)
     request_done(sh, c);
 }
 
-static void sink_name(void *ctx, const char *p, size_t n)
-{
-    tp_blk_put(ctx, p, n);
-    tp_blk_lit((struct tp_block *)ctx, ": ");
-}
-
-static void sink_value(void *ctx, const char *p, size_t n)
-{
-    tp_blk_put(ctx, p, n);
-}
-
-static void sink_end(void *ctx)
-{
-    tp_blk_lit((struct tp_block *)ctx, "\r\n");
-}
-
-static const struct tp_hdr_sink blk_sink = {sink_name, sink_value, sink_end};
-
 static bool ds_head(struct tp_shard *sh, struct tp_req *r, unsigned status, const struct tp_head *h,
                     struct tp_resp_info *ri)
 {
@@ -415,7 +397,11 @@ static bool ds_head(struct tp_shard *sh, struct tp_req *r, unsigned status, cons
     else
         tp_blk_put(b, tp_h1_reason(status), strlen(tp_h1_reason(status)));
     tp_blk_lit(b, "\r\n");
-    tp_req_response_headers(r, (struct tp_head *)h, &blk_sink, b);
+    if (!tp_req_response_headers(r, (struct tp_head *)h, &tp_h1_line_sink, b) && status >= 200) {
+        tp_blk_lit(b, "Date: ");
+        tp_blk_put(b, tp_h1_date(), 29);
+        tp_blk_lit(b, "\r\n");
+    }
     if (chunked_out)
         tp_blk_lit(b, "Transfer-Encoding: chunked\r\n");
     if (status >= 200) {

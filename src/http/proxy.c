@@ -36,7 +36,8 @@
 
 static void attempt(struct tp_shard *sh, struct tp_req *r);
 
-bool tp_method_idempotent(unsigned method)
+/* The methods a retry may repeat. */
+static bool idempotent(unsigned method)
 {
     return method == HTTP_GET || method == HTTP_HEAD || method == HTTP_OPTIONS || method == HTTP_TRACE ||
            method == HTTP_PUT || method == HTTP_DELETE;
@@ -277,7 +278,7 @@ static bool can_retry(struct tp_req *r, enum tp_fail_kind kind, bool pooled_sile
 
     if (r->resp_state != TP_RESP_NONE || r->body_fwd)
         return false;
-    if (!nothing_sent && !tp_method_idempotent(r->method))
+    if (!nothing_sent && !idempotent(r->method))
         return false;
     if (rt) {
         unsigned bit = 0;
@@ -415,7 +416,7 @@ bool tp_proxy_response_head(struct tp_shard *sh, struct tp_req *r, unsigned stat
     if (rt && (status == 502 || status == 503 || status == 504)) {
         unsigned bit = status == 502 ? TP_RETRY_502 : status == 503 ? TP_RETRY_503 : TP_RETRY_504;
         if ((rt->on & bit) && r->attempts <= rt->attempts && r->resp_state == TP_RESP_NONE && !r->body_fwd &&
-            tp_method_idempotent(r->method)) {
+            idempotent(r->method)) {
             r->fail_status = (uint16_t)status;
             tp_proxy_failed(sh, r, TP_FAIL_STATUS, 0);
             return false;

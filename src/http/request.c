@@ -467,10 +467,11 @@ bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s
     return r->host_len || host_set;
 }
 
-void tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const struct tp_hdr_sink *s,
+bool tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const struct tp_hdr_sink *s,
                              void *ctx)
 {
     const struct tp_header_rewrite *rw = r->route->resp.cfg;
+    bool date = rw && in_names(rw->set, rw->n_set, "date", 4);
 
     mark_connection_tokens(h);
     for (uint32_t i = 0; i < h->n_hdrs; i++) {
@@ -479,6 +480,7 @@ void tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const st
         if (hop_by_hop(hd->id) || hd->id == TP_H_X_REQUEST_ID || hd->drop ||
             rewritten(rw, name, hd->name.len))
             continue;
+        date |= hd->id == TP_H_DATE;
         emit(s, ctx, name, hd->name.len, h->base + hd->value.off, hd->value.len);
     }
     emit_set(rw, s, ctx);
@@ -493,6 +495,7 @@ void tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const st
         p = eol + 2;
     }
     emit(s, ctx, "X-Request-Id", 12, r->id, r->id_len);
+    return date;
 }
 
 /* ------------------------------------------------------------------ */

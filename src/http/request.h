@@ -277,13 +277,6 @@ void tp_req_error(struct tp_shard *sh, struct tp_req *r, unsigned status, const 
  */
 void tp_req_ids(struct tp_shard *sh, struct tp_req *r, bool from_head);
 
-/** Receives the headers of a forwarded head, one at a time: name, value pieces, end. */
-struct tp_hdr_sink {
-    void (*name)(void *ctx, const char *p, size_t n);
-    void (*value)(void *ctx, const char *p, size_t n);
-    void (*end)(void *ctx);
-};
-
 /**
  * Emits the header fields of <r>'s request as the upstream gets them: the
  * client's minus hop-by-hop, framing and the route's removed/set names;
@@ -299,8 +292,10 @@ bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s
  * gets them: minus hop-by-hop (and names listed in its Connection header)
  * and the route's removed/set names; then the route's set headers,
  * RateLimit lines, X-Request-Id. Framing headers are the session's.
+ * Returns true when a Date field was among them: a response without one
+ * gets the gateway's (RFC 9110 6.6.1: a recipient with a clock adds it).
  */
-void tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const struct tp_hdr_sink *s,
+bool tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const struct tp_hdr_sink *s,
                              void *ctx);
 
 /* ---- the proxy (proxy.c): attempts, retries, results from the exchange ---- */
@@ -320,6 +315,3 @@ bool tp_proxy_response_head(struct tp_shard *sh, struct tp_req *r, unsigned stat
                             struct tp_resp_info *ri);
 /** The response is complete; the exchange has released its connection. */
 void tp_proxy_response_done(struct tp_shard *sh, struct tp_req *r);
-
-/** True for the methods a retry may repeat. */
-bool tp_method_idempotent(unsigned method);

@@ -75,7 +75,8 @@ static struct {
 
 static struct tp_lis_stats *lis_stats;
 
-struct tp_lis_stats *tp_lis_stats_get(const char *name)
+/* The stats object for listener <name> (created on first use). */
+static struct tp_lis_stats *lis_stats_get(const char *name)
 {
     struct tp_lis_stats *ls;
 
@@ -153,7 +154,8 @@ struct io_uring_sqe *tp_ctl_sqe(int svc, unsigned op, uint32_t slot)
     return sqe;
 }
 
-void tp_sd_notify(const char *msg)
+/* Sends <msg> to systemd's NOTIFY_SOCKET when set. */
+static void sd_notify(const char *msg)
 {
     const char *path = getenv("NOTIFY_SOCKET");
     struct sockaddr_un sa;
@@ -268,7 +270,7 @@ static void reload(void)
 
     snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
              (unsigned long long)(tp_clock_ns() / 1000));
-    tp_sd_notify(msg);
+    sd_notify(msg);
     tp_info("reloading %s", tp_rt.config_path);
 
     cfg = tp_config_load(tp_rt.config_path, &diag);
@@ -347,7 +349,7 @@ static void reload(void)
             struct tp_lis_msg m = {.add = true,
                                    .fd = newfds[i][sidx],
                                    .addr = s->cfg->listeners[i].addr,
-                                   .stats = tp_lis_stats_get(s->cfg->listeners[i].name)};
+                                   .stats = lis_stats_get(s->cfg->listeners[i].name)};
             snprintf(m.name, sizeof(m.name), "%s", s->cfg->listeners[i].name);
             if (!m.stats) {
                 close(m.fd);
@@ -371,7 +373,7 @@ static void reload(void)
     tp_info("configuration generation %llu loaded from %s", (unsigned long long)s->generation,
             s->cfg->source);
     snprintf(msg, sizeof(msg), "READY=1\nSTATUS=generation %llu", (unsigned long long)s->generation);
-    tp_sd_notify(msg);
+    sd_notify(msg);
     return;
 
 fail:
@@ -379,7 +381,7 @@ fail:
     log_diag(&diag);
     tp_err("reload failed; configuration generation %llu stays", (unsigned long long)tp_ctl.generation);
     snprintf(msg, sizeof(msg), "READY=1\nSTATUS=reload failed: %s", diag.n ? diag.msgs[0] : "see the log");
-    tp_sd_notify(msg);
+    sd_notify(msg);
     tp_diag_dispose(&diag);
     tp_config_destroy(cfg);
     tp_ctl.reloads_failed++;
@@ -414,7 +416,7 @@ static void start_drain(void)
     }
     tp_ctl.draining = true;
     atomic_store(&tp_rt.draining, true);
-    tp_sd_notify("STOPPING=1");
+    sd_notify("STOPPING=1");
     tp_notice("draining: no new connections; in-flight requests finish (at most %llu ms)",
               (unsigned long long)tp_snapshot_current->cfg->drain_timeout_ms);
     ctl.drain_deadline_ms = ctl.now_ms + tp_snapshot_current->cfg->drain_timeout_ms;
@@ -632,7 +634,7 @@ int tp_runtime_run(struct tp_config *cfg, const char *path)
             lis[k].add = true;
             lis[k].fd = fds[k][i];
             lis[k].addr = s->cfg->listeners[k].addr;
-            lis[k].stats = tp_lis_stats_get(s->cfg->listeners[k].name);
+            lis[k].stats = lis_stats_get(s->cfg->listeners[k].name);
             if (!lis[k].stats) {
                 tp_err("out of memory");
                 goto stop;
@@ -679,7 +681,7 @@ int tp_runtime_run(struct tp_config *cfg, const char *path)
     tp_notice("turnpike %s running: %u shard%s, %zu listener%s, configuration %s", TP_VERSION, tp_rt.n_shards,
               tp_rt.n_shards == 1 ? "" : "s", s->cfg->n_listeners, s->cfg->n_listeners == 1 ? "" : "s",
               s->cfg->source);
-    tp_sd_notify("READY=1\nSTATUS=generation 1");
+    sd_notify("READY=1\nSTATUS=generation 1");
     control_loop();
     exit_code = 0;
     goto join;

@@ -52,9 +52,6 @@ struct io_uring_sqe *tp_ctl_sqe(int svc, unsigned op, uint32_t slot);
 /** [ms] monotonic time of the current control loop iteration. */
 uint64_t tp_ctl_now_ms(void);
 
-/** Sends <msg> to systemd's NOTIFY_SOCKET when set. */
-void tp_sd_notify(const char *msg);
-
 /* ---- what the admin endpoints show ---- */
 
 struct tp_ctl_info {

@@ -43,8 +43,6 @@ struct tp_lis_stats {
     } __attribute__((aligned(64))) shard[]; /* [n_shards] */
 };
 
-/** The stats object for listener <name> (created on first use). [control] */
-struct tp_lis_stats *tp_lis_stats_get(const char *name);
 /** First of the list of every listener's stats. [control] */
 struct tp_lis_stats *tp_lis_stats_list(void);
 

@@ -1,27 +1,29 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * A shard: one pinned thread with its own io_uring, provided-buffer ring,
- * timer wheel, SO_REUSEPORT listeners, connection slabs and free lists
- * (DESIGN.md "Threads", URING.md). Everything here runs on the shard's
- * thread, except tp_shard_create/post/destroy which the control thread calls.
+ * The reactor: a shard is one pinned thread with its own io_uring,
+ * provided-buffer ring, timer wheel, SO_REUSEPORT listeners, slabs and free
+ * lists (docs/internals.md "Layers", "A shard's loop"). It runs what modules
+ * registered: an op -> handler table for completions, shard hooks, an
+ * acceptor; it knows no protocol. Everything here runs on the shard's
+ * thread, except registration (process start), tp_shard_create/post/destroy
+ * (control thread).
  *
  * The loop, one iteration:
  *   1. adopt the published snapshot if it changed (RCU read, one reference);
  *   2. go RCU-offline, submit queued SQEs and wait for at least one CQE or
  *      the next timer (one io_uring_submit_and_wait_timeout), come online;
- *   3. dispatch every ready CQE by the op in its user_data (slot + generation
- *      select the connection; a stale generation only returns its buffer);
+ *   3. dispatch every ready CQE by the op in its user_data: the reactor's own
+ *      (accept, wake-up), the rest through the table (slot + generation find
+ *      the object; a stale generation only returns its buffer);
  *   4. fire expired timers;
- *   5. deferred work: re-arm receives that waited for buffers, publish
- *      returned buffers to the kernel;
+ *   5. end-of-iteration hooks (starved receives, access log, pools of a
+ *      drained shard), then publish returned buffers to the kernel;
  *   6. announce a quiescent state.
  *
  * Buffers: one buffer group of <count> buffers of <size> bytes. A buffer is
  * "held" from the CQE that delivered it until tp_buf_release drops its last
  * reference (receive queue entry, send segment, parsed head), and is then
- * handed back to the kernel. The kernel ends a multishot receive with
- * -ENOBUFS when the ring is empty; such connections wait on a starved list
- * and are re-armed once enough buffers came back.
+ * handed back to the kernel.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -505,6 +507,7 @@ static void snapshot_adopt(struct tp_shard *sh)
 
     if (cur == sh->snap)
         return;
+    TP_HB_ACQUIRE(cur);
     tp_snapshot_get(cur);
     struct tp_snapshot *old = sh->snap;
     sh->snap = cur;

@@ -36,6 +36,23 @@
 
 #include "rt/snapshot.h"
 
+#if defined(__SANITIZE_THREAD__)
+/* TSan builds (the binary and every test that links the reactor):
+ * liburcu-qsbr's inlined reader paths (_LGPL_SOURCE in
+ * src/rt/shard.c) synchronize their own counters with volatile accesses and
+ * fences, which TSan reports as races. These patterns each name a liburcu
+ * function, so a race on turnpike's own data is still reported. */
+const char *__tsan_default_suppressions(void);
+const char *__tsan_default_suppressions(void)
+{
+    return "race:urcu_qsbr_wake_up_gp\n"
+           "race:_urcu_qsbr_quiescent_state\n"
+           "race:_urcu_qsbr_thread_offline\n"
+           "race:_urcu_qsbr_thread_online\n"
+           "race:urcu_qsbr_synchronize_rcu\n";
+}
+#endif
+
 struct tp_snapshot *tp_snapshot_current;
 
 const uint64_t tp_hist_bounds_us[TP_HIST_BUCKETS] = {
@@ -522,6 +539,7 @@ void tp_snapshot_publish(struct tp_snapshot *s)
         for (size_t e = 0; e < old->ups[u].n_eps; e++)
             if (old->ups[u].eps[e].st->live_gen != s->generation)
                 atomic_store_explicit(&old->ups[u].eps[e].st->retired, true, memory_order_release);
+    TP_HB_RELEASE(s);
     rcu_xchg_pointer(&tp_snapshot_current, s);
     if (!old)
         return;

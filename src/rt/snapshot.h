@@ -34,6 +34,23 @@
 
 #include <turnpike/config.h>
 
+/*
+ * liburcu publishes with an inline-assembly xchg and readers load with a
+ * plain load ordered by the data dependency: correct on every CPU, invisible
+ * to ThreadSanitizer. Under TSan the publication is marked as a release and
+ * the adoption as an acquire, the ordering rcu_xchg_pointer and
+ * rcu_dereference guarantee, so that only real races are reported. Nothing
+ * in other builds.
+ */
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define TP_HB_RELEASE(p) __tsan_release(p)
+#define TP_HB_ACQUIRE(p) __tsan_acquire(p)
+#else
+#define TP_HB_RELEASE(p) ((void)(p))
+#define TP_HB_ACQUIRE(p) ((void)(p))
+#endif
+
 struct tp_breaker;
 struct tp_ratelimit;
 

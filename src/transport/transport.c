@@ -127,7 +127,8 @@ void tp_transport_recv(struct tp_shard *sh, struct tp_transport *t)
     t->ops++;
 }
 
-void tp_transport_stop_recv(struct tp_shard *sh, struct tp_transport *t)
+/* Stops reading (backpressure): the armed receive is cancelled. */
+static void stop_recv(struct tp_shard *sh, struct tp_transport *t)
 {
     if (t->recv_stopped)
         return;
@@ -153,7 +154,7 @@ void tp_transport_backpressure(struct tp_shard *sh, struct tp_transport *t)
     if (t->closing)
         return;
     if (t->in.n >= TP_INQ_STOP)
-        tp_transport_stop_recv(sh, t);
+        stop_recv(sh, t);
     else if (t->recv_stopped && t->in.n <= TP_INQ_STOP / 2)
         tp_transport_resume_recv(sh, t);
 }

@@ -89,8 +89,6 @@ int tp_transport_connect(struct tp_shard *sh, struct tp_transport *t, const stru
 
 /** Arms the multishot receive unless stopped, starved, closed or connecting. [shard] */
 void tp_transport_recv(struct tp_shard *sh, struct tp_transport *t);
-/** Stops reading (backpressure): the armed receive is cancelled. [shard] */
-void tp_transport_stop_recv(struct tp_shard *sh, struct tp_transport *t);
 /** Resumes reading after tp_transport_stop_recv. [shard] */
 void tp_transport_resume_recv(struct tp_shard *sh, struct tp_transport *t);
 /** Stops reading while TP_INQ_STOP buffers wait, resumes below half of it. [shard] */

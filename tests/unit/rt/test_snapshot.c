@@ -46,34 +46,11 @@
 
 /* liburcu 0.13 publishes with an inline-assembly xchg and reads with a plain
  * load (ordered by the data dependency): correct on every CPU, invisible to
- * TSan. The writer marks a snapshot released right before tp_snapshot_publish
- * and a reader acquires it right after rcu_dereference, which is the ordering
- * rcu_xchg_pointer + rcu_dereference guarantee. Nothing else is annotated:
- * the references (C11 atomics) and everything else are seen by TSan as is. */
-#if defined(__SANITIZE_THREAD__)
-#include <sanitizer/tsan_interface.h>
-#define HB_RELEASE(p) __tsan_release(p)
-#define HB_ACQUIRE(p) __tsan_acquire(p)
-
-/* The reader-side fast paths of liburcu-qsbr are inlined here (_LGPL_SOURCE,
- * as in src/rt/shard.c) and synchronize their own variables (the grace-period
- * futex and counter, each reader's counter) with volatile accesses and
- * fences, which TSan reports as races. Those reports are about liburcu's
- * internals only: each pattern names a liburcu function, so a race on
- * turnpike's data (no liburcu frame) is still reported. */
-const char *__tsan_default_suppressions(void);
-const char *__tsan_default_suppressions(void)
-{
-    return "race:urcu_qsbr_wake_up_gp\n"
-           "race:_urcu_qsbr_quiescent_state\n"
-           "race:_urcu_qsbr_thread_offline\n"
-           "race:_urcu_qsbr_thread_online\n"
-           "race:urcu_qsbr_synchronize_rcu\n";
-}
-#else
-#define HB_RELEASE(p) ((void)(p))
-#define HB_ACQUIRE(p) ((void)(p))
-#endif
+ * TSan. tp_snapshot_publish marks the release itself (TP_HB_RELEASE, as the
+ * production shards mark their adoption); a reader here acquires right after
+ * rcu_dereference. Reports inside liburcu's own reader paths are suppressed
+ * by src/rt/snapshot.c for every program that links it. */
+#define HB_ACQUIRE(p) TP_HB_ACQUIRE(p)
 
 #ifdef TP_TSAN
 #define GENERATIONS 600 /* TSan is ~10x slower; still hundreds of grace periods */
@@ -147,8 +124,7 @@ static struct tp_snapshot *build(uint64_t gen, const char *slow_name, const char
 
 static void publish(struct tp_snapshot *s)
 {
-    HB_RELEASE(s);
-    tp_snapshot_publish(s);
+    tp_snapshot_publish(s); /* marks the release for TSan itself */
 }
 
 static const struct tp_rt_route *route_named(const struct tp_snapshot *s, const char *name)
