@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * turnpike's command line (CONFIG.md "Command line"):
+ * turnpike's command line (docs/reference.md "Command line"):
  *
  *   turnpike [-c FILE]        run
  *   turnpike -t [-c FILE]     validate FILE and what it names, print "configuration ok"

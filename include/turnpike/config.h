@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Configuration: the YAML file of CONFIG.md turned into a validated, typed
+ * Configuration: the YAML file of docs/reference.md turned into a validated, typed
  * struct tp_config. Every value keeps its file position for messages.
  *
  * tp_config_load() reads the file with libfyaml (YAML 1.2), checks every key

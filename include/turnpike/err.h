@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Error codes shared by every module (STYLE.md 3.4).
+ * Error codes shared by every module.
  *
  * Functions return int: 0 on success, a negative errno (-ENOMEM, -EINVAL, ...)
  * when the failure came from the system, or a TP_E* code at or below -1000 for

@@ -31,7 +31,7 @@
 /** Slots looked at for one key before it falls back to the overflow bucket. */
 #define TP_RL_PROBE 16u
 
-/** What a take decided, as the headers of a 429 (CONFIG.md "Defaults and fine print"). */
+/** What a take decided, as the headers of a 429 (docs/reference.md "Defaults and fine print"). */
 struct tp_rl_result {
     uint64_t limit;         /* RateLimit-Limit: the burst */
     uint64_t remaining;     /* RateLimit-Remaining: whole tokens left after this request */

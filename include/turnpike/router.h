@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The router: which route serves a request (CONFIG.md "Route selection").
+ * The router: which route serves a request (docs/reference.md "Route selection").
  *
  * Built once from a tp_config on the control thread into an immutable
  * structure, then read by every shard with no locks and no writes at all.

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * A hashed timer wheel, one per shard (DESIGN.md hot-path rule 7): every
+ * A hashed timer wheel, one per shard (docs/internals.md hot-path rule 7): every
  * timeout of the shard's connections lives here, and the loop's wait timeout
  * is the time to the next non-empty slot. Arming, re-arming and cancelling
  * are O(1) list operations on a node embedded in the owner, so moving a

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The admin listener (CONFIG.md "Admin endpoints"), served by the control
+ * The admin listener (docs/reference.md "Admin endpoints"), served by the control
  * thread on its ring: GET /healthz, /readyz, /metrics, /config. Each
  * connection carries one request and is closed after the response; the
  * endpoints are scraped, not hammered, and this keeps the server small.

@@ -2,7 +2,7 @@
 /*
  * Configuration loader: YAML tree (yaml.c) -> validated struct tp_config.
  *
- * The walk follows CONFIG.md's schema section by section. Every check that
+ * The walk follows docs/reference.md's schema section by section. Every check that
  * fails records a positioned message and the walk goes on, so one run shows
  * every mistake of a file; the messages are sorted by position at the end
  * (diag.c). A value that failed keeps its default, which is harmless because
@@ -43,11 +43,11 @@
  * this table as the features land (and parse the section then).
  */
 static const char *const unsupported_keys[] = {
-    NULL, /* nothing left: every key of CONFIG.md is implemented */
+    NULL, /* nothing left: every key of docs/reference.md is implemented */
 };
 
 /* Headers that carry the message framing or are hop-by-hop: turnpike owns
- * them on both sides (CONFIG.md "What the gateway adds and removes"), so a
+ * them on both sides (docs/reference.md "What the gateway adds and removes"), so a
  * rewrite may neither set nor remove them. */
 static const char *const managed_headers[] = {
     "content-length", "transfer-encoding", "connection",       "keep-alive", "te",

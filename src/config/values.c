@@ -363,7 +363,7 @@ const char *tp_cfg_check_path(const char *s, size_t len, bool allow_query)
                 end = i;
         }
     }
-    /* Dot segments: requests with them are refused with 400 (CONFIG.md), so a
+    /* Dot segments: requests with them are refused with 400 (docs/reference.md), so a
      * route path with one could never match. */
     for (size_t i = 0; i < end;) {
         size_t j = i + 1;

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The access log (CONFIG.md access_log): one line per request, `json` or
+ * The access log (docs/reference.md access_log): one line per request, `json` or
  * `combined`. Each shard formats lines into its own buffer and writes whole
  * buffers with the ring (one write in flight per shard), so logging never
  * blocks the loop and lines are never torn or interleaved. When the disk or

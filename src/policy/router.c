@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The router (include/turnpike/router.h, docs/routing.md): which route serves
- * a request, by CONFIG.md "Route selection".
+ * a request, by docs/reference.md "Route selection".
  *
  * tp_router_create() runs on the control thread while a snapshot is built. It
  * uses growable scratch arrays, then lays the result out in ONE allocation of

@@ -4,7 +4,7 @@
  *
  * The receive queue lists provided buffers that hold bytes not yet consumed;
  * each entry holds one reference on its buffer. The send queue is a ring of
- * segments drained by one sendmsg at a time (URING.md: at most one send in
+ * segments drained by one sendmsg at a time (docs/internals.md: at most one send in
  * flight per socket); a segment that points into a provided buffer holds one
  * reference on it, so a body slice is sent straight from the buffer it was
  * received into and the buffer returns to the ring once sent.

@@ -344,7 +344,7 @@ static int bufs_setup(struct tp_shard *sh)
     return 0;
 }
 
-/* The single place a buffer goes back to the kernel (STYLE.md 3.5.7). */
+/* The single place a buffer goes back to the kernel. */
 void tp_buf_release(struct tp_shard *sh, uint16_t bid)
 {
     struct tp_bufs *b = &sh->bufs;

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Runtime snapshots and the state registry (DESIGN.md "Configuration
+ * Runtime snapshots and the state registry (docs/internals.md "Configuration
  * snapshots and reload (RCU)").
  *
  * A snapshot is the immutable runtime form of one configuration generation:

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * liburing 2.3 shim (URING.md "2.3 shim"): constants and helpers of newer
+ * liburing 2.3 shim (docs/internals.md "2.3 shim"): constants and helpers of newer
  * kernels and liburing releases that Debian 12's headers lack. Values are the
  * kernel uapi's. Every user checks the feature at run time (params.features,
  * probe) and falls back on -EINVAL.

@@ -17,7 +17,7 @@
  * buffers it ends the receive with ENOBUFS; the transport then waits on the
  * shard's starved list and is re-armed once a quarter of the pool is back.
  *
- * Sending: at most one send in flight (URING.md); single-buffer queues go out
+ * Sending: at most one send in flight (docs/internals.md); single-buffer queues go out
  * with IORING_OP_SEND, others with SENDMSG. With TLS, the plaintext queue is
  * encrypted into the wire queue at flush time and the wire queue is sent.
  */

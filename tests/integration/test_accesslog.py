@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Access log (CONFIG.md access_log and "Access log json fields"; operations.md
+"""Access log (docs/reference.md access_log and "Access log json fields"; operations.md
 "Access log"): json lines with every field and exact byte counts, the combined
 format, SIGUSR1 reopening after a logrotate-style rename, and "-" for stdout."""
 import json

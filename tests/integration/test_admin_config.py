@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Admin endpoints (CONFIG.md "Admin endpoints", operations.md): /config with
+"""Admin endpoints (docs/reference.md "Admin endpoints", operations.md): /config with
 generation, loaded_at, source, sha256 and the live state of routes and upstreams,
 before and after a reload; /healthz, /readyz (503 while draining); the admin paths
 are not served on the public listener."""

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Load balancing (CONFIG.md upstreams[].balance; policies.md "Load balancing"):
+"""Load balancing (docs/reference.md upstreams[].balance; policies.md "Load balancing"):
 smooth weighted round robin, least_request steering away from a slow endpoint,
 consistent hashing on a header."""
 import threading

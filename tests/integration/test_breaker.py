@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Circuit breaker (CONFIG.md upstreams[].circuit_breaker, policies.md "Circuit
+"""Circuit breaker (docs/reference.md upstreams[].circuit_breaker, policies.md "Circuit
 breaker"): consecutive failures open it; while open the endpoint gets nothing and
 clients get 503 when no endpoint can take the request; after open_for a trial goes
 through (half-open); a failed trial reopens it, a successful one closes it."""
@@ -178,7 +178,7 @@ def test_open_endpoint_skipped_when_another_is_healthy(h):
 
 
 def test_breaker_state_survives_reload_and_removal_closes_it(h):
-    """CONFIG.md: circuit-breaker state of endpoints that still exist carries over a
+    """docs/reference.md: circuit-breaker state of endpoints that still exist carries over a
     reload; policies.md: removing circuit_breaker closes the breaker."""
     fl = Flaky("500")
     up = h.upstream(fl.handler, name="U")

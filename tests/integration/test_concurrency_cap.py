@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""upstreams[].max_concurrent_requests (CONFIG.md; 503 row): in-flight requests to an
+"""upstreams[].max_concurrent_requests (docs/reference.md; 503 row): in-flight requests to an
 upstream across all workers; beyond it 503 JSON; requests pass again once the
 in-flight ones finish."""
 import threading

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""`turnpike -t -c FILE` (CONFIG.md "Command line"): a valid file prints
+"""`turnpike -t -c FILE` (docs/reference.md "Command line"): a valid file prints
 "configuration ok" and exits 0; an invalid one prints every error as
 FILE:LINE:COLUMN: message on stderr (FILE exactly as given) and exits 1.
 
@@ -55,7 +55,7 @@ def test_every_error_in_file_order():
 
 
 def test_config_md_example_message(tmp_path):
-    # The example line of CONFIG.md, reproduced at the same line and column.
+    # The example line of docs/reference.md, reproduced at the same line and column.
     conf = tmp_path / "turnpike.yaml"
     conf.write_text(
         "listeners:\n"  # 1

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Active health checks (CONFIG.md upstreams[].health_check; "Endpoints start
+"""Active health checks (docs/reference.md upstreams[].health_check; "Endpoints start
 healthy; a health check answer is healthy when it is 2xx"): an endpoint failing its
 check is marked unhealthy after unhealthy_after checks and gets no traffic; it
 returns after healthy_after good checks; with no healthy endpoint requests get 503."""
@@ -79,7 +79,7 @@ def test_all_unhealthy_gives_503(h):
 
 
 def test_health_state_survives_reload(h):
-    """CONFIG.md: health status of endpoints that still exist carries over a reload."""
+    """docs/reference.md: health status of endpoints that still exist carries over a reload."""
     s = Switch(200, health_path="/hc", health_status=500)
     up = h.upstream(s.handler, name="U")
     other = h.upstream(name="O")

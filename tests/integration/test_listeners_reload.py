@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Listeners added and removed by a reload (CONFIG.md "Signals": listeners added or
+"""Listeners added and removed by a reload (docs/reference.md "Signals": listeners added or
 removed in the file are opened or closed; operations.md: connections of a removed
 listener finish their current request and close)."""
 import socket

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""/metrics (CONFIG.md "Metrics", "Defaults and fine print"; operations.md "Metrics"):
+"""/metrics (docs/reference.md "Metrics", "Defaults and fine print"; operations.md "Metrics"):
 a strict parse of the Prometheus text format 0.0.4, every family of the contract with
 its type, histogram consistency, and counters equal to exactly what the test sent
 (admin requests not counted)."""

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""systemd notify protocol (CONFIG.md "Signals", operations.md "systemd"): the test
+"""systemd notify protocol (docs/reference.md "Signals", operations.md "systemd"): the test
 stands in for systemd with a unix datagram socket named by NOTIFY_SOCKET (a path,
 or @name in the abstract namespace): READY=1 once the listeners accept, RELOADING=1
 with MONOTONIC_USEC then READY=1 around a reload (also a failed one), STOPPING=1 on

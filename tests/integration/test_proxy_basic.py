@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Basic proxying (CONFIG.md "What the gateway adds and removes", routes):
+"""Basic proxying (docs/reference.md "What the gateway adds and removes", routes):
 methods and bodies reach the upstream; hop-by-hop headers are removed;
 X-Forwarded-*, X-Request-Id and traceparent; route header rewrites;
 strip_prefix; direct_response; 404 for no route."""

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Rate limits (CONFIG.md routes[].rate_limit, 429 row, "Token buckets start full";
+"""Rate limits (docs/reference.md routes[].rate_limit, 429 row, "Token buckets start full";
 policies.md "Rate limiting"): exactly burst requests pass across workers, 429 with
 Retry-After and RateLimit-* headers, per-key buckets for header:NAME, one bucket per
 client address for client_ip."""

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Reload on SIGHUP (CONFIG.md "Signals", operations.md "Reload"): new routing
+"""Reload on SIGHUP (docs/reference.md "Signals", operations.md "Reload"): new routing
 after the generation moves; in-flight requests finish on their old configuration;
 100 reloads under keep-alive load without a failed request or a dropped
 connection; an invalid file changes nothing and is reported as FILE:LINE:COLUMN;

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Retries (CONFIG.md upstreams[].retries; operations.md "Retries"): a connect failure
+"""Retries (docs/reference.md upstreams[].retries; operations.md "Retries"): a connect failure
 is retried on the other endpoint; a POST whose request was sent is not retried after
 a reset (the client gets 502), a GET is; a 503 listed in retries.on is retried;
 upstream metrics count every attempt."""

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Request smuggling and malformed requests (CONFIG.md "Error responses",
+"""Request smuggling and malformed requests (docs/reference.md "Error responses",
 "Framing"): each is answered 400 (JSON) and the connection is closed; the
 upstream never sees a smuggled second request. Heads that are invalid never
 reach the upstream at all; for body framing errors the head may have been

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The configuration loader: good files parsed field by field (CONFIG.md's
+ * The configuration loader: good files parsed field by field (docs/reference.md's
  * example made valid, the repo's conf/turnpike.yaml, a minimal file with
  * every default), and one case per error kind with its exact
  * "FILE:LINE:COLUMN: message" line(s). Runs from the source root (ctest's

@@ -109,7 +109,7 @@ static void test_basic(void)
     tp_ratelimit_destroy(rl);
 }
 
-/* The 429 header values for the rates of CONFIG.md. */
+/* The 429 header values for the rates of docs/reference.md. */
 static void test_headers(void)
 {
     struct tp_ratelimit *rl;

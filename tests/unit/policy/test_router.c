@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unit tests of the router (src/policy/router.c) against CONFIG.md "Route
+ * Unit tests of the router (src/policy/router.c) against docs/reference.md "Route
  * selection": every ordering rule on small hand-made tables, host
  * normalization, weighted split picks, a 10,000-route table checked against
  * expectations known by construction and against a brute-force reference
- * matcher written from CONFIG.md, and 4 threads sharing one router (this
+ * matcher written from docs/reference.md, and 4 threads sharing one router (this
  * directory also runs under TSan).
  *
  * The YAML loader is written elsewhere, so tables are built by hand: a
@@ -824,7 +824,7 @@ static struct tbl *big_table(void)
     return t;
 }
 
-/* ---- the reference: CONFIG.md rules, brute force over every route ---- */
+/* ---- the reference: docs/reference.md rules, brute force over every route ---- */
 
 /* Lowercases, drops ":port" and one trailing dot; 0 when unusable. Written
  * independently of tp_router_host_normalize for the hosts this test sends. */
@@ -883,7 +883,7 @@ static long ref_lookup(const struct tp_config *cfg, unsigned method, const char 
                 continue;
             k[0] = 0, k[1] = 0;
         }
-        /* path: the byte rule of CONFIG.md */
+        /* path: the byte rule of docs/reference.md */
         size_t ql = strlen(cr->path);
         if (cr->path_exact) {
             if (ql != pl || memcmp(cr->path, path, pl) != 0)
