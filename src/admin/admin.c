@@ -37,6 +37,7 @@ struct admin_conn {
 static struct {
     int fd;
     bool accept_armed;
+    uint64_t retry_ms; /* [ms] re-arm the accept then, after EMFILE/ENFILE (0: not waiting) */
     struct admin_conn conns[ADMIN_SLOTS];
 } adm = {.fd = -1};
 
@@ -253,7 +254,9 @@ static void admin_on_cqe(unsigned op, uint32_t slot, int res)
         adm.accept_armed = adm.accept_armed && res >= 0;
         if (res < 0) {
             adm.accept_armed = false;
-            if (res != -ECANCELED)
+            if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM)
+                adm.retry_ms = tp_ctl_now_ms() + 100; /* no descriptor to take it: retry from the tick */
+            else if (res != -ECANCELED)
                 arm_accept();
         }
         return;
@@ -313,6 +316,10 @@ static void admin_on_cqe(unsigned op, uint32_t slot, int res)
 static void admin_tick(uint64_t now_ms, bool draining)
 {
     (void)draining;
+    if (adm.retry_ms && now_ms >= adm.retry_ms) {
+        adm.retry_ms = 0;
+        arm_accept();
+    }
     /* a client that neither finishes its request nor reads the answer loses its slot */
     for (uint32_t i = 0; i < ADMIN_SLOTS; i++)
         if (adm.conns[i].fd >= 0 && !adm.conns[i].closing &&

@@ -248,15 +248,22 @@ void tp_metrics_render(struct tp_abuf *b)
         labels_of(&lb, "listener", ls->name, NULL, NULL);
         sample(b, "turnpike_connections_total", &lb, (unsigned long long)(v));
     }
-    uint64_t rejected = 0, enobufs = 0, active = 0;
+    uint64_t rejected = 0, enobufs = 0, active = 0, paused = 0;
     for (unsigned sh = 0; sh < ns; sh++) {
         rejected += tp_stat_get(&tp_rt.shards[sh]->rejected_conns);
+        paused += tp_stat_get(&tp_rt.shards[sh]->accept_paused_n);
         enobufs += tp_stat_get(&tp_rt.shards[sh]->enobufs);
         active += tp_stat_get(&tp_http_shard(tp_rt.shards[sh])->active_requests);
     }
     family(b, "turnpike_connections_rejected_total", "counter",
-           "Connections closed at accept: over limits.max_connections, or while draining.");
+           "Connections closed at accept: over limits.max_connections or what the open-files limit leaves "
+           "room for, or while draining.");
     tp_abuf_printf(b, "turnpike_connections_rejected_total %llu\n", (unsigned long long)rejected);
+    family(
+        b, "turnpike_accept_paused_total", "counter",
+        "Accepts that failed for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM); accepting "
+        "rests for 100 ms after each.");
+    tp_abuf_printf(b, "turnpike_accept_paused_total %llu\n", (unsigned long long)paused);
     family(b, "turnpike_requests_active", "gauge", "Requests being served.");
     tp_abuf_printf(b, "turnpike_requests_active %lld\n", (long long)active);
     family(b, "turnpike_buffer_ring_exhausted_total", "counter",

@@ -516,13 +516,30 @@ static int cpu_list(int **out)
     return n;
 }
 
+/* Descriptors kept free of client connections: upstream connections of the
+ * requests in flight, the admin listener's 64 connections, health checks,
+ * log files, listeners. */
+#define FD_HEADROOM 192
+
+/* Raises the open-files limit to its hard limit and derives how many client
+ * connections fit: a process that runs out of descriptors can no longer
+ * answer its admin endpoints or connect upstream, so connections beyond that
+ * are closed at accept like those over max_connections. */
 static void raise_nofile(void)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
+    uint64_t room = UINT64_MAX;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        if (rl.rlim_cur < rl.rlim_max) {
+            rl.rlim_cur = rl.rlim_max;
+            setrlimit(RLIMIT_NOFILE, &rl);
+            getrlimit(RLIMIT_NOFILE, &rl);
+        }
+        if (rl.rlim_cur != RLIM_INFINITY)
+            room = rl.rlim_cur > 2 * FD_HEADROOM ? rl.rlim_cur - FD_HEADROOM : rl.rlim_cur / 2;
     }
+    atomic_store(&tp_rt.fd_conns_max, room);
 }
 
 int tp_runtime_run(struct tp_config *cfg, const char *path)

@@ -221,9 +221,13 @@ struct tp_shard {
 
     void *ext[TP_SHARD_EXT]; /* per-shard state of registered modules */
 
+    struct tp_timer accept_timer; /* re-arms accepts paused on EMFILE/ENFILE */
+    bool accept_paused;
+
     /* counters [written: this shard; read: control] */
-    tp_stat_t rejected_conns; /* over max_connections */
-    tp_stat_t enobufs;        /* buffer ring exhaustion events */
+    tp_stat_t rejected_conns;  /* over max_connections or the open-files limit */
+    tp_stat_t accept_paused_n; /* accepts paused: out of descriptors or memory */
+    tp_stat_t enobufs;         /* buffer ring exhaustion events */
 };
 
 /** The shard running on this thread (NULL on other threads). */

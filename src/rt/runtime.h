@@ -54,6 +54,7 @@ struct tp_runtime {
     _Atomic bool draining;
     _Atomic int64_t conns_open;    /* client connections, for max_connections */
     _Atomic uint64_t max_conns;    /* limits.max_connections of the current config */
+    _Atomic uint64_t fd_conns_max; /* client connections the open-files limit leaves room for */
     _Atomic unsigned shards_ready; /* shards that finished their setup */
     _Atomic unsigned shards_done;  /* shards that left their loop */
     _Atomic int shard_error;       /* first setup error of a shard (negative errno) */

@@ -48,13 +48,14 @@
 
 __thread struct tp_shard *tp_self;
 
-#define SQ_ENTRIES  1024
-#define CQ_ENTRIES  65536
-#define BUF_SIZE    16384
-#define BUF_COUNT   4096
-#define CHUNK_SHIFT 10 /* connections per slab chunk: 1024 */
-#define CHUNK_SIZE  (1u << CHUNK_SHIFT)
-#define FREE_CAP    4096 /* objects kept on each free list */
+#define SQ_ENTRIES        1024
+#define CQ_ENTRIES        65536
+#define BUF_SIZE          16384
+#define BUF_COUNT         4096
+#define CHUNK_SHIFT       10 /* connections per slab chunk: 1024 */
+#define CHUNK_SIZE        (1u << CHUNK_SHIFT)
+#define FREE_CAP          4096 /* objects kept on each free list */
+#define ACCEPT_BACKOFF_MS 100  /* [ms] accepts rest after EMFILE/ENFILE */
 
 struct tp_shard_ext {
     pthread_t thread;
@@ -450,6 +451,18 @@ static void listener_close(struct tp_shard *sh, unsigned i)
     l->closing = false;
 }
 
+/* The accept backoff ended: every accept slot that is not armed is again. */
+static void accept_on_timer(struct tp_timer *t, uint64_t now_ms)
+{
+    struct tp_shard *sh = tp_self;
+
+    (void)t;
+    (void)now_ms;
+    sh->accept_paused = false;
+    for (unsigned i = 0; i < sh->n_lis * TP_ACCEPTS_PER_LISTENER; i++)
+        accept_arm(sh, i);
+}
+
 static void on_accept(struct tp_shard *sh, uint32_t idx, int res)
 {
     struct tp_accept_slot *as = &sh->acc[idx];
@@ -458,10 +471,12 @@ static void on_accept(struct tp_shard *sh, uint32_t idx, int res)
     as->armed = false;
     if (res >= 0) {
         int64_t open = atomic_fetch_add_explicit(&tp_rt.conns_open, 1, memory_order_relaxed) + 1;
+        uint64_t max = atomic_load_explicit(&tp_rt.max_conns, memory_order_relaxed);
+        uint64_t fd_max = atomic_load_explicit(&tp_rt.fd_conns_max, memory_order_relaxed);
         tp_stat_add(&l->stats->shard[sh->id].accepted, 1);
-        if (l->closing || sh->draining ||
-            (uint64_t)open > atomic_load_explicit(&tp_rt.max_conns, memory_order_relaxed)) {
-            /* over max_connections (or shutting down): closed at once, unread */
+        if (l->closing || sh->draining || (uint64_t)open > (max < fd_max ? max : fd_max)) {
+            /* over max_connections or the open-files limit (or shutting
+             * down): closed at once, unread */
             atomic_fetch_sub_explicit(&tp_rt.conns_open, 1, memory_order_relaxed);
             tp_stat_add(&sh->rejected_conns, 1);
             tp_close_fd(sh, res);
@@ -474,6 +489,18 @@ static void on_accept(struct tp_shard *sh, uint32_t idx, int res)
         /* the socket stopped listening: the control thread shut it down
          * (drain, listener removed); its message follows */
         listener_close(sh, as->listener);
+    } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
+        /* Out of descriptors or memory: retrying at once would spin for as
+         * long as the shortage lasts. This slot rests; all resting slots are
+         * armed again after ACCEPT_BACKOFF_MS, and the pending connections
+         * wait in the listen backlog meanwhile. */
+        TP_LOG_RL(TP_LOG_ERR, "accept on %s: %s; pausing accepts for %d ms", l->addr.text, strerror(-res),
+                  ACCEPT_BACKOFF_MS);
+        tp_stat_add(&sh->accept_paused_n, 1);
+        if (!sh->accept_paused) {
+            sh->accept_paused = true;
+            tp_timer_arm(&sh->wheel, &sh->accept_timer, sh->now_ms + ACCEPT_BACKOFF_MS);
+        }
     } else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN && res != -ECONNABORTED) {
         TP_LOG_RL(TP_LOG_ERR, "accept on %s: %s", l->addr.text, strerror(-res));
     }
@@ -486,8 +513,8 @@ static void on_accept(struct tp_shard *sh, uint32_t idx, int res)
         l->closing = false;
         return;
     }
-    /* -EMFILE/-ENFILE: the next accept retries; the error log says why */
-    accept_arm(sh, idx);
+    if (!sh->accept_paused)
+        accept_arm(sh, idx);
 }
 
 /* ------------------------------------------------------------------ */
@@ -753,6 +780,7 @@ static void *shard_main(void *arg)
     sh->now_ns = tp_clock_ns();
     sh->now_ms = sh->now_ns / 1000000;
     tp_wheel_init(&sh->wheel, sh->now_ms);
+    tp_timer_init(&sh->accept_timer, accept_on_timer);
 
     rcu_register_thread();
     snapshot_adopt(sh);
