@@ -66,9 +66,13 @@ static void hist_render(struct tp_abuf *b, const char *name, const char *labels,
     }
     cum += h->bucket[TP_HIST_BUCKETS];
     tp_abuf_printf(b, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, (unsigned long long)cum);
-    tp_abuf_printf(b, "%s_sum{%s} %llu.%06llu\n", name, labels[0] ? labels : "",
+    /* _sum and _count take the labels without the trailing comma the buckets need */
+    int n = (int)strlen(labels);
+    if (n && labels[n - 1] == ',')
+        n--;
+    tp_abuf_printf(b, "%s_sum{%.*s} %llu.%06llu\n", name, n, labels,
                    (unsigned long long)(h->sum_us / 1000000), (unsigned long long)(h->sum_us % 1000000));
-    tp_abuf_printf(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long)h->count);
+    tp_abuf_printf(b, "%s_count{%.*s} %llu\n", name, n, labels, (unsigned long long)h->count);
 }
 
 /* "k=\"v\"," built with escaping, into a fixed buffer via an abuf */

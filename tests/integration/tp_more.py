@@ -150,6 +150,7 @@ def _parse_labels(text, line):
         if i < len(s):
             assert s[i] == ",", f"expected , between labels in {line!r}"
             i += 1
+            assert i < len(s), f"trailing comma after the last label in {line!r}"
     return labels
 
 
