@@ -534,6 +534,8 @@ static void uconn_on_sent(struct tp_shard *sh, struct tp_transport *t, int res)
         fail(sh, uc, TP_FAIL_RESET, res);
         return;
     }
+    if (uc->state != UC_ACTIVE)
+        return; /* a TLS handshake message: the handshake stays under upstream_connect */
     if (tp_transport_pending(t) == 0 && (r->body_state == TP_BODY_DONE || r->body_state == TP_BODY_NONE))
         r->att.req_sent = true;
     tp_transport_deadline(sh, t, sh->now_ms + r->limits.upstream_response_ms);

@@ -2,7 +2,8 @@
 /*
  * Active health checks (upstreams[].health_check), run by the control thread
  * on its ring: every `interval`, per endpoint, one HTTP/1.1 GET of `path` on
- * a fresh connection; an answer with a 2xx status within `timeout` is a
+ * a fresh connection (over TLS, verified as the shards' connections are, when
+ * the upstream has `tls`); an answer with a 2xx status within `timeout` is a
  * success, anything else (refused, reset, timeout, other status) a failure.
  * `unhealthy_after` failures in a row mark the endpoint unhealthy (no more
  * traffic), `healthy_after` successes in a row bring it back. The state
@@ -11,6 +12,8 @@
  * [control]
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -18,13 +21,20 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/ssl.h>
+
 #include <turnpike/log.h>
+#include <turnpike/tls.h>
 
 #include "rt/control.h"
 #include "rt/snapshot.h"
 #include "upstream/health.h"
 
-enum hc_op { OP_CONNECT = 0, OP_SEND, OP_RECV };
+enum hc_op { OP_CONNECT = 0, OP_SEND, OP_RECV, OP_POLL };
+
+/* where a TLS probe is: OpenSSL drives the (non-blocking) socket itself, the
+ * ring only says when it is readable or writable again */
+enum tls_phase { TLS_HANDSHAKE = 0, TLS_WRITE, TLS_READ };
 static int hc_svc = -1;
 
 struct probe {
@@ -33,6 +43,8 @@ struct probe {
     bool closing;
     int fd;
     unsigned ops;
+    SSL *ssl;                     /* upstreams[].tls: the probe speaks TLS as the shards do; NULL = plain */
+    uint8_t phase;                /* enum tls_phase */
     struct tp_endpoint_state *st; /* holds a reference */
     uint32_t healthy_after, unhealthy_after;
     uint64_t deadline_ms;
@@ -79,6 +91,9 @@ static void probe_finish(uint32_t slot, bool ok, const char *why)
 static void probe_release(uint32_t slot)
 {
     struct probe *pr = &hc.p[slot];
+    if (pr->ssl)
+        SSL_free(pr->ssl);
+    pr->ssl = NULL;
     if (pr->fd >= 0)
         close(pr->fd);
     pr->fd = -1;
@@ -103,7 +118,8 @@ static void probe_close(uint32_t slot, bool ok, const char *why)
     probe_release(slot);
 }
 
-static void probe_start(struct tp_endpoint_state *st, const struct tp_cfg_health_check *cfg, uint64_t now_ms)
+static void probe_start(struct tp_endpoint_state *st, const struct tp_cfg_health_check *cfg,
+                        struct tp_tls_client *tls, uint64_t now_ms)
 {
     uint32_t slot;
     int fd, one = 1;
@@ -140,6 +156,10 @@ static void probe_start(struct tp_endpoint_state *st, const struct tp_cfg_health
         return;
     }
     pr->req_len = (size_t)n;
+    if (tls && !(pr->ssl = tp_tls_client_ssl(tls, &st->addr))) {
+        probe_close(slot, false, "out of memory for TLS");
+        return;
+    }
     fd = socket(st->addr.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd == -1) {
         probe_close(slot, false, strerror(errno));
@@ -171,7 +191,7 @@ static void health_tick(uint64_t now_ms, bool draining)
             if (st->hc_running || now_ms < st->hc_next_ms)
                 continue;
             st->hc_next_ms = now_ms + cfg->interval_ms;
-            probe_start(st, cfg, now_ms);
+            probe_start(st, cfg, s->ups[u].tls, now_ms);
         }
     }
 }
@@ -186,6 +206,70 @@ static bool status_2xx(const char *resp, size_t len, bool *complete)
     if (len < 12 || memcmp(resp, "HTTP/1.", 7) != 0 || resp[8] != ' ')
         return false;
     return resp[9] == '2' && resp[10] >= '0' && resp[10] <= '9' && resp[11] >= '0' && resp[11] <= '9';
+}
+
+/* Waits (through the ring) until the socket is <events>-ready, then tls_step runs again. */
+static void tls_wait(uint32_t slot, unsigned events)
+{
+    struct probe *pr = &hc.p[slot];
+    struct io_uring_sqe *sqe = tp_ctl_sqe(hc_svc, OP_POLL, slot);
+    io_uring_prep_poll_add(sqe, pr->fd, events);
+    pr->ops++;
+}
+
+/* Advances a TLS probe as far as the socket allows: handshake, request, response. */
+static void tls_step(uint32_t slot)
+{
+    struct probe *pr = &hc.p[slot];
+    char err[200], why[160];
+
+    for (;;) {
+        int n, e;
+        switch (pr->phase) {
+        case TLS_HANDSHAKE:
+            n = SSL_connect(pr->ssl);
+            if (n == 1) {
+                pr->phase = TLS_WRITE;
+                continue;
+            }
+            break;
+        case TLS_WRITE:
+            n = SSL_write(pr->ssl, pr->req + pr->sent, (int)(pr->req_len - pr->sent));
+            if (n > 0) {
+                pr->sent += (size_t)n;
+                if (pr->sent == pr->req_len)
+                    pr->phase = TLS_READ;
+                continue;
+            }
+            break;
+        default:
+            n = SSL_read(pr->ssl, pr->resp + pr->resp_len, (int)(sizeof(pr->resp) - pr->resp_len));
+            if (n > 0) {
+                bool complete;
+                pr->resp_len += (size_t)n;
+                bool ok = status_2xx(pr->resp, pr->resp_len, &complete);
+                if (complete || pr->resp_len == sizeof(pr->resp)) {
+                    probe_close(slot, ok, ok ? "" : "status not 2xx");
+                    return;
+                }
+                continue;
+            }
+            break;
+        }
+        e = SSL_get_error(pr->ssl, n);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            tls_wait(slot, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+            return;
+        }
+        if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && n == 0)) {
+            probe_close(slot, false, "closed without a response");
+            return;
+        }
+        snprintf(err, sizeof(err), "TLS %s: %s", pr->phase == TLS_HANDSHAKE ? "handshake" : "error",
+                 tp_tls_error(why, sizeof(why)));
+        probe_close(slot, false, err);
+        return;
+    }
 }
 
 static void health_on_cqe(unsigned op, uint32_t slot, int res)
@@ -207,9 +291,27 @@ static void health_on_cqe(unsigned op, uint32_t slot, int res)
             probe_close(slot, false, strerror(-res));
             return;
         }
+        if (pr->ssl) {
+            /* OpenSSL reads and writes the socket itself; it must not block the control thread */
+            int fl = fcntl(pr->fd, F_GETFL);
+            if (fl == -1 || fcntl(pr->fd, F_SETFL, fl | O_NONBLOCK) == -1 ||
+                SSL_set_fd(pr->ssl, pr->fd) != 1) {
+                probe_close(slot, false, "cannot set up TLS on the socket");
+                return;
+            }
+            tls_step(slot);
+            return;
+        }
         sqe = tp_ctl_sqe(hc_svc, OP_SEND, slot);
         io_uring_prep_send(sqe, pr->fd, pr->req, pr->req_len, MSG_NOSIGNAL);
         pr->ops++;
+        return;
+    case OP_POLL:
+        if (res < 0) {
+            probe_close(slot, false, strerror(-res));
+            return;
+        }
+        tls_step(slot);
         return;
     case OP_SEND:
         if (res < 0) {

@@ -311,3 +311,40 @@ def test_upstream_tls_verification_failures(h, pki, tls_up):
                      "routes": [{"upstream": "s"}]})
     assert get(tp.port, "/ip").status == 200  # the certificate lists IP:127.0.0.1
     assert tls_up.paths == ["/nv", "/ip"]
+
+
+def test_health_checks_speak_tls_to_tls_upstreams(h, pki, tls_up):
+    # The probes of an upstream with tls use TLS, verified like the proxied connections:
+    # the endpoint stays healthy and serves. A probe that cannot verify marks it unhealthy (503).
+    hc = {"path": "/hc", "interval": "100ms", "timeout": "1s", "healthy_after": 1, "unhealthy_after": 1}
+    tp = h.turnpike({"upstreams": [{"name": "s", "endpoints": [{"address": tls_up.addr}], "health_check": hc,
+                                    "tls": {"sni": "a.test", "ca": str(pki / "ca.pem")}}],
+                     "routes": [{"upstream": "s"}]})
+    wait_until(lambda: tls_up.paths.count("/hc") >= 3, T(10), what="three TLS health checks")
+    assert get(tp.port, "/after-checks").status == 200
+    tp2 = h.turnpike({"upstreams": [{"name": "s", "endpoints": [{"address": tls_up.addr}], "health_check": hc,
+                                     "tls": {"sni": "b.test", "ca": str(pki / "ca.pem")}}],
+                      "routes": [{"upstream": "s"}]})
+    wait_until(lambda: "is unhealthy: TLS handshake" in tp2.stderr(), T(10), what="the failed probe in the log")
+    r = get(tp2.port, "/unhealthy")
+    assert r.status == 503, r
+
+
+def test_upstream_tls_handshake_is_bounded_by_upstream_connect(h):
+    # An upstream that accepts TCP and never answers the ClientHello: the handshake is part
+    # of connecting, so upstream_connect ends it (a connect failure, 502), not upstream_response.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    addr = f"127.0.0.1:{srv.getsockname()[1]}"
+    try:
+        tp = h.turnpike({"timeouts": {"upstream_connect": "500ms", "upstream_response": "120s"},
+                         "upstreams": [{"name": "s", "endpoints": [{"address": addr}], "tls": {"verify": False}}],
+                         "routes": [{"upstream": "s"}]})
+        r = get(tp.port, "/hs")
+        assert r.status == 502, r
+        assert r.json()["error"] == "upstream connect failure: timed out", r.json()
+        _, body = tp.admin_get("/metrics")
+        assert f'turnpike_upstream_connect_failures_total{{upstream="s",endpoint="{addr}"}} 1' in body.decode()
+    finally:
+        srv.close()
