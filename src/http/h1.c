@@ -186,19 +186,23 @@ static int pw_on_status(llhttp_t *p, const char *at, size_t len)
     return tp_head_on_status(hp_of(p)->head, at, len);
 }
 
+/* Fields after the head are the trailer section of a chunked body. They are
+ * not recorded: the head's bytes may be gone by then (spans would be measured
+ * from a released buffer, and one split across reads looked like obs-fold),
+ * and nothing reads them (a relayed body carries them as received). */
 static int pw_on_field(llhttp_t *p, const char *at, size_t len)
 {
-    return tp_head_on_field(hp_of(p)->head, at, len);
+    return hp_of(p)->head_done ? 0 : tp_head_on_field(hp_of(p)->head, at, len);
 }
 
 static int pw_on_value(llhttp_t *p, const char *at, size_t len)
 {
-    return tp_head_on_value(hp_of(p)->head, at, len);
+    return hp_of(p)->head_done ? 0 : tp_head_on_value(hp_of(p)->head, at, len);
 }
 
 static int pw_on_value_complete(llhttp_t *p)
 {
-    return tp_head_on_value_complete(hp_of(p)->head);
+    return hp_of(p)->head_done ? 0 : tp_head_on_value_complete(hp_of(p)->head);
 }
 
 static int pw_on_headers_complete(llhttp_t *p)

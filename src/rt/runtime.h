@@ -75,6 +75,23 @@ int tp_shard_start(struct tp_shard *sh);
 void tp_shard_destroy(struct tp_shard *sh);
 /** Frees a shard whose thread never started. */
 void tp_shard_free_unstarted(struct tp_shard *sh);
+/**
+ * Sets up, on the calling thread, what the loop of <sh> needs: its ring
+ * (SINGLE_ISSUER binds it to this thread), <buf_count> (a power of two)
+ * provided buffers of <buf_size> bytes, the clock and the timer wheel. The
+ * shard's thread calls it at start; unit tests call it to run a shard on
+ * their own thread. Returns 0 or a negative error (TP_EURING: a feature is
+ * missing). [shard]
+ */
+int tp_shard_setup(struct tp_shard *sh, uint32_t buf_count, uint32_t buf_size);
+/**
+ * One iteration of the shard's loop: adopt a new snapshot, submit and wait
+ * for a completion or the next timer (at most <cap_ms>), dispatch every
+ * completion, fire timers, run the tick hooks, return buffers, pass a
+ * quiescent state; sets sh->stop once a draining shard is idle. The calling
+ * thread must be registered with RCU (qsbr). [shard]
+ */
+void tp_shard_run_once(struct tp_shard *sh, uint64_t cap_ms);
 /** Posts message bits (TP_MSG_*) to a shard and wakes it. [control] */
 void tp_shard_post(struct tp_shard *sh, unsigned msgs);
 /** Queues a listener change for a shard (then post TP_MSG_RELOAD). Returns false when the mailbox is full. */

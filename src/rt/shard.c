@@ -310,15 +310,16 @@ void tp_shard_set_acceptor(tp_accept_fn fn)
 /* provided buffers                                                    */
 /* ------------------------------------------------------------------ */
 
-static int bufs_setup(struct tp_shard *sh)
+/* <count> (a power of two) buffers of <size> bytes, registered as group TP_BGID. */
+static int bufs_setup(struct tp_shard *sh, uint32_t count, uint32_t size)
 {
     struct tp_bufs *b = &sh->bufs;
-    size_t ring_bytes = sizeof(struct io_uring_buf) * BUF_COUNT;
+    size_t ring_bytes = sizeof(struct io_uring_buf) * count;
     struct io_uring_buf_reg reg;
     int ret;
 
-    b->size = BUF_SIZE;
-    b->count = BUF_COUNT;
+    b->size = size;
+    b->count = count;
     b->br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (b->br == MAP_FAILED)
         return -errno;
@@ -744,6 +745,64 @@ static int ring_setup(struct tp_shard *sh)
     return 0;
 }
 
+int tp_shard_setup(struct tp_shard *sh, uint32_t buf_count, uint32_t buf_size)
+{
+    int ret = ring_setup(sh);
+
+    if (ret == 0)
+        ret = bufs_setup(sh, buf_count, buf_size);
+    if (ret)
+        return ret;
+    sh->now_ns = tp_clock_ns();
+    sh->now_ms = sh->now_ns / 1000000;
+    tp_wheel_init(&sh->wheel, sh->now_ms);
+    tp_timer_init(&sh->accept_timer, accept_on_timer);
+    return 0;
+}
+
+/* One iteration of the loop (the phases are listed at the top of this file). */
+void tp_shard_run_once(struct tp_shard *sh, uint64_t cap_ms)
+{
+    struct io_uring_cqe *cqe;
+    struct __kernel_timespec ts;
+    unsigned head, n = 0;
+    int ret;
+
+    snapshot_adopt(sh);
+
+    uint64_t wait_ms = tp_wheel_next_ms(&sh->wheel, sh->now_ms, cap_ms);
+    ts.tv_sec = (long long)(wait_ms / 1000);
+    ts.tv_nsec = (long long)(wait_ms % 1000) * 1000000;
+    sh->sqes_pending = false;
+    rcu_thread_offline();
+    ret = io_uring_submit_and_wait_timeout(&sh->ring, &cqe, 1, &ts, NULL);
+    rcu_thread_online();
+    if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY) {
+        if (ret == -EBADR) {
+            tp_err("shard %u: io_uring lost completions (-EBADR); exiting", sh->id);
+            abort();
+        }
+        TP_LOG_RL(TP_LOG_ERR, "shard %u: io_uring_submit_and_wait_timeout: %s", sh->id, strerror(-ret));
+    }
+    sh->now_ns = tp_clock_ns();
+    sh->now_ms = sh->now_ns / 1000000;
+
+    io_uring_for_each_cqe(&sh->ring, head, cqe)
+    {
+        dispatch(sh, cqe);
+        n++;
+    }
+    io_uring_cq_advance(&sh->ring, n);
+
+    tp_wheel_run(&sh->wheel, sh->now_ms);
+    EACH_HOOK(tick, sh);
+    bufs_flush(sh);
+    rcu_quiescent_state();
+
+    if (sh->draining && !shard_busy(sh))
+        sh->stop = true;
+}
+
 static void *shard_main(void *arg)
 {
     struct tp_shard *sh = arg;
@@ -766,9 +825,7 @@ static void *shard_main(void *arg)
     pthread_setname_np(pthread_self(), name);
 
     /* The ring is created here: SINGLE_ISSUER binds it to this thread. */
-    ret = ring_setup(sh);
-    if (ret == 0)
-        ret = bufs_setup(sh);
+    ret = tp_shard_setup(sh, BUF_COUNT, BUF_SIZE);
     if (ret) {
         int expected = 0;
         atomic_compare_exchange_strong(&tp_rt.shard_error, &expected, ret);
@@ -777,10 +834,6 @@ static void *shard_main(void *arg)
         tp_shard_post(NULL, 0);
         return NULL;
     }
-    sh->now_ns = tp_clock_ns();
-    sh->now_ms = sh->now_ns / 1000000;
-    tp_wheel_init(&sh->wheel, sh->now_ms);
-    tp_timer_init(&sh->accept_timer, accept_on_timer);
 
     rcu_register_thread();
     snapshot_adopt(sh);
@@ -791,45 +844,8 @@ static void *shard_main(void *arg)
     atomic_fetch_add(&tp_rt.shards_ready, 1);
     tp_shard_post(NULL, 0);
 
-    while (!sh->stop) {
-        struct io_uring_cqe *cqe;
-        struct __kernel_timespec ts;
-        unsigned head, n = 0;
-
-        snapshot_adopt(sh);
-
-        uint64_t wait_ms = tp_wheel_next_ms(&sh->wheel, sh->now_ms, 1000);
-        ts.tv_sec = (long long)(wait_ms / 1000);
-        ts.tv_nsec = (long long)(wait_ms % 1000) * 1000000;
-        sh->sqes_pending = false;
-        rcu_thread_offline();
-        ret = io_uring_submit_and_wait_timeout(&sh->ring, &cqe, 1, &ts, NULL);
-        rcu_thread_online();
-        if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY) {
-            if (ret == -EBADR) {
-                tp_err("shard %u: io_uring lost completions (-EBADR); exiting", sh->id);
-                abort();
-            }
-            TP_LOG_RL(TP_LOG_ERR, "shard %u: io_uring_submit_and_wait_timeout: %s", sh->id, strerror(-ret));
-        }
-        sh->now_ns = tp_clock_ns();
-        sh->now_ms = sh->now_ns / 1000000;
-
-        io_uring_for_each_cqe(&sh->ring, head, cqe)
-        {
-            dispatch(sh, cqe);
-            n++;
-        }
-        io_uring_cq_advance(&sh->ring, n);
-
-        tp_wheel_run(&sh->wheel, sh->now_ms);
-        EACH_HOOK(tick, sh);
-        bufs_flush(sh);
-        rcu_quiescent_state();
-
-        if (sh->draining && !shard_busy(sh))
-            sh->stop = true;
-    }
+    while (!sh->stop)
+        tp_shard_run_once(sh, 1000);
 
     /* leave: drop snapshot references, flush the last SQEs (closes) */
     io_uring_submit(&sh->ring);

@@ -183,12 +183,14 @@ static void unstarve(struct tp_shard *sh, struct tp_transport *t)
     t->starved = false;
 }
 
-/* End of each loop iteration: re-arm starved receives once a quarter of the pool is back. */
+/* End of each loop iteration: re-arm starved receives once a quarter of the pool is back.
+ * Buffers returned during this iteration (bufs.adv) count as back: the reactor publishes
+ * them right after the tick hooks, before the re-armed receives are submitted. */
 static void transport_tick(struct tp_shard *sh)
 {
     struct tp_transport_shard *ts = tshard(sh);
 
-    if (!ts->starved || sh->bufs.held + sh->bufs.adv > sh->bufs.count - sh->bufs.count / 4)
+    if (!ts->starved || sh->bufs.held > sh->bufs.count - sh->bufs.count / 4)
         return;
     struct tp_transport *t = ts->starved;
     ts->starved = NULL;
