@@ -80,6 +80,8 @@ struct tp_conn {
 static const struct tp_transport_ops conn_proto;
 static const struct tp_ds_ops h1_ds;
 
+static bool ds_congested(const struct tp_req *r);
+
 static void process_input(struct tp_shard *sh, struct tp_conn *c);
 static void conn_linger(struct tp_shard *sh, struct tp_conn *c);
 
@@ -356,8 +358,11 @@ static bool ds_head(struct tp_shard *sh, struct tp_req *r, unsigned status, cons
     bool chunked_out = false;
 
     if (status < 200) {
-        /* interim response: relayed to HTTP/1.1 clients, dropped for 1.0 */
-        if (http10 || r->resp_state != TP_RESP_NONE)
+        /* interim response: relayed to HTTP/1.1 clients, dropped for 1.0, and
+         * dropped while the client's queue is congested: an upstream sending
+         * interim answers faster than the client reads them must not fill the
+         * queue the final answer needs */
+        if (http10 || r->resp_state != TP_RESP_NONE || ds_congested(r) || tp_outq_full(c->t.out, 8))
             return true;
     } else {
         /* framing towards the client */

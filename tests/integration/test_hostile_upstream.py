@@ -179,15 +179,7 @@ def test_endless_response_headers_502(h):
     check_next(tp, up, up.bad_conns, settle(c, r))
 
 
-BUG_TRAILER_SPANS = (
-    "gateway bug: llhttp's header callbacks stay wired to the head parser during the body, so "
-    "trailer fields go through tp_head_on_field/tp_head_on_value (src/http/h1.c) via rs_on_field/"
-    "rs_on_value (src/http/proxy.c) with exec_base/exec_off left over from the head (only "
-    "tp_head_parse sets them): every trailer line is appended to uc->rhead.hdrs, which grows without "
-    "limit, and no size limit applies to the trailer section")
 
-
-@pytest.mark.xfail(strict=True, reason=BUG_TRAILER_SPANS)
 def test_endless_response_trailers_memory_bounded(h):
     """A chunked body followed by 8 MiB of trailer lines (the trailer section never
     ends): whatever the gateway does with them (relay, drop, cut the response), its
@@ -259,18 +251,11 @@ def test_endless_response_trailers_memory_bounded(h):
 H100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 H103 = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload; as=style\r\n\r\n"
 
-BUG_64_INTERIMS = (
-    "gateway bug: 1xx heads are queued on the client's outq (64 segments, TP_OUTQ_SEGS) with no "
-    "backpressure and the push result ignored (src/http/proxy.c on_response_head, interim branch; "
-    "process_response parses head after head without checking tp_outq_full); when 64 or more "
-    "interims arrive before the client drained them, the final head's tp_outq_push_block fails and "
-    "the client connection is reset: the client gets no response at all (not even the relayed 1xx)")
-
 
 @pytest.mark.parametrize("n", [
     pytest.param(63, id="63"),
-    pytest.param(64, id="64", marks=pytest.mark.xfail(strict=True, reason=BUG_64_INTERIMS)),
-    pytest.param(10000, id="10000", marks=pytest.mark.xfail(strict=True, reason=BUG_64_INTERIMS)),
+    pytest.param(64, id="64"),
+    pytest.param(10000, id="10000"),
 ])
 def test_1xx_flood_then_final(h, n):
     """n interim responses (100 and 103 alternating) in one write before the final

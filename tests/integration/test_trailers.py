@@ -14,13 +14,6 @@ import pytest
 from tp_harness import T, Client, upstream_cfg, wait_until
 from tp_hostile import hostile
 
-BUG = ("gateway bug: during the body, llhttp's on_header_field/on_header_value callbacks for trailers "
-       "still go to tp_head_on_field/tp_head_on_value (src/http/h1.c; wired in src/http/proxy.c "
-       "rs_on_field/rs_on_value and src/http/conn.c rq_on_field/rq_on_value) whose span offsets use "
-       "exec_base/exec_off, set only by tp_head_parse for the head; a trailer name or value continued "
-       "in the next read fails the continuity check (\"invalid header name\" / \"obsolete line "
-       "folding\"), so a valid %s")
-
 # (id, first part, second part): the split falls inside the trailer section
 SPLITS = [
     ("one_read", b"0\r\nX-Trailer: value\r\n\r\n", None),
@@ -28,15 +21,10 @@ SPLITS = [
     ("split_in_name", b"0\r\nX-Tra", b"iler: value\r\n\r\n"),
     ("split_in_value", b"0\r\nX-Trailer: val", b"ue\r\n\r\n"),
 ]
-SPLIT_BUG = {"split_in_name", "split_in_value"}
 
 
 def params(what):
-    out = []
-    for i, a, b in SPLITS:
-        marks = [pytest.mark.xfail(strict=True, reason=BUG % what)] if i in SPLIT_BUG else []
-        out.append(pytest.param(a, b, id=i, marks=marks))
-    return out
+    return [pytest.param(a, b, id=i) for i, a, b in SPLITS]
 
 
 def peek_until(sock, needle, timeout):
