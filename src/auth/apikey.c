@@ -51,12 +51,27 @@ static void discard_output(struct fy_diag *diag, void *user, const char *buf, si
     (void)diag, (void)user, (void)buf, (void)len;
 }
 
-/* 1-based line and column of a scalar node, 0 when unknown. */
+/* 1-based line and column of a node, 0 when unknown. Only scalars carry a
+ * position in libfyaml 0.7's document API, so a mapping or a sequence is
+ * placed at its first scalar. */
 static void node_pos(struct fy_node *n, int *line, int *col)
 {
-    struct fy_token *t = n ? fy_node_get_scalar_token(n) : NULL;
-    const struct fy_mark *m = t ? fy_token_start_mark(t) : NULL;
+    struct fy_token *t = NULL;
+    const struct fy_mark *m;
+    void *it = NULL;
 
+    for (int depth = 0; n && !t && depth < 8; depth++) {
+        if (fy_node_is_scalar(n)) {
+            t = fy_node_get_scalar_token(n);
+        } else if (fy_node_is_mapping(n)) {
+            struct fy_node_pair *p = fy_node_mapping_iterate(n, &it);
+            n = p ? fy_node_pair_key(p) : NULL;
+        } else {
+            n = fy_node_sequence_iterate(n, &it);
+        }
+        it = NULL;
+    }
+    m = t ? fy_token_start_mark(t) : NULL;
     *line = m ? m->line + 1 : 0;
     *col = m ? m->column + 1 : 0;
 }
@@ -255,7 +270,8 @@ struct tp_apikeys *tp_apikeys_load_mem(const char *yaml, size_t len, char *errbu
     if (!fyd) {
         struct fy_diag_error *de;
         void *dit = NULL;
-        auth_msg(errbuf, errlen, "invalid YAML");
+        /* no document and no error: nothing but blanks and comments */
+        auth_msg(errbuf, errlen, "the file is empty; write [] for a provider without keys");
         while ((de = fy_diag_errors_iterate(diag, &dit)) != NULL)
             if (de->type >= FYET_ERROR) {
                 auth_msg(errbuf, errlen, "line %d, column %d: %s", de->line, de->column,

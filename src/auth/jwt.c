@@ -589,12 +589,12 @@ bool tp_jwt_claims_match(const struct tp_jwt_claims *c, const char *name, const 
         return false;
     }
     if (json_is_string(j) && strcmp(name, "scope") == 0) {
-        /* RFC 6749 3.3: scope is a list of space-delimited words */
+        /* RFC 6749 3.3: scope is a list of space-delimited words (empty ones never match) */
         const char *s = json_string_value(j), *end = s + json_string_length(j);
         while (s < end) {
             const char *w = memchr(s, ' ', (size_t)(end - s));
             size_t wl = w ? (size_t)(w - s) : (size_t)(end - s);
-            if (wl == value_len && memcmp(s, value, wl) == 0)
+            if (wl && wl == value_len && memcmp(s, value, wl) == 0)
                 return true;
             s += wl + 1;
         }
