@@ -32,6 +32,7 @@
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/param_build.h>
 
 #include "auth/auth_int.h"
@@ -498,10 +499,12 @@ struct tp_jwks *tp_jwks_load_mem(const char *json, size_t len, char *errbuf, siz
         goto fail;
     }
     json_decref(root);
+    ERR_clear_error(); /* refusals inside OpenSSL leave errors in the thread's queue */
     return l.ks;
 
 fail:
     json_decref(root);
+    ERR_clear_error();
     if (l.ks) {
         /* one reference: put frees what was built so far */
         tp_jwks_put(l.ks);

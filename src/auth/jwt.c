@@ -185,6 +185,7 @@ static enum tp_auth_status verify_hmac(const struct auth_key *k, enum auth_alg a
     ctx = EVP_MAC_CTX_dup(tmpl);
     if (!ctx || EVP_MAC_update(ctx, in, in_len) != 1 || EVP_MAC_final(ctx, mac, &mac_len, sizeof(mac)) != 1) {
         EVP_MAC_CTX_free(ctx);
+        ERR_clear_error();
         *reason = "HMAC computation failed";
         return TP_AUTH_INTERNAL;
     }

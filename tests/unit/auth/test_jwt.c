@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
@@ -792,7 +793,9 @@ int main(void)
     }
     test_rfc_examples();
     test_refusals();
+    ok(ERR_peek_error() == 0, "refused tokens leave no OpenSSL error in the thread's queue");
     test_jwks();
+    ok(ERR_peek_error() == 0, "refused key sets leave no OpenSSL error in the thread's queue");
     test_claims();
     test_bearer();
     test_cache();
