@@ -20,7 +20,7 @@ import sys
 # lowest first; folders on one line form one layer and may not include each other
 LAYERS = [
     ["core"],
-    ["policy", "config", "tls"],
+    ["policy", "config", "tls", "auth"],
     ["rt"],
     ["transport", "upstream"],
     ["http"],
