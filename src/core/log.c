@@ -86,6 +86,8 @@ static void log_write(enum tp_log_level level, const char *suffix, const char *f
         ;
 }
 
+static void logv(enum tp_log_level level, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
 static void logv(enum tp_log_level level, const char *fmt, va_list ap)
 {
     if (!tp_log_enabled(level))
