@@ -30,7 +30,9 @@ usage: bench/compare.sh [options]
   -p, --proxies "P..."  subset/order of "nginx haproxy turnpike" (env PROXIES)
   -o, --out DIR         results directory (env RESULTS_DIR,
                         default bench/results/<timestamp>)
-other env: TURNPIKE_BIN, NGINX_BIN, HAPROXY_BIN, WRK_BIN, CPU_PROXY, CPU_LOAD,
+proxies: nginx haproxy turnpike (default), and base: a second turnpike build
+  (TURNPIKE_BASE_BIN) in the same rounds, for before/after ratios (turnpike/base)
+other env: TURNPIKE_BIN, TURNPIKE_BASE_BIN, NGINX_BIN, HAPROXY_BIN, WRK_BIN, CPU_PROXY, CPU_LOAD,
            READY_TIMEOUT (s, default 10), WRK_TIMEOUT (s, default 2), KEEP_TMP=1
 EOF
 }
@@ -44,7 +46,7 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-64 1000}
 WRK_THREADS=${WRK_THREADS:-2}
 WARMUP=${WARMUP:-2}
-PROXIES=${PROXIES:-$TPB_PROXIES_ALL}
+PROXIES=${PROXIES:-nginx haproxy turnpike}
 RESULTS_DIR=${RESULTS_DIR:-}
 
 while [ $# -gt 0 ]; do
@@ -92,6 +94,7 @@ tpb_raise_nofile $((max_conns * 4 + 1024))
 # the line can be pasted to reproduce it.
 cmdline="ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$(tpb_shell_quote "$CONNS") WRK_THREADS=$WRK_THREADS"
 cmdline+=" WARMUP=$WARMUP PROXIES=$(tpb_shell_quote "$PROXIES") TURNPIKE_BIN=$(tpb_shell_quote "$TURNPIKE_BIN")"
+[ -n "$TURNPIKE_BASE_BIN" ] && cmdline+=" TURNPIKE_BASE_BIN=$(tpb_shell_quote "$TURNPIKE_BASE_BIN")"
 cmdline+=" $(tpb_shell_quote "$0" "${ORIG_ARGS[@]}")"
 {
 	echo "command: $cmdline"
@@ -230,7 +233,7 @@ col() {
 			printf '%-9s %6s %10.0f %11.2f %6.0f %6.0f %9.2f %8.3f %8s %8s\n' "$p" "$ok/$ROUNDS" "${med_rps[$p]}" \
 				"${med_cpu[$p]}" "$pct" "$load" "$(awk -v u="$p99" 'BEGIN {print u / 1000}')" "$up" "$e2" "$es"
 		done
-		for base in nginx haproxy; do
+		for base in nginx haproxy base; do
 			case " $PROXIES " in *" $base "*) ;; *) continue ;; esac
 			case " $PROXIES " in *" turnpike "*) ;; *) continue ;; esac
 			printf 'turnpike/%-8s rps %s   cpu_us/req %s\n' "$base" \

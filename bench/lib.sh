@@ -370,7 +370,10 @@ tpb_upstream_accepts() {
 
 # ----------------------------------------------------------------- proxies
 
-TPB_PROXIES_ALL="nginx haproxy turnpike"
+# "base" is a second turnpike build ($TURNPIKE_BASE_BIN, e.g. the previous
+# commit's) measured in the same rounds, for before/after figures.
+TPB_PROXIES_ALL="nginx haproxy turnpike base"
+TURNPIKE_BASE_BIN=${TURNPIKE_BASE_BIN:-}
 
 # tpb_proxy_start NAME MODE GEN: renders NAME's config for the port in
 # TPB_PROXY_PORT into $TPB_TMP/NAME/ and starts it pinned to the proxy CPU.
@@ -415,20 +418,22 @@ tpb_proxy_start_once() {
 			tpb_start "$dir/stderr.log" "$TPB_CPU_PROXY" "$HAPROXY_BIN" -db -f "$conf"
 		fi
 		;;
-	turnpike)
-		if [ ! -x "$TURNPIKE_BIN" ]; then
-			TPB_PROXY_ERR="binary not found: $TURNPIKE_BIN (set TURNPIKE_BIN or build build/rel)"
+	turnpike | base)
+		local bin=$TURNPIKE_BIN
+		[ "$name" = base ] && bin=$TURNPIKE_BASE_BIN
+		if [ ! -x "$bin" ]; then
+			TPB_PROXY_ERR="binary not found: '$bin' (set TURNPIKE_BIN / TURNPIKE_BASE_BIN or build build/rel)"
 			return 1
 		fi
 		conf=$dir/turnpike.yaml
-		tpb_proxy_render turnpike "$mode" "$gen"
+		tpb_proxy_render "$name" "$mode" "$gen"
 		# A template the binary rejects is worth its own message (and no
 		# retry): turnpike -t prints every error as FILE:LINE:COL.
-		if ! timeout 20 "$TURNPIKE_BIN" -t -c "$conf" >"$dir/check.log" 2>&1; then
+		if ! timeout 20 "$bin" -t -c "$conf" >"$dir/check.log" 2>&1; then
 			TPB_PROXY_ERR="configuration rejected by turnpike -t: $(head -n 3 "$dir/check.log" | tr '\n' ' ')"
 			return 1
 		fi
-		tpb_start "$dir/stderr.log" "$TPB_CPU_PROXY" "$TURNPIKE_BIN" -c "$conf"
+		tpb_start "$dir/stderr.log" "$TPB_CPU_PROXY" "$bin" -c "$conf"
 		;;
 	*) tpb_die "unknown proxy: $name" ;;
 	esac
@@ -470,7 +475,7 @@ tpb_proxy_render() {
 	case $name in
 	nginx) tpb_render "$TPB_BENCH/conf/nginx-proxy.conf.in" "$dir/nginx.conf" "$mode" "${vars[@]}" ;;
 	haproxy) tpb_render "$TPB_BENCH/conf/haproxy.cfg.in" "$dir/haproxy.cfg" "$mode" "${vars[@]}" ;;
-	turnpike) tpb_render "$TPB_BENCH/conf/turnpike.yaml.in" "$dir/turnpike.yaml" "$mode" "${vars[@]}" ;;
+	turnpike | base) tpb_render "$TPB_BENCH/conf/turnpike.yaml.in" "$dir/turnpike.yaml" "$mode" "${vars[@]}" ;;
 	esac
 }
 

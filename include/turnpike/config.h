@@ -254,8 +254,10 @@ struct tp_config {
 };
 
 /**
- * Loads and validates the file at <path>. On success returns the config
- * (messages may still hold warnings: none today). On failure returns NULL and
+ * Loads and validates the file at <path>. On success returns the config, and
+ * <diag> holds the warnings ("PATH:LINE:COLUMN: warning: ...": a valid key
+ * without effect where it stands, e.g. hash_key without balance: hash). On
+ * failure returns NULL and
  * appends every error found to <diag>, each "PATH:LINE:COLUMN: message" with
  * PATH as given. An unreadable file gives one message "PATH: <strerror>".
  */

@@ -67,7 +67,8 @@ static const char *const managed_headers[] = {
 struct cctx {
     const char *name; /* file name for messages */
     struct tp_cfg_errs errs;
-    struct tp_cfg_arena *a; /* the config's arena */
+    struct tp_cfg_errs warns; /* valid but without effect: reported, the file is still accepted */
+    struct tp_cfg_arena *a;   /* the config's arena */
     struct tp_config *cfg;
     /* false when `upstreams` was unusable as a whole: route references are
      * then not checked, or every route would repeat that one mistake. */
@@ -92,6 +93,22 @@ static void err(struct cctx *c, const struct tp_ynode *n, const char *fmt, ...)
     va_start(ap, fmt);
     tp_cfg_errs_vadd(&c->errs, line, col, fmt, ap);
     va_end(ap);
+}
+
+/* A key that is valid but has no effect where it stands: said with its
+ * position ("warning: ..."), and the file is accepted. */
+static void warn(struct cctx *c, const struct tp_ynode *n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void warn(struct cctx *c, const struct tp_ynode *n, const char *fmt, ...)
+{
+    va_list ap;
+    char msg[512];
+    uint32_t line = n && n->line ? n->line : 1, col = n && n->line ? n->col : 1;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    tp_cfg_errs_add(&c->warns, line, col, "warning: %s", msg);
 }
 
 static const char *kpath(char *buf, const char *parent, const char *key)
@@ -1161,7 +1178,8 @@ static void parse_upstreams(struct cctx *c, const struct tp_ynode *n)
         if (bal_ok && u->balance == TP_BALANCE_HASH && !f.key[K_HASH_KEY])
             err(c, f.val[K_BALANCE], "%s: hash needs hash_key", kpath(kp, p, "balance"));
         if (bal_ok && u->balance != TP_BALANCE_HASH && f.key[K_HASH_KEY]) {
-            err(c, f.key[K_HASH_KEY], "%s: only used with balance: hash", kpath(kp, p, "hash_key"));
+            warn(c, f.key[K_HASH_KEY], "%s: only used with balance: hash (ignored)",
+                 kpath(kp, p, "hash_key"));
             memset(&u->hash_key, 0, sizeof(u->hash_key));
         }
         if (f.val[K_KEEPALIVE])
@@ -1739,15 +1757,18 @@ struct tp_config *tp_config_parse(const char *name, const char *buf, size_t len,
     tp_cfg_arena_destroy(tree);
     if (c.errs.n || c.errs.oom) {
         tp_cfg_errs_flush(&c.errs, name, diag);
+        tp_cfg_errs_flush(&c.warns, name, diag);
         tp_cfg_arena_destroy(c.a);
         return NULL;
     }
     tp_cfg_errs_flush(&c.errs, name, diag);
+    tp_cfg_errs_flush(&c.warns, name, diag);
     return c.cfg;
 
 oom:
     c.errs.oom = true;
     tp_cfg_errs_flush(&c.errs, name, diag);
+    tp_cfg_errs_flush(&c.warns, name, diag);
     tp_cfg_arena_destroy(tree);
     tp_cfg_arena_destroy(c.a);
     return NULL;

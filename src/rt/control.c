@@ -276,6 +276,9 @@ static void reload(void)
     cfg = tp_config_load(tp_rt.config_path, &diag);
     if (!cfg)
         goto fail;
+    for (size_t i = 0; i < diag.n; i++)
+        tp_warn("%s", diag.msgs[i]); /* warnings of a valid file */
+    tp_diag_dispose(&diag);
     if (cfg->workers && cfg->workers != tp_rt.n_shards)
         tp_warn("%s: workers changed to %u; a restart is needed to apply it (running %u)", cfg->source,
                 cfg->workers, tp_rt.n_shards);

@@ -129,3 +129,24 @@ def test_unreadable_file(tmp_path):
     assert (rc, out, err) == (1, "", [f"{missing}: No such file or directory"])
     rc, out, err = check(tmp_path)
     assert (rc, out, err) == (1, "", [f"{tmp_path}: Is a directory"])
+
+
+def test_valid_but_unused_key_is_a_warning(tmp_path):
+    # The operator contract's own example: balance: round_robin with a hash_key. The key is
+    # valid but has no effect there: -t says so with its position and accepts the file.
+    conf = tmp_path / "warn.yaml"
+    conf.write_text(
+        "listeners:\n  - address: 127.0.0.1:1\n"
+        "upstreams:\n  - name: users\n    endpoints: [{address: 127.0.0.1:2}]\n"
+        "    balance: round_robin\n    hash_key: header:x-user-id\n"
+        "routes:\n  - upstream: users\n"
+    )
+    rc, out, err = check(conf)
+    assert (rc, out) == (0, "configuration ok\n"), (rc, out, err)
+    assert err == [f"{conf}:7:5: warning: upstreams[0].hash_key: only used with balance: hash (ignored)"], err
+    # a real error next to it still fails the file, and both are said
+    conf.write_text(conf.read_text().replace("127.0.0.1:2", "nowhere"))
+    rc, out, err = check(conf)
+    assert rc == 1 and out == "", (rc, out, err)
+    assert any(": warning: upstreams[0].hash_key" in line for line in err), err
+    assert any(":5:" in line and "warning" not in line for line in err), err

@@ -52,6 +52,30 @@ static void expect_errors(const char *what, const char *yaml, const char *const 
 
 #define EXPECT(what, yaml, ...) expect_errors(what, yaml, (const char *const[]){__VA_ARGS__, NULL})
 
+/* Accepted, with exactly the warnings <want> (NULL-terminated). */
+static void expect_warnings(const char *what, const char *yaml, const char *const *want)
+{
+    struct tp_diag d = {0};
+    struct tp_config *cfg = tp_config_parse("t.yaml", yaml, strlen(yaml), &d);
+    size_t n = 0;
+
+    while (want[n])
+        n++;
+    ok(cfg != NULL, "%s: accepted", what);
+    tp_config_destroy(cfg);
+    if (d.n != n) {
+        ok(0, "%s: %zu messages, want %zu", what, d.n, n);
+        for (size_t i = 0; i < d.n; i++)
+            tap_diag("got: %s", d.msgs[i]);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            is_str(d.msgs[i], want[i], "%s: warning %zu", what, i);
+    }
+    tp_diag_dispose(&d);
+}
+
+#define EXPECT_WARN(what, yaml, ...) expect_warnings(what, yaml, (const char *const[]){__VA_ARGS__, NULL})
+
 static struct tp_config *parse_ok(const char *what, const char *yaml)
 {
     struct tp_diag d = {0};
@@ -593,8 +617,11 @@ static void test_upstream_errors(void)
         "hash)");
     EXPECT("hash without hash_key", UP "    balance: hash\n",
            "t.yaml:6:14: upstreams[0].balance: hash needs hash_key");
-    EXPECT("hash_key without hash", UP "    hash_key: client_ip\n",
-           "t.yaml:6:5: upstreams[0].hash_key: only used with balance: hash");
+    /* valid but without effect (the contract's own example has round_robin with a hash_key): a warning */
+    EXPECT_WARN("hash_key without hash", UP "    hash_key: client_ip\n",
+                "t.yaml:6:5: warning: upstreams[0].hash_key: only used with balance: hash (ignored)");
+    EXPECT_WARN("hash_key with round_robin", UP "    balance: round_robin\n    hash_key: header:x-user\n",
+                "t.yaml:7:5: warning: upstreams[0].hash_key: only used with balance: hash (ignored)");
     EXPECT("hash_key value", UP "    balance: hash\n    hash_key: route\n",
            "t.yaml:7:15: upstreams[0].hash_key: invalid value \"route\" (expected header:NAME, cookie:NAME, "
            "client_ip or path)");
