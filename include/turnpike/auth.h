@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Edge authentication (CONFIG.md "Round 2 additions", Authentication): JWT
+ * Edge authentication (docs/reference.md "Round 2 additions", Authentication): JWT
  * (compact JWS) verification against a JWKS file, API keys stored as SHA-256
  * digests, and a per-shard cache of verified tokens.
  *

@@ -16,7 +16,7 @@
 
 #include <turnpike/auth.h>
 
-/* The signature algorithms of CONFIG.md, in the order of auth_alg_name(). */
+/* The signature algorithms of docs/reference.md, in the order of auth_alg_name(). */
 enum auth_alg {
     ALG_HS256 = 0,
     ALG_HS384,

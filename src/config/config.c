@@ -2,11 +2,20 @@
 /*
  * Configuration loader: YAML tree (yaml.c) -> validated struct tp_config.
  *
- * The walk follows docs/reference.md's schema section by section. Every check that
- * fails records a positioned message and the walk goes on, so one run shows
- * every mistake of a file; the messages are sorted by position at the end
- * (diag.c). A value that failed keeps its default, which is harmless because
- * a config with any error is thrown away as a whole.
+ * The schema of docs/reference.md is data: one table per YAML mapping (the top level,
+ * a listener, an upstream's health_check, a route's match, ...), one line per
+ * key giving its name, type, place in the target struct, range and default.
+ * A single walker reads any mapping with its table: it refuses unknown and
+ * duplicate keys, reports missing required ones, applies the defaults and
+ * converts each value by its type. The few checks that involve more than one
+ * key (routes naming upstreams, unique names, balance vs hash_key) run as
+ * hooks of the table they belong to, after its keys were read. Adding a key
+ * is adding a line to its table, plus a parser function when its type is new.
+ *
+ * Every check that fails records a positioned message and the walk goes on,
+ * so one run shows every mistake of a file; the messages are sorted by
+ * position at the end (diag.c). A value that failed keeps its default, which
+ * is harmless because a config with any error is thrown away as a whole.
  *
  * Where messages point: at the offending value, or at the key when the key
  * itself is wrong (unknown, duplicate, not supported yet, not allowed next to
@@ -20,6 +29,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,16 +46,6 @@
 
 #include "config/config_int.h"
 
-/*
- * Keys of the schema that parse but whose feature is not built yet: using one
- * is an error at the key ("listeners[0].tls is not supported yet"), never a
- * silent no-op. Paths are schema paths: "[]" stands for any list index. Trim
- * this table as the features land (and parse the section then).
- */
-static const char *const unsupported_keys[] = {
-    NULL, /* nothing left: every key of docs/reference.md is implemented */
-};
-
 /* Headers that carry the message framing or are hop-by-hop: turnpike owns
  * them on both sides (docs/reference.md "What the gateway adds and removes"), so a
  * rewrite may neither set nor remove them. */
@@ -56,7 +56,8 @@ static const char *const managed_headers[] = {
 
 #define PATH_MAX_LEN 320 /* a key path in a message; longer ones are cut */
 #define QUOTE_LEN    200 /* a quoted value in a message */
-#define MAX_FIELDS   12  /* keys of the largest section */
+#define MAX_FIELDS   32  /* keys of one table; the walk keeps a bit per key */
+#define MAX_GROUPS   4   /* "only one of" groups of one table, numbered from 1 */
 #define NAME_MAX_LEN 128
 #define BODY_MAX_LEN (1u << 20)
 
@@ -69,16 +70,11 @@ struct cctx {
     struct tp_cfg_errs errs;
     struct tp_cfg_errs warns; /* valid but without effect: reported, the file is still accepted */
     struct tp_cfg_arena *a;   /* the config's arena */
+    struct tp_cfg_arena *tmp; /* scratch, freed with the YAML tree at the end of the load */
     struct tp_config *cfg;
     /* false when `upstreams` was unusable as a whole: route references are
      * then not checked, or every route would repeat that one mistake. */
     bool upstreams_ok;
-};
-
-/* The keys of one mapping, by index into the caller's key list. */
-struct fields {
-    struct tp_ynode *key[MAX_FIELDS]; /* the key node, also for "not supported yet" keys */
-    struct tp_ynode *val[MAX_FIELDS]; /* NULL when absent or not supported */
 };
 
 /* ---- messages ---- */
@@ -109,6 +105,11 @@ static void warn(struct cctx *c, const struct tp_ynode *n, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     tp_cfg_errs_add(&c->warns, line, col, "warning: %s", msg);
+}
+
+static void oom(struct cctx *c)
+{
+    c->errs.oom = true;
 }
 
 static const char *kpath(char *buf, const char *parent, const char *key)
@@ -166,71 +167,6 @@ static bool text_is(const struct tp_ynode *n, const char *s)
     return n->kind == TP_Y_SCALAR && !n->null && n->len == strlen(s) && memcmp(n->str, s, n->len) == 0;
 }
 
-/* ---- the mapping walk ---- */
-
-static bool is_unsupported(const char *schema, const char *key)
-{
-    char p[PATH_MAX_LEN];
-    kpath(p, schema, key);
-    for (size_t i = 0; i < TP_ARRAY_SIZE(unsupported_keys); i++)
-        if (unsupported_keys[i] && strcmp(unsupported_keys[i], p) == 0)
-            return true;
-    return false;
-}
-
-/*
- * Checks that <n> is a mapping whose keys are all in <keys> (each at most
- * once) and fills <f>. <path> is the concrete key path of <n> for messages,
- * <schema> the same with "[]" for list indices (for unsupported_keys).
- * Returns false when <n> is not a mapping.
- */
-static bool walk_map(struct cctx *c, const struct tp_ynode *n, const char *path, const char *schema,
-                     const char *const *keys, size_t n_keys, struct fields *f)
-{
-    char p[PATH_MAX_LEN], q[QUOTE_LEN];
-
-    memset(f, 0, sizeof(*f));
-    if (n->kind != TP_Y_MAP) {
-        char d[QUOTE_LEN + 2];
-        if (*path)
-            type_err(c, n, path, "a mapping");
-        else
-            err(c, n, "expected a mapping at the top level, got %s", describe(d, n));
-        return false;
-    }
-    for (size_t i = 0; i < n->n; i++) {
-        const struct tp_ynode *k = n->pairs[i].key;
-        size_t j;
-
-        if (k->kind != TP_Y_SCALAR || k->null) {
-            char d[QUOTE_LEN + 2];
-            if (*path)
-                err(c, k, "%s: keys must be strings, got %s", path, describe(d, k));
-            else
-                err(c, k, "keys must be strings, got %s", describe(d, k));
-            continue;
-        }
-        for (j = 0; j < n_keys; j++)
-            if (strlen(keys[j]) == k->len && memcmp(keys[j], k->str, k->len) == 0)
-                break;
-        if (j == n_keys) {
-            err(c, k, "%s: unknown key", kpath(p, path, quote(q, k)));
-            continue;
-        }
-        if (f->key[j]) {
-            err(c, k, "%s: duplicate key", kpath(p, path, keys[j]));
-            continue;
-        }
-        f->key[j] = n->pairs[i].key;
-        if (is_unsupported(schema, keys[j])) {
-            err(c, k, "%s is not supported yet", kpath(p, path, keys[j]));
-            continue;
-        }
-        f->val[j] = n->pairs[i].val;
-    }
-    return true;
-}
-
 static void missing(struct cctx *c, const struct tp_ynode *map, const char *path, const char *key)
 {
     if (*path)
@@ -239,29 +175,57 @@ static void missing(struct cctx *c, const struct tp_ynode *map, const char *path
         err(c, map, "missing required key \"%s\"", key);
 }
 
-/* Of the keys <idx> present in <f>, allows one: every further one (in file
- * order) is an error at its key. Returns how many were present. */
-static int only_one_of(struct cctx *c, const struct fields *f, const char *path, const char *const *keys,
-                       const int *idx, size_t n_idx, const char *what)
+/* "a, b or c" (<last> = "or") from <n> names, for messages; cut to <sz>. */
+static const char *join_names(char *buf, size_t sz, const char *const *names, size_t n, const char *last)
 {
-    const struct tp_ynode *first = NULL;
-    char p[PATH_MAX_LEN];
-    int count = 0;
+    size_t o = 0;
 
-    for (size_t i = 0; i < n_idx; i++) {
-        const struct tp_ynode *k = f->key[idx[i]];
-        if (k && (!first || pos_before(k, first)))
-            first = k;
+    buf[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        int r;
+        if (i == 0)
+            r = snprintf(buf + o, sz - o, "%s", names[i]);
+        else if (i + 1 == n)
+            r = snprintf(buf + o, sz - o, " %s %s", last, names[i]);
+        else
+            r = snprintf(buf + o, sz - o, ", %s", names[i]);
+        if (r < 0 || (size_t)r >= sz - o)
+            break;
+        o += (size_t)r;
     }
-    for (size_t i = 0; i < n_idx; i++) {
-        const struct tp_ynode *k = f->key[idx[i]];
-        if (!k)
-            continue;
-        count++;
-        if (k != first)
-            err(c, k, "%s: only one of %s is allowed", kpath(p, path, keys[idx[i]]), what);
+    return buf;
+}
+
+/* A range bound in the unit an operator would write: 0s, 250ms, 2s, 1m, 24h. */
+static const char *ms_text(char *buf, size_t sz, uint64_t ms)
+{
+    if (ms == 0)
+        snprintf(buf, sz, "0s");
+    else if (ms % MS_PER_H == 0)
+        snprintf(buf, sz, "%" PRIu64 "h", (uint64_t)(ms / MS_PER_H));
+    else if (ms % MS_PER_MIN == 0)
+        snprintf(buf, sz, "%" PRIu64 "m", (uint64_t)(ms / MS_PER_MIN));
+    else if (ms % MS_PER_S == 0)
+        snprintf(buf, sz, "%" PRIu64 "s", (uint64_t)(ms / MS_PER_S));
+    else
+        snprintf(buf, sz, "%" PRIu64 "ms", ms);
+    return buf;
+}
+
+/* A size bound the same way: 0, 512, 1KiB, 1MiB, 1TiB. */
+static const char *size_text(char *buf, size_t sz, uint64_t b)
+{
+    static const char *const units[] = {"TiB", "GiB", "MiB", "KiB"};
+
+    for (size_t i = 0; b && i < TP_ARRAY_SIZE(units); i++) {
+        uint64_t m = 1ull << (10 * (TP_ARRAY_SIZE(units) - i));
+        if (b % m == 0) {
+            snprintf(buf, sz, "%" PRIu64 "%s", b / m, units[i]);
+            return buf;
+        }
     }
-    return count;
+    snprintf(buf, sz, "%" PRIu64, b);
+    return buf;
 }
 
 /* ---- scalars ---- */
@@ -318,16 +282,6 @@ static bool get_uint(struct cctx *c, const struct tp_ynode *n, const char *path,
 invalid:
     err(c, n, "%s: invalid integer \"%s\" (expected %" PRIu64 "..%" PRIu64 ")", path, quote(q, n), lo, hi);
     return false;
-}
-
-static bool get_u32(struct cctx *c, const struct tp_ynode *n, const char *path, uint32_t lo, uint32_t hi,
-                    uint32_t *out)
-{
-    uint64_t v;
-    if (!get_uint(c, n, path, lo, hi, &v))
-        return false;
-    *out = (uint32_t)v;
-    return true;
 }
 
 static bool get_duration(struct cctx *c, const struct tp_ynode *n, const char *path, uint64_t lo_ms,
@@ -544,145 +498,6 @@ static bool get_key(struct cctx *c, const struct tp_ynode *n, const char *path, 
     return false;
 }
 
-/* ---- top-level scalars and small sections ---- */
-
-static void parse_workers(struct cctx *c, const struct tp_ynode *n)
-{
-    char q[QUOTE_LEN];
-    uint64_t v;
-
-    if (text_is(n, "auto")) {
-        c->cfg->workers = 0;
-        return;
-    }
-    if (n->kind != TP_Y_SCALAR || n->null) {
-        type_err(c, n, "workers", "auto or an integer");
-        return;
-    }
-    if (!n->len || strspn(n->str, "0123456789-") != n->len) {
-        err(c, n, "workers: invalid value \"%s\" (expected auto or 1..1024)", quote(q, n));
-        return;
-    }
-    if (get_uint(c, n, "workers", 1, 1024, &v))
-        c->cfg->workers = (uint32_t)v;
-}
-
-/* Returns the node of a valid admin.address, for check_admin_address(). */
-static const struct tp_ynode *parse_admin(struct cctx *c, const struct tp_ynode *n)
-{
-    static const char *const keys[] = {"address"};
-    struct fields f;
-
-    if (!walk_map(c, n, "admin", "admin", keys, TP_ARRAY_SIZE(keys), &f))
-        return NULL;
-    if (!f.val[0]) {
-        if (!f.key[0])
-            missing(c, n, "admin", "address");
-        return NULL;
-    }
-    if (!get_addr(c, f.val[0], "admin.address", &c->cfg->admin))
-        return NULL;
-    c->cfg->has_admin = true;
-    return f.val[0];
-}
-
-static void parse_access_log(struct cctx *c, const struct tp_ynode *n)
-{
-    static const char *const keys[] = {"path", "format"};
-    static const char *const formats[] = {"json", "combined"};
-    struct fields f;
-    int fmt;
-
-    if (!walk_map(c, n, "access_log", "access_log", keys, TP_ARRAY_SIZE(keys), &f))
-        return;
-    if (f.val[0]) {
-        const char *s = scalar(c, f.val[0], "access_log.path", "a string");
-        if (s && !*s)
-            err(c, f.val[0], "access_log.path: must not be empty (\"-\" is stdout)");
-        else if (s)
-            c->cfg->access_log_path = tp_cfg_arena_strndup(c->a, s, f.val[0]->len);
-    } else if (!f.key[0]) {
-        missing(c, n, "access_log", "path");
-    }
-    if (f.val[1] &&
-        get_enum(c, f.val[1], "access_log.format", formats, TP_ARRAY_SIZE(formats), "json or combined", &fmt))
-        c->cfg->access_log_format = (enum tp_access_format)fmt;
-}
-
-static void parse_limits(struct cctx *c, const struct tp_ynode *n)
-{
-    static const char *const keys[] = {"max_connections", "max_header_bytes", "max_body_bytes"};
-    struct fields f;
-    struct tp_config *cfg = c->cfg;
-
-    if (!walk_map(c, n, "limits", "limits", keys, TP_ARRAY_SIZE(keys), &f))
-        return;
-    if (f.val[0])
-        get_uint(c, f.val[0], "limits.max_connections", 1, 10000000, &cfg->max_connections);
-    if (f.val[1])
-        get_size(c, f.val[1], "limits.max_header_bytes", 1024, 1024 * 1024, "1KiB..1MiB",
-                 &cfg->max_header_bytes);
-    if (f.val[2])
-        get_size(c, f.val[2], "limits.max_body_bytes", 0, 1ull << 40, "0..1TiB", &cfg->max_body_bytes);
-}
-
-static void parse_timeouts(struct cctx *c, const struct tp_ynode *n)
-{
-    static const char *const keys[] = {"client_header", "client_idle", "upstream_connect",
-                                       "upstream_response"};
-    uint64_t *dst[] = {&c->cfg->client_header_ms, &c->cfg->client_idle_ms, &c->cfg->upstream_connect_ms,
-                       &c->cfg->upstream_response_ms};
-    char p[PATH_MAX_LEN];
-    struct fields f;
-
-    if (!walk_map(c, n, "timeouts", "timeouts", keys, TP_ARRAY_SIZE(keys), &f))
-        return;
-    for (size_t i = 0; i < TP_ARRAY_SIZE(keys); i++)
-        if (f.val[i])
-            get_duration(c, f.val[i], kpath(p, "timeouts", keys[i]), 1, 24 * MS_PER_H, "1ms..24h", dst[i]);
-}
-
-static void parse_shutdown(struct cctx *c, const struct tp_ynode *n)
-{
-    static const char *const keys[] = {"drain_timeout"};
-    struct fields f;
-
-    if (!walk_map(c, n, "shutdown", "shutdown", keys, TP_ARRAY_SIZE(keys), &f))
-        return;
-    if (f.val[0])
-        get_duration(c, f.val[0], "shutdown.drain_timeout", 0, 24 * MS_PER_H, "0s..24h",
-                     &c->cfg->drain_timeout_ms);
-}
-
-/* ---- listeners ---- */
-
-/* Names must be unique within listeners, upstreams and routes: the second
- * holder is the error. <names[i]> may be NULL (its own error was reported);
- * <where[i]> is the node to point at. */
-static void check_unique_names(struct cctx *c, char **names, const struct tp_ynode **where, size_t n,
-                               const char *list)
-{
-    char q[QUOTE_LEN], item[PATH_MAX_LEN], key[PATH_MAX_LEN], first[PATH_MAX_LEN];
-
-    for (size_t i = 1; i < n; i++) {
-        if (!names[i])
-            continue;
-        for (size_t j = 0; j < i; j++) {
-            if (names[j] && strcmp(names[i], names[j]) == 0) {
-                /* An unnamed item (default name) is pointed at as a whole. */
-                ipath(item, list, i);
-                tp_cfg_quote(q, sizeof(q), names[i], strlen(names[i]));
-                err(c, where[i], "%s: duplicate name \"%s\" (already used by %s)",
-                    where[i]->kind == TP_Y_SCALAR ? kpath(key, item, "name") : item, q,
-                    ipath(first, list, j));
-                break;
-            }
-        }
-    }
-}
-
-/* ---- TLS ---- */
-
 /* A file path that must name something readable; NULL after an error. */
 static char *get_file(struct cctx *c, const struct tp_ynode *n, const char *path)
 {
@@ -717,630 +532,444 @@ static bool get_bool(struct cctx *c, const struct tp_ynode *n, const char *path,
     return false;
 }
 
-/* listeners[i].tls: certificates (cert + key, first = default), protocols, alpn. */
-static void parse_listener_tls(struct cctx *c, const struct tp_ynode *n, const char *lp,
-                               struct tp_cfg_listener *l)
+/* ---- the schema: what a table says about each key ---- */
+
+/*
+ * How a value is read and where it goes. The target of a field is the member
+ * at <off> (of <size> bytes) in the struct its table fills.
+ */
+enum field_type {
+    T_UINT = 0, /* decimal integer in lo..hi -> unsigned integer of <size> bytes */
+    T_DURATION, /* "250ms", "2s", "1m", "1h" in lo..hi milliseconds -> uint64_t [ms] */
+    T_SIZE,     /* "512", "16KiB" in lo..hi bytes -> uint64_t */
+    T_RATIO,    /* 0 < x <= 1 -> double */
+    T_BOOL,     /* true | false -> bool */
+    T_ENUM,     /* one of <names> -> its index (names follow the C enum) */
+    T_FLAGS,    /* list of <names> -> OR of 1 << index (names follow the bit order) */
+    T_NAME,     /* listener, upstream or route name -> char * */
+    T_ADDR,     /* IPv4:port or [IPv6]:port -> struct tp_addr */
+    T_FILE,     /* path of a readable file -> char * */
+    T_MAP,      /* nested mapping read with <sub>, embedded: <sub>'s offsets start at <off> */
+    T_OBJ,      /* nested mapping read with <sub> into a struct allocated when the key is present;
+                   the pointer is at <off>, absent = NULL */
+    T_LIST,     /* list of mappings read with <sub>: array pointer at <off>, size_t count at
+                   <count_off>; an empty list is refused with <empty> unless that is NULL */
+    T_CUSTOM,   /* <parse> does everything, for the types no other key shares */
+    T_TYPE_COUNT
+};
+
+#define F_REQUIRED     (1u << 0) /* absent: "missing required key" at the mapping */
+#define F_UNSUPPORTED  (1u << 1) /* parses, but the feature is not built: an error at the key */
+#define F_DEFAULT_PATH (1u << 2) /* absent: the value is the item's own path, "routes[3]" */
+
+enum default_kind { D_NONE = 0, D_UINT, D_DOUBLE, D_STR };
+
+struct field_default {
+    enum default_kind kind;
+    uint64_t u; /* stored in <size> bytes: integers, enums, flags, bool */
+    double d;
+    const char *s; /* stored as char * (the tables' strings are never written to) */
+};
+
+struct field;
+struct table;
+struct walk;
+
+/* Reads <v> (the value of <fd> at key path <path>) into the struct <obj> the
+ * table fills. Returns false after an error. */
+typedef bool (*field_parse_fn)(struct cctx *c, const struct field *fd, const struct tp_ynode *v,
+                               const char *path, void *obj, struct walk *w);
+/* Runs on a mapping's walk: begin after its keys were checked, end after its values were read. */
+typedef void (*table_hook_fn)(struct cctx *c, struct walk *w);
+
+/* What a list walk knows of each item, for the checks across items. */
+struct item_state {
+    bool map;        /* the item was a mapping (its keys were read) */
+    uint64_t failed; /* bit i: the value of field i was refused */
+};
+/* Runs after every item of a list of <sub> mappings: <items> is the array it filled. */
+typedef void (*list_hook_fn)(struct cctx *c, const struct tp_ynode *list, const char *path, void *items,
+                             const struct item_state *st);
+
+struct field {
+    const char *name;
+    enum field_type type;
+    size_t off;  /* of the target member in the table's struct */
+    size_t size; /* of the target member (integers, enums, flags) */
+    unsigned flags;
+    unsigned group;           /* 1..MAX_GROUPS-1: at most one key of the group; 0 = none */
+    uint64_t lo, hi;          /* range of T_UINT, T_DURATION, T_SIZE */
+    struct field_default def; /* applied when the struct is created */
+    const char *const *names; /* T_ENUM, T_FLAGS */
+    size_t n_names;           /* T_ENUM, T_FLAGS */
+    const struct table *sub;  /* T_MAP, T_OBJ, T_LIST */
+    size_t count_off;         /* T_LIST (count), and custom types with a length or count */
+    const char *empty;        /* T_LIST, T_FLAGS: message for an empty list; NULL = may be empty */
+    field_parse_fn parse;     /* T_CUSTOM */
+    const void *arg;          /* T_CUSTOM: the parser's own parameter */
+};
+
+struct table {
+    const struct field *fields;
+    size_t n;
+    size_t size;  /* of the struct: T_OBJ allocates it, T_LIST an array of them */
+    bool has_pos; /* the struct has a struct tp_pos at <pos_off>: the mapping's position */
+    size_t pos_off;
+    unsigned required_groups; /* bit g: one key of group g is required */
+    table_hook_fn begin, end;
+    list_hook_fn list_end; /* when the table describes list items */
+};
+
+/* The state of one mapping's walk, which hooks and custom parsers read. */
+struct walk {
+    const struct table *t;
+    const struct tp_ynode *map;
+    const char *path;                       /* key path of the mapping, "" at the top level */
+    void *obj;                              /* the struct being filled */
+    const struct tp_ynode *key[MAX_FIELDS]; /* first occurrence of each key, also when unsupported */
+    const struct tp_ynode *val[MAX_FIELDS]; /* its value; NULL when absent or not supported */
+    uint64_t failed;                        /* bit i: the value of field i was refused */
+    unsigned group_n[MAX_GROUPS];           /* keys present per group */
+};
+
+/* Shorthands for table lines. AT() names the target member; the rest set
+ * one property each, so a table line reads like the schema. */
+#define AT(type, member)  .off = offsetof(type, member), .size = sizeof(((type *)0)->member)
+#define COUNT(type, m)    .count_off = offsetof(type, m)
+#define RANGE(l, h)       .lo = (l), .hi = (h)
+#define DEF_U(v)          .def = {.kind = D_UINT, .u = (uint64_t)(v)}
+#define DEF_D(v)          .def = {.kind = D_DOUBLE, .d = (v)}
+#define DEF_S(v)          .def = {.kind = D_STR, .s = (v)}
+#define NAMES(a)          .names = (a), .n_names = TP_ARRAY_SIZE(a)
+#define SUB(t)            .sub = &(t)
+#define CUSTOM(fn)        .parse = (fn)
+#define POS(type, member) .has_pos = true, .pos_off = offsetof(type, member)
+/* The number of fields of a table, refused at compile time above MAX_FIELDS. */
+#define FIELDS(f)                                                                                            \
+    .fields = (f), .n = TP_ARRAY_SIZE(f) + 0 * sizeof(char[TP_ARRAY_SIZE(f) <= MAX_FIELDS ? 1 : -1])
+
+/* Index of the field called <name> in <t>; a name that is not there is a bug in this file. */
+static size_t fidx(const struct table *t, const char *name)
 {
-    static const char *const keys[] = {"certificates", "protocols", "alpn"};
-    enum { K_CERTS = 0, K_PROTOS, K_ALPN };
-    static const char *const cert_keys[] = {"cert", "key"};
-    static const char *const protos[] = {"TLSv1.2", "TLSv1.3"};
-    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN], ip[PATH_MAX_LEN], q[QUOTE_LEN];
-    struct fields f;
-    struct tp_cfg_tls_server *t;
+    for (size_t i = 0; i < t->n; i++)
+        if (strcmp(t->fields[i].name, name) == 0)
+            return i;
+    TP_BUG_ON(!"no such field");
+    return 0;
+}
 
-    kpath(p, lp, "tls");
-    if (!walk_map(c, n, p, "listeners[].tls", keys, TP_ARRAY_SIZE(keys), &f))
-        return;
-    t = tp_cfg_arena_calloc(c->a, 1, sizeof(*t));
-    if (!t) {
-        c->errs.oom = true;
-        return;
-    }
-    t->pos = (struct tp_pos){n->line, n->col};
-    t->protocols = TP_TLS_V1_2 | TP_TLS_V1_3;
-    l->tls = t;
+static const struct tp_ynode *wkey(const struct walk *w, const char *name)
+{
+    return w->key[fidx(w->t, name)];
+}
 
-    if (!f.val[K_CERTS]) {
-        if (!f.key[K_CERTS])
-            missing(c, n, p, "certificates");
-    } else if (is_seq(c, f.val[K_CERTS], kpath(kp, p, "certificates"))) {
-        const struct tp_ynode *cl = f.val[K_CERTS];
-        if (cl->n == 0)
-            err(c, cl, "%s: at least one certificate is required", kp);
-        t->certs = tp_cfg_arena_calloc(c->a, cl->n ? cl->n : 1, sizeof(*t->certs));
-        if (!t->certs) {
-            c->errs.oom = true;
-            return;
-        }
-        for (size_t i = 0; i < cl->n; i++) {
-            struct fields cf;
-            struct tp_cfg_cert *ce = &t->certs[i];
-            ipath(ip, kp, i);
-            ce->pos = (struct tp_pos){cl->items[i]->line, cl->items[i]->col};
-            if (!walk_map(c, cl->items[i], ip, "listeners[].tls.certificates[]", cert_keys, 2, &cf))
-                continue;
-            char cp[PATH_MAX_LEN];
-            if (cf.val[0])
-                ce->cert = get_file(c, cf.val[0], kpath(cp, ip, "cert"));
-            else if (!cf.key[0])
-                missing(c, cl->items[i], ip, "cert");
-            if (cf.val[1])
-                ce->key = get_file(c, cf.val[1], kpath(cp, ip, "key"));
-            else if (!cf.key[1])
-                missing(c, cl->items[i], ip, "key");
-            if (ce->cert && ce->key) {
-                /* everything the file names is checked: the pair must load and match */
-                char e[512];
-                if (tp_tls_check_pair(ce->cert, ce->key, e, sizeof(e)) < 0)
-                    err(c, cf.val[0], "%s: %s", kpath(cp, ip, "cert"), e);
-            }
-        }
-        t->n_certs = cl->n;
+static const struct tp_ynode *wval(const struct walk *w, const char *name)
+{
+    return w->val[fidx(w->t, name)];
+}
+
+/* The key of the field <fd> in this walk (custom parsers point warnings and
+ * "not allowed" errors at it). */
+static const struct tp_ynode *own_key(const struct walk *w, const struct field *fd)
+{
+    return w->key[(size_t)(fd - w->t->fields)];
+}
+
+/* Value of key <name> in mapping <map> (its first occurrence, like the walk), or NULL. */
+static const struct tp_ynode *map_get(const struct tp_ynode *map, const char *name)
+{
+    size_t len = strlen(name);
+
+    if (map->kind != TP_Y_MAP)
+        return NULL;
+    for (size_t i = 0; i < map->n; i++) {
+        const struct tp_ynode *k = map->pairs[i].key;
+        if (k->kind == TP_Y_SCALAR && !k->null && k->len == len && memcmp(k->str, name, len) == 0)
+            return map->pairs[i].val;
     }
-    if (f.val[K_PROTOS] && is_seq(c, f.val[K_PROTOS], kpath(kp, p, "protocols"))) {
-        const struct tp_ynode *pl = f.val[K_PROTOS];
-        t->protocols = 0;
-        if (pl->n == 0)
-            err(c, pl, "%s: at least one protocol is required (TLSv1.2, TLSv1.3)", kp);
-        for (size_t i = 0; i < pl->n; i++) {
-            int v;
-            if (get_enum(c, pl->items[i], ipath(ip, kp, i), protos, 2, "TLSv1.2 or TLSv1.3", &v))
-                t->protocols |= v == 0 ? TP_TLS_V1_2 : TP_TLS_V1_3;
-        }
-        if (!t->protocols)
-            t->protocols = TP_TLS_V1_2 | TP_TLS_V1_3;
+    return NULL;
+}
+
+/* The value of <name> in list item <item> when it was read without error, else NULL. */
+static const struct tp_ynode *item_val(const struct table *t, const struct tp_ynode *item,
+                                       const struct item_state *st, const char *name)
+{
+    if (!st->map || st->failed & (1ull << fidx(t, name)))
+        return NULL;
+    return map_get(item, name);
+}
+
+static void store_uint(void *p, size_t size, uint64_t v)
+{
+    switch (size) {
+    case 1: {
+        uint8_t x = (uint8_t)v;
+        memcpy(p, &x, 1);
+        break;
     }
-    if (f.val[K_ALPN] && is_seq(c, f.val[K_ALPN], kpath(kp, p, "alpn"))) {
-        const struct tp_ynode *al = f.val[K_ALPN];
-        t->alpn = tp_cfg_arena_calloc(c->a, al->n ? al->n : 1, sizeof(*t->alpn));
-        if (!t->alpn) {
-            c->errs.oom = true;
-            return;
-        }
-        for (size_t i = 0; i < al->n; i++) {
-            const char *s = scalar(c, al->items[i], ipath(ip, kp, i), "a protocol id");
-            if (!s)
-                continue;
-            /* turnpike speaks HTTP/1.x: announcing h2 would break every client that picks it */
-            if (strcmp(s, "http/1.1") != 0 && strcmp(s, "http/1.0") != 0) {
-                err(c, al->items[i],
-                    "%s: invalid value \"%s\" (expected http/1.1 or http/1.0: turnpike speaks HTTP/1.x)", ip,
-                    quote(q, al->items[i]));
-                continue;
-            }
-            t->alpn[t->n_alpn++] = tp_cfg_arena_strndup(c->a, s, al->items[i]->len);
-        }
+    case 2: {
+        uint16_t x = (uint16_t)v;
+        memcpy(p, &x, 2);
+        break;
+    }
+    case 4: {
+        uint32_t x = (uint32_t)v;
+        memcpy(p, &x, 4);
+        break;
+    }
+    case 8:
+        memcpy(p, &v, 8);
+        break;
+    default:
+        TP_BUG_ON(!"integer field of an unexpected size");
     }
 }
 
-/* upstreams[i].tls: sni, verify (default true), ca. */
-static void parse_upstream_tls(struct cctx *c, const struct tp_ynode *n, const char *up,
-                               struct tp_cfg_upstream *u)
+/* Writes the defaults of <t> (and of the mappings embedded in it) into <obj>. */
+static void apply_defaults(const struct table *t, void *obj)
 {
-    static const char *const keys[] = {"sni", "verify", "ca"};
-    enum { K_SNI = 0, K_VERIFY, K_CA };
-    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN], q[QUOTE_LEN];
-    struct fields f;
-    struct tp_cfg_upstream_tls *t;
+    for (size_t i = 0; i < t->n; i++) {
+        const struct field *fd = &t->fields[i];
+        char *at = (char *)obj + fd->off;
 
-    kpath(p, up, "tls");
-    if (!walk_map(c, n, p, "upstreams[].tls", keys, TP_ARRAY_SIZE(keys), &f))
-        return;
-    t = tp_cfg_arena_calloc(c->a, 1, sizeof(*t));
-    if (!t) {
-        c->errs.oom = true;
-        return;
-    }
-    t->pos = (struct tp_pos){n->line, n->col};
-    t->verify = true;
-    u->tls = t;
-    if (f.val[K_SNI]) {
-        const char *s = scalar(c, f.val[K_SNI], kpath(kp, p, "sni"), "a host name");
-        const char *why = s ? tp_cfg_check_host(s, f.val[K_SNI]->len) : NULL;
-        if (s && !why && s[0] == '*')
-            why = "a name, not a wildcard";
-        if (why)
-            err(c, f.val[K_SNI], "%s: invalid host \"%s\" (%s)", kp, quote(q, f.val[K_SNI]), why);
-        else if (s)
-            t->sni = lower_dup(c, s, f.val[K_SNI]->len);
-    }
-    if (f.val[K_VERIFY])
-        get_bool(c, f.val[K_VERIFY], kpath(kp, p, "verify"), &t->verify);
-    if (f.val[K_CA]) {
-        t->ca = get_file(c, f.val[K_CA], kpath(kp, p, "ca"));
-        char e[512];
-        if (t->ca && tp_tls_check_ca(t->ca, e, sizeof(e)) < 0)
-            err(c, f.val[K_CA], "%s: %s", kp, e);
+        switch (fd->def.kind) {
+        case D_UINT:
+            store_uint(at, fd->size, fd->def.u);
+            break;
+        case D_DOUBLE:
+            *(double *)at = fd->def.d;
+            break;
+        case D_STR:
+            *(char **)at = (char *)fd->def.s;
+            break;
+        default:
+            break;
+        }
+        if (fd->type == T_MAP)
+            apply_defaults(fd->sub, at);
     }
 }
 
-static void parse_listeners(struct cctx *c, const struct tp_ynode *n)
-{
-    static const char *const keys[] = {"name", "address", "tls"};
-    enum { K_NAME = 0, K_ADDRESS, K_TLS };
-    struct tp_config *cfg = c->cfg;
-    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN];
+/* ---- custom value types ---- */
 
-    if (!is_seq(c, n, "listeners"))
-        return;
-    if (n->n == 0) {
-        err(c, n, "listeners: at least one listener is required");
-        return;
-    }
-    cfg->listeners = tp_cfg_arena_calloc(c->a, n->n, sizeof(*cfg->listeners));
-    char **names = tp_cfg_arena_calloc(c->a, n->n, sizeof(*names));
-    const struct tp_ynode **name_at = tp_cfg_arena_calloc(c->a, n->n, sizeof(*name_at));
-    const struct tp_ynode **addr_at = tp_cfg_arena_calloc(c->a, n->n, sizeof(*addr_at));
-    if (!cfg->listeners || !names || !name_at || !addr_at) {
-        c->errs.oom = true;
-        return;
-    }
-    cfg->n_listeners = n->n;
-
-    for (size_t i = 0; i < n->n; i++) {
-        struct tp_cfg_listener *l = &cfg->listeners[i];
-        const struct tp_ynode *item = n->items[i];
-        struct fields f;
-
-        ipath(p, "listeners", i);
-        l->pos = (struct tp_pos){item->line, item->col};
-        name_at[i] = item;
-        if (!walk_map(c, item, p, "listeners[]", keys, TP_ARRAY_SIZE(keys), &f))
-            continue;
-        if (f.val[K_NAME]) {
-            name_at[i] = f.val[K_NAME];
-            names[i] = get_name(c, f.val[K_NAME], kpath(kp, p, "name"));
-        } else if (!f.key[K_NAME]) {
-            names[i] = tp_cfg_arena_strndup(c->a, p, strlen(p));
-        }
-        l->name = names[i];
-        if (f.val[K_ADDRESS]) {
-            l->addr_pos = (struct tp_pos){f.val[K_ADDRESS]->line, f.val[K_ADDRESS]->col};
-            if (get_addr(c, f.val[K_ADDRESS], kpath(kp, p, "address"), &l->addr))
-                addr_at[i] = f.val[K_ADDRESS];
-        } else if (!f.key[K_ADDRESS]) {
-            missing(c, item, p, "address");
-        }
-        if (f.val[K_TLS])
-            parse_listener_tls(c, f.val[K_TLS], p, l);
-    }
-    check_unique_names(c, names, name_at, n->n, "listeners");
-
-    for (size_t i = 1; i < n->n; i++) {
-        for (size_t j = 0; addr_at[i] && j < i; j++) {
-            if (addr_at[j] && addr_equal(&cfg->listeners[i].addr, &cfg->listeners[j].addr)) {
-                char first[PATH_MAX_LEN];
-                err(c, addr_at[i], "%s: %s is already used by %s",
-                    kpath(kp, ipath(p, "listeners", i), "address"), cfg->listeners[i].addr.text,
-                    ipath(first, "listeners", j));
-                break;
-            }
-        }
-    }
-}
-
-/* The admin listener may share no address with a data listener: the second
- * in the file is the one in error. Runs once both sections are parsed. */
-static void check_admin_address(struct cctx *c, const struct tp_ynode *admin_addr)
-{
-    struct tp_config *cfg = c->cfg;
-    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN];
-
-    if (!cfg->has_admin || !admin_addr)
-        return;
-    for (size_t i = 0; i < cfg->n_listeners; i++) {
-        struct tp_cfg_listener *l = &cfg->listeners[i];
-        if (!l->addr.len || !addr_equal(&l->addr, &cfg->admin))
-            continue;
-        struct tp_ynode at = {.line = l->addr_pos.line, .col = l->addr_pos.col};
-        if (pos_before(&at, admin_addr))
-            err(c, admin_addr, "admin.address: %s is already used by %s", cfg->admin.text,
-                ipath(p, "listeners", i));
-        else
-            err(c, &at, "%s: %s is already used by admin.address",
-                kpath(kp, ipath(p, "listeners", i), "address"), l->addr.text);
-        return; /* one message per clash is enough */
-    }
-}
-
-/* ---- upstreams ---- */
-
-static void parse_health_check(struct cctx *c, const struct tp_ynode *n, const char *up,
-                               struct tp_cfg_upstream *u)
-{
-    static const char *const keys[] = {"path", "interval", "timeout", "healthy_after", "unhealthy_after"};
-    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN], q[QUOTE_LEN];
-    struct fields f;
-
-    kpath(p, up, "health_check");
-    if (!walk_map(c, n, p, "upstreams[].health_check", keys, TP_ARRAY_SIZE(keys), &f))
-        return;
-    struct tp_cfg_health_check *h = tp_cfg_arena_alloc(c->a, sizeof(*h));
-    if (!h) {
-        c->errs.oom = true;
-        return;
-    }
-    *h = (struct tp_cfg_health_check){
-        .path = "/",
-        .interval_ms = 2 * MS_PER_S,
-        .timeout_ms = 1 * MS_PER_S,
-        .healthy_after = 2,
-        .unhealthy_after = 3,
-    };
-    u->health_check = h;
-    if (f.val[0]) {
-        const char *s = scalar(c, f.val[0], kpath(kp, p, "path"), "a string");
-        const char *why = s ? tp_cfg_check_path(s, f.val[0]->len, true) : NULL;
-        if (why)
-            err(c, f.val[0], "%s: invalid path \"%s\" (%s)", kp, quote(q, f.val[0]), why);
-        else if (s)
-            h->path = tp_cfg_arena_strndup(c->a, s, f.val[0]->len);
-    }
-    if (f.val[1])
-        get_duration(c, f.val[1], kpath(kp, p, "interval"), 10, MS_PER_H, "10ms..1h", &h->interval_ms);
-    if (f.val[2])
-        get_duration(c, f.val[2], kpath(kp, p, "timeout"), 1, MS_PER_H, "1ms..1h", &h->timeout_ms);
-    if (f.val[3])
-        get_u32(c, f.val[3], kpath(kp, p, "healthy_after"), 1, 100, &h->healthy_after);
-    if (f.val[4])
-        get_u32(c, f.val[4], kpath(kp, p, "unhealthy_after"), 1, 100, &h->unhealthy_after);
-}
-
-static void parse_breaker(struct cctx *c, const struct tp_ynode *n, const char *up, struct tp_cfg_upstream *u)
-{
-    static const char *const keys[] = {
-        "consecutive_failures", "failure_ratio", "min_requests", "window", "open_for", "half_open_requests"};
-    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN];
-    struct fields f;
-
-    kpath(p, up, "circuit_breaker");
-    if (!walk_map(c, n, p, "upstreams[].circuit_breaker", keys, TP_ARRAY_SIZE(keys), &f))
-        return;
-    struct tp_cfg_circuit_breaker *b = tp_cfg_arena_alloc(c->a, sizeof(*b));
-    if (!b) {
-        c->errs.oom = true;
-        return;
-    }
-    *b = (struct tp_cfg_circuit_breaker){
-        .consecutive_failures = 5,
-        .failure_ratio = 0.5,
-        .min_requests = 20,
-        .window_ms = 10 * MS_PER_S,
-        .open_for_ms = 10 * MS_PER_S,
-        .half_open_requests = 3,
-    };
-    u->circuit_breaker = b;
-    if (f.val[0])
-        get_u32(c, f.val[0], kpath(kp, p, "consecutive_failures"), 1, 10000, &b->consecutive_failures);
-    if (f.val[1])
-        get_ratio(c, f.val[1], kpath(kp, p, "failure_ratio"), &b->failure_ratio);
-    if (f.val[2])
-        get_u32(c, f.val[2], kpath(kp, p, "min_requests"), 1, 1000000, &b->min_requests);
-    if (f.val[3])
-        get_duration(c, f.val[3], kpath(kp, p, "window"), MS_PER_S, MS_PER_H, "1s..1h", &b->window_ms);
-    if (f.val[4])
-        get_duration(c, f.val[4], kpath(kp, p, "open_for"), 1, 24 * MS_PER_H, "1ms..24h", &b->open_for_ms);
-    if (f.val[5])
-        get_u32(c, f.val[5], kpath(kp, p, "half_open_requests"), 1, 1000, &b->half_open_requests);
-}
-
-static void parse_retries(struct cctx *c, const struct tp_ynode *n, const char *up, struct tp_cfg_upstream *u)
-{
-    static const char *const keys[] = {"attempts", "on"};
-    static const char *const conds[] = {"connect_failure", "reset", "502", "503", "504"};
-    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN], ip[PATH_MAX_LEN];
-    struct fields f;
-
-    kpath(p, up, "retries");
-    if (!walk_map(c, n, p, "upstreams[].retries", keys, TP_ARRAY_SIZE(keys), &f))
-        return;
-    struct tp_cfg_retries *r = tp_cfg_arena_alloc(c->a, sizeof(*r));
-    if (!r) {
-        c->errs.oom = true;
-        return;
-    }
-    r->attempts = 1;
-    r->on = TP_RETRY_CONNECT_FAILURE | TP_RETRY_RESET;
-    u->retries = r;
-    if (f.val[0])
-        get_u32(c, f.val[0], kpath(kp, p, "attempts"), 0, 10, &r->attempts);
-    if (f.val[1] && is_seq(c, f.val[1], kpath(kp, p, "on"))) {
-        /* The bit order of TP_RETRY_* follows conds[]. */
-        r->on = 0;
-        for (size_t i = 0; i < f.val[1]->n; i++) {
-            int which;
-            if (get_enum(c, f.val[1]->items[i], ipath(ip, kp, i), conds, TP_ARRAY_SIZE(conds),
-                         "connect_failure, reset, 502, 503 or 504", &which))
-                r->on |= 1u << which;
-        }
-    }
-}
-
-static void parse_endpoints(struct cctx *c, const struct tp_ynode *n, const char *up,
-                            struct tp_cfg_upstream *u)
-{
-    static const char *const keys[] = {"address", "weight"};
-    char p[PATH_MAX_LEN], ip[PATH_MAX_LEN], kp[PATH_MAX_LEN];
-
-    kpath(p, up, "endpoints");
-    if (!is_seq(c, n, p))
-        return;
-    if (n->n == 0) {
-        err(c, n, "%s: at least one endpoint is required", p);
-        return;
-    }
-    u->endpoints = tp_cfg_arena_calloc(c->a, n->n, sizeof(*u->endpoints));
-    const struct tp_ynode **addr_at = tp_cfg_arena_calloc(c->a, n->n, sizeof(*addr_at));
-    if (!u->endpoints || !addr_at) {
-        c->errs.oom = true;
-        return;
-    }
-    u->n_endpoints = n->n;
-    for (size_t i = 0; i < n->n; i++) {
-        struct tp_cfg_endpoint *e = &u->endpoints[i];
-        const struct tp_ynode *item = n->items[i];
-        struct fields f;
-
-        e->weight = 1;
-        e->pos = (struct tp_pos){item->line, item->col};
-        ipath(ip, p, i);
-        if (!walk_map(c, item, ip, "upstreams[].endpoints[]", keys, TP_ARRAY_SIZE(keys), &f))
-            continue;
-        if (f.val[0]) {
-            if (get_addr(c, f.val[0], kpath(kp, ip, "address"), &e->addr))
-                addr_at[i] = f.val[0];
-        } else if (!f.key[0]) {
-            missing(c, item, ip, "address");
-        }
-        if (f.val[1])
-            get_u32(c, f.val[1], kpath(kp, ip, "weight"), 1, 1000, &e->weight);
-    }
-    for (size_t i = 1; i < n->n; i++) {
-        for (size_t j = 0; addr_at[i] && j < i; j++) {
-            if (addr_at[j] && addr_equal(&u->endpoints[i].addr, &u->endpoints[j].addr)) {
-                err(c, addr_at[i], "%s: %s is already listed as endpoints[%zu]",
-                    kpath(kp, ipath(ip, p, i), "address"), u->endpoints[i].addr.text, j);
-                break;
-            }
-        }
-    }
-}
-
-static void parse_upstreams(struct cctx *c, const struct tp_ynode *n)
-{
-    static const char *const keys[] = {"name",         "endpoints",       "balance",
-                                       "hash_key",     "keepalive",       "tls",
-                                       "health_check", "circuit_breaker", "max_concurrent_requests",
-                                       "retries"};
-    enum {
-        K_NAME = 0,
-        K_ENDPOINTS,
-        K_BALANCE,
-        K_HASH_KEY,
-        K_KEEPALIVE,
-        K_TLS,
-        K_HEALTH,
-        K_BREAKER,
-        K_MAXREQ,
-        K_RETRIES,
-    };
-    static const char *const balances[] = {"round_robin", "least_request", "hash"};
-    struct tp_config *cfg = c->cfg;
-    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN];
-
-    if (!is_seq(c, n, "upstreams"))
-        return;
-    if (n->n == 0)
-        return;
-    cfg->upstreams = tp_cfg_arena_calloc(c->a, n->n, sizeof(*cfg->upstreams));
-    char **names = tp_cfg_arena_calloc(c->a, n->n, sizeof(*names));
-    const struct tp_ynode **name_at = tp_cfg_arena_calloc(c->a, n->n, sizeof(*name_at));
-    if (!cfg->upstreams || !names || !name_at) {
-        c->errs.oom = true;
-        return;
-    }
-    cfg->n_upstreams = n->n;
-
-    for (size_t i = 0; i < n->n; i++) {
-        struct tp_cfg_upstream *u = &cfg->upstreams[i];
-        const struct tp_ynode *item = n->items[i];
-        struct fields f;
-        int bal;
-
-        u->balance = TP_BALANCE_ROUND_ROBIN;
-        u->keepalive = 32;
-        u->pos = (struct tp_pos){item->line, item->col};
-        name_at[i] = item;
-        ipath(p, "upstreams", i);
-        if (!walk_map(c, item, p, "upstreams[]", keys, TP_ARRAY_SIZE(keys), &f))
-            continue;
-
-        if (f.val[K_NAME]) {
-            name_at[i] = f.val[K_NAME];
-            names[i] = u->name = get_name(c, f.val[K_NAME], kpath(kp, p, "name"));
-        } else if (!f.key[K_NAME]) {
-            missing(c, item, p, "name");
-        }
-        if (f.val[K_ENDPOINTS])
-            parse_endpoints(c, f.val[K_ENDPOINTS], p, u);
-        else if (!f.key[K_ENDPOINTS])
-            missing(c, item, p, "endpoints");
-        bool bal_ok = !f.val[K_BALANCE] ||
-                      get_enum(c, f.val[K_BALANCE], kpath(kp, p, "balance"), balances,
-                               TP_ARRAY_SIZE(balances), "round_robin, least_request or hash", &bal);
-        if (f.val[K_BALANCE] && bal_ok)
-            u->balance = (enum tp_balance)bal;
-        if (f.val[K_HASH_KEY])
-            get_key(c, f.val[K_HASH_KEY], kpath(kp, p, "hash_key"), KEY_FOR_HASH, &u->hash_key);
-        /* hash_key and balance: hash go together; blame the one that is
-         * there without the other (a broken hash_key was reported already). */
-        if (bal_ok && u->balance == TP_BALANCE_HASH && !f.key[K_HASH_KEY])
-            err(c, f.val[K_BALANCE], "%s: hash needs hash_key", kpath(kp, p, "balance"));
-        if (bal_ok && u->balance != TP_BALANCE_HASH && f.key[K_HASH_KEY]) {
-            warn(c, f.key[K_HASH_KEY], "%s: only used with balance: hash (ignored)",
-                 kpath(kp, p, "hash_key"));
-            memset(&u->hash_key, 0, sizeof(u->hash_key));
-        }
-        if (f.val[K_KEEPALIVE])
-            get_u32(c, f.val[K_KEEPALIVE], kpath(kp, p, "keepalive"), 0, 10000, &u->keepalive);
-        if (f.val[K_TLS])
-            parse_upstream_tls(c, f.val[K_TLS], p, u);
-        if (f.val[K_HEALTH])
-            parse_health_check(c, f.val[K_HEALTH], p, u);
-        if (f.val[K_BREAKER])
-            parse_breaker(c, f.val[K_BREAKER], p, u);
-        if (f.val[K_MAXREQ])
-            get_u32(c, f.val[K_MAXREQ], kpath(kp, p, "max_concurrent_requests"), 1, 10000000,
-                    &u->max_concurrent_requests);
-        if (f.val[K_RETRIES])
-            parse_retries(c, f.val[K_RETRIES], p, u);
-    }
-    check_unique_names(c, names, name_at, n->n, "upstreams");
-}
-
-/* ---- routes ---- */
-
-/* Index of the upstream called <n>'s text, or TP_UPSTREAM_NONE after an
- * error (or silently when the upstreams section itself was unusable). */
-static size_t resolve_upstream(struct cctx *c, const struct tp_ynode *n, const char *path)
+/* workers: auto (stored as 0) or 1..1024 */
+static bool parse_workers(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                          void *obj, struct walk *w)
 {
     char q[QUOTE_LEN];
-    const char *s = scalar(c, n, path, "an upstream name");
+    uint64_t n;
 
-    if (!s)
-        return TP_UPSTREAM_NONE;
-    for (size_t i = 0; i < c->cfg->n_upstreams; i++)
-        if (c->cfg->upstreams[i].name && strcmp(c->cfg->upstreams[i].name, s) == 0)
-            return i;
-    if (c->upstreams_ok)
-        err(c, n, "%s: no upstream named \"%s\"", path, quote(q, n));
-    return TP_UPSTREAM_NONE;
+    (void)w;
+    if (text_is(v, "auto")) {
+        store_uint((char *)obj + fd->off, fd->size, 0);
+        return true;
+    }
+    if (v->kind != TP_Y_SCALAR || v->null) {
+        type_err(c, v, path, "auto or an integer");
+        return false;
+    }
+    if (!v->len || strspn(v->str, "0123456789-") != v->len) {
+        err(c, v, "%s: invalid value \"%s\" (expected auto or 1..1024)", path, quote(q, v));
+        return false;
+    }
+    if (!get_uint(c, v, path, 1, 1024, &n))
+        return false;
+    store_uint((char *)obj + fd->off, fd->size, n);
+    return true;
 }
 
-static void parse_split(struct cctx *c, const struct tp_ynode *n, const char *rp, struct tp_cfg_route *r)
+static bool parse_log_path(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                           void *obj, struct walk *w)
 {
-    static const char *const keys[] = {"upstream", "weight"};
-    char p[PATH_MAX_LEN], ip[PATH_MAX_LEN], kp[PATH_MAX_LEN];
-    uint64_t sum = 0;
-    bool all_ok = true;
+    const char *s = scalar(c, v, path, "a string");
 
-    kpath(p, rp, "split");
-    if (!is_seq(c, n, p))
-        return;
-    if (n->n == 0) {
-        err(c, n, "%s: expected at least one upstream", p);
-        return;
+    (void)w;
+    if (!s)
+        return false;
+    if (!*s) {
+        err(c, v, "%s: must not be empty (\"-\" is stdout)", path);
+        return false;
     }
-    r->split = tp_cfg_arena_calloc(c->a, n->n, sizeof(*r->split));
-    if (!r->split) {
-        c->errs.oom = true;
-        return;
-    }
-    r->n_split = n->n;
-    for (size_t i = 0; i < n->n; i++) {
-        struct tp_cfg_split *s = &r->split[i];
-        const struct tp_ynode *item = n->items[i];
-        struct fields f;
+    return (*(char **)((char *)obj + fd->off) = tp_cfg_arena_strndup(c->a, s, v->len)) != NULL;
+}
 
-        s->upstream = TP_UPSTREAM_NONE;
-        s->weight = 1;
-        s->pos = (struct tp_pos){item->line, item->col};
-        ipath(ip, p, i);
-        if (!walk_map(c, item, ip, "routes[].split[]", keys, TP_ARRAY_SIZE(keys), &f)) {
-            all_ok = false;
+/* A host name, lowercased: match.host (a wildcard is fine) and tls.sni (<arg> set: a name only). */
+static bool parse_host(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                       void *obj, struct walk *w)
+{
+    char q[QUOTE_LEN];
+    const char *s = scalar(c, v, path, "a host name");
+    const char *why = s ? tp_cfg_check_host(s, v->len) : NULL;
+
+    (void)w;
+    if (s && !why && fd->arg && s[0] == '*')
+        why = "a name, not a wildcard";
+    if (why)
+        err(c, v, "%s: invalid host \"%s\" (%s)", path, quote(q, v), why);
+    if (!s || why)
+        return false;
+    return (*(char **)((char *)obj + fd->off) = lower_dup(c, s, v->len)) != NULL;
+}
+
+/* health_check.path: a request target, query string allowed. */
+static bool parse_target(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                         void *obj, struct walk *w)
+{
+    char q[QUOTE_LEN];
+    const char *s = scalar(c, v, path, "a string");
+    const char *why = s ? tp_cfg_check_path(s, v->len, true) : NULL;
+
+    (void)w;
+    if (why)
+        err(c, v, "%s: invalid path \"%s\" (%s)", path, quote(q, v), why);
+    if (!s || why)
+        return false;
+    return (*(char **)((char *)obj + fd->off) = tp_cfg_arena_strndup(c->a, s, v->len)) != NULL;
+}
+
+/* upstreams[].tls.ca: a readable file that loads as a CA bundle. */
+static bool parse_ca(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                     void *obj, struct walk *w)
+{
+    char e[512];
+    char *ca = get_file(c, v, path);
+
+    (void)w;
+    if (!ca)
+        return false;
+    *(char **)((char *)obj + fd->off) = ca;
+    if (tp_tls_check_ca(ca, e, sizeof(e)) < 0) {
+        err(c, v, "%s: %s", path, e);
+        return false;
+    }
+    return true;
+}
+
+/* listeners[].tls.alpn: protocol ids into a char * array at <off>, count at <count_off>. */
+static bool parse_alpn(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                       void *obj, struct walk *w)
+{
+    char ip[PATH_MAX_LEN], q[QUOTE_LEN];
+    bool ok = true;
+
+    (void)w;
+    if (!is_seq(c, v, path))
+        return false;
+    char **alpn = tp_cfg_arena_calloc(c->a, v->n ? v->n : 1, sizeof(*alpn));
+    size_t *n = (size_t *)((char *)obj + fd->count_off);
+    if (!alpn) {
+        oom(c);
+        return false;
+    }
+    *(char ***)((char *)obj + fd->off) = alpn;
+    for (size_t i = 0; i < v->n; i++) {
+        const struct tp_ynode *it = v->items[i];
+        const char *s = scalar(c, it, ipath(ip, path, i), "a protocol id");
+        if (!s) {
+            ok = false;
             continue;
         }
-        if (f.val[0]) {
-            s->upstream = resolve_upstream(c, f.val[0], kpath(kp, ip, "upstream"));
-            for (size_t j = 0; s->upstream != TP_UPSTREAM_NONE && j < i; j++) {
-                if (r->split[j].upstream == s->upstream) {
-                    err(c, f.val[0], "%s: upstream \"%s\" is already in split[%zu]", kp,
-                        c->cfg->upstreams[s->upstream].name, j);
-                    break;
-                }
-            }
-        } else if (!f.key[0]) {
-            missing(c, item, ip, "upstream");
+        /* turnpike speaks HTTP/1.x: announcing h2 would break every client that picks it */
+        if (strcmp(s, "http/1.1") != 0 && strcmp(s, "http/1.0") != 0) {
+            err(c, it, "%s: invalid value \"%s\" (expected http/1.1 or http/1.0: turnpike speaks HTTP/1.x)",
+                ip, quote(q, it));
+            ok = false;
+            continue;
         }
-        if (f.val[1] && !get_u32(c, f.val[1], kpath(kp, ip, "weight"), 0, 1000, &s->weight))
-            all_ok = false;
-        sum += s->weight;
+        alpn[(*n)++] = tp_cfg_arena_strndup(c->a, s, it->len);
     }
-    if (all_ok && sum == 0)
-        err(c, n, "%s: the weights add up to 0 (at least one must be above 0)", p);
+    return ok;
 }
 
-static void parse_direct(struct cctx *c, const struct tp_ynode *n, const char *rp, struct tp_cfg_route *r)
+/* hash_key and rate_limit.key: <arg> points at the enum key_use. */
+static bool parse_key(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                      void *obj, struct walk *w)
 {
-    static const char *const keys[] = {"status", "body"};
-    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN];
-    struct fields f;
-    uint64_t status;
+    (void)w;
+    return get_key(c, v, path, *(const enum key_use *)fd->arg, (struct tp_key *)((char *)obj + fd->off));
+}
 
-    kpath(p, rp, "direct_response");
-    if (!walk_map(c, n, p, "routes[].direct_response", keys, TP_ARRAY_SIZE(keys), &f))
-        return;
-    struct tp_cfg_direct_response *d = tp_cfg_arena_alloc(c->a, sizeof(*d));
-    if (!d) {
-        c->errs.oom = true;
-        return;
+static const enum key_use key_for_hash = KEY_FOR_HASH, key_for_rate = KEY_FOR_RATE;
+
+/* routes[].upstream and routes[].split[].upstream: the index of the upstream
+ * named by the value, or TP_UPSTREAM_NONE after an error (or silently when the
+ * upstreams section itself was unusable). Upstreams are read before routes. */
+static bool parse_upstream_ref(struct cctx *c, const struct field *fd, const struct tp_ynode *v,
+                               const char *path, void *obj, struct walk *w)
+{
+    char q[QUOTE_LEN];
+    const char *s = scalar(c, v, path, "an upstream name");
+
+    (void)w;
+    if (!s)
+        return false;
+    for (size_t i = 0; i < c->cfg->n_upstreams; i++) {
+        if (c->cfg->upstreams[i].name && strcmp(c->cfg->upstreams[i].name, s) == 0) {
+            store_uint((char *)obj + fd->off, fd->size, i);
+            return true;
+        }
     }
-    d->body = "";
-    r->direct = d;
-    if (f.val[0]) {
-        if (get_uint(c, f.val[0], kpath(kp, p, "status"), 200, 599, &status))
-            d->status = (uint16_t)status;
-    } else if (!f.key[0]) {
-        missing(c, n, p, "status");
+    if (c->upstreams_ok)
+        err(c, v, "%s: no upstream named \"%s\"", path, quote(q, v));
+    return false;
+}
+
+/* match.path (<arg> true: exact) and match.path_prefix, into the route. When
+ * both are given neither is used, and r->path becomes NULL: strip_prefix is
+ * then not checked against a path that is already reported. */
+static bool parse_match_path(struct cctx *c, const struct field *fd, const struct tp_ynode *v,
+                             const char *path, void *obj, struct walk *w)
+{
+    struct tp_cfg_route *r = obj;
+    char q[QUOTE_LEN];
+    const char *s = scalar(c, v, path, "a path");
+    const char *why = s ? tp_cfg_check_path(s, v->len, false) : NULL;
+
+    if (!s || why) {
+        if (why)
+            err(c, v, "%s: invalid path \"%s\" (%s)", path, quote(q, v), why);
+        r->path = NULL;
+        return false;
     }
-    if (f.val[1]) {
-        /* The body is bytes with a length: NULs are fine here. */
-        const struct tp_ynode *b = f.val[1];
-        if (b->kind != TP_Y_SCALAR || b->null)
-            type_err(c, b, kpath(kp, p, "body"), "a string");
-        else if (b->len > BODY_MAX_LEN)
-            err(c, b, "%s: too long (%zu bytes, at most 1MiB)", kpath(kp, p, "body"), b->len);
-        else if (!(d->body = tp_cfg_arena_strndup(c->a, b->str, b->len)))
-            c->errs.oom = true;
+    if (w->group_n[fd->group] > 1) {
+        r->path = NULL;
+        return true;
+    }
+    r->path = tp_cfg_arena_strndup(c->a, s, v->len);
+    r->path_exact = *(const bool *)fd->arg;
+    return r->path != NULL;
+}
+
+static const bool match_exact = true, match_prefix = false;
+
+static bool parse_methods(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                          void *obj, struct walk *w)
+{
+    char ip[PATH_MAX_LEN], q[QUOTE_LEN];
+    uint64_t bits = 0;
+    bool ok = true;
+
+    (void)w;
+    if (!is_seq(c, v, path))
+        return false;
+    if (v->n == 0) {
+        err(c, v, "%s: expected at least one method (leave methods out to match any)", path);
+        ok = false;
+    }
+    for (size_t i = 0; i < v->n; i++) {
+        const struct tp_ynode *it = v->items[i];
+        const char *s = scalar(c, it, ipath(ip, path, i), "a method");
+        int m = s ? tp_cfg_method(s, it->len) : -1;
+        if (s && m < 0)
+            err(c, it, "%s: unknown method \"%s\" (expected an HTTP method in upper case, e.g. GET)", ip,
+                quote(q, it));
+        if (m < 0)
+            ok = false;
         else
-            d->body_len = b->len;
+            bits |= 1ull << m;
     }
-}
-
-static void parse_rate_limit(struct cctx *c, const struct tp_ynode *n, const char *rp, struct tp_cfg_route *r)
-{
-    static const char *const keys[] = {"rate", "burst", "key"};
-    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN], q[QUOTE_LEN];
-    struct fields f;
-
-    kpath(p, rp, "rate_limit");
-    if (!walk_map(c, n, p, "routes[].rate_limit", keys, TP_ARRAY_SIZE(keys), &f))
-        return;
-    struct tp_cfg_rate_limit *rl = tp_cfg_arena_alloc(c->a, sizeof(*rl));
-    if (!rl) {
-        c->errs.oom = true;
-        return;
-    }
-    rl->key.kind = TP_KEY_CLIENT_IP;
-    r->rate_limit = rl;
-    if (f.val[0]) {
-        const char *s = scalar(c, f.val[0], kpath(kp, p, "rate"), "a rate");
-        int rc = s ? tp_parse_rate(s, &rl->tokens, &rl->period_ms) : 0;
-        if (rc == -EINVAL)
-            err(c, f.val[0], "%s: invalid rate \"%s\" (expected e.g. 100/s, 6000/m, 50000/h)", kp,
-                quote(q, f.val[0]));
-        else if (rc < 0)
-            err(c, f.val[0], "%s: %s is out of range (1..1000000000 per s, m or h)", kp, quote(q, f.val[0]));
-    } else if (!f.key[0]) {
-        missing(c, n, p, "rate");
-    }
-    /* The bucket holds one period's worth unless told otherwise. */
-    rl->burst = rl->tokens;
-    if (f.val[1])
-        get_uint(c, f.val[1], kpath(kp, p, "burst"), 1, 1000000000, &rl->burst);
-    if (f.val[2])
-        get_key(c, f.val[2], kpath(kp, p, "key"), KEY_FOR_RATE, &rl->key);
+    store_uint((char *)obj + fd->off, fd->size, bits);
+    return ok;
 }
 
 static bool is_managed_header(const char *s, size_t len)
@@ -1362,23 +991,31 @@ enum hdr_use {
     HDR_SET_RESPONSE, /* response_headers.set */
 };
 
-/* A map header-name -> value (match.headers or a rewrite's `set`). Names are
- * unique case-insensitively; the second one is the error, at its key. */
-static void parse_header_map(struct cctx *c, const struct tp_ynode *n, const char *path, enum hdr_use use,
-                             struct tp_header_kv **out, size_t *n_out)
-{
-    char q[QUOTE_LEN], vp[PATH_MAX_LEN];
+static const enum hdr_use hdr_match = HDR_MATCH, hdr_set_request = HDR_SET_REQUEST,
+                          hdr_set_response = HDR_SET_RESPONSE;
 
+/* A map header-name -> value (match.headers or a rewrite's `set`, <arg> says
+ * which) into a struct tp_header_kv array at <off>, count at <count_off>.
+ * Names are unique case-insensitively; the second one is the error, at its key. */
+static bool parse_header_map(struct cctx *c, const struct field *fd, const struct tp_ynode *n,
+                             const char *path, void *obj, struct walk *w)
+{
+    enum hdr_use use = *(const enum hdr_use *)fd->arg;
+    char q[QUOTE_LEN], vp[PATH_MAX_LEN];
+    size_t *n_out = (size_t *)((char *)obj + fd->count_off);
+    size_t errs_before = c->errs.n; /* any error below refuses the map */
+
+    (void)w;
     if (n->kind != TP_Y_MAP) {
         type_err(c, n, path, "a mapping of header names to values");
-        return;
+        return false;
     }
     struct tp_header_kv *kv = tp_cfg_arena_calloc(c->a, n->n ? n->n : 1, sizeof(*kv));
     if (!kv) {
-        c->errs.oom = true;
-        return;
+        oom(c);
+        return false;
     }
-    *out = kv;
+    *(struct tp_header_kv **)((char *)obj + fd->off) = kv;
     *n_out = 0;
     for (size_t i = 0; i < n->n; i++) {
         const struct tp_ynode *k = n->pairs[i].key, *v = n->pairs[i].val;
@@ -1425,137 +1062,72 @@ static void parse_header_map(struct cctx *c, const struct tp_ynode *n, const cha
         h->value = tp_cfg_arena_strndup(c->a, s, v->len);
         h->value_len = v->len;
         if (!h->name || !h->value)
-            c->errs.oom = true;
+            oom(c);
     }
+    return c->errs.n == errs_before;
 }
 
-static void parse_rewrite(struct cctx *c, const struct tp_ynode *n, const char *rp, bool request,
-                          struct tp_header_rewrite *rw)
+/* A rewrite's `remove` list, in the struct tp_header_rewrite; <arg> is the
+ * section's name ("request_headers") for messages. Read after `set`. */
+static bool parse_header_remove(struct cctx *c, const struct field *fd, const struct tp_ynode *list,
+                                const char *path, void *obj, struct walk *w)
 {
-    static const char *const keys[] = {"set", "remove"};
-    const char *section = request ? "request_headers" : "response_headers";
-    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN], ip[PATH_MAX_LEN], q[QUOTE_LEN];
-    char schema[64];
-    struct fields f;
+    struct tp_header_rewrite *rw = obj;
+    const char *section = fd->arg;
+    char ip[PATH_MAX_LEN], q[QUOTE_LEN];
+    bool ok = true;
 
-    kpath(p, rp, section);
-    snprintf(schema, sizeof(schema), "routes[].%s", section);
-    if (!walk_map(c, n, p, schema, keys, TP_ARRAY_SIZE(keys), &f))
-        return;
-    if (f.val[0])
-        parse_header_map(c, f.val[0], kpath(kp, p, "set"), request ? HDR_SET_REQUEST : HDR_SET_RESPONSE,
-                         &rw->set, &rw->n_set);
-    if (!f.val[1] || !is_seq(c, f.val[1], kpath(kp, p, "remove")))
-        return;
-
-    const struct tp_ynode *list = f.val[1];
+    (void)w;
+    if (!is_seq(c, list, path))
+        return false;
     rw->remove = tp_cfg_arena_calloc(c->a, list->n ? list->n : 1, sizeof(*rw->remove));
     if (!rw->remove) {
-        c->errs.oom = true;
-        return;
+        oom(c);
+        return false;
     }
     for (size_t i = 0; i < list->n; i++) {
         const struct tp_ynode *it = list->items[i];
-        const char *s = scalar(c, it, ipath(ip, kp, i), "a header name");
+        const char *s = scalar(c, it, ipath(ip, path, i), "a header name");
         bool bad = false;
 
-        if (!s)
+        if (!s) {
+            ok = false;
             continue;
+        }
         if (!tp_cfg_is_token(s, it->len)) {
             err(c, it, "%s: invalid header name \"%s\" (expected letters, digits or !#$%%&'*+-.^_`|~)", ip,
                 quote(q, it));
+            ok = false;
             continue;
         }
         if (is_managed_header(s, it->len) || name_is(s, it->len, "host")) {
             err(c, it, "%s: %s cannot be removed (%s)", ip, quote(q, it),
                 name_is(s, it->len, "host") ? "every HTTP/1.1 request needs it"
                                             : "framing and hop-by-hop headers are managed by turnpike");
+            ok = false;
             continue;
         }
         for (size_t j = 0; j < rw->n_remove && !bad; j++)
             bad = rw->remove[j].name_len == it->len && strncasecmp(rw->remove[j].name, s, it->len) == 0;
         if (bad) {
             err(c, it, "%s: duplicate header \"%s\"", ip, quote(q, it));
+            ok = false;
             continue;
         }
         for (size_t j = 0; j < rw->n_set && !bad; j++)
             bad = rw->set[j].name_len == it->len && strncasecmp(rw->set[j].name, s, it->len) == 0;
         if (bad) {
             err(c, it, "%s: %s is also in %s.set (set replaces it already)", ip, quote(q, it), section);
+            ok = false;
             continue;
         }
         struct tp_header_kv *h = &rw->remove[rw->n_remove++];
         h->name = tp_cfg_arena_strndup(c->a, s, it->len);
         h->name_len = it->len;
         if (!h->name)
-            c->errs.oom = true;
+            oom(c);
     }
-}
-
-/* Parses match: into <r>. Clears *<path_ok> when r->path cannot be trusted
- * (invalid, or both path and path_prefix given), so that strip_prefix is not
- * checked against a path that is already reported. */
-static void parse_match(struct cctx *c, const struct tp_ynode *n, const char *rp, struct tp_cfg_route *r,
-                        bool *path_ok)
-{
-    static const char *const keys[] = {"host", "path", "path_prefix", "methods", "headers"};
-    enum { K_HOST = 0, K_PATH, K_PREFIX, K_METHODS, K_HEADERS };
-    static const int path_keys[] = {K_PATH, K_PREFIX};
-    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN], ip[PATH_MAX_LEN], q[QUOTE_LEN];
-    struct fields f;
-
-    kpath(p, rp, "match");
-    if (!walk_map(c, n, p, "routes[].match", keys, TP_ARRAY_SIZE(keys), &f)) {
-        *path_ok = false;
-        return;
-    }
-    if (f.val[K_HOST]) {
-        const char *s = scalar(c, f.val[K_HOST], kpath(kp, p, "host"), "a host name");
-        const char *why = s ? tp_cfg_check_host(s, f.val[K_HOST]->len) : NULL;
-        if (why)
-            err(c, f.val[K_HOST], "%s: invalid host \"%s\" (%s)", kp, quote(q, f.val[K_HOST]), why);
-        else if (s)
-            r->host = lower_dup(c, s, f.val[K_HOST]->len);
-    }
-
-    if (only_one_of(c, &f, p, keys, path_keys, 2, "path and path_prefix") > 1)
-        *path_ok = false;
-    for (int i = 0; i < 2; i++) {
-        int k = path_keys[i];
-        const struct tp_ynode *v = f.val[k];
-        if (!v)
-            continue;
-        const char *s = scalar(c, v, kpath(kp, p, keys[k]), "a path");
-        const char *why = s ? tp_cfg_check_path(s, v->len, false) : NULL;
-        if (!s || why) {
-            if (why)
-                err(c, v, "%s: invalid path \"%s\" (%s)", kp, quote(q, v), why);
-            *path_ok = false;
-            continue;
-        }
-        if (*path_ok) {
-            r->path = tp_cfg_arena_strndup(c->a, s, v->len);
-            r->path_exact = k == K_PATH;
-        }
-    }
-
-    if (f.val[K_METHODS] && is_seq(c, f.val[K_METHODS], kpath(kp, p, "methods"))) {
-        const struct tp_ynode *list = f.val[K_METHODS];
-        if (list->n == 0)
-            err(c, list, "%s: expected at least one method (leave methods out to match any)", kp);
-        for (size_t i = 0; i < list->n; i++) {
-            const struct tp_ynode *it = list->items[i];
-            const char *s = scalar(c, it, ipath(ip, kp, i), "a method");
-            int m = s ? tp_cfg_method(s, it->len) : -1;
-            if (s && m < 0)
-                err(c, it, "%s: unknown method \"%s\" (expected an HTTP method in upper case, e.g. GET)", ip,
-                    quote(q, it));
-            else if (s)
-                r->methods |= 1ull << m;
-        }
-    }
-    if (f.val[K_HEADERS])
-        parse_header_map(c, f.val[K_HEADERS], kpath(kp, p, "headers"), HDR_MATCH, &r->headers, &r->n_headers);
+    return ok;
 }
 
 /* strip_prefix S fits match path P when every request path the route
@@ -1569,174 +1141,832 @@ static bool segment_prefix(const char *s, const char *p)
     return strncmp(p, s, n) == 0 && (p[n] == '\0' || p[n] == '/');
 }
 
-static void parse_routes(struct cctx *c, const struct tp_ynode *n)
+/* routes[].strip_prefix: read after match and direct_response. */
+static bool parse_strip_prefix(struct cctx *c, const struct field *fd, const struct tp_ynode *v,
+                               const char *path, void *obj, struct walk *w)
 {
-    static const char *const keys[] = {"name",           "match",      "upstream",        "split",
-                                       "strip_prefix",   "rate_limit", "request_headers", "response_headers",
-                                       "direct_response"};
-    enum {
-        K_NAME = 0,
-        K_MATCH,
-        K_UPSTREAM,
-        K_SPLIT,
-        K_STRIP,
-        K_RATE,
-        K_REQ,
-        K_RESP,
-        K_DIRECT,
-    };
-    static const int target_keys[] = {K_UPSTREAM, K_SPLIT, K_DIRECT};
-    struct tp_config *cfg = c->cfg;
-    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN], q[QUOTE_LEN];
+    struct tp_cfg_route *r = obj;
+    char q[QUOTE_LEN];
 
-    if (!is_seq(c, n, "routes") || n->n == 0)
-        return;
-    cfg->routes = tp_cfg_arena_calloc(c->a, n->n, sizeof(*cfg->routes));
-    char **names = tp_cfg_arena_calloc(c->a, n->n, sizeof(*names));
-    const struct tp_ynode **name_at = tp_cfg_arena_calloc(c->a, n->n, sizeof(*name_at));
-    if (!cfg->routes || !names || !name_at) {
-        c->errs.oom = true;
-        return;
+    if (wkey(w, "direct_response")) {
+        /* Nothing is forwarded, so there is nothing to rewrite. */
+        err(c, own_key(w, fd), "%s: not allowed with direct_response", path);
+        return false;
     }
-    cfg->n_routes = n->n;
+    /* The match path is known only when match was a mapping with a usable path. */
+    const struct tp_ynode *m = wval(w, "match");
+    bool path_ok = r->path && (!wkey(w, "match") || (m && m->kind == TP_Y_MAP));
+    const char *s = scalar(c, v, path, "a path");
+    const char *why = s ? tp_cfg_check_path(s, v->len, false) : NULL;
+    if (!why && s && v->len > 1 && s[v->len - 1] == '/')
+        why = "must not end with / (the rest of the path keeps its leading /)";
+    if (why)
+        err(c, v, "%s: invalid path \"%s\" (%s)", path, quote(q, v), why);
+    if (!s || why)
+        return false;
+    if (path_ok && !segment_prefix(s, r->path)) {
+        err(c, v, "%s: \"%s\" is not a whole-segment prefix of the match path \"%s\"", path, quote(q, v),
+            r->path);
+        return false;
+    }
+    return (r->strip_prefix = tp_cfg_arena_strndup(c->a, s, v->len)) != NULL;
+}
 
-    for (size_t i = 0; i < n->n; i++) {
-        struct tp_cfg_route *r = &cfg->routes[i];
-        const struct tp_ynode *item = n->items[i];
-        struct fields f;
-        bool path_ok = true;
+/* rate_limit.rate: "100/s" -> tokens and period_ms of the struct tp_cfg_rate_limit. */
+static bool parse_rate(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                       void *obj, struct walk *w)
+{
+    struct tp_cfg_rate_limit *rl = obj;
+    char q[QUOTE_LEN];
+    const char *s = scalar(c, v, path, "a rate");
 
-        r->path = "/";
-        r->upstream = TP_UPSTREAM_NONE;
-        r->pos = (struct tp_pos){item->line, item->col};
-        name_at[i] = item;
-        ipath(p, "routes", i);
-        if (!walk_map(c, item, p, "routes[]", keys, TP_ARRAY_SIZE(keys), &f))
+    (void)fd, (void)w;
+    if (!s)
+        return false;
+    int rc = tp_parse_rate(s, &rl->tokens, &rl->period_ms);
+    if (rc == -EINVAL)
+        err(c, v, "%s: invalid rate \"%s\" (expected e.g. 100/s, 6000/m, 50000/h)", path, quote(q, v));
+    else if (rc < 0)
+        err(c, v, "%s: %s is out of range (1..1000000000 per s, m or h)", path, quote(q, v));
+    return rc == 0;
+}
+
+/* direct_response.body: bytes with a length (at <count_off>), so NULs are fine here. */
+static bool parse_body(struct cctx *c, const struct field *fd, const struct tp_ynode *b, const char *path,
+                       void *obj, struct walk *w)
+{
+    char *body;
+
+    (void)w;
+    if (b->kind != TP_Y_SCALAR || b->null) {
+        type_err(c, b, path, "a string");
+        return false;
+    }
+    if (b->len > BODY_MAX_LEN) {
+        err(c, b, "%s: too long (%zu bytes, at most 1MiB)", path, b->len);
+        return false;
+    }
+    if (!(body = tp_cfg_arena_strndup(c->a, b->str, b->len))) {
+        oom(c);
+        return false;
+    }
+    *(char **)((char *)obj + fd->off) = body;
+    *(size_t *)((char *)obj + fd->count_off) = b->len;
+    return true;
+}
+
+/* ---- checks across keys: hooks of the tables below ---- */
+
+/* Names must be unique within listeners, upstreams and routes: the second
+ * holder is the error. Items without a name (their own error was reported)
+ * are skipped; an item with a default name is pointed at as a whole. */
+static void check_unique_names(struct cctx *c, const struct table *t, const struct tp_ynode *list,
+                               const char *path, const char *items, size_t name_off,
+                               const struct item_state *st)
+{
+    char q[QUOTE_LEN], item[PATH_MAX_LEN], key[PATH_MAX_LEN], first[PATH_MAX_LEN];
+
+    for (size_t i = 1; i < list->n; i++) {
+        const char *name = *(char *const *)(items + i * t->size + name_off);
+        if (!name)
             continue;
-
-        if (f.val[K_NAME]) {
-            name_at[i] = f.val[K_NAME];
-            names[i] = get_name(c, f.val[K_NAME], kpath(kp, p, "name"));
-        } else if (!f.key[K_NAME]) {
-            names[i] = tp_cfg_arena_strndup(c->a, p, strlen(p));
+        for (size_t j = 0; j < i; j++) {
+            const char *other = *(char *const *)(items + j * t->size + name_off);
+            if (!other || strcmp(name, other) != 0)
+                continue;
+            const struct tp_ynode *at = item_val(t, list->items[i], &st[i], "name");
+            ipath(item, path, i);
+            tp_cfg_quote(q, sizeof(q), name, strlen(name));
+            err(c, at ? at : list->items[i], "%s: duplicate name \"%s\" (already used by %s)",
+                at ? kpath(key, item, "name") : item, q, ipath(first, path, j));
+            break;
         }
-        r->name = names[i];
-        if (f.val[K_MATCH])
-            parse_match(c, f.val[K_MATCH], p, r, &path_ok);
-        else if (f.key[K_MATCH])
-            path_ok = false;
-
-        if (only_one_of(c, &f, p, keys, target_keys, TP_ARRAY_SIZE(target_keys),
-                        "upstream, split and direct_response") == 0)
-            err(c, item, "%s: needs one of upstream, split or direct_response", p);
-        if (f.val[K_UPSTREAM])
-            r->upstream = resolve_upstream(c, f.val[K_UPSTREAM], kpath(kp, p, "upstream"));
-        if (f.val[K_SPLIT])
-            parse_split(c, f.val[K_SPLIT], p, r);
-        if (f.val[K_DIRECT])
-            parse_direct(c, f.val[K_DIRECT], p, r);
-
-        if (f.key[K_STRIP] && f.key[K_DIRECT]) {
-            /* Nothing is forwarded, so there is nothing to rewrite. */
-            err(c, f.key[K_STRIP], "%s: not allowed with direct_response", kpath(kp, p, "strip_prefix"));
-        } else if (f.val[K_STRIP]) {
-            const struct tp_ynode *v = f.val[K_STRIP];
-            const char *s = scalar(c, v, kpath(kp, p, "strip_prefix"), "a path");
-            const char *why = s ? tp_cfg_check_path(s, v->len, false) : NULL;
-            if (!why && s && v->len > 1 && s[v->len - 1] == '/')
-                why = "must not end with / (the rest of the path keeps its leading /)";
-            if (why)
-                err(c, v, "%s: invalid path \"%s\" (%s)", kp, quote(q, v), why);
-            else if (s && path_ok && !segment_prefix(s, r->path))
-                err(c, v, "%s: \"%s\" is not a whole-segment prefix of the match path \"%s\"", kp,
-                    quote(q, v), r->path);
-            else if (s)
-                r->strip_prefix = tp_cfg_arena_strndup(c->a, s, v->len);
-        }
-        if (f.val[K_RATE])
-            parse_rate_limit(c, f.val[K_RATE], p, r);
-        if (f.val[K_REQ])
-            parse_rewrite(c, f.val[K_REQ], p, true, &r->request_headers);
-        if (f.val[K_RESP])
-            parse_rewrite(c, f.val[K_RESP], p, false, &r->response_headers);
     }
-    check_unique_names(c, names, name_at, n->n, "routes");
+}
+
+static bool addr_set(const struct tp_addr *a)
+{
+    return a->len != 0;
+}
+
+static void listener_end(struct cctx *c, struct walk *w)
+{
+    struct tp_cfg_listener *l = w->obj;
+    const struct tp_ynode *a = wval(w, "address");
+
+    (void)c;
+    if (a)
+        l->addr_pos = (struct tp_pos){a->line, a->col};
+}
+
+static const struct table listener_table;
+
+static void listeners_end(struct cctx *c, const struct tp_ynode *list, const char *path, void *items,
+                          const struct item_state *st)
+{
+    struct tp_cfg_listener *l = items;
+    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN], first[PATH_MAX_LEN];
+
+    check_unique_names(c, &listener_table, list, path, items, offsetof(struct tp_cfg_listener, name), st);
+    for (size_t i = 1; i < list->n; i++) {
+        const struct tp_ynode *at = item_val(&listener_table, list->items[i], &st[i], "address");
+        for (size_t j = 0; at && j < i; j++) {
+            if (item_val(&listener_table, list->items[j], &st[j], "address") &&
+                addr_equal(&l[i].addr, &l[j].addr)) {
+                err(c, at, "%s: %s is already used by %s", kpath(kp, ipath(p, path, i), "address"),
+                    l[i].addr.text, ipath(first, path, j));
+                break;
+            }
+        }
+    }
+}
+
+/* Every pair of files a listener names is loaded: the key must match the certificate. */
+static void cert_end(struct cctx *c, struct walk *w)
+{
+    struct tp_cfg_cert *ce = w->obj;
+    char p[PATH_MAX_LEN], e[512];
+
+    if (ce->cert && ce->key && tp_tls_check_pair(ce->cert, ce->key, e, sizeof(e)) < 0)
+        err(c, wval(w, "cert"), "%s: %s", kpath(p, w->path, "cert"), e);
+}
+
+static const struct table endpoint_table;
+
+static void endpoints_end(struct cctx *c, const struct tp_ynode *list, const char *path, void *items,
+                          const struct item_state *st)
+{
+    struct tp_cfg_endpoint *e = items;
+    char ip[PATH_MAX_LEN], kp[PATH_MAX_LEN];
+
+    for (size_t i = 1; i < list->n; i++) {
+        const struct tp_ynode *at = item_val(&endpoint_table, list->items[i], &st[i], "address");
+        for (size_t j = 0; at && j < i; j++) {
+            if (item_val(&endpoint_table, list->items[j], &st[j], "address") &&
+                addr_equal(&e[i].addr, &e[j].addr)) {
+                err(c, at, "%s: %s is already listed as endpoints[%zu]",
+                    kpath(kp, ipath(ip, path, i), "address"), e[i].addr.text, j);
+                break;
+            }
+        }
+    }
+}
+
+/* balance: hash and hash_key go together; blame the one that is there
+ * without the other (a broken hash_key or balance was reported already). */
+static void upstream_end(struct cctx *c, struct walk *w)
+{
+    struct tp_cfg_upstream *u = w->obj;
+    size_t bal = fidx(w->t, "balance");
+    const struct tp_ynode *hash_key = wkey(w, "hash_key");
+    char kp[PATH_MAX_LEN];
+
+    if (w->failed & (1ull << bal))
+        return;
+    if (u->balance == TP_BALANCE_HASH && !hash_key)
+        err(c, w->val[bal], "%s: hash needs hash_key", kpath(kp, w->path, "balance"));
+    if (u->balance != TP_BALANCE_HASH && hash_key) {
+        warn(c, hash_key, "%s: only used with balance: hash (ignored)", kpath(kp, w->path, "hash_key"));
+        memset(&u->hash_key, 0, sizeof(u->hash_key));
+    }
+}
+
+static const struct table upstream_table;
+
+static void upstreams_end(struct cctx *c, const struct tp_ynode *list, const char *path, void *items,
+                          const struct item_state *st)
+{
+    check_unique_names(c, &upstream_table, list, path, items, offsetof(struct tp_cfg_upstream, name), st);
+}
+
+static const struct table split_table;
+
+/* An upstream appears once per split, and the weights must not all be 0
+ * (unless some weight was refused already: then the sum means nothing). */
+static void split_end(struct cctx *c, const struct tp_ynode *list, const char *path, void *items,
+                      const struct item_state *st)
+{
+    struct tp_cfg_split *s = items;
+    size_t weight = fidx(&split_table, "weight");
+    char ip[PATH_MAX_LEN], kp[PATH_MAX_LEN];
+    uint64_t sum = 0;
+    bool all_ok = true;
+
+    for (size_t i = 0; i < list->n; i++) {
+        sum += s[i].weight;
+        if (!st[i].map || st[i].failed & (1ull << weight))
+            all_ok = false;
+        for (size_t j = 0; s[i].upstream != TP_UPSTREAM_NONE && j < i; j++) {
+            if (s[j].upstream == s[i].upstream) {
+                err(c, item_val(&split_table, list->items[i], &st[i], "upstream"),
+                    "%s: upstream \"%s\" is already in split[%zu]", kpath(kp, ipath(ip, path, i), "upstream"),
+                    c->cfg->upstreams[s[i].upstream].name, j);
+                break;
+            }
+        }
+    }
+    if (all_ok && sum == 0)
+        err(c, list, "%s: the weights add up to 0 (at least one must be above 0)", path);
+}
+
+/* The bucket holds one period's worth unless told otherwise. */
+static void rate_limit_end(struct cctx *c, struct walk *w)
+{
+    struct tp_cfg_rate_limit *rl = w->obj;
+
+    (void)c;
+    if (!wval(w, "burst"))
+        rl->burst = rl->tokens;
+}
+
+static const struct table route_table;
+
+static void routes_end(struct cctx *c, const struct tp_ynode *list, const char *path, void *items,
+                       const struct item_state *st)
+{
+    check_unique_names(c, &route_table, list, path, items, offsetof(struct tp_cfg_route, name), st);
+}
+
+static void admin_end(struct cctx *c, struct walk *w)
+{
+    size_t i = fidx(w->t, "address");
+
+    if (w->val[i] && !(w->failed & (1ull << i)))
+        c->cfg->has_admin = true;
+}
+
+/* Routes refer to upstreams; when `upstreams` is there but unusable, the
+ * references are not checked (see struct cctx). */
+static void root_begin(struct cctx *c, struct walk *w)
+{
+    const struct tp_ynode *v = wval(w, "upstreams");
+
+    c->upstreams_ok = v ? v->kind == TP_Y_SEQ : !wkey(w, "upstreams");
+}
+
+/* The admin listener may share no address with a data listener: the second
+ * in the file is the one in error. */
+static void root_end(struct cctx *c, struct walk *w)
+{
+    struct tp_config *cfg = c->cfg;
+    const struct tp_ynode *admin = wval(w, "admin");
+    const struct tp_ynode *admin_addr = cfg->has_admin && admin ? map_get(admin, "address") : NULL;
+    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN];
+
+    if (!admin_addr)
+        return;
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        struct tp_cfg_listener *l = &cfg->listeners[i];
+        if (!addr_set(&l->addr) || !addr_equal(&l->addr, &cfg->admin))
+            continue;
+        struct tp_ynode at = {.line = l->addr_pos.line, .col = l->addr_pos.col};
+        if (pos_before(&at, admin_addr))
+            err(c, admin_addr, "admin.address: %s is already used by %s", cfg->admin.text,
+                ipath(p, "listeners", i));
+        else
+            err(c, &at, "%s: %s is already used by admin.address",
+                kpath(kp, ipath(p, "listeners", i), "address"), l->addr.text);
+        return; /* one message per clash is enough */
+    }
+}
+
+/* ---- the schema: one table per mapping of docs/reference.md ----
+ *
+ * Table order is the order the values are read in (not the file's): upstreams
+ * before routes because routes name them, match and direct_response before
+ * strip_prefix because it depends on them, `set` before `remove`. Names of
+ * enums and flags are listed in the order of the C enum or bits they map to. */
+
+#define LISTENER   struct tp_cfg_listener
+#define TLS_SERVER struct tp_cfg_tls_server
+#define CERT       struct tp_cfg_cert
+#define UPSTREAM   struct tp_cfg_upstream
+#define ENDPOINT   struct tp_cfg_endpoint
+#define UP_TLS     struct tp_cfg_upstream_tls
+#define HEALTH     struct tp_cfg_health_check
+#define BREAKER    struct tp_cfg_circuit_breaker
+#define RETRIES    struct tp_cfg_retries
+#define ROUTE      struct tp_cfg_route
+#define SPLIT      struct tp_cfg_split
+#define DIRECT     struct tp_cfg_direct_response
+#define RATE       struct tp_cfg_rate_limit
+#define REWRITE    struct tp_header_rewrite
+#define CONFIG     struct tp_config
+
+_Static_assert(offsetof(struct tp_key, kind) == 0, "rate_limit.key's default is written at the key");
+
+static const char *const tls_protocols[] = {"TLSv1.2", "TLSv1.3"};
+_Static_assert(TP_TLS_V1_2 == 1u << 0 && TP_TLS_V1_3 == 1u << 1, "tls_protocols follows enum tp_tls_proto");
+
+static const char *const balances[] = {"round_robin", "least_request", "hash"};
+_Static_assert(TP_BALANCE_HASH == 2 && TP_BALANCE_COUNT == 3, "balances follows enum tp_balance");
+
+static const char *const retry_conditions[] = {"connect_failure", "reset", "502", "503", "504"};
+_Static_assert(TP_RETRY_CONNECT_FAILURE == 1u << 0 && TP_RETRY_504 == 1u << 4,
+               "retry_conditions follows enum tp_retry_on");
+
+static const char *const access_formats[] = {"json", "combined"};
+_Static_assert(TP_ACCESS_COMBINED == 1 && TP_ACCESS_FORMAT_COUNT == 2,
+               "access_formats follows enum tp_access_format");
+
+/* listeners[].tls.certificates[] */
+static const struct field cert_fields[] = {
+    {"cert", T_FILE, AT(CERT, cert), .flags = F_REQUIRED},
+    {"key", T_FILE, AT(CERT, key), .flags = F_REQUIRED},
+};
+static const struct table cert_table = {FIELDS(cert_fields), .size = sizeof(CERT), POS(CERT, pos),
+                                        .end = cert_end};
+
+/* listeners[].tls */
+static const struct field listener_tls_fields[] = {
+    {"certificates", T_LIST, AT(TLS_SERVER, certs), COUNT(TLS_SERVER, n_certs), SUB(cert_table),
+     .flags = F_REQUIRED, .empty = "at least one certificate is required"},
+    {"protocols", T_FLAGS, AT(TLS_SERVER, protocols), NAMES(tls_protocols), DEF_U(TP_TLS_V1_2 | TP_TLS_V1_3),
+     .empty = "at least one protocol is required (TLSv1.2, TLSv1.3)"},
+    {"alpn", T_CUSTOM, AT(TLS_SERVER, alpn), COUNT(TLS_SERVER, n_alpn), CUSTOM(parse_alpn)},
+};
+static const struct table listener_tls_table = {FIELDS(listener_tls_fields), .size = sizeof(TLS_SERVER),
+                                                POS(TLS_SERVER, pos)};
+
+/* listeners[] */
+static const struct field listener_fields[] = {
+    {"name", T_NAME, AT(LISTENER, name), .flags = F_DEFAULT_PATH},
+    {"address", T_ADDR, AT(LISTENER, addr), .flags = F_REQUIRED},
+    {"tls", T_OBJ, AT(LISTENER, tls), SUB(listener_tls_table)},
+};
+static const struct table listener_table = {FIELDS(listener_fields), .size = sizeof(LISTENER),
+                                            POS(LISTENER, pos), .end = listener_end,
+                                            .list_end = listeners_end};
+
+/* upstreams[].endpoints[] */
+static const struct field endpoint_fields[] = {
+    {"address", T_ADDR, AT(ENDPOINT, addr), .flags = F_REQUIRED},
+    {"weight", T_UINT, AT(ENDPOINT, weight), RANGE(1, 1000), DEF_U(1)},
+};
+static const struct table endpoint_table = {FIELDS(endpoint_fields), .size = sizeof(ENDPOINT),
+                                            POS(ENDPOINT, pos), .list_end = endpoints_end};
+
+/* upstreams[].tls */
+static const bool sni_no_wildcard = true;
+static const struct field upstream_tls_fields[] = {
+    {"sni", T_CUSTOM, AT(UP_TLS, sni), CUSTOM(parse_host), .arg = &sni_no_wildcard},
+    {"verify", T_BOOL, AT(UP_TLS, verify), DEF_U(true)},
+    {"ca", T_CUSTOM, AT(UP_TLS, ca), CUSTOM(parse_ca)},
+};
+static const struct table upstream_tls_table = {FIELDS(upstream_tls_fields), .size = sizeof(UP_TLS),
+                                                POS(UP_TLS, pos)};
+
+/* upstreams[].health_check */
+static const struct field health_check_fields[] = {
+    {"path", T_CUSTOM, AT(HEALTH, path), CUSTOM(parse_target), DEF_S("/")},
+    {"interval", T_DURATION, AT(HEALTH, interval_ms), RANGE(10, MS_PER_H), DEF_U(2 * MS_PER_S)},
+    {"timeout", T_DURATION, AT(HEALTH, timeout_ms), RANGE(1, MS_PER_H), DEF_U(1 * MS_PER_S)},
+    {"healthy_after", T_UINT, AT(HEALTH, healthy_after), RANGE(1, 100), DEF_U(2)},
+    {"unhealthy_after", T_UINT, AT(HEALTH, unhealthy_after), RANGE(1, 100), DEF_U(3)},
+};
+static const struct table health_check_table = {FIELDS(health_check_fields), .size = sizeof(HEALTH)};
+
+/* upstreams[].circuit_breaker */
+static const struct field breaker_fields[] = {
+    {"consecutive_failures", T_UINT, AT(BREAKER, consecutive_failures), RANGE(1, 10000), DEF_U(5)},
+    {"failure_ratio", T_RATIO, AT(BREAKER, failure_ratio), DEF_D(0.5)},
+    {"min_requests", T_UINT, AT(BREAKER, min_requests), RANGE(1, 1000000), DEF_U(20)},
+    {"window", T_DURATION, AT(BREAKER, window_ms), RANGE(MS_PER_S, MS_PER_H), DEF_U(10 * MS_PER_S)},
+    {"open_for", T_DURATION, AT(BREAKER, open_for_ms), RANGE(1, 24 * MS_PER_H), DEF_U(10 * MS_PER_S)},
+    {"half_open_requests", T_UINT, AT(BREAKER, half_open_requests), RANGE(1, 1000), DEF_U(3)},
+};
+static const struct table breaker_table = {FIELDS(breaker_fields), .size = sizeof(BREAKER)};
+
+/* upstreams[].retries */
+static const struct field retries_fields[] = {
+    {"attempts", T_UINT, AT(RETRIES, attempts), RANGE(0, 10), DEF_U(1)},
+    {"on", T_FLAGS, AT(RETRIES, on), NAMES(retry_conditions),
+     DEF_U(TP_RETRY_CONNECT_FAILURE | TP_RETRY_RESET)},
+};
+static const struct table retries_table = {FIELDS(retries_fields), .size = sizeof(RETRIES)};
+
+/* upstreams[] */
+static const struct field upstream_fields[] = {
+    {"name", T_NAME, AT(UPSTREAM, name), .flags = F_REQUIRED},
+    {"endpoints", T_LIST, AT(UPSTREAM, endpoints), COUNT(UPSTREAM, n_endpoints), SUB(endpoint_table),
+     .flags = F_REQUIRED, .empty = "at least one endpoint is required"},
+    {"balance", T_ENUM, AT(UPSTREAM, balance), NAMES(balances), DEF_U(TP_BALANCE_ROUND_ROBIN)},
+    {"hash_key", T_CUSTOM, AT(UPSTREAM, hash_key), CUSTOM(parse_key), .arg = &key_for_hash},
+    {"keepalive", T_UINT, AT(UPSTREAM, keepalive), RANGE(0, 10000), DEF_U(32)},
+    {"tls", T_OBJ, AT(UPSTREAM, tls), SUB(upstream_tls_table)},
+    {"health_check", T_OBJ, AT(UPSTREAM, health_check), SUB(health_check_table)},
+    {"circuit_breaker", T_OBJ, AT(UPSTREAM, circuit_breaker), SUB(breaker_table)},
+    {"max_concurrent_requests", T_UINT, AT(UPSTREAM, max_concurrent_requests), RANGE(1, 10000000)},
+    {"retries", T_OBJ, AT(UPSTREAM, retries), SUB(retries_table)},
+};
+static const struct table upstream_table = {FIELDS(upstream_fields), .size = sizeof(UPSTREAM),
+                                            POS(UPSTREAM, pos), .end = upstream_end,
+                                            .list_end = upstreams_end};
+
+/* routes[].match: embedded in the route (its keys fill route members) */
+static const struct field match_fields[] = {
+    {"host", T_CUSTOM, AT(ROUTE, host), CUSTOM(parse_host)},
+    {"path", T_CUSTOM, AT(ROUTE, path), CUSTOM(parse_match_path), .arg = &match_exact, .group = 1},
+    {"path_prefix", T_CUSTOM, AT(ROUTE, path), CUSTOM(parse_match_path), .arg = &match_prefix, .group = 1,
+     DEF_S("/")},
+    {"methods", T_CUSTOM, AT(ROUTE, methods), CUSTOM(parse_methods)},
+    {"headers", T_CUSTOM, AT(ROUTE, headers), COUNT(ROUTE, n_headers), CUSTOM(parse_header_map),
+     .arg = &hdr_match},
+};
+static const struct table match_table = {FIELDS(match_fields)};
+
+/* routes[].split[] */
+static const struct field split_fields[] = {
+    {"upstream", T_CUSTOM, AT(SPLIT, upstream), CUSTOM(parse_upstream_ref), .flags = F_REQUIRED,
+     DEF_U(TP_UPSTREAM_NONE)},
+    {"weight", T_UINT, AT(SPLIT, weight), RANGE(0, 1000), DEF_U(1)},
+};
+static const struct table split_table = {FIELDS(split_fields), .size = sizeof(SPLIT), POS(SPLIT, pos),
+                                         .list_end = split_end};
+
+/* routes[].direct_response */
+static const struct field direct_fields[] = {
+    {"status", T_UINT, AT(DIRECT, status), RANGE(200, 599), .flags = F_REQUIRED},
+    {"body", T_CUSTOM, AT(DIRECT, body), COUNT(DIRECT, body_len), CUSTOM(parse_body), DEF_S("")},
+};
+static const struct table direct_table = {FIELDS(direct_fields), .size = sizeof(DIRECT)};
+
+/* routes[].rate_limit (burst defaults to the rate's count: rate_limit_end) */
+static const struct field rate_limit_fields[] = {
+    {"rate", T_CUSTOM, AT(RATE, tokens), CUSTOM(parse_rate), .flags = F_REQUIRED},
+    {"burst", T_UINT, AT(RATE, burst), RANGE(1, 1000000000)},
+    /* the default is the key's kind, its first member; the parser fills the whole struct tp_key */
+    {"key", T_CUSTOM, AT(RATE, key.kind), CUSTOM(parse_key), .arg = &key_for_rate, DEF_U(TP_KEY_CLIENT_IP)},
+};
+static const struct table rate_limit_table = {FIELDS(rate_limit_fields), .size = sizeof(RATE),
+                                              .end = rate_limit_end};
+
+/* routes[].request_headers and routes[].response_headers */
+static const struct field request_headers_fields[] = {
+    {"set", T_CUSTOM, AT(REWRITE, set), COUNT(REWRITE, n_set), CUSTOM(parse_header_map),
+     .arg = &hdr_set_request},
+    {"remove", T_CUSTOM, AT(REWRITE, remove), CUSTOM(parse_header_remove), .arg = "request_headers"},
+};
+static const struct table request_headers_table = {FIELDS(request_headers_fields)};
+static const struct field response_headers_fields[] = {
+    {"set", T_CUSTOM, AT(REWRITE, set), COUNT(REWRITE, n_set), CUSTOM(parse_header_map),
+     .arg = &hdr_set_response},
+    {"remove", T_CUSTOM, AT(REWRITE, remove), CUSTOM(parse_header_remove), .arg = "response_headers"},
+};
+static const struct table response_headers_table = {FIELDS(response_headers_fields)};
+
+/* routes[]: exactly one of upstream, split and direct_response (group 1) */
+static const struct field route_fields[] = {
+    {"name", T_NAME, AT(ROUTE, name), .flags = F_DEFAULT_PATH},
+    {"match", T_MAP, .off = 0, SUB(match_table)},
+    {"upstream", T_CUSTOM, AT(ROUTE, upstream), CUSTOM(parse_upstream_ref), .group = 1,
+     DEF_U(TP_UPSTREAM_NONE)},
+    {"split", T_LIST, AT(ROUTE, split), COUNT(ROUTE, n_split), SUB(split_table), .group = 1,
+     .empty = "expected at least one upstream"},
+    {"direct_response", T_OBJ, AT(ROUTE, direct), SUB(direct_table), .group = 1},
+    {"strip_prefix", T_CUSTOM, AT(ROUTE, strip_prefix), CUSTOM(parse_strip_prefix)},
+    {"rate_limit", T_OBJ, AT(ROUTE, rate_limit), SUB(rate_limit_table)},
+    {"request_headers", T_MAP, AT(ROUTE, request_headers), SUB(request_headers_table)},
+    {"response_headers", T_MAP, AT(ROUTE, response_headers), SUB(response_headers_table)},
+};
+static const struct table route_table = {FIELDS(route_fields), .size = sizeof(ROUTE), POS(ROUTE, pos),
+                                         .required_groups = 1u << 1, .list_end = routes_end};
+
+/* admin, access_log, limits, timeouts, shutdown: embedded in struct tp_config */
+static const struct field admin_fields[] = {
+    {"address", T_ADDR, AT(CONFIG, admin), .flags = F_REQUIRED},
+};
+static const struct table admin_table = {FIELDS(admin_fields), .end = admin_end};
+
+static const struct field access_log_fields[] = {
+    {"path", T_CUSTOM, AT(CONFIG, access_log_path), CUSTOM(parse_log_path), .flags = F_REQUIRED},
+    {"format", T_ENUM, AT(CONFIG, access_log_format), NAMES(access_formats), DEF_U(TP_ACCESS_JSON)},
+};
+static const struct table access_log_table = {FIELDS(access_log_fields)};
+
+static const struct field limits_fields[] = {
+    {"max_connections", T_UINT, AT(CONFIG, max_connections), RANGE(1, 10000000), DEF_U(100000)},
+    {"max_header_bytes", T_SIZE, AT(CONFIG, max_header_bytes), RANGE(1024, 1024 * 1024), DEF_U(16 * 1024)},
+    {"max_body_bytes", T_SIZE, AT(CONFIG, max_body_bytes), RANGE(0, 1ull << 40), DEF_U(10 * 1024 * 1024)},
+};
+static const struct table limits_table = {FIELDS(limits_fields)};
+
+static const struct field timeouts_fields[] = {
+    {"client_header", T_DURATION, AT(CONFIG, client_header_ms), RANGE(1, 24 * MS_PER_H),
+     DEF_U(10 * MS_PER_S)},
+    {"client_idle", T_DURATION, AT(CONFIG, client_idle_ms), RANGE(1, 24 * MS_PER_H), DEF_U(60 * MS_PER_S)},
+    {"upstream_connect", T_DURATION, AT(CONFIG, upstream_connect_ms), RANGE(1, 24 * MS_PER_H),
+     DEF_U(2 * MS_PER_S)},
+    {"upstream_response", T_DURATION, AT(CONFIG, upstream_response_ms), RANGE(1, 24 * MS_PER_H),
+     DEF_U(30 * MS_PER_S)},
+};
+static const struct table timeouts_table = {FIELDS(timeouts_fields)};
+
+static const struct field shutdown_fields[] = {
+    {"drain_timeout", T_DURATION, AT(CONFIG, drain_timeout_ms), RANGE(0, 24 * MS_PER_H),
+     DEF_U(30 * MS_PER_S)},
+};
+static const struct table shutdown_table = {FIELDS(shutdown_fields)};
+
+/* the top level */
+static const struct field root_fields[] = {
+    {"workers", T_CUSTOM, AT(CONFIG, workers), CUSTOM(parse_workers), DEF_U(0)},
+    {"listeners", T_LIST, AT(CONFIG, listeners), COUNT(CONFIG, n_listeners), SUB(listener_table),
+     .flags = F_REQUIRED, .empty = "at least one listener is required"},
+    {"admin", T_MAP, .off = 0, SUB(admin_table)},
+    {"access_log", T_MAP, .off = 0, SUB(access_log_table)},
+    {"limits", T_MAP, .off = 0, SUB(limits_table)},
+    {"timeouts", T_MAP, .off = 0, SUB(timeouts_table)},
+    {"shutdown", T_MAP, .off = 0, SUB(shutdown_table)},
+    {"upstreams", T_LIST, AT(CONFIG, upstreams), COUNT(CONFIG, n_upstreams), SUB(upstream_table)},
+    {"routes", T_LIST, AT(CONFIG, routes), COUNT(CONFIG, n_routes), SUB(route_table)},
+};
+static const struct table root_table = {FIELDS(root_fields), .begin = root_begin, .end = root_end};
+
+#undef LISTENER
+#undef TLS_SERVER
+#undef CERT
+#undef UPSTREAM
+#undef ENDPOINT
+#undef UP_TLS
+#undef HEALTH
+#undef BREAKER
+#undef RETRIES
+#undef ROUTE
+#undef SPLIT
+#undef DIRECT
+#undef RATE
+#undef REWRITE
+#undef CONFIG
+
+/* ---- the walker ---- */
+
+static bool walk_table(struct cctx *c, const struct table *t, const struct tp_ynode *n, const char *path,
+                       void *obj, struct walk *w);
+
+/* A fresh zeroed struct for <t> with its defaults, and its position. */
+static void *new_struct(struct cctx *c, const struct table *t, void *obj, const struct tp_ynode *n)
+{
+    if (!obj && !(obj = tp_cfg_arena_alloc(c->a, t->size))) {
+        oom(c);
+        return NULL;
+    }
+    apply_defaults(t, obj);
+    if (t->has_pos)
+        *(struct tp_pos *)((char *)obj + t->pos_off) = (struct tp_pos){n->line, n->col};
+    return obj;
+}
+
+static bool parse_list(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                       void *obj)
+{
+    const struct table *t = fd->sub;
+    char ip[PATH_MAX_LEN];
+    struct walk w;
+
+    if (!is_seq(c, v, path))
+        return false;
+    if (v->n == 0) {
+        if (fd->empty)
+            err(c, v, "%s: %s", path, fd->empty);
+        return !fd->empty;
+    }
+    char *items = tp_cfg_arena_calloc(c->a, v->n, t->size);
+    struct item_state *st = tp_cfg_arena_calloc(c->tmp, v->n, sizeof(*st));
+    if (!items || !st) {
+        oom(c);
+        return false;
+    }
+    *(void **)((char *)obj + fd->off) = items;
+    *(size_t *)((char *)obj + fd->count_off) = v->n;
+    for (size_t i = 0; i < v->n; i++) {
+        void *item = new_struct(c, t, items + i * t->size, v->items[i]);
+        st[i].map = walk_table(c, t, v->items[i], ipath(ip, path, i), item, &w);
+        st[i].failed = w.failed;
+    }
+    if (t->list_end)
+        t->list_end(c, v, path, items, st);
+    return true;
+}
+
+static bool parse_flags(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                        void *obj)
+{
+    char ip[PATH_MAX_LEN], expected[256];
+    uint64_t bits = 0;
+    bool ok = true;
+
+    if (!is_seq(c, v, path))
+        return false;
+    if (v->n == 0 && fd->empty) {
+        err(c, v, "%s: %s", path, fd->empty);
+        return false;
+    }
+    join_names(expected, sizeof(expected), fd->names, fd->n_names, "or");
+    for (size_t i = 0; i < v->n; i++) {
+        int k;
+        if (get_enum(c, v->items[i], ipath(ip, path, i), fd->names, fd->n_names, expected, &k))
+            bits |= 1ull << k;
+        else
+            ok = false;
+    }
+    store_uint((char *)obj + fd->off, fd->size, bits);
+    return ok;
+}
+
+/* Reads the value <v> of field <fd> (key path <path>) into <obj>. Returns false after an error. */
+static bool parse_field(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                        void *obj, struct walk *w)
+{
+    char *at = (char *)obj + fd->off;
+    char lo[32], hi[32], range[80], expected[256];
+    struct walk sub;
+    uint64_t u;
+    int k;
+
+    switch (fd->type) {
+    case T_UINT:
+        if (!get_uint(c, v, path, fd->lo, fd->hi, &u))
+            return false;
+        store_uint(at, fd->size, u);
+        return true;
+    case T_DURATION:
+        snprintf(range, sizeof(range), "%s..%s", ms_text(lo, sizeof(lo), fd->lo),
+                 ms_text(hi, sizeof(hi), fd->hi));
+        return get_duration(c, v, path, fd->lo, fd->hi, range, (uint64_t *)at);
+    case T_SIZE:
+        snprintf(range, sizeof(range), "%s..%s", size_text(lo, sizeof(lo), fd->lo),
+                 size_text(hi, sizeof(hi), fd->hi));
+        return get_size(c, v, path, fd->lo, fd->hi, range, (uint64_t *)at);
+    case T_RATIO:
+        return get_ratio(c, v, path, (double *)at);
+    case T_BOOL:
+        return get_bool(c, v, path, (bool *)at);
+    case T_ENUM:
+        join_names(expected, sizeof(expected), fd->names, fd->n_names, "or");
+        if (!get_enum(c, v, path, fd->names, fd->n_names, expected, &k))
+            return false;
+        store_uint(at, fd->size, (uint64_t)k);
+        return true;
+    case T_FLAGS:
+        return parse_flags(c, fd, v, path, obj);
+    case T_NAME:
+        return (*(char **)at = get_name(c, v, path)) != NULL;
+    case T_ADDR:
+        return get_addr(c, v, path, (struct tp_addr *)at);
+    case T_FILE:
+        return (*(char **)at = get_file(c, v, path)) != NULL;
+    case T_MAP:
+        return walk_table(c, fd->sub, v, path, at, &sub);
+    case T_OBJ: {
+        /* Allocated only for a mapping: a wrong type leaves the section absent. */
+        if (v->kind != TP_Y_MAP)
+            return walk_table(c, fd->sub, v, path, NULL, &sub);
+        void *o = new_struct(c, fd->sub, NULL, v);
+        if (!o)
+            return false;
+        *(void **)at = o;
+        return walk_table(c, fd->sub, v, path, o, &sub);
+    }
+    case T_LIST:
+        return parse_list(c, fd, v, path, obj);
+    case T_CUSTOM:
+        return fd->parse(c, fd, v, path, obj, w);
+    default:
+        TP_BUG_ON(!"unknown field type");
+        return false;
+    }
+}
+
+/* Of the keys of group <g> present in <w>, allows one: every further one (in
+ * file order) is an error at its key. With none present and the group
+ * required, the mapping lacks one. Runs where the group's first field is in
+ * table order, so its messages come where the hand-written checks put them. */
+static void check_group(struct cctx *c, struct walk *w, unsigned g)
+{
+    const struct table *t = w->t;
+    const char *names[MAX_FIELDS];
+    const struct tp_ynode *first = NULL;
+    char p[PATH_MAX_LEN], list[256];
+    size_t n = 0;
+
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->fields[i].group != g)
+            continue;
+        names[n++] = t->fields[i].name;
+        if (w->key[i] && (!first || pos_before(w->key[i], first)))
+            first = w->key[i];
+    }
+    join_names(list, sizeof(list), names, n, "and");
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->fields[i].group != g || !w->key[i])
+            continue;
+        w->group_n[g]++;
+        if (w->key[i] != first)
+            err(c, w->key[i], "%s: only one of %s is allowed", kpath(p, w->path, t->fields[i].name), list);
+    }
+    if (!w->group_n[g] && t->required_groups & (1u << g))
+        err(c, w->map, "%s: needs one of %s", w->path, join_names(list, sizeof(list), names, n, "or"));
+}
+
+static bool first_of_group(const struct table *t, size_t i)
+{
+    for (size_t j = 0; j < i; j++)
+        if (t->fields[j].group == t->fields[i].group)
+            return false;
+    return true;
+}
+
+/*
+ * Reads mapping <n> (key path <path>) into <obj> with table <t>, leaving the
+ * state in <w> for the caller. Every key must be in the table, at most once;
+ * then the values are read in table order. Returns false when <n> is not a
+ * mapping (nothing was read; <obj> may then be NULL).
+ */
+static bool walk_table(struct cctx *c, const struct table *t, const struct tp_ynode *n, const char *path,
+                       void *obj, struct walk *w)
+{
+    char p[PATH_MAX_LEN], q[QUOTE_LEN], d[QUOTE_LEN + 2];
+
+    memset(w, 0, sizeof(*w));
+    w->t = t;
+    w->map = n;
+    w->path = path;
+    w->obj = obj;
+    if (n->kind != TP_Y_MAP) {
+        if (*path)
+            type_err(c, n, path, "a mapping");
+        else
+            err(c, n, "expected a mapping at the top level, got %s", describe(d, n));
+        return false;
+    }
+    for (size_t i = 0; i < n->n; i++) {
+        const struct tp_ynode *k = n->pairs[i].key;
+        size_t j;
+
+        if (k->kind != TP_Y_SCALAR || k->null) {
+            if (*path)
+                err(c, k, "%s: keys must be strings, got %s", path, describe(d, k));
+            else
+                err(c, k, "keys must be strings, got %s", describe(d, k));
+            continue;
+        }
+        for (j = 0; j < t->n; j++)
+            if (strlen(t->fields[j].name) == k->len && memcmp(t->fields[j].name, k->str, k->len) == 0)
+                break;
+        if (j == t->n) {
+            err(c, k, "%s: unknown key", kpath(p, path, quote(q, k)));
+            continue;
+        }
+        if (w->key[j]) {
+            err(c, k, "%s: duplicate key", kpath(p, path, t->fields[j].name));
+            continue;
+        }
+        w->key[j] = k;
+        if (t->fields[j].flags & F_UNSUPPORTED) {
+            err(c, k, "%s is not supported yet", kpath(p, path, t->fields[j].name));
+            continue;
+        }
+        w->val[j] = n->pairs[i].val;
+    }
+    if (t->begin)
+        t->begin(c, w);
+    for (size_t i = 0; i < t->n; i++) {
+        const struct field *fd = &t->fields[i];
+
+        if (fd->group && first_of_group(t, i))
+            check_group(c, w, fd->group);
+        if (w->val[i]) {
+            if (!parse_field(c, fd, w->val[i], kpath(p, path, fd->name), obj, w))
+                w->failed |= 1ull << i;
+        } else if (!w->key[i]) {
+            if (fd->flags & F_REQUIRED)
+                missing(c, n, path, fd->name);
+            if ((fd->flags & F_DEFAULT_PATH) &&
+                !(*(char **)((char *)obj + fd->off) = tp_cfg_arena_strndup(c->a, path, strlen(path))))
+                oom(c);
+        }
+    }
+    if (t->end)
+        t->end(c, w);
+    return true;
 }
 
 /* ---- the whole file ---- */
-
-static void set_defaults(struct tp_config *cfg)
-{
-    cfg->workers = 0;
-    cfg->access_log_format = TP_ACCESS_JSON;
-    cfg->max_connections = 100000;
-    cfg->max_header_bytes = 16 * 1024;
-    cfg->max_body_bytes = 10 * 1024 * 1024;
-    cfg->client_header_ms = 10 * MS_PER_S;
-    cfg->client_idle_ms = 60 * MS_PER_S;
-    cfg->upstream_connect_ms = 2 * MS_PER_S;
-    cfg->upstream_response_ms = 30 * MS_PER_S;
-    cfg->drain_timeout_ms = 30 * MS_PER_S;
-}
-
-static void parse_root(struct cctx *c, const struct tp_ynode *root)
-{
-    static const char *const keys[] = {"workers",  "listeners", "admin",     "access_log", "limits",
-                                       "timeouts", "shutdown",  "upstreams", "routes"};
-    enum {
-        K_WORKERS = 0,
-        K_LISTENERS,
-        K_ADMIN,
-        K_LOG,
-        K_LIMITS,
-        K_TIMEOUTS,
-        K_SHUTDOWN,
-        K_UPSTREAMS,
-        K_ROUTES
-    };
-    struct fields f;
-
-    if (!walk_map(c, root, "", "", keys, TP_ARRAY_SIZE(keys), &f))
-        return;
-    if (f.val[K_WORKERS])
-        parse_workers(c, f.val[K_WORKERS]);
-    if (f.val[K_LISTENERS])
-        parse_listeners(c, f.val[K_LISTENERS]);
-    else if (!f.key[K_LISTENERS])
-        missing(c, root, "", "listeners");
-    if (f.val[K_ADMIN])
-        check_admin_address(c, parse_admin(c, f.val[K_ADMIN]));
-    if (f.val[K_LOG])
-        parse_access_log(c, f.val[K_LOG]);
-    if (f.val[K_LIMITS])
-        parse_limits(c, f.val[K_LIMITS]);
-    if (f.val[K_TIMEOUTS])
-        parse_timeouts(c, f.val[K_TIMEOUTS]);
-    if (f.val[K_SHUTDOWN])
-        parse_shutdown(c, f.val[K_SHUTDOWN]);
-    /* Upstreams before routes whatever the file order: routes refer to them. */
-    c->upstreams_ok = true;
-    if (f.val[K_UPSTREAMS]) {
-        c->upstreams_ok = f.val[K_UPSTREAMS]->kind == TP_Y_SEQ;
-        parse_upstreams(c, f.val[K_UPSTREAMS]);
-    } else if (f.key[K_UPSTREAMS]) {
-        c->upstreams_ok = false;
-    }
-    if (f.val[K_ROUTES])
-        parse_routes(c, f.val[K_ROUTES]);
-}
 
 struct tp_config *tp_config_parse(const char *name, const char *buf, size_t len, struct tp_diag *diag)
 {
     struct cctx c = {.name = name};
     struct tp_cfg_arena *tree = NULL;
     struct tp_ynode *root;
+    struct walk w;
     bool empty;
 
     c.a = tp_cfg_arena_create();
     tree = tp_cfg_arena_create();
     if (!c.a || !tree)
         goto oom;
+    c.tmp = tree;
     c.cfg = tp_cfg_arena_alloc(c.a, sizeof(*c.cfg));
     if (!c.cfg)
         goto oom;
@@ -1744,7 +1974,7 @@ struct tp_config *tp_config_parse(const char *name, const char *buf, size_t len,
     c.cfg->source = tp_cfg_arena_strndup(c.a, name, strlen(name));
     if (!c.cfg->source || !EVP_Digest(buf, len, c.cfg->sha256, NULL, EVP_sha256(), NULL))
         goto oom;
-    set_defaults(c.cfg);
+    apply_defaults(&root_table, c.cfg);
 
     root = tp_cfg_yaml_parse(buf, len, tree, &c.errs, &empty);
     if (root && root->kind == TP_Y_SCALAR && root->null) /* "---" alone, or "~" */
@@ -1752,7 +1982,7 @@ struct tp_config *tp_config_parse(const char *name, const char *buf, size_t len,
     if (empty)
         tp_cfg_errs_add(&c.errs, 1, 1, "the file is empty (expected a mapping with at least \"listeners\")");
     else if (root)
-        parse_root(&c, root);
+        walk_table(&c, &root_table, root, "", c.cfg, &w);
 
     tp_cfg_arena_destroy(tree);
     if (c.errs.n || c.errs.oom) {

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
 """An upstream that misbehaves on purpose (tp_hostile.HostileUpstream): each
-case checks that the client gets the documented answer (CONFIG.md "Error
+case checks that the client gets the documented answer (docs/reference.md "Error
 responses" and "Fine print", docs/operations.md "Aborted responses"):
 
   - a gateway-made 502 (JSON body) when nothing of the response reached the
