@@ -86,20 +86,14 @@ static int open_path(const char *path, int *is_pipe)
     return fd;
 }
 
+static void accesslog_close(void);
+
 static int accesslog_configure(const struct tp_config *cfg)
 {
     int is_pipe = 0, fd;
 
     if (!cfg->access_log_path) {
-        pthread_mutex_lock(&alog.lock);
-        atomic_store(&alog.enabled, 0);
-        if (alog.fd >= 0)
-            close(alog.fd);
-        alog.fd = -1;
-        free(alog.path);
-        alog.path = NULL;
-        atomic_fetch_add(&alog.gen, 1);
-        pthread_mutex_unlock(&alog.lock);
+        accesslog_close(); /* the shards drop their descriptors at the next sync */
         return 0;
     }
     atomic_store(&alog.format, cfg->access_log_format);
@@ -157,12 +151,13 @@ static void accesslog_reconfigure(const struct tp_config *cfg)
 static void accesslog_close(void)
 {
     pthread_mutex_lock(&alog.lock);
+    atomic_store(&alog.enabled, 0);
     if (alog.fd >= 0)
         close(alog.fd);
     alog.fd = -1;
     free(alog.path);
     alog.path = NULL;
-    atomic_store(&alog.enabled, 0);
+    atomic_fetch_add(&alog.gen, 1);
     pthread_mutex_unlock(&alog.lock);
 }
 
