@@ -77,5 +77,7 @@ def test_rejected_400_and_closed(env, data, kind):
     if kind == "head":
         assert new_heads == ["/control"], new_heads
     else:
-        assert new_heads in (["/control"], ["/a", "/control"]), new_heads
+        # /a's head may have left before the bad chunk was parsed; it travels on its own
+        # upstream connection, whose reader thread can record it after /control's
+        assert sorted(new_heads) in (["/control"], ["/a", "/control"]), new_heads
         assert "/a" not in [q.target for q in up.requests[-2:]], "a broken chunked body reached the upstream complete"
