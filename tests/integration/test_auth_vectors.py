@@ -59,6 +59,13 @@ def keys(tmp_path_factory):
     for kid, conv in (("rsa", RSAAlgorithm), ("ec256", ECAlgorithm), ("ec384", ECAlgorithm),
                       ("ed", OKPAlgorithm)):
         j = json.loads(conv.to_jwk(k[kid].public_key()))
+        if j.get("kty") == "EC":
+            # RFC 7518 6.2.1.2: x and y are the full field size; PyJWT 2.6 drops leading zero
+            # bytes (1 key in 128 has a short coordinate), so they are written here from the numbers
+            size = 32 if j["crv"] == "P-256" else 48
+            nums = k[kid].public_key().public_numbers()
+            j["x"] = b64u(nums.x.to_bytes(size, "big"))
+            j["y"] = b64u(nums.y.to_bytes(size, "big"))
         j["kid"] = kid
         j["use"] = "sig"
         jwks.append(j)
