@@ -73,9 +73,11 @@ done
 if [ "$ROUNDS" -lt 1 ] || [ "$DURATION" -lt 1 ] || [ "$CONNS" -lt 1 ]; then
 	tpb_die "ROUNDS, DURATION and CONNS must be at least 1"
 fi
-[ "$MSG_SIZE" -ge 1 ] && [ "$MSG_SIZE" -le 65535 ] || tpb_die "MSG_SIZE must be 1..65535"
+if [ "$MSG_SIZE" -lt 1 ] || [ "$MSG_SIZE" -gt 65535 ]; then
+	tpb_die "MSG_SIZE must be 1..65535"
+fi
 for p in $PROXIES; do
-	case " nginx haproxy turnpike " in *" $p "*) ;; *) tpb_die "unknown proxy '$p' (known: nginx haproxy turnpike)" ;; esac
+	case $p in nginx | haproxy | turnpike) ;; *) tpb_die "unknown proxy '$p' (known: nginx haproxy turnpike)" ;; esac
 done
 
 stamp=$(date +%Y%m%d-%H%M%S)
