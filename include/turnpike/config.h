@@ -217,6 +217,8 @@ struct tp_cfg_route {
     struct tp_header_rewrite request_headers;
     struct tp_header_rewrite response_headers;
     struct tp_cfg_direct_response *direct; /* NULL unless direct_response */
+    char **upgrade;   /* Upgrade tokens tunnelled, lowercase; NULL = the default [websocket] */
+    size_t n_upgrade; /* entries of upgrade (0 with upgrade set: none) */
     struct tp_pos pos;
 };
 
@@ -243,6 +245,7 @@ struct tp_config {
     uint64_t client_idle_ms;       /* default 60 s */
     uint64_t upstream_connect_ms;  /* default 2 s */
     uint64_t upstream_response_ms; /* default 30 s */
+    uint64_t tunnel_idle_ms;       /* default 1 h: a tunnel with no byte either way this long is closed */
     uint64_t drain_timeout_ms;     /* default 30 s */
 
     struct tp_cfg_upstream *upstreams;

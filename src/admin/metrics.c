@@ -158,6 +158,23 @@ void tp_metrics_render(struct tp_abuf *b)
         labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
         sample(b, "turnpike_ratelimit_rejected_total", &lb, v);
     }
+    family(b, "turnpike_tunnels_active", "gauge", "WebSocket/Upgrade tunnels open now, by route.");
+    for (size_t i = 0; i < s->n_routes; i++) {
+        uint64_t v = 0;
+        for (unsigned sh = 0; sh < ns; sh++)
+            v += tp_stat_get(&s->routes[i].st->stats[sh].tunnels_active);
+        labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
+        sample(b, "turnpike_tunnels_active", &lb, (int64_t)v < 0 ? 0 : v);
+    }
+    family(b, "turnpike_tunnels_total", "counter",
+           "WebSocket/Upgrade tunnels opened (101 relayed), by route.");
+    for (size_t i = 0; i < s->n_routes; i++) {
+        uint64_t v = 0;
+        for (unsigned sh = 0; sh < ns; sh++)
+            v += tp_stat_get(&s->routes[i].st->stats[sh].tunnels_total);
+        labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
+        sample(b, "turnpike_tunnels_total", &lb, v);
+    }
     family(b, "turnpike_ratelimit_table_full_total", "counter",
            "Rate-limit decisions taken by a route's shared overflow bucket because its key table was full.");
     for (size_t i = 0; i < s->n_routes; i++) {

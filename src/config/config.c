@@ -972,6 +972,60 @@ static bool parse_methods(struct cctx *c, const struct field *fd, const struct t
     return ok;
 }
 
+/* routes[].upgrade: Upgrade tokens tunnelled on the route, compared without case. */
+static bool parse_upgrade(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                          void *obj, struct walk *w)
+{
+    char ip[PATH_MAX_LEN], q[QUOTE_LEN];
+    char **toks;
+    size_t n = 0;
+    bool ok = true;
+
+    (void)w;
+    if (!is_seq(c, v, path))
+        return false;
+    toks = tp_cfg_arena_calloc(c->a, v->n ? v->n : 1, sizeof(*toks));
+    if (!toks) {
+        oom(c);
+        return false;
+    }
+    for (size_t i = 0; i < v->n; i++) {
+        const struct tp_ynode *it = v->items[i];
+        const char *s = scalar(c, it, ipath(ip, path, i), "an upgrade token");
+        bool dup = false;
+
+        if (!s) {
+            ok = false;
+            continue;
+        }
+        /* protocol-name ["/" protocol-version], both tokens (RFC 9110 7.8) */
+        const char *slash = memchr(s, '/', it->len);
+        size_t nl = slash ? (size_t)(slash - s) : it->len;
+        if (!tp_cfg_is_token(s, nl) || (slash && !tp_cfg_is_token(slash + 1, it->len - nl - 1))) {
+            err(c, it, "%s: invalid upgrade token \"%s\" (expected a protocol name such as websocket)", ip,
+                quote(q, it));
+            ok = false;
+            continue;
+        }
+        for (size_t j = 0; j < n && !dup; j++)
+            dup = strlen(toks[j]) == it->len && strncasecmp(toks[j], s, it->len) == 0;
+        if (dup) {
+            err(c, it, "%s: duplicate upgrade token \"%s\"", ip, quote(q, it));
+            ok = false;
+            continue;
+        }
+        if (it->len == 3 && strncasecmp(s, "h2c", 3) == 0) {
+            warn(c, it, "%s: h2c is never tunnelled (ignored)", ip);
+            continue;
+        }
+        if (!(toks[n++] = lower_dup(c, s, it->len)))
+            return false;
+    }
+    *(char ***)((char *)obj + fd->off) = toks;
+    store_uint((char *)obj + fd->count_off, sizeof(size_t), n);
+    return ok;
+}
+
 static bool is_managed_header(const char *s, size_t len)
 {
     for (size_t i = 0; i < TP_ARRAY_SIZE(managed_headers); i++)
@@ -1628,6 +1682,7 @@ static const struct field route_fields[] = {
     {"rate_limit", T_OBJ, AT(ROUTE, rate_limit), SUB(rate_limit_table)},
     {"request_headers", T_MAP, AT(ROUTE, request_headers), SUB(request_headers_table)},
     {"response_headers", T_MAP, AT(ROUTE, response_headers), SUB(response_headers_table)},
+    {"upgrade", T_CUSTOM, AT(ROUTE, upgrade), COUNT(ROUTE, n_upgrade), CUSTOM(parse_upgrade)},
 };
 static const struct table route_table = {FIELDS(route_fields), .size = sizeof(ROUTE), POS(ROUTE, pos),
                                          .required_groups = 1u << 1, .list_end = routes_end};
@@ -1659,6 +1714,7 @@ static const struct field timeouts_fields[] = {
      DEF_U(2 * MS_PER_S)},
     {"upstream_response", T_DURATION, AT(CONFIG, upstream_response_ms), RANGE(1, 24 * MS_PER_H),
      DEF_U(30 * MS_PER_S)},
+    {"tunnel_idle", T_DURATION, AT(CONFIG, tunnel_idle_ms), RANGE(1, 7 * 24 * MS_PER_H), DEF_U(MS_PER_H)},
 };
 static const struct table timeouts_table = {FIELDS(timeouts_fields)};
 

@@ -265,6 +265,15 @@ void tp_h1_parser_finish_message(struct tp_h1_parser *hp)
     }
 }
 
+void tp_h1_parser_decline_upgrade(struct tp_h1_parser *hp)
+{
+    if (!hp->p.upgrade)
+        return;
+    llhttp_resume(&hp->p);
+    if (llhttp_get_errno(&hp->p) == HPE_OK && llhttp_execute(&hp->p, "", 0) == HPE_PAUSED_UPGRADE)
+        llhttp_resume_after_upgrade(&hp->p);
+}
+
 enum tp_head_rc tp_head_parse(struct tp_shard *sh, struct tp_h1_parser *hp, struct tp_inq *q, uint32_t limit,
                               unsigned *status)
 {

@@ -106,6 +106,13 @@ struct tp_h1_parser {
  */
 void tp_h1_parser_finish_message(struct tp_h1_parser *hp);
 
+/**
+ * After an upgrade request answered without 101 (or a CONNECT), llhttp
+ * waits at its upgrade pause: take the upgrade as declined so the next
+ * bytes parse as the next HTTP message. Nothing when no upgrade was asked.
+ */
+void tp_h1_parser_decline_upgrade(struct tp_h1_parser *hp);
+
 /** Sets up <hp> as a parser of <type> (HTTP_REQUEST / HTTP_RESPONSE) recording into <head>. */
 void tp_h1_parser_init(struct tp_h1_parser *hp, llhttp_type_t type, struct tp_head *head,
                        tp_h1_body_fn on_body);

@@ -40,6 +40,7 @@ enum uc_state {
     UC_CONNECTING = 0, /* connect and TLS handshake */
     UC_ACTIVE,         /* serving a request */
     UC_IDLE,           /* in the keepalive pool, receive armed */
+    UC_TUNNEL,         /* handed to a tunnel after a 101: the tunnel drives it */
     UC_CLOSING,
 };
 
@@ -602,7 +603,20 @@ static bool on_response_head(struct tp_shard *sh, struct tp_uconn *uc)
     struct tp_head *h = &uc->rhead;
     struct tp_resp_info ri = {.head_only = uc->skip_body};
 
-    if (status >= 100 && status < 200 && status != 101) {
+    if (status == 101) {
+        /* switching protocols: the head goes to the client, then this
+         * connection leaves the exchange for a tunnel; what the upstream sent
+         * after the head stays queued for it */
+        bool ok = tp_proxy_response_head(sh, r, status, h, &ri);
+        tp_head_release(sh, h);
+        if (!ok)
+            return false;
+        detach(uc);
+        uc->state = UC_TUNNEL;
+        tp_proxy_upgraded(sh, r, &uc->t);
+        return false;
+    }
+    if (status >= 100 && status < 200) {
         /* interim response: handed on, then the next head is read */
         tp_proxy_response_head(sh, r, status, h, &ri);
         tp_head_release(sh, h);
@@ -781,8 +795,8 @@ void tp_h1c_close_all(struct tp_shard *sh, bool all)
 
     for (uint32_t i = 0; (o = tp_slab_at(sh, id, i)); i++) {
         struct tp_uconn *uc = (struct tp_uconn *)o;
-        if (o->in_free || uc->state == UC_CLOSING)
-            continue;
+        if (o->in_free || uc->state == UC_CLOSING || uc->state == UC_TUNNEL)
+            continue; /* tunnels close through their own drain */
         if (all || uc->state == UC_IDLE)
             uconn_close(sh, uc);
     }

@@ -54,6 +54,7 @@ enum conn_state {
     CS_HEAD,     /* reading a request head (client_header) */
     CS_ACTIVE,   /* a request is being served */
     CS_LINGER,   /* final response queued: flush, shutdown, drain input, close */
+    CS_TUNNEL,   /* switched protocols: the transport belongs to a tunnel */
     CS_CLOSING,  /* the transport is closing */
 };
 
@@ -206,6 +207,7 @@ static void req_finish(struct tp_shard *sh, struct tp_conn *c)
     }
     c->state = CS_IDLE;
     llhttp_resume(&c->hp.p);
+    tp_h1_parser_decline_upgrade(&c->hp); /* an upgrade answered without 101: the connection stays HTTP */
     tp_transport_deadline(sh, &c->t, sh->now_ms + shard_limits(sh)->client_idle_ms);
     if (!c->in_process)
         process_input(sh, c);
@@ -356,8 +358,11 @@ static bool ds_head(struct tp_shard *sh, struct tp_req *r, unsigned status, cons
     struct tp_conn *c = conn_of_req(r);
     bool http10 = r->http_minor == 0;
     bool chunked_out = false;
+    bool upgrade = status == 101;
 
-    if (status < 200) {
+    if (upgrade) {
+        c->out_mode = OM_RAW;
+    } else if (status < 200) {
         /* interim response: relayed to HTTP/1.1 clients, dropped for 1.0, and
          * dropped while the client's queue is congested: an upstream sending
          * interim answers faster than the client reads them must not fill the
@@ -390,7 +395,8 @@ static bool ds_head(struct tp_shard *sh, struct tp_req *r, unsigned status, cons
             r->resp_close = true; /* early response: the rest of the body is not read */
     }
 
-    struct tp_block *b = tp_block_get(sh, h->len + r->route->resp.set_len + r->extra_len + r->id_len + 160);
+    struct tp_block *b =
+        tp_block_get(sh, h->len + r->route->resp.set_len + r->extra_len + r->id_len + ri->upgrade_len + 192);
     if (!b)
         return false;
     /* the head only shrinks or gains the lines counted above, so the estimate holds */
@@ -409,6 +415,11 @@ static bool ds_head(struct tp_shard *sh, struct tp_req *r, unsigned status, cons
     }
     if (chunked_out)
         tp_blk_lit(b, "Transfer-Encoding: chunked\r\n");
+    if (upgrade) {
+        tp_blk_lit(b, "Upgrade: ");
+        tp_blk_put(b, ri->upgrade, ri->upgrade_len);
+        tp_blk_lit(b, "\r\nConnection: upgrade\r\n");
+    }
     if (status >= 200) {
         if (r->resp_close)
             tp_blk_lit(b, "Connection: close\r\n");
@@ -421,7 +432,7 @@ static bool ds_head(struct tp_shard *sh, struct tp_req *r, unsigned status, cons
         return false;
     }
     r->bytes_out += b->len;
-    if (status < 200) {
+    if (status < 200 && !upgrade) {
         tp_transport_flush(sh, &c->t);
         return true;
     }
@@ -501,6 +512,20 @@ static void ds_resume_body(struct tp_shard *sh, struct tp_req *r)
         process_input(sh, c);
 }
 
+/* After the 101: the transport goes to the tunnel; the connection object
+ * stays allocated (the transport lives in it) until the tunnel hands
+ * on_closed back. */
+static struct tp_transport *ds_tunnel(struct tp_shard *sh, struct tp_req *r)
+{
+    struct tp_conn *c = conn_of_req(r);
+
+    (void)sh;
+    c->req = NULL;
+    c->state = CS_TUNNEL;
+    c->requests++;
+    return &c->t;
+}
+
 static const struct tp_ds_ops h1_ds = {
     .error = ds_error,
     .direct = ds_direct,
@@ -513,6 +538,7 @@ static const struct tp_ds_ops h1_ds = {
     .congested = ds_congested,
     .flush = ds_flush,
     .resume_body = ds_resume_body,
+    .tunnel = ds_tunnel,
 };
 
 /* ------------------------------------------------------------------ */
@@ -527,8 +553,8 @@ static void on_request_head(struct tp_shard *sh, struct tp_conn *c)
     llhttp_t *p = &c->hp.p;
     const char *host = NULL, *url, *path;
     size_t host_len = 0, url_len;
-    unsigned n_host = 0, n_te = 0;
-    bool te_bad = false;
+    unsigned n_host = 0, n_te = 0, n_upgrade = 0;
+    bool te_bad = false, conn_upgrade = false;
 
     r->head_parsed = true;
     r->method = p->method;
@@ -559,7 +585,12 @@ static void on_request_head(struct tp_shard *sh, struct tp_conn *c)
             if (tp_eq_nocase(v, hd->value.len, "100-continue", 12))
                 r->expect_continue = true;
             break;
+        case TP_H_UPGRADE:
+            n_upgrade++;
+            break;
         case TP_H_CONNECTION:
+            if (tp_h1_has_token(v, hd->value.len, "upgrade", 7))
+                conn_upgrade = true;
             /* every header named in Connection is hop-by-hop */
             for (uint32_t k = 0; k < h->n_hdrs; k++)
                 if (h->hdrs[k].id == TP_H_OTHER &&
@@ -574,6 +605,8 @@ static void on_request_head(struct tp_shard *sh, struct tp_conn *c)
         tp_req_error(sh, r, 400, "invalid transfer-encoding", true);
         return;
     }
+    /* an Upgrade in an HTTP/1.0 request is ignored (RFC 9110 7.8) */
+    r->upgrade_req = n_upgrade && conn_upgrade && r->http_minor == 1;
     if (n_host > 1 || (n_host == 0 && r->http_minor != 0)) {
         tp_req_error(sh, r, 400, n_host ? "multiple host headers" : "missing host header", true);
         return;
@@ -925,6 +958,8 @@ void tp_h1s_accept(struct tp_shard *sh, int fd, unsigned listener, const struct 
 /* Drain: an idle connection closes now; one serving a request closes after its response. */
 static void conn_drain(struct tp_shard *sh, struct tp_conn *c)
 {
+    if (c->state == CS_TUNNEL)
+        return; /* a tunnel is closed when drain_timeout ends, by the tunnel */
     c->drain = true;
     if (c->state == CS_IDLE && c->t.in.n == 0) {
         conn_close(sh, c);
@@ -941,7 +976,7 @@ void tp_h1s_drain(struct tp_shard *sh, bool now)
 
     for (uint32_t i = 0; (o = tp_slab_at(sh, id, i)); i++) {
         struct tp_conn *c = (struct tp_conn *)o;
-        if (o->in_free || c->state == CS_CLOSING)
+        if (o->in_free || c->state == CS_CLOSING || c->state == CS_TUNNEL)
             continue;
         if (now)
             conn_close(sh, c);

@@ -62,16 +62,22 @@ static void http_on_snapshot(struct tp_shard *sh, struct tp_snapshot *old)
     hs->limits.client_idle_ms = cfg->client_idle_ms;
     hs->limits.upstream_connect_ms = cfg->upstream_connect_ms;
     hs->limits.upstream_response_ms = cfg->upstream_response_ms;
+    hs->limits.tunnel_idle_ms = cfg->tunnel_idle_ms;
     if (!old)
         return;
+    tp_tunnel_on_snapshot(sh);
     for (size_t u = 0; u < old->n_ups; u++)
         for (size_t e = 0; e < old->ups[u].n_eps; e++)
             if (atomic_load_explicit(&old->ups[u].eps[e].st->retired, memory_order_acquire))
                 tp_h1c_pool_close(sh, old->ups[u].eps[e].st);
 }
 
+/* Drain: connections finish their request and close; tunnels live on until
+ * drain_timeout is over (<now>). */
 static void http_drain(struct tp_shard *sh, bool now)
 {
+    if (now)
+        tp_tunnel_close_all(sh);
     tp_h1s_drain(sh, now);
     tp_h1c_close_all(sh, now);
 }

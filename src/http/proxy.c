@@ -23,6 +23,7 @@
  * outcome. The upstream's max_concurrent_requests slot is held by the
  * request across its attempts and released in upstream_release.
  */
+#include <errno.h>
 #include <string.h>
 
 #include <turnpike/balance.h>
@@ -398,12 +399,49 @@ void tp_proxy_failed(struct tp_shard *sh, struct tp_req *r, enum tp_fail_kind ki
 /* results                                                             */
 /* ------------------------------------------------------------------ */
 
+/*
+ * A 101 is only taken when we offered an upgrade, the request was sent in
+ * full, and the upstream names one of the protocols offered (its Upgrade
+ * value goes to the client through <ri>).
+ */
+static bool upgrade_accepted(const struct tp_req *r, const struct tp_head *h, struct tp_resp_info *ri)
+{
+    const struct tp_hdr *u = tp_head_find(h, TP_H_UPGRADE);
+
+    if (!r->upg_len || !u || (r->body_state != TP_BODY_DONE && r->body_state != TP_BODY_NONE))
+        return false;
+    const char *v = h->base + u->value.off;
+    size_t len = u->value.len;
+    while (len && (v[len - 1] == ' ' || v[len - 1] == '\t'))
+        len--;
+    while (len && (*v == ' ' || *v == '\t')) {
+        v++;
+        len--;
+    }
+    if (!len || !tp_h1_has_token(r->upg, r->upg_len, v, len))
+        return false;
+    ri->upgrade = v;
+    ri->upgrade_len = (uint32_t)len;
+    return true;
+}
+
 bool tp_proxy_response_head(struct tp_shard *sh, struct tp_req *r, unsigned status, struct tp_head *h,
                             struct tp_resp_info *ri)
 {
-    if (status < 100 || status > 599 || status == 101) {
-        /* not a status a client can be given (llhttp takes any three digits);
-         * 101: we never ask for an upgrade */
+    if (status == 101) {
+        if (!upgrade_accepted(r, h, ri) || !r->ds->ops->tunnel) {
+            /* a switch we did not offer (or to a protocol we did not offer) */
+            tp_proxy_failed(sh, r, TP_FAIL_INVALID, TP_EUPSTREAM);
+            return false;
+        }
+        if (!r->ds->ops->head(sh, r, status, h, ri)) {
+            tp_proxy_failed(sh, r, TP_FAIL_INVALID, -ENOMEM);
+            return false;
+        }
+        return true;
+    }
+    if (status < 100 || status > 599) {
+        /* not a status a client can be given (llhttp takes any three digits) */
         tp_proxy_failed(sh, r, TP_FAIL_INVALID, TP_EUPSTREAM);
         return false;
     }
@@ -427,6 +465,28 @@ bool tp_proxy_response_head(struct tp_shard *sh, struct tp_req *r, unsigned stat
         return false;
     }
     return true;
+}
+
+/*
+ * The attempt succeeded with a 101: its endpoint counts the response and the
+ * breaker hears of the success now; the endpoint's in-flight slot
+ * (least_request) and the upstream's (max_concurrent_requests) stay held by
+ * the tunnel until it ends.
+ */
+void tp_proxy_upgraded(struct tp_shard *sh, struct tp_req *r, struct tp_transport *ut)
+{
+    struct tp_attempt *a = &r->att;
+    struct tp_ep_shard *es = &a->ep->st->shard[sh->id];
+    struct tp_transport *dt;
+
+    tp_stat_add(&es->requests[0], 1);
+    tp_hist_observe(&es->duration, (sh->now_ns - a->start_ns) / 1000);
+    if (a->breaker_admitted && a->ep->breaker)
+        tp_breaker_report(a->ep->breaker, a->bpass, true, sh->now_ms);
+    a->breaker_admitted = false;
+    a->conn = NULL;
+    dt = r->ds->ops->tunnel(sh, r);
+    tp_tunnel_start(sh, r, dt, ut);
 }
 
 void tp_proxy_response_done(struct tp_shard *sh, struct tp_req *r)

@@ -75,6 +75,10 @@ void tp_req_end(struct tp_shard *sh, struct tp_req *r)
         tp_block_put(sh, r->uhead);
         r->uhead = NULL;
     }
+    if (r->names) {
+        tp_block_put(sh, r->names);
+        r->names = NULL;
+    }
     tp_head_dispose(sh, &r->head);
     tp_shard_snapshot_leave(sh, r->snap);
     tp_stat_add(&hs->active_requests, (uint64_t)-1);
@@ -307,6 +311,51 @@ static bool rate_admit(struct tp_shard *sh, struct tp_req *r)
     return false;
 }
 
+static bool upgrade_allowed(const struct tp_cfg_route *rc, const char *tok, size_t len)
+{
+    if (len == 3 && strncasecmp(tok, "h2c", 3) == 0)
+        return false; /* HTTP/2 is never reached through an HTTP/1.1 upgrade */
+    if (!rc->upgrade)
+        return len == 9 && strncasecmp(tok, "websocket", 9) == 0; /* the default: [websocket] */
+    for (size_t i = 0; i < rc->n_upgrade; i++)
+        if (strlen(rc->upgrade[i]) == len && strncasecmp(rc->upgrade[i], tok, len) == 0)
+            return true;
+    return false;
+}
+
+/* An upgrade request: the tokens of its Upgrade headers that the route
+ * tunnels go to the upstream (in r->upg); the others are dropped with the
+ * rest of the hop-by-hop headers. None left: a plain request. */
+static void upgrade_offer(struct tp_req *r)
+{
+    const struct tp_head *h = &r->head;
+
+    for (uint32_t i = 0; i < h->n_hdrs; i++) {
+        if (h->hdrs[i].id != TP_H_UPGRADE)
+            continue;
+        const char *v = h->base + h->hdrs[i].value.off, *end = v + h->hdrs[i].value.len;
+        while (v < end) {
+            while (v < end && (*v == ' ' || *v == '\t' || *v == ','))
+                v++;
+            const char *t = v;
+            while (v < end && *v != ',' && *v != ' ' && *v != '\t')
+                v++;
+            size_t len = (size_t)(v - t);
+            if (!len || !upgrade_allowed(r->route->cfg, t, len))
+                continue;
+            size_t need = (r->upg_len ? 2 : 0) + len;
+            if (r->upg_len + need > sizeof(r->upg))
+                return; /* a list this long is not a real offer; what fits goes */
+            if (r->upg_len) {
+                memcpy(r->upg + r->upg_len, ", ", 2);
+                r->upg_len += 2;
+            }
+            memcpy(r->upg + r->upg_len, t, len);
+            r->upg_len = (uint8_t)(r->upg_len + len);
+        }
+    }
+}
+
 void tp_req_dispatch(struct tp_shard *sh, struct tp_req *r, const char *path, size_t path_len)
 {
     const char *q = memchr(path, '?', path_len);
@@ -339,6 +388,8 @@ void tp_req_dispatch(struct tp_shard *sh, struct tp_req *r, const char *path, si
         r->ds->ops->direct(sh, r);
         return;
     }
+    if (r->upgrade_req)
+        upgrade_offer(r);
     tp_proxy_start(sh, r);
 }
 
@@ -464,6 +515,11 @@ bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s
         emit(s, ctx, "X-Forwarded-Host", 16, h->base + r->host_off, r->host_len);
     emit(s, ctx, "X-Request-Id", 12, r->id, r->id_len);
     emit(s, ctx, "traceparent", 11, r->trace, 55);
+    if (r->upg_len) {
+        /* the upgrade the route allows, offered hop by hop */
+        emit(s, ctx, "Upgrade", 7, r->upg, r->upg_len);
+        emit(s, ctx, "Connection", 10, "upgrade", 7);
+    }
     return r->host_len || host_set;
 }
 
@@ -502,13 +558,22 @@ bool tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const st
 /* accounting                                                          */
 /* ------------------------------------------------------------------ */
 
-static void req_record(struct tp_shard *sh, struct tp_req *r)
+void tp_req_count(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_route_stats *rs = r->route ? &r->route->st->stats[sh->id] : &tp_http_shard(sh)->unmatched;
+
+    if (r->counted)
+        return;
+    r->counted = true;
+    tp_stat_add(&rs->requests[tp_status_class(r->status)], 1);
+    tp_hist_observe(&rs->duration, (sh->now_ns - r->start_ns) / 1000);
+}
+
+static void req_record(struct tp_shard *sh, struct tp_req *r)
+{
     uint64_t dur_ns = sh->now_ns - r->start_ns;
 
-    tp_stat_add(&rs->requests[tp_status_class(r->status)], 1);
-    tp_hist_observe(&rs->duration, dur_ns / 1000);
+    tp_req_count(sh, r);
 
     bool combined;
     if (!tp_accesslog_enabled(&combined))
@@ -529,11 +594,18 @@ static void req_record(struct tp_shard *sh, struct tp_req *r)
         .route = r->route ? r->route->cfg->name : NULL,
         .upstream = r->up ? r->up->cfg->name : NULL,
         .endpoint = r->last_ep ? r->last_ep->cfg->addr.text : NULL,
-        .has_upstream_ns = r->last_ep != NULL,
+        .has_upstream_ns = r->last_ep != NULL || r->names,
         .upstream_ns = r->up_ns,
         .error = r->error,
         .cause = r->error && r->err ? tp_strerror(r->err) : NULL,
     };
+    if (r->names) {
+        /* a tunnel: its generation may have gone before it ended */
+        const char *d = r->names->data;
+        rec.route = d;
+        rec.upstream = d += strlen(d) + 1;
+        rec.endpoint = d + strlen(d) + 1;
+    }
     if (in) {
         const char *d = in->data;
         rec.method = d;

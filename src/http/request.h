@@ -29,6 +29,7 @@
 #include "rt/reactor.h"
 
 struct tp_req;
+struct tp_transport;
 
 /* ---- limits and timeouts of one generation, copied where they are used ---- */
 
@@ -39,6 +40,7 @@ struct tp_limits {
     uint64_t client_idle_ms;
     uint64_t upstream_connect_ms;
     uint64_t upstream_response_ms;
+    uint64_t tunnel_idle_ms;
 };
 
 /* ---- the downstream seam ---- */
@@ -53,9 +55,11 @@ enum tp_framing {
 
 /** What the request layer tells a downstream session about a response head, and what it answers. */
 struct tp_resp_info {
-    uint8_t framing;   /* in: enum tp_framing of the upstream's body */
-    bool head_only;    /* in: a response to HEAD: framing headers kept, no body follows */
-    bool want_content; /* out: deliver the body decoded (chunked framing removed) rather than as received */
+    uint8_t framing;     /* in: enum tp_framing of the upstream's body */
+    bool head_only;      /* in: a response to HEAD: framing headers kept, no body follows */
+    bool want_content;   /* out: deliver the body decoded (chunked framing removed) rather than as received */
+    const char *upgrade; /* in, 101 only: the protocol switched to (the Upgrade value to send) */
+    uint32_t upgrade_len;
 };
 
 /**
@@ -96,6 +100,13 @@ struct tp_ds_ops {
     void (*flush)(struct tp_shard *sh, struct tp_req *r);
     /** The upstream side can take request body bytes (again): read on. */
     void (*resume_body)(struct tp_shard *sh, struct tp_req *r);
+    /**
+     * The 101 head is queued: gives the client connection's transport up to
+     * a tunnel. From here the session no longer sees <r>; the tunnel calls
+     * the session's on_closed when the transport has closed. NULL when this
+     * session cannot be tunnelled.
+     */
+    struct tp_transport *(*tunnel)(struct tp_shard *sh, struct tp_req *r);
 };
 
 /** The part of every downstream session the request layer reads. */
@@ -218,6 +229,11 @@ struct tp_req {
     bool head_parsed;            /* the request head was complete and parsed */
     bool head_unflushed;         /* the response head is the last thing queued, not handed to the kernel */
     bool uhead_open;             /* uhead lacks Host and its end: each attempt adds the endpoint's */
+    bool upgrade_req;            /* the client asked to switch protocols (Upgrade + Connection: upgrade) */
+    bool counted;                /* metrics recorded already (a tunnel's, at its 101) */
+    uint8_t upg_len;             /* bytes in upg */
+    char upg[63];                /* Upgrade tokens offered to the upstream (the route allows them) */
+    struct tp_block *names;      /* a tunnel's route, upstream and endpoint names for its log line */
     uint64_t tried[4];           /* endpoints tried by this request (bit per index) */
     uint16_t extra_len;          /* bytes in extra_hdrs */
     uint32_t host_off, host_len; /* Host (or absolute-form authority) within the head */
@@ -241,6 +257,8 @@ struct tp_http_shard {
     struct tp_req *req_free;
     uint32_t n_req_free;
     int slab_conn, slab_uconn; /* slab ids of client and upstream connections */
+    struct tp_tunnel *tunnels; /* the shard's tunnels */
+    uint32_t n_tunnels;
 };
 
 /** The HTTP layer's state of shard <sh>. [any: counters are read by the control thread] */
@@ -315,3 +333,25 @@ bool tp_proxy_response_head(struct tp_shard *sh, struct tp_req *r, unsigned stat
                             struct tp_resp_info *ri);
 /** The response is complete; the exchange has released its connection. */
 void tp_proxy_response_done(struct tp_shard *sh, struct tp_req *r);
+/**
+ * The upstream switched protocols (its 101 went to the client through
+ * tp_proxy_response_head): the exchange hands over its connection's
+ * transport <ut>, detached from <r>; the request becomes a tunnel.
+ */
+void tp_proxy_upgraded(struct tp_shard *sh, struct tp_req *r, struct tp_transport *ut);
+
+/** Records <r>'s metrics (route counters, duration) now rather than at its end. */
+void tp_req_count(struct tp_shard *sh, struct tp_req *r);
+
+/* ---- tunnels (tunnel.c) ---- */
+
+/**
+ * Joins the client transport <dt> and the upstream transport <ut> into a
+ * byte tunnel owned by the shard; <r> (answered 101) is recorded when the
+ * tunnel ends. The transports' sessions get their on_closed back at the end.
+ */
+void tp_tunnel_start(struct tp_shard *sh, struct tp_req *r, struct tp_transport *dt, struct tp_transport *ut);
+/** Closes every tunnel of the shard (drain_timeout over). */
+void tp_tunnel_close_all(struct tp_shard *sh);
+/** The shard moved to a new snapshot: tunnels move their references to it. */
+void tp_tunnel_on_snapshot(struct tp_shard *sh);

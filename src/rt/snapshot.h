@@ -87,6 +87,8 @@ void tp_hist_observe(struct tp_hist *h, uint64_t us);
 struct tp_route_stats {
     tp_stat_t requests[5]; /* by status class 1xx..5xx */
     tp_stat_t ratelimited;
+    tp_stat_t tunnels_active; /* gauge: +1 when a tunnel starts, -1 when it ends (or its route goes) */
+    tp_stat_t tunnels_total;
     struct tp_hist duration;
 } __attribute__((aligned(TP_CACHELINE)));
 

@@ -127,10 +127,9 @@ void tp_transport_recv(struct tp_shard *sh, struct tp_transport *t)
     t->ops++;
 }
 
-/* Stops reading (backpressure): the armed receive is cancelled. */
-static void stop_recv(struct tp_shard *sh, struct tp_transport *t)
+void tp_transport_stop_recv(struct tp_shard *sh, struct tp_transport *t)
 {
-    if (t->recv_stopped)
+    if (t->recv_stopped || t->closing)
         return;
     t->recv_stopped = true;
     if (t->recv_armed) {
@@ -154,7 +153,7 @@ void tp_transport_backpressure(struct tp_shard *sh, struct tp_transport *t)
     if (t->closing)
         return;
     if (t->in.n >= TP_INQ_STOP)
-        stop_recv(sh, t);
+        tp_transport_stop_recv(sh, t);
     else if (t->recv_stopped && t->in.n <= TP_INQ_STOP / 2)
         tp_transport_resume_recv(sh, t);
 }

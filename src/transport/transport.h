@@ -70,6 +70,7 @@ struct tp_transport {
     struct tp_tls_conn *tls; /* NULL = plain */
     struct tp_transport *next_starved;
     const struct tp_transport_ops *proto;
+    void *user; /* a session that does not embed the transport (a tunnel) finds itself here */
     struct tp_timer timer;
     uint64_t deadline_ms; /* [ms] the timer fires on_timeout at this time */
 };
@@ -89,6 +90,8 @@ int tp_transport_connect(struct tp_shard *sh, struct tp_transport *t, const stru
 
 /** Arms the multishot receive unless stopped, starved, closed or connecting. [shard] */
 void tp_transport_recv(struct tp_shard *sh, struct tp_transport *t);
+/** Stops reading (the armed receive is cancelled) until tp_transport_resume_recv. [shard] */
+void tp_transport_stop_recv(struct tp_shard *sh, struct tp_transport *t);
 /** Resumes reading after tp_transport_stop_recv. [shard] */
 void tp_transport_resume_recv(struct tp_shard *sh, struct tp_transport *t);
 /** Stops reading while TP_INQ_STOP buffers wait, resumes below half of it. [shard] */

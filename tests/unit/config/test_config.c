@@ -860,6 +860,40 @@ static void test_many_errors_in_order(void)
     tp_diag_dispose(&d);
 }
 
+/* routes[].upgrade and timeouts.tunnel_idle */
+static void test_upgrade(void)
+{
+    struct tp_config *cfg = parse_ok("upgrade default", BASE "  - upstream: users\n");
+    if (cfg) {
+        ok(cfg->routes[0].upgrade == NULL, "upgrade absent: the default [websocket]");
+        is_int(cfg->tunnel_idle_ms, 3600 * 1000, "tunnel_idle default 1h");
+    }
+    tp_config_destroy(cfg);
+
+    cfg = parse_ok("upgrade list", "timeouts: {tunnel_idle: 90s}\n" BASE
+                                   "  - upstream: users\n    upgrade: [WebSocket, foo/2]\n"
+                                   "  - upstream: users\n    match: {path: /none}\n    upgrade: []\n");
+    if (cfg) {
+        is_int(cfg->routes[0].n_upgrade, 2, "two tokens");
+        is_str(cfg->routes[0].upgrade[0], "websocket", "tokens are lowercased");
+        is_str(cfg->routes[0].upgrade[1], "foo/2", "a token with a version");
+        ok(cfg->routes[1].upgrade != NULL && cfg->routes[1].n_upgrade == 0, "upgrade: [] tunnels nothing");
+        is_int(cfg->tunnel_idle_ms, 90 * 1000, "tunnel_idle");
+    }
+    tp_config_destroy(cfg);
+
+    EXPECT_WARN("h2c is never tunnelled", BASE "  - upstream: users\n    upgrade: [websocket, h2c]\n",
+                "t.yaml:9:26: warning: routes[0].upgrade[1]: h2c is never tunnelled (ignored)");
+    EXPECT(
+        "bad token", BASE "  - upstream: users\n    upgrade: [\"web socket\"]\n",
+        "t.yaml:9:15: routes[0].upgrade[0]: invalid upgrade token \"web socket\" (expected a protocol name "
+        "such as websocket)");
+    EXPECT("duplicate token", BASE "  - upstream: users\n    upgrade: [websocket, WEBSOCKET]\n",
+           "t.yaml:9:26: routes[0].upgrade[1]: duplicate upgrade token \"WEBSOCKET\"");
+    EXPECT("tunnel_idle zero", "timeouts: {tunnel_idle: 0s}\n" LST,
+           "t.yaml:1:25: timeouts.tunnel_idle: 0s is out of range (1ms..168h)");
+}
+
 int main(void)
 {
     test_full();
@@ -877,5 +911,6 @@ int main(void)
     test_strip_and_rewrite_errors();
     test_more_errors();
     test_many_errors_in_order();
+    test_upgrade();
     return tap_done();
 }

@@ -304,6 +304,40 @@ static void test_pipelined_and_response(struct tp_shard *sh)
     }
 }
 
+/* An upgrade request answered without 101: the same parser reads the next
+ * request once the upgrade is declined; without declining it would stop. */
+static void test_declined_upgrade(struct tp_shard *sh)
+{
+    static const char two[] =
+        "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+        "GET /b HTTP/1.1\r\nHost: bb\r\n\r\n";
+    struct job j;
+    struct tp_head h2;
+    char text[512];
+    unsigned status = 0;
+
+    job_init(&j, HTTP_REQUEST);
+    push_split(sh, &j.q, two, sizeof(two) - 1, NULL, 0);
+    is_int(job_parse(sh, &j, 4096), TP_HEAD_DONE, "upgrade request: head");
+    ok(j.hp.p.upgrade == 1, "llhttp saw an upgrade request");
+    tp_head_release(sh, &j.h);
+    tp_h1_parser_finish_message(&j.hp);
+    tp_h1_parser_decline_upgrade(&j.hp);
+    tp_head_init(&h2);
+    j.hp.head = &h2;
+    j.hp.head_done = false;
+    is_int(tp_head_parse(sh, &j.hp, &j.q, 4096, &status), TP_HEAD_DONE,
+           "declined upgrade: the next head parses");
+    render(&h2, text, sizeof(text));
+    is_str(text, "</b|>\nHost: bb [1]\n", "declined upgrade: the next head's slices");
+    ok(j.hp.p.upgrade == 0, "the next request is not an upgrade");
+    tp_h1_parser_decline_upgrade(&j.hp); /* nothing to decline: no effect */
+    is_int(llhttp_get_errno(&j.hp.p), HPE_PAUSED, "declining without an upgrade leaves the parser as it was");
+    tp_head_dispose(sh, &h2);
+    job_dispose(sh, &j);
+    is_int(fake_refs_total(sh), 0, "declined upgrade: no references left");
+}
+
 /* More headers than the inline array holds. */
 static void test_many_headers(struct tp_shard *sh)
 {
@@ -683,6 +717,7 @@ int main(void)
     test_one_buffer(sh);
     test_splits(sh);
     test_pipelined_and_response(sh);
+    test_declined_upgrade(sh);
     test_many_headers(sh);
     test_errors(sh);
     test_header_id();
