@@ -692,6 +692,10 @@ def test_drain_keeps_tunnels_until_drain_timeout(h):
     wait_until(lambda: tp.admin_get("/readyz")[0] == 503, T(10), what="/readyz 503 while draining")
     for c in clients:
         roundtrip(c, b"while draining")  # not cut by the drain's start
+    # and not soon after it either: a third of drain_timeout later they still work
+    time.sleep(drain / 3)
+    for c in clients:
+        roundtrip(c, b"later while draining")
     assert tp.proc.poll() is None
     for c in clients:
         assert c.wait_closed(drain + T(15)) in ("eof", "reset"), "a tunnel outlived drain_timeout"
