@@ -12,7 +12,6 @@ thread) for real WebSocket clients, and tp_harness.Upstream with a handler that 
 import asyncio
 import hashlib
 import json
-import os
 import select
 import signal
 import socket
@@ -384,6 +383,14 @@ def test_token_lists(h):
         assert (q.target, q.header("upgrade")) == (target, token), q.headers
         assert has_token(q.header("connection"), "upgrade"), q.headers
     assert up.tun.started == 3
+
+    # "upgrade" as one token of several in Connection (as some browsers send it)
+    c = h.client(tp.port)
+    c.request("GET", "/default/ff", [("Connection", "keep-alive, Upgrade"), ("Upgrade", "websocket"),
+                                     ("Sec-WebSocket-Key", WS_KEY), ("Sec-WebSocket-Version", "13")])
+    check_101(*read_head(c)[:2])
+    roundtrip(c, b"several connection tokens")
+    assert up.tun.started == 4
 
 
 def test_h2c_is_never_tunnelled(h):
