@@ -296,20 +296,24 @@ static const struct tp_transport_ops tunnel_ops = {
 /* The names the log line shows, copied: the tunnel may outlive its generation. */
 static struct tp_block *copy_names(struct tp_shard *sh, const struct tp_req *r)
 {
-    const char *n[3] = {
+    size_t sl = 0;
+    const char *sub = tp_req_subject(r, &sl);
+    const char *n[4] = {
         r->route ? r->route->cfg->name : "",
         r->up ? r->up->cfg->name : "",
         r->last_ep ? r->last_ep->cfg->addr.text : "",
+        sub && !memchr(sub, 0, sl) ? sub : "",
     };
-    size_t l[3], need = 0;
+    size_t l[4] = {strlen(n[0]), strlen(n[1]), strlen(n[2]), n[3][0] ? sl : 0}, need = 0;
 
-    for (int i = 0; i < 3; i++)
-        need += (l[i] = strlen(n[i])) + 1;
+    for (int i = 0; i < 4; i++)
+        need += l[i] + 1;
     struct tp_block *b = tp_block_get(sh, need);
     if (!b)
         return NULL;
-    for (int i = 0; i < 3; i++) {
-        memcpy(b->data + b->len, n[i], l[i] + 1);
+    for (int i = 0; i < 4; i++) {
+        memcpy(b->data + b->len, n[i], l[i]);
+        b->data[b->len + l[i]] = 0;
         b->len += (uint32_t)l[i] + 1;
     }
     return b;
@@ -435,6 +439,10 @@ static void migrate(struct tp_shard *sh, struct tp_tunnel *tun)
     }
     r->up = up;
     r->last_ep = a->ep;
+    /* the API key entry and the credential source live in the old
+     * generation's tables; the subject was copied at the start */
+    r->apikey = NULL;
+    r->cred = NULL;
     r->snap = tp_shard_snapshot_enter(sh);
     tp_shard_snapshot_leave(sh, old);
 }
