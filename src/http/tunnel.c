@@ -260,7 +260,8 @@ static void tunnel_free(struct tp_shard *sh, struct tp_tunnel *tun)
     if (tun->next)
         tun->next->prev = tun->prev;
     hs->n_tunnels--;
-    tp_req_end(sh, tun->r); /* releases the concurrency slots, writes the log line */
+    if (tun->r)
+        tp_req_end(sh, tun->r);
     free(tun);
 }
 
@@ -271,6 +272,13 @@ static void tun_on_closed(struct tp_shard *sh, struct tp_transport *t)
 
     tun->t[i] = NULL;
     t->user = NULL;
+    if (i == 0) {
+        /* the request is recorded while the client's session, which it
+         * points to (client address), is still there; it also releases the
+         * concurrency slots */
+        tp_req_end(sh, tun->r);
+        tun->r = NULL;
+    }
     tun->own[i]->on_closed(sh, t); /* the session frees its connection object */
     if (tun->t[!i]) {
         /* one side closed on its own (its transport gave up): the other follows */
@@ -411,11 +419,12 @@ static struct tp_rt_endpoint *endpoint_in(struct tp_rt_upstream *up, const struc
 static void migrate(struct tp_shard *sh, struct tp_tunnel *tun)
 {
     struct tp_req *r = tun->r;
+
+    if (!r || r->snap == sh->snap)
+        return; /* recorded already (closing), or current */
     struct tp_snapshot *old = r->snap, *cur = sh->snap;
     struct tp_attempt *a = &r->att;
 
-    if (old == cur)
-        return;
     r->route = r->route ? route_in(cur, r->route->st) : NULL;
     if (!r->route && tun->stats) {
         tp_stat_add(&tun->stats->tunnels_active, (uint64_t)-1);
