@@ -233,6 +233,7 @@ struct tp_req {
     bool uhead_open;        /* uhead lacks Host and its end: each attempt adds the endpoint's */
     bool upgrade_req;       /* the client asked to switch protocols (Upgrade + Connection: upgrade) */
     bool counted;           /* metrics recorded already (a tunnel's, at its 101) */
+    bool grpc;              /* content-type application/grpc: gateway answers in gRPC form */
     uint8_t upg_len;        /* bytes in upg */
     char upg[63];           /* Upgrade tokens offered to the upstream (the route allows them) */
     struct tp_block *names; /* a tunnel's route, upstream, endpoint and subject names for its log line */
@@ -349,7 +350,7 @@ void tp_proxy_upgraded(struct tp_shard *sh, struct tp_req *r, struct tp_transpor
 /** Records <r>'s metrics (route counters, duration) now rather than at its end. */
 void tp_req_count(struct tp_shard *sh, struct tp_req *r);
 
-/* ---- authentication (auth.c) ---- */
+/* ---- authentication (authenticate.c) ---- */
 
 /**
  * The route's auth: finds the credential, verifies it (through the shard's

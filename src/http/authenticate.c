@@ -93,8 +93,12 @@ static const char *find_token(struct tp_req *r, const struct tp_cfg_jwt *j, size
         const char *v = NULL;
         size_t vl = 0;
         switch (src[i].kind) {
-        case TP_FROM_BEARER:
-            v = tp_head_value(h, "authorization", 13, &vl);
+        case TP_FROM_BEARER: {
+            const struct tp_hdr *ah = tp_head_find(h, TP_H_AUTHORIZATION);
+            if (ah) {
+                v = h->base + ah->value.off;
+                vl = ah->value.len;
+            }
             if (v) {
                 const char *tok;
                 size_t tl;
@@ -107,6 +111,7 @@ static const char *find_token(struct tp_req *r, const struct tp_cfg_jwt *j, size
                 vl = tl;
             }
             break;
+        }
         case TP_FROM_HEADER:
             v = tp_head_value(h, src[i].name, src[i].name_len, &vl);
             break;
@@ -274,7 +279,7 @@ bool tp_req_auth_drops(const struct tp_req *r, const struct tp_hdr *hd)
     if (!r->cred)
         return false;
     if (r->cred->kind == TP_FROM_BEARER)
-        return name_is(hd, h, "authorization", 13);
+        return hd->id == TP_H_AUTHORIZATION;
     if (r->cred->kind == TP_FROM_HEADER)
         return name_is(hd, h, r->cred->name, r->cred->name_len);
     return false;
