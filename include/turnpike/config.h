@@ -63,12 +63,13 @@ enum tp_key_kind {
     TP_KEY_COOKIE,    /* cookie:NAME (hash_key only) */
     TP_KEY_PATH,      /* path (hash_key only) */
     TP_KEY_ROUTE,     /* route: one bucket for the route (rate_limit.key only) */
+    TP_KEY_CLAIM,     /* claim:NAME: a claim of the request's credential (routes with auth) */
     TP_KEY_COUNT
 };
 
 struct tp_key {
     enum tp_key_kind kind;
-    char *name; /* header name lowercased, or cookie name as written; NULL otherwise */
+    char *name; /* header name lowercased, cookie or claim name as written; NULL otherwise */
     size_t name_len;
 };
 
@@ -193,6 +194,65 @@ struct tp_cfg_rate_limit {
     struct tp_key key;  /* default client_ip */
 };
 
+/* ---- authentication (auth providers, routes[].auth) ---- */
+
+/** Where a JWT provider looks for the token (auth[].jwt.from), in order. */
+enum tp_cred_from {
+    TP_FROM_BEARER = 1, /* header:authorization: "Authorization: Bearer <token>" */
+    TP_FROM_HEADER,     /* header:NAME: the whole value of header NAME */
+    TP_FROM_COOKIE,     /* cookie:NAME */
+    TP_FROM_QUERY,      /* query:NAME: a query-string parameter (raw, not percent-decoded) */
+};
+
+struct tp_cfg_cred_source {
+    enum tp_cred_from kind;
+    char *name; /* header name lowercased; cookie or query name as written; NULL for BEARER */
+    size_t name_len;
+};
+
+/** forward_claims: claim -> header set towards the upstream. */
+struct tp_cfg_claim_header {
+    char *claim;
+    char *header; /* lowercased */
+    size_t header_len;
+};
+
+struct tp_cfg_jwt {
+    char *keys;                      /* JWKS file path, read at load and on every reload */
+    struct tp_pos keys_pos;          /* of the keys value, for errors of the file */
+    char *issuer;                    /* NULL = iss not checked */
+    char **audiences;                /* aud must contain one of them */
+    size_t n_audiences;              /* 0 = aud not checked */
+    struct tp_cfg_cred_source *from; /* default [header:authorization] */
+    size_t n_from;
+    uint64_t clock_skew_ms; /* default 30 s; whole seconds are used */
+    struct tp_cfg_claim_header *forward_claims;
+    size_t n_forward_claims;
+};
+
+struct tp_cfg_api_key {
+    char *header; /* lowercased; default "x-api-key" */
+    size_t header_len;
+    char *keys; /* key file path: a YAML list of {name, sha256, tenant} */
+    struct tp_pos keys_pos;
+};
+
+/** auth[]: a named provider; exactly one of jwt and api_key. */
+struct tp_cfg_auth {
+    char *name;
+    struct tp_cfg_jwt *jwt;
+    struct tp_cfg_api_key *api_key;
+    struct tp_pos pos;
+};
+
+/** routes[].auth */
+struct tp_cfg_route_auth {
+    size_t provider;                     /* index into tp_config.auth */
+    struct tp_header_kv *require_claims; /* claim name -> value; name as written */
+    size_t n_require_claims;
+    bool forward_credential; /* default false: the credential is removed */
+};
+
 struct tp_cfg_direct_response {
     uint16_t status; /* 200..599 */
     char *body;      /* may be empty, never NULL */
@@ -217,6 +277,7 @@ struct tp_cfg_route {
     struct tp_header_rewrite request_headers;
     struct tp_header_rewrite response_headers;
     struct tp_cfg_direct_response *direct; /* NULL unless direct_response */
+    struct tp_cfg_route_auth *auth;        /* NULL = no authentication */
     char **upgrade;   /* Upgrade tokens tunnelled, lowercase; NULL = the default [websocket] */
     size_t n_upgrade; /* entries of upgrade (0 with upgrade set: none) */
     struct tp_pos pos;
@@ -252,6 +313,8 @@ struct tp_config {
     size_t n_upstreams;
     struct tp_cfg_route *routes;
     size_t n_routes;
+    struct tp_cfg_auth *auth; /* auth providers */
+    size_t n_auth;
 
     void *_arena; /* private: owns every pointer above */
 };

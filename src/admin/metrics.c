@@ -158,6 +158,21 @@ void tp_metrics_render(struct tp_abuf *b)
         labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
         sample(b, "turnpike_ratelimit_rejected_total", &lb, v);
     }
+    family(b, "turnpike_auth_rejected_total", "counter",
+           "Requests refused by a route's auth, by reason (missing, invalid, expired, forbidden).");
+    for (size_t i = 0; i < s->n_routes; i++) {
+        static const char *const reasons[4] = {"missing", "invalid", "expired", "forbidden"};
+        if (!s->routes[i].cfg->auth)
+            continue;
+        for (unsigned k = 0; k < 4; k++) {
+            uint64_t v = 0;
+            for (unsigned sh = 0; sh < ns; sh++)
+                v += tp_stat_get(&s->routes[i].st->stats[sh].auth_rejected[k]);
+            tp_abuf_put(b, "turnpike_auth_rejected_total{route=\"", 36);
+            label(b, s->routes[i].st->name);
+            tp_abuf_printf(b, "\",reason=\"%s\"} %llu\n", reasons[k], (unsigned long long)v);
+        }
+    }
     family(b, "turnpike_tunnels_active", "gauge", "WebSocket/Upgrade tunnels open now, by route.");
     for (size_t i = 0; i < s->n_routes; i++) {
         uint64_t v = 0;

@@ -383,6 +383,8 @@ static void format_json(struct line *l, struct alog_shard *a, const struct tp_ac
         put_ms(l, r->upstream_ns);
     else
         PUTS(l, "null");
+    PUTS(l, ",\"subject\":");
+    put_json_or_null(l, r->subject, r->subject_len);
     if (r->error) {
         /* the same text as the answer's JSON body: reason, then the cause when there is one */
         PUTS(l, ",\"error\":");
@@ -405,7 +407,13 @@ static void format_combined(struct line *l, const struct tp_access_record *r, st
     gmtime_r(&ts->tv_sec, &tm);
     size_t n = strftime(tbuf, sizeof(tbuf), "[%d/%b/%Y:%H:%M:%S +0000]", &tm);
     put(l, r->client, r->client_len);
-    PUTS(l, " - - ");
+    PUTS(l, " - ");
+    /* the authenticated subject is the combined format's remote user */
+    if (r->subject_len)
+        put_clf(l, r->subject, r->subject_len);
+    else
+        PUTS(l, "-");
+    PUTS(l, " ");
     put(l, tbuf, n);
     PUTS(l, " \"");
     if (r->method) {

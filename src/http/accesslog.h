@@ -42,7 +42,9 @@ struct tp_access_record {
     const char *endpoint;
     bool has_upstream_ns;
     uint64_t upstream_ns; /* [ns] */
-    const char *error;    /* reason of a gateway-made response, or NULL */
+    const char *subject;  /* who the credential names (JWT sub, API key name), or NULL */
+    size_t subject_len;
+    const char *error; /* reason of a gateway-made response, or NULL */
     const char
         *cause; /* the error behind it (e.g. "Connection refused"), or NULL: written as "error: cause" */
 };

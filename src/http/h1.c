@@ -418,7 +418,11 @@ uint8_t tp_h1_header_id(const char *name, size_t len)
     case 11:
         return EQ("traceparent") ? TP_H_TRACEPARENT : TP_H_OTHER;
     case 12:
-        return EQ("x-request-id") ? TP_H_X_REQUEST_ID : TP_H_OTHER;
+        if (EQ("x-request-id"))
+            return TP_H_X_REQUEST_ID;
+        return EQ("content-type") ? TP_H_CONTENT_TYPE : TP_H_OTHER;
+    case 13:
+        return EQ("authorization") ? TP_H_AUTHORIZATION : TP_H_OTHER;
     case 14:
         return EQ("content-length") ? TP_H_CONTENT_LENGTH : TP_H_OTHER;
     case 15:
@@ -659,6 +663,69 @@ struct tp_block *tp_h1_error_response(struct tp_shard *sh, unsigned status, cons
         /* the status is always three digits, so body_len was exact */
         TP_BUG_ON(b->len - before != body_len);
     }
+    TP_BUG_ON(b->len > b->size);
+    return b;
+}
+
+unsigned tp_grpc_status(unsigned status)
+{
+    switch (status) {
+    case 400:
+    case 413:
+    case 431:
+        return 3; /* INVALID_ARGUMENT */
+    case 401:
+        return 16; /* UNAUTHENTICATED */
+    case 403:
+        return 7; /* PERMISSION_DENIED */
+    case 404:
+        return 12; /* UNIMPLEMENTED */
+    case 429:
+        return 8; /* RESOURCE_EXHAUSTED */
+    case 502:
+    case 503:
+        return 14; /* UNAVAILABLE */
+    case 504:
+        return 4; /* DEADLINE_EXCEEDED */
+    default:
+        return 13; /* INTERNAL */
+    }
+}
+
+struct tp_block *tp_h1_grpc_error_response(struct tp_shard *sh, unsigned status, const char *reason,
+                                           const char *id, size_t id_len, const char *extra, size_t extra_len,
+                                           bool close)
+{
+    static const char hx[] = "0123456789ABCDEF";
+    size_t rlen = strlen(reason);
+    struct tp_block *b = tp_block_get(sh, 256 + extra_len + id_len + 3 * rlen);
+
+    if (!b)
+        return NULL;
+    b->len = 0;
+    tp_blk_lit(b, "HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\ngrpc-status: ");
+    tp_blk_u64(b, tp_grpc_status(status));
+    tp_blk_lit(b, "\r\ngrpc-message: ");
+    /* gRPC's percent-encoding: printable ASCII except '%' goes as it is */
+    for (size_t i = 0; i < rlen; i++) {
+        unsigned char ch = (unsigned char)reason[i];
+        if (ch >= 0x20 && ch <= 0x7e && ch != '%') {
+            tp_blk_put(b, &reason[i], 1);
+        } else {
+            char e[3] = {'%', hx[ch >> 4], hx[ch & 15]};
+            tp_blk_put(b, e, 3);
+        }
+    }
+    tp_blk_lit(b, "\r\nContent-Length: 0\r\nX-Request-Id: ");
+    tp_blk_put(b, id, id_len);
+    tp_blk_lit(b, "\r\nDate: ");
+    tp_blk_put(b, tp_h1_date(), 29);
+    tp_blk_lit(b, "\r\n");
+    if (extra_len)
+        tp_blk_put(b, extra, extra_len);
+    if (close)
+        tp_blk_lit(b, "Connection: close\r\n");
+    tp_blk_lit(b, "\r\n");
     TP_BUG_ON(b->len > b->size);
     return b;
 }

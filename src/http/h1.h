@@ -38,6 +38,8 @@ enum tp_hdr_id {
     TP_H_EXPECT,
     TP_H_COOKIE,
     TP_H_DATE,
+    TP_H_CONTENT_TYPE,
+    TP_H_AUTHORIZATION,
     TP_H_COUNT
 };
 
@@ -177,6 +179,19 @@ const char *tp_h1_date(void);
 struct tp_block *tp_h1_error_response(struct tp_shard *sh, unsigned status, const char *reason,
                                       const char *id, size_t id_len, const char *extra, size_t extra_len,
                                       bool close, bool head_only);
+
+/** The grpc-status of a gateway-made answer of HTTP <status> (404 -> 12 UNIMPLEMENTED, ...). */
+unsigned tp_grpc_status(unsigned status);
+
+/**
+ * Writes a gateway-made answer to a gRPC request (content-type
+ * application/grpc...): 200, content-type application/grpc, no body, and
+ * grpc-status / grpc-message (percent-encoded <reason>) as headers, the
+ * trailers-only form; X-Request-Id and <extra> lines as tp_h1_error_response.
+ */
+struct tp_block *tp_h1_grpc_error_response(struct tp_shard *sh, unsigned status, const char *reason,
+                                           const char *id, size_t id_len, const char *extra, size_t extra_len,
+                                           bool close);
 
 /** Receives the headers of a forwarded head, one at a time: name, value pieces, end. */
 struct tp_hdr_sink {

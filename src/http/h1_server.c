@@ -274,8 +274,13 @@ static void ds_error(struct tp_shard *sh, struct tp_req *r, unsigned status, con
         snprintf(text, sizeof(text), "%s: %s", reason, tp_strerror(r->err));
         reason = text;
     }
-    b = tp_h1_error_response(sh, status, reason, r->id, r->id_len, r->extra_hdrs, r->extra_len,
-                             r->resp_close || !r->client_keepalive || sh->draining, r->method == HTTP_HEAD);
+    if (r->grpc)
+        b = tp_h1_grpc_error_response(sh, status, reason, r->id, r->id_len, r->extra_hdrs, r->extra_len,
+                                      r->resp_close || !r->client_keepalive || sh->draining);
+    else
+        b = tp_h1_error_response(sh, status, reason, r->id, r->id_len, r->extra_hdrs, r->extra_len,
+                                 r->resp_close || !r->client_keepalive || sh->draining,
+                                 r->method == HTTP_HEAD);
     if (!b || !tp_outq_push_block(sh, &c->t.out, b)) {
         if (b)
             tp_block_put(sh, b);
@@ -587,6 +592,10 @@ static void on_request_head(struct tp_shard *sh, struct tp_conn *c)
             break;
         case TP_H_UPGRADE:
             n_upgrade++;
+            break;
+        case TP_H_CONTENT_TYPE:
+            if (hd->value.len >= 16 && tp_eq_nocase(v, 16, "application/grpc", 16))
+                r->grpc = true;
             break;
         case TP_H_CONNECTION:
             if (tp_h1_has_token(v, hd->value.len, "upgrade", 7))

@@ -10,6 +10,8 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include <turnpike/auth.h>
+
 #include "http/accesslog.h"
 #include "http/sessions.h"
 #include "transport/transport.h"
@@ -30,6 +32,11 @@ static int http_create(struct tp_shard *sh, unsigned idx)
         return -ENOMEM;
     hs->slab_conn = slab_conn;
     hs->slab_uconn = slab_uconn;
+    int err = 0;
+    if (!(hs->jwt_cache = tp_jwt_cache_create(0, &err))) {
+        free(hs);
+        return err ? err : -ENOMEM;
+    }
     sh->ext[idx] = hs;
     return 0;
 }
@@ -40,6 +47,7 @@ static void http_destroy(struct tp_shard *sh)
 
     if (!hs)
         return;
+    tp_jwt_cache_destroy(hs->jwt_cache);
     while (hs->req_free) {
         struct tp_req *r = hs->req_free;
         hs->req_free = r->next_free;

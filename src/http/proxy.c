@@ -61,26 +61,14 @@ static uint64_t hash_key_of(const struct tp_req *r, const struct tp_key *k)
     case TP_KEY_HEADER:
         v = tp_head_value(h, k->name, k->name_len, &vl);
         return v ? tp_hash_bytes(v, vl) : 0;
-    case TP_KEY_COOKIE: {
+    case TP_KEY_COOKIE:
         /* cookie:NAME: the value of NAME in any Cookie header */
-        for (uint32_t i = 0; i < h->n_hdrs; i++) {
-            if (h->hdrs[i].id != TP_H_COOKIE)
-                continue;
-            const char *s = h->base + h->hdrs[i].value.off, *e = s + h->hdrs[i].value.len;
-            while (s < e) {
-                while (s < e && (*s == ' ' || *s == ';'))
-                    s++;
-                const char *eq = memchr(s, '=', (size_t)(e - s));
-                const char *end = memchr(s, ';', (size_t)(e - s));
-                if (!end)
-                    end = e;
-                if (eq && eq < end && (size_t)(eq - s) == k->name_len && memcmp(s, k->name, k->name_len) == 0)
-                    return tp_hash_bytes(eq + 1, (size_t)(end - eq - 1));
-                s = end;
-            }
-        }
-        return 0;
-    }
+        v = tp_head_cookie(h, k->name, k->name_len, &vl);
+        return v ? tp_hash_bytes(v, vl) : 0;
+    case TP_KEY_CLAIM:
+        /* claim:NAME: tenant pinning; requests without the claim hash alike */
+        v = tp_req_claim(r, k->name, &vl);
+        return v ? tp_hash_bytes(v, vl) : 0;
     case TP_KEY_PATH: {
         const char *u = h->base + h->url.off + r->abs_path_off;
         size_t ul = h->url.len - r->abs_path_off;

@@ -79,6 +79,7 @@ void tp_req_end(struct tp_shard *sh, struct tp_req *r)
         tp_block_put(sh, r->names);
         r->names = NULL;
     }
+    tp_req_auth_release(r);
     tp_head_dispose(sh, &r->head);
     tp_shard_snapshot_leave(sh, r->snap);
     tp_stat_add(&hs->active_requests, (uint64_t)-1);
@@ -291,6 +292,13 @@ static bool rate_admit(struct tp_shard *sh, struct tp_req *r)
         key = v ? tp_hash_bytes(v, vl) : 0;
         break;
     }
+    case TP_KEY_CLAIM: {
+        /* requests without the claim share one bucket */
+        size_t vl = 0;
+        const char *v = tp_req_claim(r, cfg->key.name, &vl);
+        key = v ? tp_hash_bytes(v, vl) : 0;
+        break;
+    }
     default:
         break;
     }
@@ -382,6 +390,8 @@ void tp_req_dispatch(struct tp_shard *sh, struct tp_req *r, const char *path, si
         tp_req_error(sh, r, 404, "no route", false);
         return;
     }
+    if (r->route->auth && !tp_req_authenticate(sh, r))
+        return;
     if (r->route->rl && !rate_admit(sh, r))
         return;
     if (r->route->cfg->direct) {
@@ -456,6 +466,36 @@ static void emit_set(const struct tp_header_rewrite *rw, const struct tp_hdr_sin
         emit(s, ctx, rw->set[i].name, rw->set[i].name_len, rw->set[i].value, rw->set[i].value_len);
 }
 
+/* A Cookie header without the cookie <name> (the credential): the other
+ * pairs as they were, "; " between them; nothing when it was alone. */
+static void emit_cookie_without(const struct tp_hdr_sink *s, void *ctx, const struct tp_head *h,
+                                const struct tp_hdr *hd, const char *name, size_t name_len)
+{
+    const char *p = h->base + hd->value.off, *e = p + hd->value.len;
+    bool any = false;
+
+    while (p < e) {
+        while (p < e && (*p == ' ' || *p == ';'))
+            p++;
+        const char *end = memchr(p, ';', (size_t)(e - p));
+        if (!end)
+            end = e;
+        const char *eq = memchr(p, '=', (size_t)(end - p));
+        bool cred = eq && (size_t)(eq - p) == name_len && memcmp(p, name, name_len) == 0;
+        if (p < end && !cred) {
+            if (!any)
+                s->name(ctx, h->base + hd->name.off, hd->name.len);
+            else
+                s->value(ctx, "; ", 2);
+            s->value(ctx, p, (size_t)(end - p));
+            any = true;
+        }
+        p = end;
+    }
+    if (any)
+        s->end(ctx);
+}
+
 bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s, void *ctx)
 {
     const struct tp_head *h = &r->head;
@@ -499,12 +539,24 @@ bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s
         }
         if (hd->drop || rewritten(rw, name, hd->name.len))
             continue;
+        if (r->route->auth) {
+            /* the credential and client-sent claim headers stay here */
+            if (tp_req_auth_drops(r, hd))
+                continue;
+            size_t cl;
+            const char *cookie = hd->id == TP_H_COOKIE ? tp_req_auth_cookie(r, &cl) : NULL;
+            if (cookie) {
+                emit_cookie_without(s, ctx, h, hd, cookie, cl);
+                continue;
+            }
+        }
         emit(s, ctx, name, hd->name.len, h->base + hd->value.off, hd->value.len);
     }
     bool host_set = rw && in_names(rw->set, rw->n_set, "host", 4);
     if (r->abs_path_off && !host_set)
         emit(s, ctx, "Host", 4, h->base + r->host_off, r->host_len);
     emit_set(rw, s, ctx);
+    tp_req_auth_headers(r, s, ctx);
     if (!xff_done)
         emit(s, ctx, "X-Forwarded-For", 15, ds->peer, ds->peer_len);
     if (ds->tls)
@@ -599,12 +651,16 @@ static void req_record(struct tp_shard *sh, struct tp_req *r)
         .error = r->error,
         .cause = r->error && r->err ? tp_strerror(r->err) : NULL,
     };
+    rec.subject = tp_req_subject(r, &rec.subject_len);
     if (r->names) {
         /* a tunnel: its generation may have gone before it ended */
         const char *d = r->names->data;
         rec.route = d;
         rec.upstream = d += strlen(d) + 1;
-        rec.endpoint = d + strlen(d) + 1;
+        rec.endpoint = d += strlen(d) + 1;
+        d += strlen(d) + 1;
+        rec.subject = *d ? d : NULL;
+        rec.subject_len = strlen(d);
     }
     if (in) {
         const char *d = in->data;

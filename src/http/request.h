@@ -30,6 +30,8 @@
 
 struct tp_req;
 struct tp_transport;
+struct tp_jwt_claims;
+struct tp_apikey;
 
 /* ---- limits and timeouts of one generation, copied where they are used ---- */
 
@@ -225,19 +227,23 @@ struct tp_req {
     bool aborted;        /* the upstream side failed after the response started */
     bool force_fresh;    /* next attempt on a new connection, not a pooled one */
     bool fresh_retry_done;
-    bool head_cl_seen;           /* the client sent Content-Length */
-    bool head_parsed;            /* the request head was complete and parsed */
-    bool head_unflushed;         /* the response head is the last thing queued, not handed to the kernel */
-    bool uhead_open;             /* uhead lacks Host and its end: each attempt adds the endpoint's */
-    bool upgrade_req;            /* the client asked to switch protocols (Upgrade + Connection: upgrade) */
-    bool counted;                /* metrics recorded already (a tunnel's, at its 101) */
-    uint8_t upg_len;             /* bytes in upg */
-    char upg[63];                /* Upgrade tokens offered to the upstream (the route allows them) */
-    struct tp_block *names;      /* a tunnel's route, upstream and endpoint names for its log line */
-    uint64_t tried[4];           /* endpoints tried by this request (bit per index) */
-    uint16_t extra_len;          /* bytes in extra_hdrs */
-    uint32_t host_off, host_len; /* Host (or absolute-form authority) within the head */
-    uint32_t abs_path_off;       /* absolute-form: offset of the path within the target */
+    bool head_cl_seen;      /* the client sent Content-Length */
+    bool head_parsed;       /* the request head was complete and parsed */
+    bool head_unflushed;    /* the response head is the last thing queued, not handed to the kernel */
+    bool uhead_open;        /* uhead lacks Host and its end: each attempt adds the endpoint's */
+    bool upgrade_req;       /* the client asked to switch protocols (Upgrade + Connection: upgrade) */
+    bool counted;           /* metrics recorded already (a tunnel's, at its 101) */
+    bool grpc;              /* content-type application/grpc: gateway answers in gRPC form */
+    uint8_t upg_len;        /* bytes in upg */
+    char upg[63];           /* Upgrade tokens offered to the upstream (the route allows them) */
+    struct tp_block *names; /* a tunnel's route, upstream, endpoint and subject names for its log line */
+    struct tp_jwt_claims *claims;          /* the JWT's claims (routes with auth), one reference */
+    const struct tp_apikey *apikey;        /* the API key (routes with auth), in r->snap's table */
+    const struct tp_cfg_cred_source *cred; /* where the JWT was found (removed before forwarding) */
+    uint64_t tried[4];                     /* endpoints tried by this request (bit per index) */
+    uint16_t extra_len;                    /* bytes in extra_hdrs */
+    uint32_t host_off, host_len;           /* Host (or absolute-form authority) within the head */
+    uint32_t abs_path_off;                 /* absolute-form: offset of the path within the target */
     struct tp_limits limits;
     const char *error;    /* reason of a gateway-made response */
     int err;              /* the error behind it (-errno or TP_E*), 0 when none */
@@ -256,8 +262,9 @@ struct tp_http_shard {
     tp_stat_t active_requests;
     struct tp_req *req_free;
     uint32_t n_req_free;
-    int slab_conn, slab_uconn; /* slab ids of client and upstream connections */
-    struct tp_tunnel *tunnels; /* the shard's tunnels */
+    int slab_conn, slab_uconn;      /* slab ids of client and upstream connections */
+    struct tp_tunnel *tunnels;      /* the shard's tunnels */
+    struct tp_jwt_cache *jwt_cache; /* verified tokens (routes with a JWT provider) */
     uint32_t n_tunnels;
 };
 
@@ -342,6 +349,36 @@ void tp_proxy_upgraded(struct tp_shard *sh, struct tp_req *r, struct tp_transpor
 
 /** Records <r>'s metrics (route counters, duration) now rather than at its end. */
 void tp_req_count(struct tp_shard *sh, struct tp_req *r);
+
+/* ---- authentication (authenticate.c) ---- */
+
+/**
+ * The route's auth: finds the credential, verifies it (through the shard's
+ * cache of verified tokens) and checks require_claims. Returns true when the
+ * request may go on; otherwise it was answered 401, 403 or 503 and counted.
+ */
+bool tp_req_authenticate(struct tp_shard *sh, struct tp_req *r);
+/** Claim <name> of the request's credential (JWT claim; API key: sub/name, tenant), or NULL. */
+const char *tp_req_claim(const struct tp_req *r, const char *name, size_t *len);
+/** Who the credential names (JWT sub, API key name), or NULL. */
+const char *tp_req_subject(const struct tp_req *r, size_t *len);
+/** Releases what authentication holds (the claims). */
+void tp_req_auth_release(struct tp_req *r);
+/**
+ * The credential and forward_claims rules of <r>'s route for the upstream
+ * headers: true when header <hd> of the request head must not be forwarded
+ * (the credential, a forward_claims name the client sent).
+ */
+bool tp_req_auth_drops(const struct tp_req *r, const struct tp_hdr *hd);
+/** Emits the forward_claims headers of <r> (claims that are strings without control characters). */
+void tp_req_auth_headers(const struct tp_req *r, const struct tp_hdr_sink *s, void *ctx);
+/** The cookie the credential came from, when it must be removed from Cookie headers; else NULL. */
+const char *tp_req_auth_cookie(const struct tp_req *r, size_t *len);
+/** The query parameter the credential came from, when it must be removed from the target; else NULL. */
+const char *tp_req_auth_query(const struct tp_req *r, size_t *len);
+
+/** The value of cookie <name> in the Cookie headers of <h>, or NULL. */
+const char *tp_head_cookie(const struct tp_head *h, const char *name, size_t name_len, size_t *len);
 
 /* ---- tunnels (tunnel.c) ---- */
 

@@ -17,7 +17,8 @@
  *
  * Relay: received bytes move from one side's receive queue to the other's
  * send queue as slices of the buffers they arrived in (no copy), while that
- * send queue holds less than TUN_BUDGET. Past it the receiving side stops
+ * send queue holds less than TUN_BUDGET (TUN_BUDGET_TIGHT while the shard's
+ * receive-buffer pool is over half held). Past it the receiving side stops
  * reading, and resumes once its queue has moved on: a slow reader stops the
  * fast writer, and a tunnel holds at most TUN_BUDGET plus what one receive
  * batch brought per direction.
@@ -39,7 +40,8 @@
 #include "http/request.h"
 #include "transport/transport.h"
 
-#define TUN_BUDGET (64u * 1024u) /* [bytes] queued towards one side before the other stops reading */
+#define TUN_BUDGET       (64u * 1024u) /* [bytes] queued towards one side before the other stops reading */
+#define TUN_BUDGET_TIGHT (16u * 1024u) /* [bytes] the same while over half the receive buffers are held */
 
 struct tp_tunnel {
     struct tp_transport *t[2];             /* 0: client, 1: upstream; NULL once closed */
@@ -130,6 +132,9 @@ static bool relay(struct tp_shard *sh, struct tp_tunnel *tun, int i)
     struct tp_transport *src = tun->t[i], *dst = tun->t[!i];
     struct tp_rbuf *e;
     uint64_t moved = 0;
+    /* queued slices hold receive buffers: when many tunnels have stalled
+     * readers the shard's pool runs low for everyone, so each gets less */
+    uint32_t budget = sh->bufs.held > sh->bufs.count / 2 ? TUN_BUDGET_TIGHT : TUN_BUDGET;
 
     if (tun->ending)
         return false;
@@ -139,7 +144,7 @@ static bool relay(struct tp_shard *sh, struct tp_tunnel *tun, int i)
         return false;
     }
     while ((e = tp_inq_front(&src->in))) {
-        if (tp_transport_pending(dst) >= TUN_BUDGET || tp_outq_full(dst->out, 2))
+        if (tp_transport_pending(dst) >= budget || tp_outq_full(dst->out, 2))
             break;
         uint32_t len = e->len;
         if (!tp_outq_push_slice(sh, &dst->out, tp_rbuf_ref(e), tp_rbuf_data(sh, e), len)) {
@@ -255,7 +260,8 @@ static void tunnel_free(struct tp_shard *sh, struct tp_tunnel *tun)
     if (tun->next)
         tun->next->prev = tun->prev;
     hs->n_tunnels--;
-    tp_req_end(sh, tun->r); /* releases the concurrency slots, writes the log line */
+    if (tun->r)
+        tp_req_end(sh, tun->r);
     free(tun);
 }
 
@@ -266,6 +272,13 @@ static void tun_on_closed(struct tp_shard *sh, struct tp_transport *t)
 
     tun->t[i] = NULL;
     t->user = NULL;
+    if (i == 0) {
+        /* the request is recorded while the client's session, which it
+         * points to (client address), is still there; it also releases the
+         * concurrency slots */
+        tp_req_end(sh, tun->r);
+        tun->r = NULL;
+    }
     tun->own[i]->on_closed(sh, t); /* the session frees its connection object */
     if (tun->t[!i]) {
         /* one side closed on its own (its transport gave up): the other follows */
@@ -291,20 +304,24 @@ static const struct tp_transport_ops tunnel_ops = {
 /* The names the log line shows, copied: the tunnel may outlive its generation. */
 static struct tp_block *copy_names(struct tp_shard *sh, const struct tp_req *r)
 {
-    const char *n[3] = {
+    size_t sl = 0;
+    const char *sub = tp_req_subject(r, &sl);
+    const char *n[4] = {
         r->route ? r->route->cfg->name : "",
         r->up ? r->up->cfg->name : "",
         r->last_ep ? r->last_ep->cfg->addr.text : "",
+        sub && !memchr(sub, 0, sl) ? sub : "",
     };
-    size_t l[3], need = 0;
+    size_t l[4] = {strlen(n[0]), strlen(n[1]), strlen(n[2]), n[3][0] ? sl : 0}, need = 0;
 
-    for (int i = 0; i < 3; i++)
-        need += (l[i] = strlen(n[i])) + 1;
+    for (int i = 0; i < 4; i++)
+        need += l[i] + 1;
     struct tp_block *b = tp_block_get(sh, need);
     if (!b)
         return NULL;
-    for (int i = 0; i < 3; i++) {
-        memcpy(b->data + b->len, n[i], l[i] + 1);
+    for (int i = 0; i < 4; i++) {
+        memcpy(b->data + b->len, n[i], l[i]);
+        b->data[b->len + l[i]] = 0;
         b->len += (uint32_t)l[i] + 1;
     }
     return b;
@@ -402,11 +419,12 @@ static struct tp_rt_endpoint *endpoint_in(struct tp_rt_upstream *up, const struc
 static void migrate(struct tp_shard *sh, struct tp_tunnel *tun)
 {
     struct tp_req *r = tun->r;
+
+    if (!r || r->snap == sh->snap)
+        return; /* recorded already (closing), or current */
     struct tp_snapshot *old = r->snap, *cur = sh->snap;
     struct tp_attempt *a = &r->att;
 
-    if (old == cur)
-        return;
     r->route = r->route ? route_in(cur, r->route->st) : NULL;
     if (!r->route && tun->stats) {
         tp_stat_add(&tun->stats->tunnels_active, (uint64_t)-1);
@@ -430,6 +448,10 @@ static void migrate(struct tp_shard *sh, struct tp_tunnel *tun)
     }
     r->up = up;
     r->last_ep = a->ep;
+    /* the API key entry and the credential source live in the old
+     * generation's tables; the subject was copied at the start */
+    r->apikey = NULL;
+    r->cred = NULL;
     r->snap = tp_shard_snapshot_enter(sh);
     tp_shard_snapshot_leave(sh, old);
 }

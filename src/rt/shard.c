@@ -48,6 +48,18 @@
 
 __thread struct tp_shard *tp_self;
 
+/* Under ASan a freed slab object is poisoned past its slot header (which
+ * lookups of late completions still read), so a use after free of a
+ * connection is reported like one of malloc'd memory. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define SLAB_POISON(p, n)   ASAN_POISON_MEMORY_REGION((p), (n))
+#define SLAB_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define SLAB_POISON(p, n)   ((void)(p), (void)(n))
+#define SLAB_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 #define SQ_ENTRIES        1024
 #define CQ_ENTRIES        65536
 #define BUF_SIZE          16384
@@ -238,6 +250,7 @@ void *tp_slab_alloc(struct tp_shard *sh, unsigned id)
         o->gen = 0;
     }
     uint32_t slot = o->slot, gen = (o->gen + 1) & 0xffffff;
+    SLAB_UNPOISON(o, sl->objsize);
     memset(o, 0, sl->objsize);
     o->slot = slot;
     o->gen = gen;
@@ -256,6 +269,7 @@ void tp_slab_free(struct tp_shard *sh, void *obj)
     o->next_free = sl->free;
     sl->free = o;
     sl->live--;
+    SLAB_POISON((char *)o + sizeof(*o), sl->objsize - sizeof(*o));
 }
 
 /* ------------------------------------------------------------------ */

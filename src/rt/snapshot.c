@@ -24,6 +24,7 @@
 #define _LGPL_SOURCE
 #include <urcu-qsbr.h>
 
+#include <turnpike/auth.h>
 #include <turnpike/balance.h>
 #include <turnpike/breaker.h>
 #include <turnpike/clock.h>
@@ -323,6 +324,11 @@ static void snapshot_free(struct tp_snapshot *s)
     for (size_t i = 0; s->lis && i < s->n_lis; i++)
         tp_tls_server_destroy(s->lis[i].tls);
     free(s->lis);
+    for (size_t i = 0; s->auths && i < s->n_auths; i++) {
+        tp_jwt_verifier_destroy(s->auths[i].jwt);
+        tp_apikeys_destroy(s->auths[i].keys);
+    }
+    free(s->auths);
     free(s->shard_inflight);
     tp_config_destroy(s->cfg);
     free(s);
@@ -383,6 +389,52 @@ struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, 
                         cfg->listeners[i].tls->pos.line, cfg->listeners[i].tls->pos.col, i, e);
             err = TP_ECONFIG;
             goto fail_quiet;
+        }
+    }
+
+    /* auth providers: key files read again at every load; one that does not
+     * load fails the load (a reload keeps the old keys) */
+    s->auths = calloc(cfg->n_auth ? cfg->n_auth : 1, sizeof(*s->auths));
+    if (!s->auths)
+        goto fail;
+    s->n_auths = cfg->n_auth;
+    for (size_t i = 0; i < cfg->n_auth; i++) {
+        const struct tp_cfg_auth *ac = &cfg->auth[i];
+        char e[512];
+        int aerr = 0;
+        s->auths[i].cfg = ac;
+        if (ac->jwt) {
+            const struct tp_cfg_jwt *j = ac->jwt;
+            struct tp_jwks *ks = tp_jwks_load_file(j->keys, e, sizeof(e), &aerr);
+            if (ks) {
+                struct tp_jwt_opts o = {
+                    .issuer = j->issuer,
+                    .audiences = (const char *const *)j->audiences,
+                    .n_audiences = j->n_audiences,
+                    .leeway_s = (int64_t)(j->clock_skew_ms / 1000),
+                    .max_token_len = cfg->max_header_bytes,
+                };
+                for (size_t k = 0; tp_jwks_note(ks, k); k++)
+                    tp_warn("auth[%zu].jwt.keys: %s", i, tp_jwks_note(ks, k));
+                s->auths[i].jwt = tp_jwt_verifier_create(ks, &o, &aerr);
+                tp_jwks_put(ks); /* the verifier holds its own reference */
+                if (!s->auths[i].jwt)
+                    snprintf(e, sizeof(e), "%s", strerror(-aerr));
+            }
+            if (!s->auths[i].jwt) {
+                tp_diag_add(diag, "%s:%u:%u: auth[%zu].jwt.keys: %s", cfg->source, j->keys_pos.line,
+                            j->keys_pos.col, i, e);
+                err = TP_ECONFIG;
+                goto fail_quiet;
+            }
+        } else if (ac->api_key) {
+            const struct tp_cfg_api_key *k = ac->api_key;
+            if (!(s->auths[i].keys = tp_apikeys_load_file(k->keys, e, sizeof(e), &aerr))) {
+                tp_diag_add(diag, "%s:%u:%u: auth[%zu].api_key.keys: %s", cfg->source, k->keys_pos.line,
+                            k->keys_pos.col, i, e);
+                err = TP_ECONFIG;
+                goto fail_quiet;
+            }
         }
     }
 
@@ -481,6 +533,8 @@ struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, 
             if (strcasecmp(rc->response_headers.set[k].name, "content-type") == 0)
                 rt->resp_has_ctype = true;
         rt->strip_len = rc->strip_prefix ? strlen(rc->strip_prefix) : 0;
+        if (rc->auth)
+            rt->auth = &s->auths[rc->auth->provider];
         targets[i] = rt;
     }
     s->router = tp_router_create(cfg, targets, &err);

@@ -89,6 +89,7 @@ struct tp_route_stats {
     tp_stat_t ratelimited;
     tp_stat_t tunnels_active; /* gauge: +1 when a tunnel starts, -1 when it ends (or its route goes) */
     tp_stat_t tunnels_total;
+    tp_stat_t auth_rejected[4]; /* by reason: missing, invalid, expired, forbidden */
     struct tp_hist duration;
 } __attribute__((aligned(TP_CACHELINE)));
 
@@ -188,10 +189,21 @@ struct tp_rt_route {
     struct tp_rt_upstream *up;     /* upstream: NAME; NULL for split and direct */
     struct tp_rt_upstream **split; /* [cfg->n_split] */
     struct tp_rt_rewrite req, resp;
-    size_t strip_len;        /* strlen(cfg->strip_prefix) or 0 */
-    struct tp_ratelimit *rl; /* rlref->rl when this generation's route has a rate_limit */
-    struct tp_rl_ref *rlref; /* holds a reference */
-    bool resp_has_ctype;     /* response_headers sets Content-Type */
+    size_t strip_len;              /* strlen(cfg->strip_prefix) or 0 */
+    struct tp_ratelimit *rl;       /* rlref->rl when this generation's route has a rate_limit */
+    struct tp_rl_ref *rlref;       /* holds a reference */
+    bool resp_has_ctype;           /* response_headers sets Content-Type */
+    const struct tp_rt_auth *auth; /* routes[].auth's provider; NULL = none */
+};
+
+struct tp_jwt_verifier;
+struct tp_apikeys;
+
+/** An auth provider of a generation: its keys as read at this load. */
+struct tp_rt_auth {
+    const struct tp_cfg_auth *cfg;
+    struct tp_jwt_verifier *jwt; /* jwt providers */
+    struct tp_apikeys *keys;     /* api_key providers */
 };
 
 struct tp_router;
@@ -206,6 +218,8 @@ struct tp_snapshot {
     size_t n_ups;
     struct tp_rt_listener *lis;
     size_t n_lis;
+    struct tp_rt_auth *auths;
+    size_t n_auths;
     _Atomic long refs;
     unsigned n_shards;
     /* in-flight requests per shard on this snapshot: shard i writes [i*16] only */

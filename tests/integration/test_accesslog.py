@@ -13,7 +13,7 @@ from tp_harness import T, Client, build_request, free_port, upstream_cfg, wait_u
 from tp_more import Gate, metrics
 
 FIELDS = {"time", "request_id", "trace_id", "client", "method", "host", "path", "status", "bytes_in",
-          "bytes_out", "duration_ms", "route", "upstream", "endpoint", "upstream_ms"}
+          "bytes_out", "duration_ms", "route", "upstream", "endpoint", "upstream_ms", "subject"}
 TIME_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)")
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -96,6 +96,7 @@ def test_json_lines(h):
         assert e["bytes_in"] == len(reqs[key]), (key, e["bytes_in"], len(reqs[key]))
         assert e["bytes_out"] == received, (key, e["bytes_out"], received)
         assert isinstance(e["duration_ms"], (int, float)) and e["duration_ms"] >= 0, e
+        assert e["subject"] is None, e  # no route here authenticates
         if gateway_made:
             assert isinstance(e["error"], str) and e["error"], e
             assert e["error"] == r.json()["error"], (e, r.body)

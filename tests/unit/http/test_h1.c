@@ -498,6 +498,9 @@ static void test_header_id(void)
         {"Traceparent", TP_H_TRACEPARENT},
         {"Expect", TP_H_EXPECT},
         {"Cookie", TP_H_COOKIE},
+        {"Content-Type", TP_H_CONTENT_TYPE},
+        {"authorization", TP_H_AUTHORIZATION},
+        {"Authorizations", TP_H_OTHER},
         {"Hosts", TP_H_OTHER},
         {"Hos", TP_H_OTHER},
         {"Content-Lengths", TP_H_OTHER},
@@ -623,6 +626,9 @@ static void check_response(struct tp_shard *sh, unsigned status, const char *rea
     tp_block_put(sh, b);
 }
 
+/* <b> holds the literal <lit> somewhere */
+#define HAS(lit) (b && memmem(b->data, b->len, lit, sizeof(lit) - 1) != NULL)
+
 static void test_error_response(struct tp_shard *sh)
 {
     check_response(sh, 404, "no route", "0123456789abcdef0123456789abcdef", NULL, false, false, "404");
@@ -642,11 +648,29 @@ static void test_error_response(struct tp_shard *sh)
     ok(b && b->len > sizeof(body) - 1 &&
            memcmp(b->data + b->len - (sizeof(body) - 1), body, sizeof(body) - 1) == 0,
        "404 body bytes");
-    ok(b && memmem(b->data, b->len, "\r\nContent-Length: 81\r\n", 22) != NULL, "404 Content-Length: 81");
+    ok(HAS("\r\nContent-Length: 81\r\n"), "404 Content-Length: 81");
     ok(b && memcmp(b->data, "HTTP/1.1 404 Not Found\r\n", 24) == 0, "404 status line");
     if (b)
         tp_block_put(sh, b);
     is_int(sh->n_blk_free, 1, "blocks went back to the shard's free list");
+
+    /* gRPC form: 200, the status as grpc-status, the reason percent-encoded, no body */
+    static const unsigned http[] = {400, 401, 403, 404, 413, 429, 431, 502, 503, 504, 500};
+    static const unsigned grpc[] = {3, 16, 7, 12, 3, 8, 3, 14, 14, 4, 13};
+    for (size_t i = 0; i < sizeof(http) / sizeof(http[0]); i++)
+        is_int(tp_grpc_status(http[i]), grpc[i], "grpc-status for %u", http[i]);
+    b = tp_h1_grpc_error_response(sh, 401, "missing credential 100%", "id-1", 4,
+                                  "WWW-Authenticate: Bearer\r\n", 26, false);
+    ok(b && memcmp(b->data, "HTTP/1.1 200 OK\r\n", 17) == 0, "gRPC answer: 200");
+    ok(HAS("\r\ngrpc-status: 16\r\n"), "gRPC answer: grpc-status 16");
+    ok(HAS("\r\ngrpc-message: missing credential 100%25\r\n"), "gRPC answer: grpc-message percent-encoded");
+    ok(HAS("\r\nContent-Type: application/grpc\r\n"), "gRPC answer: content-type");
+    ok(HAS("\r\nContent-Length: 0\r\n"), "gRPC answer: no body");
+    ok(HAS("WWW-Authenticate: Bearer\r\n"), "gRPC answer: extra lines");
+    ok(b && b->len >= 4 && memcmp(b->data + b->len - 4, "\r\n\r\n", 4) == 0,
+       "gRPC answer: ends with the head");
+    if (b)
+        tp_block_put(sh, b);
 }
 
 static void test_writers(struct tp_shard *sh)
