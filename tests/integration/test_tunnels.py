@@ -517,8 +517,11 @@ def test_half_close_upstream_to_client(h):
     assert c.read_exact(3) == b"bye"
     assert c.wait_closed(T(10)) == "eof", "the upstream's FIN was not passed on"
     late = payload(100000, seed=10)
-    c.send(late)  # the client can still send after the upstream's FIN
-    c.sock.shutdown(socket.SHUT_WR)
+    try:
+        c.send(late)  # the client can still send after the upstream's FIN
+        c.sock.shutdown(socket.SHUT_WR)
+    except OSError as e:
+        raise AssertionError(f"the gateway closed the client side on the upstream's FIN: {e!r}")
     wait_until(lambda: "data" in got, T(10), what="the upstream to see the client's bytes and EOF")
     assert got["data"] == late
 
@@ -614,7 +617,9 @@ def test_stalled_reader_backpressure_keeps_memory_flat(h):
             return s > 0 and now - last["since"] > 1.0
 
         wait_until(stalled, T(60), interval=0.1, what="the upstream's writes to block")
-        assert not state["done"] and state["sent"] < total // 4, \
+        # the socket buffers on the way hold about 10 MiB; a gateway that took in as
+        # much as its whole receive buffer pool (64 MiB) would show here
+        assert not state["done"] and state["sent"] < 48 << 20, \
             f"the upstream pushed {state['sent'] >> 20} MiB to a client that reads nothing"
         assert peak[0] - base < 32 << 20, f"RSS grew by {(peak[0] - base) >> 20} MiB with a stalled reader"
         digest_got = read_all(c, total)
