@@ -121,6 +121,7 @@ class TunnelUp:
 
     def __init__(self, body=echo_body):
         self.body = body
+        self.lock = threading.Lock()  # one thread per upstream connection
         self.started = 0
         self.ended = 0
 
@@ -130,11 +131,13 @@ class TunnelUp:
             return build_response(200, f"plain {req.target}".encode())
         conn.send(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: {token}\r\nConnection: Upgrade\r\n"
                   f"Sec-WebSocket-Accept: {WS_ACCEPT}\r\n\r\n".encode())
-        self.started += 1
+        with self.lock:
+            self.started += 1
         try:
             self.body(conn)
         finally:
-            self.ended += 1
+            with self.lock:
+                self.ended += 1
             conn.close()
         return None
 
@@ -677,9 +680,10 @@ def test_reload_keeps_200_live_tunnels(h):
             await echo_all(wss, "before")
             await loop.run_in_executor(None, reload, tp)  # same file
             await echo_all(wss, "after plain reload")
-            # the route now goes to B: live tunnels stay with A, new ones go to B
-            changed = derive(tp, upstreams=[upstream_cfg("u", a), upstream_cfg("v", b)],
-                             routes=[{"name": "ws", "upstream": "v"}], timeouts={"client_idle": "7s"})
+            # the live tunnels' route and upstream are gone from the new configuration:
+            # they stay with A, new tunnels go to B
+            changed = derive(tp, upstreams=[upstream_cfg("v", b)], routes=[{"name": "other", "upstream": "v"}],
+                             timeouts={"client_idle": "7s"})
             await loop.run_in_executor(None, reload, tp, changed)
             await echo_all(wss, "after changed reload")
             assert a.active == n
