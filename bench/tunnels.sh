@@ -140,10 +140,13 @@ tpb_proxy_render() {
 }
 
 # load MODE PORT OUT PID...: one tunnel_load run pinned to the load CPU, its CPU
-# figures for the PIDs (none: direct). Parses the TPTUN line into TPB_L_*.
-# Returns nonzero when it failed (message in TPB_L_ERR).
+# figures for the PIDs (none: direct). Over its measured window (from its
+# TPTUN-START line to its exit) the CPUs are sampled (tpb_sample_begin/end on
+# the first PID, else the upstream) and the upstream's CPU ticks taken.
+# Parses the TPTUN line into TPB_L_*. Returns nonzero when it failed (message
+# in TPB_L_ERR).
 load() {
-	local mode=$1 port=$2 out=$3 line kv rc
+	local mode=$1 port=$2 out=$3 line kv rc i sampled=0 up0
 	shift 3
 	local -a args
 	if [ "$mode" = echo ]; then
@@ -153,12 +156,29 @@ load() {
 	fi
 	tpb_start "$out" "$TPB_CPU_LOAD" timeout $((WARMUP + DURATION + 60)) "$TPB_TMP/tunnel_load" "${args[@]}"
 	local pid=$TPB_LAST_PID
+	# setup (at most 30 s in tunnel_load) and warmup, polled every 20 ms
+	for ((i = 0; i < (WARMUP + 40) * 50; i++)); do
+		if grep -q '^TPTUN-START' "$out" 2>/dev/null; then
+			tpb_sample_begin "${1:-$TPB_UP_PID}"
+			tpb_cpu_ticks "$TPB_UP_PID"
+			up0=$TPB_TICKS
+			sampled=1
+			break
+		fi
+		tpb_alive "$pid" || break
+		sleep 0.02
+	done
 	wait "$pid"
 	rc=$?
+	if [ "$sampled" = 1 ]; then
+		tpb_sample_end "${1:-$TPB_UP_PID}"
+		tpb_cpu_ticks "$TPB_UP_PID"
+		TPB_L_UP_TICKS=$((TPB_TICKS - up0))
+	fi
 	tpb_stop "$pid" 10
 	line=$(grep '^TPTUN ' "$out" | tail -1)
-	if [ "$rc" != 0 ] || [ -z "$line" ]; then
-		TPB_L_ERR="tunnel_load $mode exited with $rc: $(grep -v '^TPTUN ' "$out" | tail -n 2 | tr '\n' ' ')"
+	if [ "$rc" != 0 ] || [ -z "$line" ] || [ "$sampled" = 0 ]; then
+		TPB_L_ERR="tunnel_load $mode exited with $rc: $(grep -v '^TPTUN' "$out" | tail -n 2 | tr '\n' ' ')"
 		return 1
 	fi
 	for kv in ${line#TPTUN }; do
@@ -169,46 +189,53 @@ load() {
 		p50_us=*) TPB_L_P50=${kv#*=} ;;
 		p99_us=*) TPB_L_P99=${kv#*=} ;;
 		cpu_ticks=*) TPB_L_TICKS=${kv#*=} ;;
+		self_ticks=*) TPB_L_SELF_TICKS=${kv#*=} ;;
 		errors=*) TPB_L_ERRORS=${kv#*=} ;;
 		esac
 	done
 	return 0
 }
 
-echo "round,test,proxy,status,conns,messages,bytes,duration_s,msgs_per_s,mb_per_s,p50_us,p99_us,cpu_ticks,cpu_us_per_msg,cpu_pct,load_cpu_busy_pct,errors" >"$CSV"
+echo "round,test,proxy,status,conns,messages,bytes,duration_s,msgs_per_s,mb_per_s,p50_us,p99_us,cpu_ticks,cpu_us_per_msg,cpu_pct,load_cpu_busy_pct,errors,load_cpu_own_pct,load_cpu_other_pct,proxy_cpu_other_pct,proxy_cpu_steal_pct" >"$CSV"
 
 TP_NA="" # reason turnpike is n/a for the rest of the run
 
 csv_fail() {
-	echo "$1,$2,$3,$4,,,,,,,,,,,,," >>"$CSV"
+	echo "$1,$2,$3,$4,,,,,,,,,,,,,,,,," >>"$CSV"
 }
 
 # measure ROUND TEST PROXY PORT PID...: one load run, one CSV row. Returns
 # nonzero when the run failed.
 measure() {
-	local r=$1 t=$2 p=$3 port=$4 dur mps mbps cpu cpu_pct conns=$CONNS
+	local r=$1 t=$2 p=$3 port=$4 dur mps mbps cpu cpu_pct own other conns=$CONNS
 	shift 4
 	[ "$t" = bulk ] && conns=1
-	tpb_sample_begin "${1:-$TPB_UP_PID}"
 	if ! load "$t" "$port" "$RESULTS_DIR/load-r$r-$t-$p.txt" "$@"; then
 		tpb_warn "$p $t: $TPB_L_ERR"
 		csv_fail "$r" "$t" "$p" load_failed
 		return 1
 	fi
-	tpb_sample_end "${1:-$TPB_UP_PID}"
-	read -r dur mps mbps cpu cpu_pct < <(awk -v m="$TPB_L_MSGS" -v b="$TPB_L_BYTES" -v us="$TPB_L_DUR_US" \
-		-v dt="$TPB_L_TICKS" -v hz="$TPB_CLK_TCK" -v direct="$([ $# = 0 ] && echo 1 || echo 0)" 'BEGIN {
+	read -r dur mps mbps cpu cpu_pct own other < <(awk -v m="$TPB_L_MSGS" -v b="$TPB_L_BYTES" -v us="$TPB_L_DUR_US" \
+		-v dt="$TPB_L_TICKS" -v hz="$TPB_CLK_TCK" -v direct="$([ $# = 0 ] && echo 1 || echo 0)" \
+		-v lt="$((TPB_L_UP_TICKS + TPB_L_SELF_TICKS))" -v busy="$TPB_S_LOAD_PCT" 'BEGIN {
 			d = us / 1e6
-			printf "%.3f %.1f %.1f %s %s\n", d, (d > 0 ? m / d : 0), (d > 0 ? b / d / 1e6 : 0),
+			own = (d > 0 ? 100 * lt / hz / d : 0)
+			if (own > 100) own = 100     # tick sampling jitter
+			other = busy - own
+			if (other < 0) other = 0
+			printf "%.3f %.1f %.1f %s %s %.1f %.1f\n", d, (d > 0 ? m / d : 0), (d > 0 ? b / d / 1e6 : 0),
 				(direct || m == 0 ? "n/a" : sprintf("%.2f", dt * 1e6 / hz / m)),
-				(direct || d == 0 ? "n/a" : sprintf("%.1f", 100 * dt / hz / d))
+				(direct || d == 0 ? "n/a" : sprintf("%.1f", 100 * dt / hz / d)), own, other
 		}')
-	echo "$r,$t,$p,ok,$conns,$TPB_L_MSGS,$TPB_L_BYTES,$dur,$mps,$mbps,$TPB_L_P50,$TPB_L_P99,$TPB_L_TICKS,$cpu,$cpu_pct,$TPB_S_LOAD_PCT,$TPB_L_ERRORS" >>"$CSV"
+	local pother=$TPB_S_OTHER_PCT psteal=$TPB_S_STEAL_PCT
+	[ $# = 0 ] && pother=n/a psteal=n/a
+	echo "$r,$t,$p,ok,$conns,$TPB_L_MSGS,$TPB_L_BYTES,$dur,$mps,$mbps,$TPB_L_P50,$TPB_L_P99,$TPB_L_TICKS,$cpu,$cpu_pct,$TPB_S_LOAD_PCT,$TPB_L_ERRORS,$own,$other,$pother,$psteal" >>"$CSV"
 	if [ "$t" = echo ]; then
-		tpb_log "  $(printf '%-8s echo %10s msg/s  %7s us/msg  cpu %5s%%  load %5s%%  p99 %7s ms' "$p" "$mps" "$cpu" \
-			"$cpu_pct" "$TPB_S_LOAD_PCT" "$(awk -v u="$TPB_L_P99" 'BEGIN {printf "%.2f", u / 1000}')")"
+		tpb_log "  $(printf '%-8s echo %10s msg/s  %7s us/msg  cpu %5s%%  load %5s%% (others %4s%%)  p99 %7s ms' "$p" \
+			"$mps" "$cpu" "$cpu_pct" "$TPB_S_LOAD_PCT" "$other" "$(awk -v u="$TPB_L_P99" 'BEGIN {printf "%.2f", u / 1000}')")"
 	else
-		tpb_log "  $(printf '%-8s bulk %10s MB/s   cpu %5s%%  load %5s%%' "$p" "$mbps" "$cpu_pct" "$TPB_S_LOAD_PCT")"
+		tpb_log "  $(printf '%-8s bulk %10s MB/s   cpu %5s%%  load %5s%% (others %4s%%)' "$p" "$mbps" "$cpu_pct" \
+			"$TPB_S_LOAD_PCT" "$other")"
 	fi
 }
 
@@ -273,44 +300,47 @@ col() {
 	echo
 	echo "medians over $ROUNDS round(s) of ${DURATION}s; cpu_us/msg = proxy CPU time per echoed message;"
 	echo "cpu% = proxy CPU use (100 = its CPU saturated); load% = busy share of the load+upstream CPU"
-	echo "(near 100: the load side may have been the limit; compare with the direct row)"
+	echo "(near 100: the load side may have been the limit; compare with the direct row), oth% = the"
+	echo "part of load% that was neither the load generator nor the upstream (other processes)"
 	echo
 	echo "== echo: $CONNS tunnels, $MSG_SIZE-byte messages, closed loop =="
-	printf '%-9s %6s %10s %11s %6s %6s %8s %8s %7s\n' proxy rounds msgs/s cpu_us/msg cpu% load% p50_ms p99_ms errors
+	printf '%-9s %6s %10s %11s %6s %6s %6s %8s %8s %7s\n' proxy rounds msgs/s cpu_us/msg cpu% load% oth% p50_ms p99_ms errors
 	declare -A mps=() cpu=() p99=() mbs=()
 	for p in direct $PROXIES; do
 		ok=$(col echo "$p" msgs_per_s | wc -l)
 		if [ "$ok" = 0 ]; then
 			reason=""
 			[ "$p" = turnpike ] && [ -n "$TP_NA" ] && reason="  ($TP_NA)"
-			printf '%-9s %6s %10s %11s %6s %6s %8s %8s %7s%s\n' "$p" "0/$ROUNDS" n/a n/a n/a n/a n/a n/a n/a "$reason"
+			printf '%-9s %6s %10s %11s %6s %6s %6s %8s %8s %7s%s\n' "$p" "0/$ROUNDS" n/a n/a n/a n/a n/a n/a n/a n/a "$reason"
 			mps[$p]=n/a cpu[$p]=n/a p99[$p]=n/a
 			continue
 		fi
 		mps[$p]=$(tpb_median $(col echo "$p" msgs_per_s))
 		cpu[$p]=$(tpb_median $(col echo "$p" cpu_us_per_msg))
 		p99[$p]=$(tpb_median $(col echo "$p" p99_us))
-		printf '%-9s %6s %10.0f %11s %6s %6s %8.2f %8.2f %7s\n' "$p" "$ok/$ROUNDS" "${mps[$p]}" "${cpu[$p]}" \
+		printf '%-9s %6s %10.0f %11s %6s %6s %6s %8.2f %8.2f %7s\n' "$p" "$ok/$ROUNDS" "${mps[$p]}" "${cpu[$p]}" \
 			"$(tpb_median $(col echo "$p" cpu_pct))" "$(tpb_median $(col echo "$p" load_cpu_busy_pct))" \
+			"$(tpb_median $(col echo "$p" load_cpu_other_pct))" \
 			"$(awk -v u="$(tpb_median $(col echo "$p" p50_us))" 'BEGIN {print u / 1000}')" \
 			"$(awk -v u="${p99[$p]}" 'BEGIN {print u / 1000}')" "$(tpb_median $(col echo "$p" errors))"
 	done
 	echo
 	echo "== bulk: one tunnel, upstream to client =="
-	printf '%-9s %6s %10s %6s %6s %10s\n' proxy rounds MB/s cpu% load% vs_direct
+	printf '%-9s %6s %10s %6s %6s %6s %10s\n' proxy rounds MB/s cpu% load% oth% vs_direct
 	mbs[direct]=$(tpb_median $(col bulk direct mb_per_s))
 	for p in direct $PROXIES; do
 		ok=$(col bulk "$p" mb_per_s | wc -l)
 		if [ "$ok" = 0 ]; then
 			reason=""
 			[ "$p" = turnpike ] && [ -n "$TP_NA" ] && reason="  ($TP_NA)"
-			printf '%-9s %6s %10s %6s %6s %10s%s\n' "$p" "0/$ROUNDS" n/a n/a n/a n/a "$reason"
+			printf '%-9s %6s %10s %6s %6s %6s %10s%s\n' "$p" "0/$ROUNDS" n/a n/a n/a n/a n/a "$reason"
 			mbs[$p]=n/a
 			continue
 		fi
 		mbs[$p]=$(tpb_median $(col bulk "$p" mb_per_s))
-		printf '%-9s %6s %10.0f %6s %6s %10s\n' "$p" "$ok/$ROUNDS" "${mbs[$p]}" \
+		printf '%-9s %6s %10.0f %6s %6s %6s %10s\n' "$p" "$ok/$ROUNDS" "${mbs[$p]}" \
 			"$(tpb_median $(col bulk "$p" cpu_pct))" "$(tpb_median $(col bulk "$p" load_cpu_busy_pct))" \
+			"$(tpb_median $(col bulk "$p" load_cpu_other_pct))" \
 			"$(tpb_ratio "${mbs[$p]}" "${mbs[direct]}")"
 	done
 	echo
@@ -321,11 +351,19 @@ col() {
 			"$(tpb_ratio "${mps[turnpike]}" "${mps[$base]}")" "$(tpb_ratio "${cpu[turnpike]}" "${cpu[$base]}")" \
 			"$(tpb_ratio "${p99[turnpike]}" "${p99[$base]}")" "$(tpb_ratio "${mbs[turnpike]}" "${mbs[$base]}")"
 	done
-	noisy=$(awk -F, 'NR > 1 && $4 == "ok" && $3 != "direct" && $16 > 95 {n++} END {print n + 0}' "$CSV")
+	saturated=$(awk -F, 'NR > 1 && $4 == "ok" && $3 != "direct" && $16 > 95 {n++} END {print n + 0}' "$CSV")
+	if [ "$saturated" -gt 0 ]; then
+		echo
+		echo "note: in $saturated proxied run(s) the load+upstream CPU was over 95% busy: their msgs/s may"
+		echo "show the load side's limit rather than the proxy's (column load_cpu_busy_pct)"
+	fi
+	noisy=$(awk -F, 'NR > 1 && $4 == "ok" && ($19 > 5 || ($20 != "n/a" && $20 > 5) || ($21 != "n/a" && $21 > 2)) {n++}
+		END {print n + 0}' "$CSV")
 	if [ "$noisy" -gt 0 ]; then
 		echo
-		echo "note: in $noisy proxied run(s) the load+upstream CPU was over 95% busy: those figures may"
-		echo "show the load side's limit rather than the proxy's (column load_cpu_busy_pct)"
+		echo "note: in $noisy run(s) other processes took more than 5% of the load or the proxy CPU, or the"
+		echo "hypervisor stole more than 2% (columns load_cpu_other_pct, proxy_cpu_other_pct,"
+		echo "proxy_cpu_steal_pct): noisy machine, rounds differ more than usual"
 	fi
 	echo
 	echo "raw rows: $CSV"
