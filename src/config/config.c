@@ -459,8 +459,8 @@ static bool get_key(struct cctx *c, const struct tp_ynode *n, const char *path, 
                     struct tp_key *out)
 {
     char q[QUOTE_LEN];
-    const char *expected = use == KEY_FOR_HASH ? "header:NAME, cookie:NAME, client_ip or path"
-                                               : "client_ip, header:NAME or route";
+    const char *expected = use == KEY_FOR_HASH ? "header:NAME, cookie:NAME, claim:NAME, client_ip or path"
+                                               : "client_ip, header:NAME, claim:NAME or route";
     const char *s = scalar(c, n, path, "a string");
 
     if (!s)
@@ -492,6 +492,19 @@ static bool get_key(struct cctx *c, const struct tp_ynode *n, const char *path, 
         out->kind = header ? TP_KEY_HEADER : TP_KEY_COOKIE;
         out->name = header ? lower_dup(c, name, len) : tp_cfg_arena_strndup(c->a, name, len);
         out->name_len = len;
+        return out->name != NULL;
+    }
+    /* claim:NAME: a claim of the request's credential, so it only means
+     * something on routes with auth. A claim name is JSON member text:
+     * anything but empty is a name. */
+    if (strncmp(s, "claim:", 6) == 0) {
+        if (n->len == 6) {
+            err(c, n, "%s: invalid claim name in \"%s\" (expected a name after claim:)", path, quote(q, n));
+            return false;
+        }
+        out->kind = TP_KEY_CLAIM;
+        out->name = tp_cfg_arena_strndup(c->a, s + 6, n->len - 6);
+        out->name_len = n->len - 6;
         return out->name != NULL;
     }
     err(c, n, "%s: invalid value \"%s\" (expected %s)", path, quote(q, n), expected);

@@ -607,7 +607,7 @@ static void test_upstream_errors(void)
                 "t.yaml:7:5: warning: upstreams[0].hash_key: only used with balance: hash (ignored)");
     EXPECT("hash_key value", UP "    balance: hash\n    hash_key: route\n",
            "t.yaml:7:15: upstreams[0].hash_key: invalid value \"route\" (expected header:NAME, cookie:NAME, "
-           "client_ip or path)");
+           "claim:NAME, client_ip or path)");
     EXPECT(
         "hash_key header name", UP "    balance: hash\n    hash_key: \"header:\"\n",
         "t.yaml:7:15: upstreams[0].hash_key: invalid header name in \"header:\" (expected letters, digits or "
@@ -794,10 +794,9 @@ static void test_strip_and_rewrite_errors(void)
            "t.yaml:9:24: routes[0].rate_limit.rate: 0/s is out of range (1..1000000000 per s, m or h)");
     EXPECT("burst zero", BASE "  - upstream: users\n    rate_limit: {rate: 1/s, burst: 0}\n",
            "t.yaml:9:36: routes[0].rate_limit.burst: 0 is out of range (1..1000000000)");
-    EXPECT(
-        "rate key", BASE "  - upstream: users\n    rate_limit: {rate: 1/s, key: path}\n",
-        "t.yaml:9:34: routes[0].rate_limit.key: invalid value \"path\" (expected client_ip, header:NAME or "
-        "route)");
+    EXPECT("rate key", BASE "  - upstream: users\n    rate_limit: {rate: 1/s, key: path}\n",
+           "t.yaml:9:34: routes[0].rate_limit.key: invalid value \"path\" (expected client_ip, header:NAME, "
+           "claim:NAME or route)");
 }
 
 static void test_more_errors(void)
@@ -894,6 +893,29 @@ static void test_upgrade(void)
            "t.yaml:1:25: timeouts.tunnel_idle: 0s is out of range (1ms..168h)");
 }
 
+/* claim:NAME as hash_key (tenant pinning) and rate_limit.key */
+static void test_claim_keys(void)
+{
+    struct tp_config *cfg = parse_ok("hash_key claim:NAME",
+                                     LST "upstreams:\n  - name: u\n    endpoints: [{address: 127.0.0.1:1}]\n"
+                                         "    balance: hash\n    hash_key: claim:Tenant.Id\n");
+    if (cfg) {
+        is_int(cfg->upstreams[0].hash_key.kind, TP_KEY_CLAIM, "hash_key kind claim");
+        is_str(cfg->upstreams[0].hash_key.name, "Tenant.Id", "claim name as written");
+        is_int(cfg->upstreams[0].hash_key.name_len, 9, "claim name_len");
+    }
+    tp_config_destroy(cfg);
+    EXPECT("rate_limit claim without a name",
+           BASE "  - upstream: users\n    rate_limit: {rate: 1/s, key: \"claim:\"}\n",
+           "t.yaml:9:34: routes[0].rate_limit.key: invalid claim name in \"claim:\" (expected a name after "
+           "claim:)");
+    EXPECT("hash_key claim without a name",
+           LST "upstreams:\n  - name: u\n    endpoints: [{address: 127.0.0.1:1}]\n    balance: hash\n"
+               "    hash_key: \"claim:\"\n",
+           "t.yaml:7:15: upstreams[0].hash_key: invalid claim name in \"claim:\" (expected a name after "
+           "claim:)");
+}
+
 int main(void)
 {
     test_full();
@@ -912,5 +934,6 @@ int main(void)
     test_more_errors();
     test_many_errors_in_order();
     test_upgrade();
+    test_claim_keys();
     return tap_done();
 }
