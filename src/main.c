@@ -24,6 +24,7 @@
 #include "admin/admin.h"
 #include "http/request.h"
 #include "rt/runtime.h"
+#include "rt/snapshot.h"
 #include "upstream/health.h"
 
 #define TP_DEFAULT_CONFIG "/etc/turnpike/turnpike.yaml"
@@ -105,6 +106,15 @@ int main(int argc, char **argv)
     if (!cfg)
         return 1;
     if (test_only) {
+        struct tp_diag diag = {0};
+        bool files_ok = tp_snapshot_check_files(cfg, &diag);
+        for (size_t i = 0; i < diag.n; i++)
+            fprintf(stderr, "%s\n", diag.msgs[i]);
+        tp_diag_dispose(&diag);
+        if (!files_ok) {
+            tp_config_destroy(cfg);
+            return 1;
+        }
         printf("configuration ok\n");
         tp_config_destroy(cfg);
         return 0;

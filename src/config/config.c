@@ -75,6 +75,7 @@ struct cctx {
     /* false when `upstreams` was unusable as a whole: route references are
      * then not checked, or every route would repeat that one mistake. */
     bool upstreams_ok;
+    bool auth_ok; /* the same for `auth` and routes[].auth.provider */
 };
 
 /* ---- messages ---- */
@@ -459,8 +460,8 @@ static bool get_key(struct cctx *c, const struct tp_ynode *n, const char *path, 
                     struct tp_key *out)
 {
     char q[QUOTE_LEN];
-    const char *expected = use == KEY_FOR_HASH ? "header:NAME, cookie:NAME, client_ip or path"
-                                               : "client_ip, header:NAME or route";
+    const char *expected = use == KEY_FOR_HASH ? "header:NAME, cookie:NAME, claim:NAME, client_ip or path"
+                                               : "client_ip, header:NAME, claim:NAME or route";
     const char *s = scalar(c, n, path, "a string");
 
     if (!s)
@@ -492,6 +493,19 @@ static bool get_key(struct cctx *c, const struct tp_ynode *n, const char *path, 
         out->kind = header ? TP_KEY_HEADER : TP_KEY_COOKIE;
         out->name = header ? lower_dup(c, name, len) : tp_cfg_arena_strndup(c->a, name, len);
         out->name_len = len;
+        return out->name != NULL;
+    }
+    /* claim:NAME: a claim of the request's credential, so it only means
+     * something on routes with auth (route_end checks rate_limit.key). A
+     * claim name is JSON member text: anything but empty is a name. */
+    if (strncmp(s, "claim:", 6) == 0) {
+        if (n->len == 6) {
+            err(c, n, "%s: invalid claim name in \"%s\" (expected a name after claim:)", path, quote(q, n));
+            return false;
+        }
+        out->kind = TP_KEY_CLAIM;
+        out->name = tp_cfg_arena_strndup(c->a, s + 6, n->len - 6);
+        out->name_len = n->len - 6;
         return out->name != NULL;
     }
     err(c, n, "%s: invalid value \"%s\" (expected %s)", path, quote(q, n), expected);
@@ -1269,6 +1283,386 @@ static bool parse_body(struct cctx *c, const struct field *fd, const struct tp_y
     return true;
 }
 
+/* ---- authentication: auth[] providers and routes[].auth ---- */
+
+/* Why a header may not receive a claim (forward_claims), or NULL. Besides
+ * the framing and hop-by-hop headers, turnpike writes or forwards these on
+ * every request itself: a claim copied into them would be a second voice. */
+static const char *claim_header_refusal(const char *s, size_t len)
+{
+    if (is_managed_header(s, len))
+        return "framing and hop-by-hop headers are managed by turnpike";
+    if (name_is(s, len, "host") || name_is(s, len, "x-request-id") || name_is(s, len, "traceparent") ||
+        (len >= 12 && strncasecmp(s, "x-forwarded-", 12) == 0))
+        return "host, x-request-id, x-forwarded-* and traceparent are managed by turnpike";
+    return NULL;
+}
+
+/* A non-empty string stored as written: jwt.keys and api_key.keys (paths the
+ * runtime reads at load and on every reload, so only the text is checked
+ * here) and jwt.issuer. <arg> is what the message calls the value. */
+static bool parse_text(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                       void *obj, struct walk *w)
+{
+    const char *s = scalar(c, v, path, fd->arg);
+
+    (void)w;
+    if (!s)
+        return false;
+    if (v->len == 0) {
+        err(c, v, "%s: must not be empty", path);
+        return false;
+    }
+    return (*(char **)((char *)obj + fd->off) = tp_cfg_arena_strndup(c->a, s, v->len)) != NULL;
+}
+
+/* jwt.audiences: non-empty strings into a char * array at <off>, count at <count_off>. */
+static bool parse_audiences(struct cctx *c, const struct field *fd, const struct tp_ynode *v,
+                            const char *path, void *obj, struct walk *w)
+{
+    char ip[PATH_MAX_LEN], q[QUOTE_LEN];
+    size_t n = 0;
+    bool ok = true;
+
+    (void)w;
+    if (!is_seq(c, v, path))
+        return false;
+    if (v->n == 0) {
+        err(c, v, "%s: expected at least one audience (leave audiences out to accept any)", path);
+        return false;
+    }
+    char **aud = tp_cfg_arena_calloc(c->a, v->n, sizeof(*aud));
+    if (!aud) {
+        oom(c);
+        return false;
+    }
+    for (size_t i = 0; i < v->n; i++) {
+        const struct tp_ynode *it = v->items[i];
+        const char *s = scalar(c, it, ipath(ip, path, i), "a string");
+        bool dup = false;
+
+        if (!s) {
+            ok = false;
+            continue;
+        }
+        if (it->len == 0) {
+            err(c, it, "%s: must not be empty", ip);
+            ok = false;
+            continue;
+        }
+        for (size_t j = 0; j < n && !dup; j++)
+            dup = strlen(aud[j]) == it->len && memcmp(aud[j], s, it->len) == 0;
+        if (dup) {
+            err(c, it, "%s: duplicate audience \"%s\"", ip, quote(q, it));
+            ok = false;
+            continue;
+        }
+        if (!(aud[n++] = tp_cfg_arena_strndup(c->a, s, it->len))) {
+            oom(c);
+            return false;
+        }
+    }
+    *(char ***)((char *)obj + fd->off) = aud;
+    store_uint((char *)obj + fd->count_off, sizeof(size_t), n);
+    return ok;
+}
+
+/* A query parameter name, compared raw: visible ASCII without the bytes
+ * that end a name in a query string. */
+static bool is_query_name(const char *s, size_t len)
+{
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '&' || ch == '=' || ch == '#')
+            return false;
+    }
+    return true;
+}
+
+/* The characters of a token, for "expected ..." in a format string. */
+#define TOKEN_CHARS "letters, digits or !#$%%&'*+-.^_`|~"
+
+/* jwt.from: where the token is looked for, in order, into the struct tp_cfg_jwt. */
+static bool parse_cred_from(struct cctx *c, const struct field *fd, const struct tp_ynode *v,
+                            const char *path, void *obj, struct walk *w)
+{
+    struct tp_cfg_jwt *j = obj;
+    char ip[PATH_MAX_LEN], q[QUOTE_LEN];
+    bool ok = true;
+
+    (void)fd, (void)w;
+    if (!is_seq(c, v, path))
+        return false;
+    if (v->n == 0) {
+        err(c, v, "%s: expected at least one source (leave from out for header:authorization)", path);
+        return false;
+    }
+    if (!(j->from = tp_cfg_arena_calloc(c->a, v->n, sizeof(*j->from)))) {
+        oom(c);
+        return false;
+    }
+    j->n_from = 0;
+    for (size_t i = 0; i < v->n; i++) {
+        const struct tp_ynode *it = v->items[i];
+        const char *s = scalar(c, it, ipath(ip, path, i), "a string");
+        struct tp_cfg_cred_source src = {0};
+        size_t plen;
+        bool dup = false;
+
+        if (!s) {
+            ok = false;
+            continue;
+        }
+        if (strncmp(s, "header:", 7) == 0) {
+            src.kind = TP_FROM_HEADER, plen = 7;
+        } else if (strncmp(s, "cookie:", 7) == 0) {
+            src.kind = TP_FROM_COOKIE, plen = 7;
+        } else if (strncmp(s, "query:", 6) == 0) {
+            src.kind = TP_FROM_QUERY, plen = 6;
+        } else {
+            err(c, it,
+                "%s: invalid value \"%s\" (expected header:authorization, header:NAME, cookie:NAME or "
+                "query:NAME)",
+                ip, quote(q, it));
+            ok = false;
+            continue;
+        }
+        const char *name = s + plen;
+        size_t len = it->len - plen;
+        if (src.kind == TP_FROM_QUERY ? !is_query_name(name, len) : !tp_cfg_is_token(name, len)) {
+            if (src.kind == TP_FROM_QUERY)
+                err(c, it,
+                    "%s: invalid query parameter name in \"%s\" (expected visible ASCII without &, = or #)",
+                    ip, quote(q, it));
+            else
+                err(c, it, "%s: invalid %s name in \"%s\" (expected " TOKEN_CHARS ")", ip,
+                    src.kind == TP_FROM_HEADER ? "header" : "cookie", quote(q, it));
+            ok = false;
+            continue;
+        }
+        if (src.kind == TP_FROM_HEADER && is_managed_header(name, len)) {
+            tp_cfg_quote(q, sizeof(q), name, len);
+            err(c, it,
+                "%s: %s cannot carry a credential (framing and hop-by-hop headers are managed by turnpike)",
+                ip, q);
+            ok = false;
+            continue;
+        }
+        if (src.kind == TP_FROM_HEADER && name_is(name, len, "authorization")) {
+            src.kind = TP_FROM_BEARER;
+        } else {
+            src.name =
+                src.kind == TP_FROM_HEADER ? lower_dup(c, name, len) : tp_cfg_arena_strndup(c->a, name, len);
+            src.name_len = len;
+            if (!src.name) {
+                oom(c);
+                return false;
+            }
+        }
+        /* header names are stored lowercased; cookie and query names are case-sensitive */
+        for (size_t k = 0; k < j->n_from && !dup; k++) {
+            const struct tp_cfg_cred_source *o = &j->from[k];
+            dup = o->kind == src.kind && o->name_len == src.name_len &&
+                  (src.kind == TP_FROM_BEARER || memcmp(o->name, src.name, src.name_len) == 0);
+        }
+        if (dup) {
+            err(c, it, "%s: duplicate source \"%s\"", ip, quote(q, it));
+            ok = false;
+            continue;
+        }
+        j->from[j->n_from++] = src;
+    }
+    return ok;
+}
+
+/* A key of require_claims or forward_claims: a claim name, which is JSON
+ * member text, so any non-empty string. */
+static bool claim_key(struct cctx *c, const struct tp_ynode *k, const char *path)
+{
+    char d[QUOTE_LEN + 2], q[QUOTE_LEN];
+
+    if (k->kind != TP_Y_SCALAR || k->null) {
+        err(c, k, "%s: expected a claim name, got %s", path, describe(d, k));
+        return false;
+    }
+    if (k->len == 0 || memchr(k->str, '\0', k->len)) {
+        err(c, k, "%s: invalid claim name \"%s\" (%s)", path, quote(q, k),
+            k->len ? "NUL characters are not allowed" : "must not be empty");
+        return false;
+    }
+    return true;
+}
+
+/* The second of two equal claim names in map <n> (pairs before <i>) is an error at its key. */
+static bool claim_dup(struct cctx *c, const struct tp_ynode *n, size_t i, const char *path)
+{
+    const struct tp_ynode *k = n->pairs[i].key;
+    char q[QUOTE_LEN];
+
+    for (size_t j = 0; j < i; j++) {
+        const struct tp_ynode *o = n->pairs[j].key;
+        if (o->kind == TP_Y_SCALAR && !o->null && o->len == k->len && memcmp(o->str, k->str, k->len) == 0) {
+            err(c, k, "%s: duplicate claim \"%s\"", path, quote(q, k));
+            return true;
+        }
+    }
+    return false;
+}
+
+/* jwt.forward_claims: claim -> header name, into the struct tp_cfg_jwt. */
+static bool parse_forward_claims(struct cctx *c, const struct field *fd, const struct tp_ynode *n,
+                                 const char *path, void *obj, struct walk *w)
+{
+    struct tp_cfg_jwt *j = obj;
+    char q[QUOTE_LEN], vp[PATH_MAX_LEN];
+    size_t errs_before = c->errs.n;
+
+    (void)fd, (void)w;
+    if (n->kind != TP_Y_MAP) {
+        type_err(c, n, path, "a mapping of claim names to header names");
+        return false;
+    }
+    if (n->n == 0) {
+        err(c, n, "%s: expected at least one claim (leave forward_claims out to forward none)", path);
+        return false;
+    }
+    if (!(j->forward_claims = tp_cfg_arena_calloc(c->a, n->n, sizeof(*j->forward_claims)))) {
+        oom(c);
+        return false;
+    }
+    j->n_forward_claims = 0;
+    for (size_t i = 0; i < n->n; i++) {
+        const struct tp_ynode *k = n->pairs[i].key, *v = n->pairs[i].val;
+        bool dup = false;
+
+        if (!claim_key(c, k, path) || claim_dup(c, n, i, path))
+            continue;
+        kpath(vp, path, quote(q, k));
+        const char *s = scalar(c, v, vp, "a header name");
+        if (!s)
+            continue;
+        if (!tp_cfg_is_token(s, v->len)) {
+            err(c, v, "%s: invalid header name \"%s\" (expected " TOKEN_CHARS ")", vp, quote(q, v));
+            continue;
+        }
+        const char *why = claim_header_refusal(s, v->len);
+        if (why) {
+            err(c, v, "%s: %s cannot be set (%s)", vp, quote(q, v), why);
+            continue;
+        }
+        for (size_t h = 0; h < j->n_forward_claims && !dup; h++)
+            dup = j->forward_claims[h].header_len == v->len &&
+                  strncasecmp(j->forward_claims[h].header, s, v->len) == 0;
+        if (dup) {
+            err(c, v, "%s: duplicate header \"%s\"", vp, quote(q, v));
+            continue;
+        }
+        struct tp_cfg_claim_header *ch = &j->forward_claims[j->n_forward_claims++];
+        ch->claim = tp_cfg_arena_strndup(c->a, k->str, k->len);
+        ch->header = lower_dup(c, s, v->len);
+        ch->header_len = v->len;
+        if (!ch->claim || !ch->header)
+            oom(c);
+    }
+    return c->errs.n == errs_before;
+}
+
+/* api_key.header: where the key is read; lowercased, length at <count_off>. */
+static bool parse_cred_header(struct cctx *c, const struct field *fd, const struct tp_ynode *v,
+                              const char *path, void *obj, struct walk *w)
+{
+    char q[QUOTE_LEN];
+    const char *s = scalar(c, v, path, "a header name");
+
+    (void)w;
+    if (!s)
+        return false;
+    if (!tp_cfg_is_token(s, v->len)) {
+        err(c, v, "%s: invalid header name \"%s\" (expected " TOKEN_CHARS ")", path, quote(q, v));
+        return false;
+    }
+    if (is_managed_header(s, v->len)) {
+        err(c, v, "%s: %s cannot carry a credential (framing and hop-by-hop headers are managed by turnpike)",
+            path, quote(q, v));
+        return false;
+    }
+    if (!(*(char **)((char *)obj + fd->off) = lower_dup(c, s, v->len))) {
+        oom(c);
+        return false;
+    }
+    store_uint((char *)obj + fd->count_off, sizeof(size_t), v->len);
+    return true;
+}
+
+/* routes[].auth.provider: the index of the provider named by the value. Like
+ * parse_upstream_ref, silent when the auth section itself was unusable.
+ * Providers are read before routes. */
+static bool parse_auth_ref(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                           void *obj, struct walk *w)
+{
+    char q[QUOTE_LEN];
+    const char *s = scalar(c, v, path, "an auth provider name");
+
+    (void)w;
+    if (!s)
+        return false;
+    for (size_t i = 0; i < c->cfg->n_auth; i++) {
+        if (c->cfg->auth[i].name && strcmp(c->cfg->auth[i].name, s) == 0) {
+            store_uint((char *)obj + fd->off, fd->size, i);
+            return true;
+        }
+    }
+    if (c->auth_ok)
+        err(c, v, "%s: unknown auth provider \"%s\"", path, quote(q, v));
+    return false;
+}
+
+/* routes[].auth.require_claims: claim -> value. A value is any scalar kept as
+ * its text (a number or true/false as written, quoted or not); the runtime
+ * decides how a claim compares with it. */
+static bool parse_require_claims(struct cctx *c, const struct field *fd, const struct tp_ynode *n,
+                                 const char *path, void *obj, struct walk *w)
+{
+    struct tp_cfg_route_auth *ra = obj;
+    char q[QUOTE_LEN], vp[PATH_MAX_LEN];
+    size_t errs_before = c->errs.n;
+
+    (void)fd, (void)w;
+    if (n->kind != TP_Y_MAP) {
+        type_err(c, n, path, "a mapping of claim names to values");
+        return false;
+    }
+    if (n->n == 0) {
+        err(c, n, "%s: expected at least one claim (leave require_claims out to require none)", path);
+        return false;
+    }
+    if (!(ra->require_claims = tp_cfg_arena_calloc(c->a, n->n, sizeof(*ra->require_claims)))) {
+        oom(c);
+        return false;
+    }
+    ra->n_require_claims = 0;
+    for (size_t i = 0; i < n->n; i++) {
+        const struct tp_ynode *k = n->pairs[i].key, *v = n->pairs[i].val;
+
+        if (!claim_key(c, k, path) || claim_dup(c, n, i, path))
+            continue;
+        kpath(vp, path, quote(q, k));
+        const char *s = scalar(c, v, vp, "a string, number or boolean");
+        if (!s)
+            continue;
+        struct tp_header_kv *kv = &ra->require_claims[ra->n_require_claims++];
+        kv->name = tp_cfg_arena_strndup(c->a, k->str, k->len);
+        kv->name_len = k->len;
+        kv->value = tp_cfg_arena_strndup(c->a, s, v->len);
+        kv->value_len = v->len;
+        if (!kv->name || !kv->value)
+            oom(c);
+    }
+    return c->errs.n == errs_before;
+}
+
 /* ---- checks across keys: hooks of the tables below ---- */
 
 /* Names must be unique within listeners, upstreams and routes: the second
@@ -1441,6 +1835,87 @@ static void routes_end(struct cctx *c, const struct tp_ynode *list, const char *
     check_unique_names(c, &route_table, list, path, items, offsetof(struct tp_cfg_route, name), st);
 }
 
+/* A route's rate_limit.key: claim:NAME needs a credential to take the claim
+ * from, that is auth on the same route (a broken auth was reported already). */
+static void route_end(struct cctx *c, struct walk *w)
+{
+    struct tp_cfg_route *r = w->obj;
+    const struct tp_ynode *rl = wval(w, "rate_limit");
+    const struct tp_ynode *key = rl ? map_get(rl, "key") : NULL;
+    char p[PATH_MAX_LEN], kp[PATH_MAX_LEN], q[QUOTE_LEN];
+
+    if (key && r->rate_limit && r->rate_limit->key.kind == TP_KEY_CLAIM && !wkey(w, "auth"))
+        err(c, key, "%s: %s needs auth on the route (without a credential there are no claims to key on)",
+            kpath(kp, kpath(p, w->path, "rate_limit"), "key"), quote(q, key));
+}
+
+/* The key files' positions, for the runtime's messages about their contents;
+ * `from` defaults to the Authorization bearer token; clock_skew counts in
+ * whole seconds, like the time claims it is compared with. */
+static void jwt_end(struct cctx *c, struct walk *w)
+{
+    struct tp_cfg_jwt *j = w->obj;
+    const struct tp_ynode *keys = wval(w, "keys");
+    size_t skew = fidx(w->t, "clock_skew");
+    char kp[PATH_MAX_LEN], q[QUOTE_LEN], t[32];
+
+    if (keys)
+        j->keys_pos = (struct tp_pos){keys->line, keys->col};
+    if (!wkey(w, "from")) {
+        if (!(j->from = tp_cfg_arena_calloc(c->a, 1, sizeof(*j->from)))) {
+            oom(c);
+            return;
+        }
+        j->from[0].kind = TP_FROM_BEARER;
+        j->n_from = 1;
+    }
+    if (w->val[skew] && !(w->failed & (1ull << skew)) && j->clock_skew_ms % MS_PER_S)
+        warn(c, w->val[skew], "%s: only whole seconds are used (%s counts as %s)",
+             kpath(kp, w->path, "clock_skew"), quote(q, w->val[skew]),
+             ms_text(t, sizeof(t), j->clock_skew_ms / MS_PER_S * MS_PER_S));
+}
+
+static void api_key_end(struct cctx *c, struct walk *w)
+{
+    struct tp_cfg_api_key *ak = w->obj;
+    const struct tp_ynode *keys = wval(w, "keys");
+
+    (void)c;
+    if (keys)
+        ak->keys_pos = (struct tp_pos){keys->line, keys->col};
+    if (!wkey(w, "header"))
+        ak->header_len = strlen(ak->header);
+}
+
+static const struct table auth_table;
+
+static void auths_end(struct cctx *c, const struct tp_ynode *list, const char *path, void *items,
+                      const struct item_state *st)
+{
+    check_unique_names(c, &auth_table, list, path, items, offsetof(struct tp_cfg_auth, name), st);
+}
+
+/* A provider no route names does nothing: said as a warning, only for a file
+ * without errors (after an error the references are not all known). */
+static void check_auth_used(struct cctx *c)
+{
+    const struct tp_config *cfg = c->cfg;
+    char p[PATH_MAX_LEN], q[QUOTE_LEN];
+
+    if (c->errs.n)
+        return;
+    for (size_t i = 0; i < cfg->n_auth; i++) {
+        bool used = false;
+        for (size_t r = 0; r < cfg->n_routes && !used; r++)
+            used = cfg->routes[r].auth && cfg->routes[r].auth->provider == i;
+        if (used)
+            continue;
+        struct tp_ynode at = {.line = cfg->auth[i].pos.line, .col = cfg->auth[i].pos.col};
+        tp_cfg_quote(q, sizeof(q), cfg->auth[i].name, strlen(cfg->auth[i].name));
+        warn(c, &at, "%s: provider \"%s\" is not used by any route", ipath(p, "auth", i), q);
+    }
+}
+
 static void admin_end(struct cctx *c, struct walk *w)
 {
     size_t i = fidx(w->t, "address");
@@ -1456,10 +1931,12 @@ static void root_begin(struct cctx *c, struct walk *w)
     const struct tp_ynode *v = wval(w, "upstreams");
 
     c->upstreams_ok = v ? v->kind == TP_Y_SEQ : !wkey(w, "upstreams");
+    v = wval(w, "auth");
+    c->auth_ok = v ? v->kind == TP_Y_SEQ : !wkey(w, "auth");
 }
 
 /* The admin listener may share no address with a data listener: the second
- * in the file is the one in error. */
+ * in the file is the one in error. Then the auth providers no route uses. */
 static void root_end(struct cctx *c, struct walk *w)
 {
     struct tp_config *cfg = c->cfg;
@@ -1467,6 +1944,7 @@ static void root_end(struct cctx *c, struct walk *w)
     const struct tp_ynode *admin_addr = cfg->has_admin && admin ? map_get(admin, "address") : NULL;
     char p[PATH_MAX_LEN], kp[PATH_MAX_LEN];
 
+    check_auth_used(c);
     if (!admin_addr)
         return;
     for (size_t i = 0; i < cfg->n_listeners; i++) {
@@ -1487,7 +1965,7 @@ static void root_end(struct cctx *c, struct walk *w)
 /* ---- the schema: one table per mapping of docs/reference.md ----
  *
  * Table order is the order the values are read in (not the file's): upstreams
- * before routes because routes name them, match and direct_response before
+ * and auth before routes because routes name them, match and direct_response before
  * strip_prefix because it depends on them, `set` before `remove`. Names of
  * enums and flags are listed in the order of the C enum or bits they map to. */
 
@@ -1505,6 +1983,10 @@ static void root_end(struct cctx *c, struct walk *w)
 #define DIRECT     struct tp_cfg_direct_response
 #define RATE       struct tp_cfg_rate_limit
 #define REWRITE    struct tp_header_rewrite
+#define AUTH       struct tp_cfg_auth
+#define JWT        struct tp_cfg_jwt
+#define API_KEY    struct tp_cfg_api_key
+#define ROUTE_AUTH struct tp_cfg_route_auth
 #define CONFIG     struct tp_config
 
 _Static_assert(offsetof(struct tp_key, kind) == 0, "rate_limit.key's default is written at the key");
@@ -1669,6 +2151,15 @@ static const struct field response_headers_fields[] = {
 };
 static const struct table response_headers_table = {FIELDS(response_headers_fields)};
 
+/* routes[].auth */
+static const struct field route_auth_fields[] = {
+    {"provider", T_CUSTOM, AT(ROUTE_AUTH, provider), CUSTOM(parse_auth_ref), .flags = F_REQUIRED},
+    {"require_claims", T_CUSTOM, AT(ROUTE_AUTH, require_claims), COUNT(ROUTE_AUTH, n_require_claims),
+     CUSTOM(parse_require_claims)},
+    {"forward_credential", T_BOOL, AT(ROUTE_AUTH, forward_credential), DEF_U(false)},
+};
+static const struct table route_auth_table = {FIELDS(route_auth_fields), .size = sizeof(ROUTE_AUTH)};
+
 /* routes[]: exactly one of upstream, split and direct_response (group 1) */
 static const struct field route_fields[] = {
     {"name", T_NAME, AT(ROUTE, name), .flags = F_DEFAULT_PATH},
@@ -1683,9 +2174,41 @@ static const struct field route_fields[] = {
     {"request_headers", T_MAP, AT(ROUTE, request_headers), SUB(request_headers_table)},
     {"response_headers", T_MAP, AT(ROUTE, response_headers), SUB(response_headers_table)},
     {"upgrade", T_CUSTOM, AT(ROUTE, upgrade), COUNT(ROUTE, n_upgrade), CUSTOM(parse_upgrade)},
+    {"auth", T_OBJ, AT(ROUTE, auth), SUB(route_auth_table)},
 };
-static const struct table route_table = {FIELDS(route_fields), .size = sizeof(ROUTE), POS(ROUTE, pos),
-                                         .required_groups = 1u << 1, .list_end = routes_end};
+static const struct table route_table = {FIELDS(route_fields), .size = sizeof(ROUTE),
+                                         POS(ROUTE, pos),      .required_groups = 1u << 1,
+                                         .end = route_end,     .list_end = routes_end};
+
+/* auth[].jwt (`from` defaults to the bearer token: jwt_end) */
+static const struct field jwt_fields[] = {
+    {"keys", T_CUSTOM, AT(JWT, keys), CUSTOM(parse_text), .arg = "a file path", .flags = F_REQUIRED},
+    {"issuer", T_CUSTOM, AT(JWT, issuer), CUSTOM(parse_text), .arg = "a string"},
+    {"audiences", T_CUSTOM, AT(JWT, audiences), COUNT(JWT, n_audiences), CUSTOM(parse_audiences)},
+    {"from", T_CUSTOM, AT(JWT, from), COUNT(JWT, n_from), CUSTOM(parse_cred_from)},
+    {"clock_skew", T_DURATION, AT(JWT, clock_skew_ms), RANGE(0, MS_PER_H), DEF_U(30 * MS_PER_S)},
+    {"forward_claims", T_CUSTOM, AT(JWT, forward_claims), COUNT(JWT, n_forward_claims),
+     CUSTOM(parse_forward_claims)},
+};
+static const struct table jwt_table = {FIELDS(jwt_fields), .size = sizeof(JWT), .end = jwt_end};
+
+/* auth[].api_key (header_len of the default: api_key_end) */
+static const struct field api_key_fields[] = {
+    {"header", T_CUSTOM, AT(API_KEY, header), COUNT(API_KEY, header_len), CUSTOM(parse_cred_header),
+     DEF_S("x-api-key")},
+    {"keys", T_CUSTOM, AT(API_KEY, keys), CUSTOM(parse_text), .arg = "a file path", .flags = F_REQUIRED},
+};
+static const struct table api_key_table = {FIELDS(api_key_fields), .size = sizeof(API_KEY),
+                                           .end = api_key_end};
+
+/* auth[]: exactly one of jwt and api_key (group 1) */
+static const struct field auth_fields[] = {
+    {"name", T_NAME, AT(AUTH, name), .flags = F_REQUIRED},
+    {"jwt", T_OBJ, AT(AUTH, jwt), SUB(jwt_table), .group = 1},
+    {"api_key", T_OBJ, AT(AUTH, api_key), SUB(api_key_table), .group = 1},
+};
+static const struct table auth_table = {FIELDS(auth_fields), .size = sizeof(AUTH), POS(AUTH, pos),
+                                        .required_groups = 1u << 1, .list_end = auths_end};
 
 /* admin, access_log, limits, timeouts, shutdown: embedded in struct tp_config */
 static const struct field admin_fields[] = {
@@ -1735,6 +2258,7 @@ static const struct field root_fields[] = {
     {"timeouts", T_MAP, .off = 0, SUB(timeouts_table)},
     {"shutdown", T_MAP, .off = 0, SUB(shutdown_table)},
     {"upstreams", T_LIST, AT(CONFIG, upstreams), COUNT(CONFIG, n_upstreams), SUB(upstream_table)},
+    {"auth", T_LIST, AT(CONFIG, auth), COUNT(CONFIG, n_auth), SUB(auth_table)},
     {"routes", T_LIST, AT(CONFIG, routes), COUNT(CONFIG, n_routes), SUB(route_table)},
 };
 static const struct table root_table = {FIELDS(root_fields), .begin = root_begin, .end = root_end};
@@ -1753,6 +2277,10 @@ static const struct table root_table = {FIELDS(root_fields), .begin = root_begin
 #undef DIRECT
 #undef RATE
 #undef REWRITE
+#undef AUTH
+#undef JWT
+#undef API_KEY
+#undef ROUTE_AUTH
 #undef CONFIG
 
 /* ---- the walker ---- */

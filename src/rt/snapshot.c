@@ -166,7 +166,9 @@ static bool rl_same_key(const struct tp_rl_ref *r, const struct tp_key *k)
 {
     if (r->kind != k->kind)
         return false;
-    return k->kind != TP_KEY_HEADER || (k->name && strcmp(r->name, k->name) == 0);
+    /* header:NAME and claim:NAME key by a name too: another name starts over */
+    return (k->kind != TP_KEY_HEADER && k->kind != TP_KEY_CLAIM) ||
+           (k->name && strcmp(r->name, k->name) == 0);
 }
 
 /* The limiter for a route of the new generation: the route's current one when
@@ -290,6 +292,71 @@ static char *render_set(const struct tp_header_rewrite *rw, size_t *len)
     return buf;
 }
 
+/* Loads the JWKS and key files of <cfg>'s auth providers into <out>
+ * (cfg->n_auth entries, zeroed). false: a file did not load; <diag> says
+ * which, at the position of its `keys` value, and what is wrong with it. */
+static bool auths_build(const struct tp_config *cfg, struct tp_rt_auth *out, struct tp_diag *diag)
+{
+    for (size_t i = 0; i < cfg->n_auth; i++) {
+        const struct tp_cfg_auth *ac = &cfg->auth[i];
+        char e[512];
+        int aerr = 0;
+        out[i].cfg = ac;
+        if (ac->jwt) {
+            const struct tp_cfg_jwt *j = ac->jwt;
+            struct tp_jwks *ks = tp_jwks_load_file(j->keys, e, sizeof(e), &aerr);
+            if (ks) {
+                struct tp_jwt_opts o = {
+                    .issuer = j->issuer,
+                    .audiences = (const char *const *)j->audiences,
+                    .n_audiences = j->n_audiences,
+                    .leeway_s = (int64_t)(j->clock_skew_ms / 1000),
+                    .max_token_len = cfg->max_header_bytes,
+                };
+                for (size_t k = 0; tp_jwks_note(ks, k); k++)
+                    tp_warn("auth[%zu].jwt.keys: %s", i, tp_jwks_note(ks, k));
+                out[i].jwt = tp_jwt_verifier_create(ks, &o, &aerr);
+                tp_jwks_put(ks); /* the verifier holds its own reference */
+                if (!out[i].jwt)
+                    snprintf(e, sizeof(e), "%s", strerror(-aerr));
+            }
+            if (!out[i].jwt) {
+                tp_diag_add(diag, "%s:%u:%u: auth[%zu].jwt.keys: %s", cfg->source, j->keys_pos.line,
+                            j->keys_pos.col, i, e);
+                return false;
+            }
+        } else if (ac->api_key) {
+            const struct tp_cfg_api_key *k = ac->api_key;
+            if (!(out[i].keys = tp_apikeys_load_file(k->keys, e, sizeof(e), &aerr))) {
+                tp_diag_add(diag, "%s:%u:%u: auth[%zu].api_key.keys: %s", cfg->source, k->keys_pos.line,
+                            k->keys_pos.col, i, e);
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+static void auths_free(struct tp_rt_auth *a, size_t n)
+{
+    for (size_t i = 0; a && i < n; i++) {
+        tp_jwt_verifier_destroy(a[i].jwt);
+        tp_apikeys_destroy(a[i].keys);
+    }
+    free(a);
+}
+
+bool tp_snapshot_check_files(const struct tp_config *cfg, struct tp_diag *diag)
+{
+    struct tp_rt_auth *a = calloc(cfg->n_auth ? cfg->n_auth : 1, sizeof(*a));
+    bool ok = a && auths_build(cfg, a, diag);
+
+    if (!a)
+        tp_diag_add(diag, "%s: out of memory", cfg->source);
+    auths_free(a, cfg->n_auth);
+    return ok;
+}
+
 static void snapshot_free(struct tp_snapshot *s)
 {
     if (!s)
@@ -324,11 +391,7 @@ static void snapshot_free(struct tp_snapshot *s)
     for (size_t i = 0; s->lis && i < s->n_lis; i++)
         tp_tls_server_destroy(s->lis[i].tls);
     free(s->lis);
-    for (size_t i = 0; s->auths && i < s->n_auths; i++) {
-        tp_jwt_verifier_destroy(s->auths[i].jwt);
-        tp_apikeys_destroy(s->auths[i].keys);
-    }
-    free(s->auths);
+    auths_free(s->auths, s->n_auths);
     free(s->shard_inflight);
     tp_config_destroy(s->cfg);
     free(s);
@@ -398,44 +461,9 @@ struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, 
     if (!s->auths)
         goto fail;
     s->n_auths = cfg->n_auth;
-    for (size_t i = 0; i < cfg->n_auth; i++) {
-        const struct tp_cfg_auth *ac = &cfg->auth[i];
-        char e[512];
-        int aerr = 0;
-        s->auths[i].cfg = ac;
-        if (ac->jwt) {
-            const struct tp_cfg_jwt *j = ac->jwt;
-            struct tp_jwks *ks = tp_jwks_load_file(j->keys, e, sizeof(e), &aerr);
-            if (ks) {
-                struct tp_jwt_opts o = {
-                    .issuer = j->issuer,
-                    .audiences = (const char *const *)j->audiences,
-                    .n_audiences = j->n_audiences,
-                    .leeway_s = (int64_t)(j->clock_skew_ms / 1000),
-                    .max_token_len = cfg->max_header_bytes,
-                };
-                for (size_t k = 0; tp_jwks_note(ks, k); k++)
-                    tp_warn("auth[%zu].jwt.keys: %s", i, tp_jwks_note(ks, k));
-                s->auths[i].jwt = tp_jwt_verifier_create(ks, &o, &aerr);
-                tp_jwks_put(ks); /* the verifier holds its own reference */
-                if (!s->auths[i].jwt)
-                    snprintf(e, sizeof(e), "%s", strerror(-aerr));
-            }
-            if (!s->auths[i].jwt) {
-                tp_diag_add(diag, "%s:%u:%u: auth[%zu].jwt.keys: %s", cfg->source, j->keys_pos.line,
-                            j->keys_pos.col, i, e);
-                err = TP_ECONFIG;
-                goto fail_quiet;
-            }
-        } else if (ac->api_key) {
-            const struct tp_cfg_api_key *k = ac->api_key;
-            if (!(s->auths[i].keys = tp_apikeys_load_file(k->keys, e, sizeof(e), &aerr))) {
-                tp_diag_add(diag, "%s:%u:%u: auth[%zu].api_key.keys: %s", cfg->source, k->keys_pos.line,
-                            k->keys_pos.col, i, e);
-                err = TP_ECONFIG;
-                goto fail_quiet;
-            }
-        }
+    if (!auths_build(cfg, s->auths, diag)) {
+        err = TP_ECONFIG;
+        goto fail_quiet;
     }
 
     /* upstreams and endpoints */

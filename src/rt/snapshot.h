@@ -237,6 +237,13 @@ extern struct tp_snapshot *tp_snapshot_current;
 struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, uint64_t generation,
                                       struct tp_diag *diag);
 
+/**
+ * Loads the files <cfg> names that the loader does not read (the auth
+ * providers' JWKS and key files) and drops them again: what `-t` checks
+ * beyond the YAML. false: <diag> has the errors, as a load would report them.
+ */
+bool tp_snapshot_check_files(const struct tp_config *cfg, struct tp_diag *diag);
+
 /** Publishes <s> as current and retires the previous one (synchronize_rcu inside). [control] */
 void tp_snapshot_publish(struct tp_snapshot *s);
 

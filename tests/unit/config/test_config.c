@@ -607,7 +607,7 @@ static void test_upstream_errors(void)
                 "t.yaml:7:5: warning: upstreams[0].hash_key: only used with balance: hash (ignored)");
     EXPECT("hash_key value", UP "    balance: hash\n    hash_key: route\n",
            "t.yaml:7:15: upstreams[0].hash_key: invalid value \"route\" (expected header:NAME, cookie:NAME, "
-           "client_ip or path)");
+           "claim:NAME, client_ip or path)");
     EXPECT(
         "hash_key header name", UP "    balance: hash\n    hash_key: \"header:\"\n",
         "t.yaml:7:15: upstreams[0].hash_key: invalid header name in \"header:\" (expected letters, digits or "
@@ -794,10 +794,9 @@ static void test_strip_and_rewrite_errors(void)
            "t.yaml:9:24: routes[0].rate_limit.rate: 0/s is out of range (1..1000000000 per s, m or h)");
     EXPECT("burst zero", BASE "  - upstream: users\n    rate_limit: {rate: 1/s, burst: 0}\n",
            "t.yaml:9:36: routes[0].rate_limit.burst: 0 is out of range (1..1000000000)");
-    EXPECT(
-        "rate key", BASE "  - upstream: users\n    rate_limit: {rate: 1/s, key: path}\n",
-        "t.yaml:9:34: routes[0].rate_limit.key: invalid value \"path\" (expected client_ip, header:NAME or "
-        "route)");
+    EXPECT("rate key", BASE "  - upstream: users\n    rate_limit: {rate: 1/s, key: path}\n",
+           "t.yaml:9:34: routes[0].rate_limit.key: invalid value \"path\" (expected client_ip, header:NAME, "
+           "claim:NAME or route)");
 }
 
 static void test_more_errors(void)
@@ -894,6 +893,439 @@ static void test_upgrade(void)
            "t.yaml:1:25: timeouts.tunnel_idle: 0s is out of range (1ms..168h)");
 }
 
+/* claim:NAME as hash_key (tenant pinning) and rate_limit.key */
+static void test_claim_keys(void)
+{
+    struct tp_config *cfg = parse_ok("hash_key claim:NAME",
+                                     LST "upstreams:\n  - name: u\n    endpoints: [{address: 127.0.0.1:1}]\n"
+                                         "    balance: hash\n    hash_key: claim:Tenant.Id\n");
+    if (cfg) {
+        is_int(cfg->upstreams[0].hash_key.kind, TP_KEY_CLAIM, "hash_key kind claim");
+        is_str(cfg->upstreams[0].hash_key.name, "Tenant.Id", "claim name as written");
+        is_int(cfg->upstreams[0].hash_key.name_len, 9, "claim name_len");
+    }
+    tp_config_destroy(cfg);
+    EXPECT("rate_limit claim without a name",
+           BASE "  - upstream: users\n    rate_limit: {rate: 1/s, key: \"claim:\"}\n",
+           "t.yaml:9:34: routes[0].rate_limit.key: invalid claim name in \"claim:\" (expected a name after "
+           "claim:)");
+    EXPECT("hash_key claim without a name",
+           LST "upstreams:\n  - name: u\n    endpoints: [{address: 127.0.0.1:1}]\n    balance: hash\n"
+               "    hash_key: \"claim:\"\n",
+           "t.yaml:7:15: upstreams[0].hash_key: invalid claim name in \"claim:\" (expected a name after "
+           "claim:)");
+}
+
+/* ---- authentication: auth[] providers, routes[].auth, claim:NAME keys ---- */
+
+/* Lines 1-3; auth items start on line 4. */
+#define AUTH LST "auth:\n"
+/* Appended after the auth items: a route that uses provider P (so no "not used" warning). */
+#define USE(p)                                                                                               \
+    "upstreams:\n  - name: u\n    endpoints: [{address: 127.0.0.1:1}]\nroutes:\n  - upstream: u\n    auth: " \
+    "{provider: " p "}\n"
+/* Appended after BASE's routes: providers t (jwt) and p (api_key). */
+#define PROVIDERS "auth:\n  - name: t\n    jwt: {keys: /k}\n  - name: p\n    api_key: {keys: /a}\n"
+
+static void test_auth_good(void)
+{
+    static const char yaml[] = LST                                                                 /* 1-2 */
+        "auth:\n"                                                                                  /* 3 */
+        "  - name: tenants\n"                                                                      /* 4 */
+        "    jwt:\n"                                                                               /* 5 */
+        "      keys: /etc/turnpike/jwks.json\n"                                                    /* 6 */
+        "      issuer: https://id.example.com\n"                                                   /* 7 */
+        "      audiences: [orders-api, \"billing\"]\n"                                             /* 8 */
+        "      from: [header:Authorization, header:X-Token, cookie:Session, query:access_token]\n" /* 9 */
+        "      clock_skew: 1m\n"                                                                   /* 10 */
+        "      forward_claims: {sub: X-User-Id, tenant: x-tenant-id}\n"                            /* 11 */
+        "  - name: partners\n"                                                                     /* 12 */
+        "    api_key:\n"                                                                           /* 13 */
+        "      header: X-Partner-Key\n"                                                            /* 14 */
+        "      keys: \"/etc/turnpike/api-keys.yaml\"\n"                                            /* 15 */
+        "  - name: jwt-defaults\n"                                                                 /* 16 */
+        "    jwt: {keys: /k.json}\n"                                                               /* 17 */
+        "  - name: key-defaults\n"                                                                 /* 18 */
+        "    api_key: {keys: /a.yaml}\n"                                                           /* 19 */
+        "upstreams:\n"                                                                             /* 20 */
+        "  - name: orders\n"                                                                       /* 21 */
+        "    endpoints: [{address: 127.0.0.1:9001}]\n"                                             /* 22 */
+        "    balance: hash\n"                                                                      /* 23 */
+        "    hash_key: claim:tenant\n"                                                             /* 24 */
+        "routes:\n"                                                                                /* 25 */
+        "  - name: orders\n"
+        "    match: {path_prefix: /orders}\n"
+        "    upstream: orders\n"
+        "    auth:\n"
+        "      provider: tenants\n"
+        "      require_claims: {scope: orders:read, level: 3, admin: true, q: \"07\", e: \"\"}\n"
+        "      forward_credential: true\n"
+        "    rate_limit: {rate: 100/s, burst: 200, key: claim:tenant}\n"
+        "  - upstream: orders\n"
+        "    match: {path_prefix: /partners}\n"
+        "    auth: {provider: partners}\n"
+        "  - upstream: orders\n"
+        "    match: {path: /d}\n"
+        "    auth: {provider: jwt-defaults, forward_credential: false}\n"
+        "    rate_limit: {rate: 1/s, key: claim:sub}\n"
+        "  - upstream: orders\n"
+        "    match: {path: /k}\n"
+        "    auth: {provider: key-defaults}\n"
+        "  - upstream: orders\n"
+        "    match: {path: /open}\n";
+    struct tp_config *cfg = parse_ok("auth: every key", yaml);
+
+    if (!cfg)
+        return;
+    is_int(cfg->n_auth, 4, "four providers");
+    struct tp_cfg_auth *a = &cfg->auth[0];
+    is_str(a->name, "tenants", "provider name");
+    ok(a->pos.line == 4 && a->pos.col == 5, "provider pos");
+    ok(a->jwt != NULL && a->api_key == NULL, "jwt provider");
+    struct tp_cfg_jwt *j = a->jwt;
+    if (j) {
+        is_str(j->keys, "/etc/turnpike/jwks.json", "jwt keys path, not read by the loader");
+        ok(j->keys_pos.line == 6 && j->keys_pos.col == 13, "keys_pos is the value's position");
+        is_str(j->issuer, "https://id.example.com", "issuer");
+        is_int(j->n_audiences, 2, "two audiences");
+        if (j->n_audiences == 2) {
+            is_str(j->audiences[0], "orders-api", "audience 0");
+            is_str(j->audiences[1], "billing", "audience 1");
+        }
+        is_int(j->n_from, 4, "four sources");
+        if (j->n_from == 4) {
+            ok(j->from[0].kind == TP_FROM_BEARER && j->from[0].name == NULL && j->from[0].name_len == 0,
+               "header:Authorization (any case) is the bearer token");
+            ok(j->from[1].kind == TP_FROM_HEADER && !strcmp(j->from[1].name, "x-token") &&
+                   j->from[1].name_len == 7,
+               "header:NAME lowercased");
+            ok(j->from[2].kind == TP_FROM_COOKIE && !strcmp(j->from[2].name, "Session") &&
+                   j->from[2].name_len == 7,
+               "cookie name as written");
+            ok(j->from[3].kind == TP_FROM_QUERY && !strcmp(j->from[3].name, "access_token") &&
+                   j->from[3].name_len == 12,
+               "query name as written");
+        }
+        is_int(j->clock_skew_ms, 60000, "clock_skew");
+        is_int(j->n_forward_claims, 2, "two forwarded claims");
+        if (j->n_forward_claims == 2) {
+            ok(!strcmp(j->forward_claims[0].claim, "sub") &&
+                   !strcmp(j->forward_claims[0].header, "x-user-id") && j->forward_claims[0].header_len == 9,
+               "forward sub, header lowercased");
+            ok(!strcmp(j->forward_claims[1].claim, "tenant") &&
+                   !strcmp(j->forward_claims[1].header, "x-tenant-id"),
+               "forward tenant");
+        }
+    }
+    a = &cfg->auth[1];
+    is_str(a->name, "partners", "api key provider name");
+    ok(a->api_key != NULL && a->jwt == NULL, "api_key provider");
+    if (a->api_key) {
+        is_str(a->api_key->header, "x-partner-key", "api key header lowercased");
+        is_int(a->api_key->header_len, 13, "api key header_len");
+        is_str(a->api_key->keys, "/etc/turnpike/api-keys.yaml", "api key keys path");
+        ok(a->api_key->keys_pos.line == 15 && a->api_key->keys_pos.col == 13,
+           "keys_pos at the opening quote");
+    }
+    j = cfg->auth[2].jwt;
+    ok(j != NULL, "jwt with defaults");
+    if (j) {
+        ok(j->issuer == NULL, "no issuer: iss not checked");
+        ok(j->audiences == NULL && j->n_audiences == 0, "no audiences: aud not checked");
+        ok(j->n_from == 1 && j->from[0].kind == TP_FROM_BEARER && j->from[0].name == NULL,
+           "from defaults to [header:authorization]");
+        is_int(j->clock_skew_ms, 30000, "clock_skew default 30s");
+        ok(j->forward_claims == NULL && j->n_forward_claims == 0, "no forwarded claims");
+        ok(j->keys_pos.line == 17 && j->keys_pos.col == 17, "keys_pos in a flow mapping");
+    }
+    struct tp_cfg_api_key *k = cfg->auth[3].api_key;
+    ok(k != NULL, "api_key with defaults");
+    if (k) {
+        is_str(k->header, "x-api-key", "api key header default");
+        is_int(k->header_len, 9, "api key header_len default");
+    }
+
+    is_int(cfg->upstreams[0].hash_key.kind, TP_KEY_CLAIM, "hash_key claim:NAME");
+    is_str(cfg->upstreams[0].hash_key.name, "tenant", "hash_key claim name");
+    is_int(cfg->upstreams[0].hash_key.name_len, 6, "hash_key claim name_len");
+
+    is_int(cfg->n_routes, 5, "five routes");
+    struct tp_cfg_route_auth *ra = cfg->routes[0].auth;
+    ok(ra != NULL, "route auth");
+    if (ra) {
+        is_int(ra->provider, 0, "provider index");
+        ok(ra->forward_credential, "forward_credential true");
+        is_int(ra->n_require_claims, 5, "five required claims");
+        if (ra->n_require_claims == 5) {
+            ok(!strcmp(ra->require_claims[0].name, "scope") && ra->require_claims[0].name_len == 5 &&
+                   !strcmp(ra->require_claims[0].value, "orders:read") &&
+                   ra->require_claims[0].value_len == 11,
+               "require scope");
+            is_str(ra->require_claims[1].value, "3", "a number kept as its text");
+            is_str(ra->require_claims[2].value, "true", "a boolean kept as its text");
+            is_str(ra->require_claims[3].value, "07", "a quoted number as written");
+            ok(ra->require_claims[4].value && ra->require_claims[4].value_len == 0, "an empty string");
+        }
+    }
+    struct tp_cfg_rate_limit *rl = cfg->routes[0].rate_limit;
+    ok(rl && rl->key.kind == TP_KEY_CLAIM && !strcmp(rl->key.name, "tenant") && rl->key.name_len == 6,
+       "rate_limit.key claim:tenant");
+    ra = cfg->routes[1].auth;
+    ok(ra && ra->provider == 1 && ra->n_require_claims == 0 && ra->require_claims == NULL &&
+           !ra->forward_credential,
+       "route auth defaults: forward_credential false, no claims required");
+    ok(cfg->routes[2].auth && cfg->routes[2].auth->provider == 2, "third provider");
+    ok(cfg->routes[2].rate_limit && cfg->routes[2].rate_limit->key.kind == TP_KEY_CLAIM &&
+           !strcmp(cfg->routes[2].rate_limit->key.name, "sub"),
+       "claim:sub");
+    ok(cfg->routes[4].auth == NULL, "no auth = NULL");
+    tp_config_destroy(cfg);
+
+    cfg = parse_ok("auth: [] is fine", LST "auth: []\n");
+    ok(cfg && cfg->n_auth == 0 && cfg->auth == NULL, "no providers");
+    tp_config_destroy(cfg);
+
+    cfg = parse_ok("clock_skew 0s, sources that differ", AUTH "  - name: a\n    jwt:\n      keys: /k\n"
+                                                              "      clock_skew: 0s\n"
+                                                              "      from: [cookie:t, cookie:T, query:t, "
+                                                              "header:t, \"query:a.b[]\"]\n" USE("a"));
+    if (cfg) {
+        is_int(cfg->auth[0].jwt->clock_skew_ms, 0, "clock_skew 0s");
+        is_int(cfg->auth[0].jwt->n_from, 5, "cookie names are case-sensitive; kinds differ");
+        is_str(cfg->auth[0].jwt->from[4].name, "a.b[]", "query name with punctuation");
+    }
+    tp_config_destroy(cfg);
+
+    cfg = parse_ok("api_key from authorization",
+                   AUTH "  - name: a\n    api_key: {header: Authorization, keys: k.yaml}\n" USE("a"));
+    ok(cfg && !strcmp(cfg->auth[0].api_key->header, "authorization"), "authorization may carry an api key");
+    tp_config_destroy(cfg);
+}
+
+static void test_auth_warnings(void)
+{
+    EXPECT_WARN("provider not used",
+                AUTH "  - name: a\n    jwt: {keys: /k}\n  - name: b\n    jwt: {keys: /k}\n" USE("b"),
+                "t.yaml:4:5: warning: auth[0]: provider \"a\" is not used by any route");
+    EXPECT_WARN(
+        "clock_skew in milliseconds", AUTH "  - name: a\n    jwt: {keys: /k, clock_skew: 1500ms}\n" USE("a"),
+        "t.yaml:5:33: warning: auth[0].jwt.clock_skew: only whole seconds are used (1500ms counts as 1s)");
+    EXPECT_WARN(
+        "clock_skew below a second", AUTH "  - name: a\n    jwt: {keys: /k, clock_skew: 250ms}\n" USE("a"),
+        "t.yaml:5:33: warning: auth[0].jwt.clock_skew: only whole seconds are used (250ms counts as 0s)");
+    /* after an error, "not used" is not said: the references are not all known */
+    EXPECT("no unused warning next to an error", AUTH "  - name: a\n    jwt: {keys: /k}\n" USE("b"),
+           "t.yaml:11:22: routes[0].auth.provider: unknown auth provider \"b\"");
+}
+
+static void test_auth_provider_errors(void)
+{
+    EXPECT("auth not a list", LST "auth: {name: a}\n" USE("a"),
+           "t.yaml:3:7: auth: expected a list, got a mapping");
+    EXPECT("provider missing name", AUTH "  - jwt: {keys: /k}\n",
+           "t.yaml:4:5: auth[0]: missing required key \"name\"");
+    EXPECT(
+        "provider invalid name", AUTH "  - name: \"\"\n    jwt: {keys: /k}\n",
+        "t.yaml:4:11: auth[0].name: invalid name \"\" (expected 1 to 128 characters, no control characters)");
+    EXPECT("provider with neither", AUTH "  - name: a\n", "t.yaml:4:5: auth[0]: needs one of jwt or api_key");
+    EXPECT("provider with both", AUTH "  - name: a\n    jwt: {keys: /k}\n    api_key: {keys: /a}\n",
+           "t.yaml:6:5: auth[0].api_key: only one of jwt and api_key is allowed");
+    EXPECT("provider with both, api_key first",
+           AUTH "  - name: a\n    api_key: {keys: /a}\n    jwt: {keys: /k}\n",
+           "t.yaml:6:5: auth[0].jwt: only one of jwt and api_key is allowed");
+    EXPECT("provider unknown key", AUTH "  - name: a\n    oidc: {}\n",
+           "t.yaml:4:5: auth[0]: needs one of jwt or api_key", "t.yaml:5:5: auth[0].oidc: unknown key");
+    EXPECT("duplicate provider name",
+           AUTH "  - name: a\n    jwt: {keys: /k}\n  - name: a\n    api_key: {keys: /a}\n",
+           "t.yaml:6:11: auth[1].name: duplicate name \"a\" (already used by auth[0])");
+    EXPECT("jwt not a mapping", AUTH "  - name: a\n    jwt: /k\n",
+           "t.yaml:5:10: auth[0].jwt: expected a mapping, got \"/k\"");
+    EXPECT("jwt without keys", AUTH "  - name: a\n    jwt: {issuer: x}\n",
+           "t.yaml:5:10: auth[0].jwt: missing required key \"keys\"");
+    EXPECT("jwt keys empty", AUTH "  - name: a\n    jwt: {keys: \"\"}\n",
+           "t.yaml:5:17: auth[0].jwt.keys: must not be empty");
+    EXPECT("jwt keys a list", AUTH "  - name: a\n    jwt: {keys: [a]}\n",
+           "t.yaml:5:17: auth[0].jwt.keys: expected a file path, got a list");
+    EXPECT("jwt unknown key", AUTH "  - name: a\n    jwt: {keys: /k, algorithms: [RS256]}\n",
+           "t.yaml:5:21: auth[0].jwt.algorithms: unknown key");
+    EXPECT("issuer empty", AUTH "  - name: a\n    jwt: {keys: /k, issuer: \"\"}\n",
+           "t.yaml:5:29: auth[0].jwt.issuer: must not be empty");
+    EXPECT("issuer null", AUTH "  - name: a\n    jwt:\n      keys: /k\n      issuer:\n",
+           "t.yaml:7:7: auth[0].jwt.issuer: expected a string, got null");
+    EXPECT(
+        "audiences empty", AUTH "  - name: a\n    jwt: {keys: /k, audiences: []}\n",
+        "t.yaml:5:32: auth[0].jwt.audiences: expected at least one audience (leave audiences out to accept "
+        "any)");
+    EXPECT("audiences a string", AUTH "  - name: a\n    jwt: {keys: /k, audiences: x}\n",
+           "t.yaml:5:32: auth[0].jwt.audiences: expected a list, got \"x\"");
+    EXPECT("audience empty and twice", AUTH "  - name: a\n    jwt: {keys: /k, audiences: [x, \"\", x, {}]}\n",
+           "t.yaml:5:36: auth[0].jwt.audiences[1]: must not be empty",
+           "t.yaml:5:40: auth[0].jwt.audiences[2]: duplicate audience \"x\"",
+           "t.yaml:5:43: auth[0].jwt.audiences[3]: expected a string, got a mapping");
+    EXPECT("clock_skew range", AUTH "  - name: a\n    jwt: {keys: /k, clock_skew: 2h}\n",
+           "t.yaml:5:33: auth[0].jwt.clock_skew: 2h is out of range (0s..1h)");
+    EXPECT("clock_skew syntax", AUTH "  - name: a\n    jwt: {keys: /k, clock_skew: 30}\n",
+           "t.yaml:5:33: auth[0].jwt.clock_skew: invalid duration \"30\" (expected e.g. 250ms, 2s, 1m, 1h)");
+    EXPECT("api_key not a mapping", AUTH "  - name: a\n    api_key: [x]\n",
+           "t.yaml:5:14: auth[0].api_key: expected a mapping, got a list");
+    EXPECT("api_key without keys", AUTH "  - name: a\n    api_key: {header: x-key}\n",
+           "t.yaml:5:14: auth[0].api_key: missing required key \"keys\"");
+    EXPECT("api_key keys empty", AUTH "  - name: a\n    api_key: {keys: \"\"}\n",
+           "t.yaml:5:21: auth[0].api_key.keys: must not be empty");
+    EXPECT("api_key header name", AUTH "  - name: a\n    api_key: {keys: /a, header: \"x key\"}\n",
+           "t.yaml:5:33: auth[0].api_key.header: invalid header name \"x key\" (expected letters, digits or "
+           "!#$%&'*+-.^_`|~)");
+    EXPECT("api_key header managed", AUTH "  - name: a\n    api_key: {keys: /a, header: Transfer-Encoding}\n",
+           "t.yaml:5:33: auth[0].api_key.header: Transfer-Encoding cannot carry a credential (framing and "
+           "hop-by-hop headers are managed by turnpike)");
+    EXPECT("api_key header null", AUTH "  - name: a\n    api_key:\n      keys: /a\n      header: ~\n",
+           "t.yaml:7:15: auth[0].api_key.header: expected a header name, got null");
+}
+
+static void test_auth_from_errors(void)
+{
+#define FROM(list)                                                                                           \
+    AUTH "  - name: a\n    jwt:\n      keys: /k\n      from: " list "\n" /* from on line 7, col 13 */
+    EXPECT("from empty", FROM("[]"),
+           "t.yaml:7:13: auth[0].jwt.from: expected at least one source (leave from out for "
+           "header:authorization)");
+    EXPECT("from a string", FROM("header:authorization"),
+           "t.yaml:7:13: auth[0].jwt.from: expected a list, got \"header:authorization\"");
+    EXPECT("from unknown kind", FROM("[bearer, \"Header:x\", path]"),
+           "t.yaml:7:14: auth[0].jwt.from[0]: invalid value \"bearer\" (expected header:authorization, "
+           "header:NAME, cookie:NAME or query:NAME)",
+           "t.yaml:7:22: auth[0].jwt.from[1]: invalid value \"Header:x\" (expected header:authorization, "
+           "header:NAME, cookie:NAME or query:NAME)",
+           "t.yaml:7:34: auth[0].jwt.from[2]: invalid value \"path\" (expected header:authorization, "
+           "header:NAME, cookie:NAME or query:NAME)");
+    EXPECT(
+        "from bad names", FROM("[\"header:x y\", \"cookie:\", \"query:a=b\", \"query:\", {}]"),
+        "t.yaml:7:14: auth[0].jwt.from[0]: invalid header name in \"header:x y\" (expected letters, digits "
+        "or !#$%&'*+-.^_`|~)",
+        "t.yaml:7:28: auth[0].jwt.from[1]: invalid cookie name in \"cookie:\" (expected letters, digits or "
+        "!#$%&'*+-.^_`|~)",
+        "t.yaml:7:39: auth[0].jwt.from[2]: invalid query parameter name in \"query:a=b\" (expected visible "
+        "ASCII without &, = or #)",
+        "t.yaml:7:52: auth[0].jwt.from[3]: invalid query parameter name in \"query:\" (expected visible "
+        "ASCII without &, = or #)",
+        "t.yaml:7:62: auth[0].jwt.from[4]: expected a string, got a mapping");
+    EXPECT("from managed header", FROM("[header:Connection]"),
+           "t.yaml:7:14: auth[0].jwt.from[0]: Connection cannot carry a credential (framing and hop-by-hop "
+           "headers are managed by turnpike)");
+    EXPECT("from duplicates",
+           FROM("[header:authorization, header:AUTHORIZATION, header:X-T, header:x-t, cookie:s, "
+                "cookie:s, query:q, query:q]"),
+           "t.yaml:7:36: auth[0].jwt.from[1]: duplicate source \"header:AUTHORIZATION\"",
+           "t.yaml:7:70: auth[0].jwt.from[3]: duplicate source \"header:x-t\"",
+           "t.yaml:7:92: auth[0].jwt.from[5]: duplicate source \"cookie:s\"",
+           "t.yaml:7:111: auth[0].jwt.from[7]: duplicate source \"query:q\"");
+#undef FROM
+}
+
+static void test_auth_claim_map_errors(void)
+{
+#define FWD(map)                                                                                             \
+    AUTH "  - name: a\n    jwt:\n      keys: /k\n      forward_claims: " map "\n" /* line 7, col 23 */
+    EXPECT(
+        "forward_claims a list", FWD("[sub]"),
+        "t.yaml:7:23: auth[0].jwt.forward_claims: expected a mapping of claim names to header names, got a "
+        "list");
+    EXPECT(
+        "forward_claims empty", FWD("{}"),
+        "t.yaml:7:23: auth[0].jwt.forward_claims: expected at least one claim (leave forward_claims out to "
+        "forward none)");
+    EXPECT("forward_claims header name", FWD("{sub: \"x user\"}"),
+           "t.yaml:7:29: auth[0].jwt.forward_claims.sub: invalid header name \"x user\" (expected letters, "
+           "digits or !#$%&'*+-.^_`|~)");
+    EXPECT(
+        "forward_claims framing header", FWD("{sub: Content-Length, iss: upgrade}"),
+        "t.yaml:7:29: auth[0].jwt.forward_claims.sub: Content-Length cannot be set (framing and hop-by-hop "
+        "headers are managed by turnpike)",
+        "t.yaml:7:50: auth[0].jwt.forward_claims.iss: upgrade cannot be set (framing and hop-by-hop headers "
+        "are managed by turnpike)");
+    EXPECT("forward_claims headers turnpike writes",
+           FWD("{a: Host, b: X-Request-Id, c: x-forwarded-user, d: traceparent, e: x-forwarded-}"),
+           "t.yaml:7:27: auth[0].jwt.forward_claims.a: Host cannot be set (host, x-request-id, x-forwarded-* "
+           "and traceparent are managed by turnpike)",
+           "t.yaml:7:36: auth[0].jwt.forward_claims.b: X-Request-Id cannot be set (host, x-request-id, "
+           "x-forwarded-* and traceparent are managed by turnpike)",
+           "t.yaml:7:53: auth[0].jwt.forward_claims.c: x-forwarded-user cannot be set (host, x-request-id, "
+           "x-forwarded-* and traceparent are managed by turnpike)",
+           "t.yaml:7:74: auth[0].jwt.forward_claims.d: traceparent cannot be set (host, x-request-id, "
+           "x-forwarded-* and traceparent are managed by turnpike)",
+           "t.yaml:7:90: auth[0].jwt.forward_claims.e: x-forwarded- cannot be set (host, x-request-id, "
+           "x-forwarded-* and traceparent are managed by turnpike)");
+    EXPECT("forward_claims header twice", FWD("{sub: x-a, tenant: X-A}"),
+           "t.yaml:7:42: auth[0].jwt.forward_claims.tenant: duplicate header \"X-A\"");
+    EXPECT("forward_claims claim twice", FWD("{sub: x-a, sub: x-b}"),
+           "t.yaml:7:34: auth[0].jwt.forward_claims: duplicate claim \"sub\"");
+    EXPECT("forward_claims bad claim names", FWD("{\"\": x-a, ~: x-b, [a]: x-c, \"a\\0b\": x-d}"),
+           "t.yaml:7:24: auth[0].jwt.forward_claims: invalid claim name \"\" (must not be empty)",
+           "t.yaml:7:33: auth[0].jwt.forward_claims: expected a claim name, got null",
+           "t.yaml:7:41: auth[0].jwt.forward_claims: expected a claim name, got a list",
+           "t.yaml:7:51: auth[0].jwt.forward_claims: invalid claim name \"a\\x00b\" (NUL characters are not "
+           "allowed)");
+    EXPECT("forward_claims null header", FWD("{sub: ~}"),
+           "t.yaml:7:29: auth[0].jwt.forward_claims.sub: expected a header name, got null");
+#undef FWD
+
+#define REQ(map)                                                                                             \
+    BASE "  - upstream: users\n    auth:\n      provider: t\n      require_claims: " map "\n" PROVIDERS
+    /* require_claims on line 11, col 23 */
+    EXPECT("require_claims a list", REQ("[scope]"),
+           "t.yaml:11:23: routes[0].auth.require_claims: expected a mapping of claim names to values, got a "
+           "list");
+    EXPECT(
+        "require_claims empty", REQ("{}"),
+        "t.yaml:11:23: routes[0].auth.require_claims: expected at least one claim (leave require_claims out "
+        "to require none)");
+    EXPECT(
+        "require_claims value not a scalar", REQ("{scope: [a, b], x: ~, y: {}}"),
+        "t.yaml:11:31: routes[0].auth.require_claims.scope: expected a string, number or boolean, got a "
+        "list",
+        "t.yaml:11:42: routes[0].auth.require_claims.x: expected a string, number or boolean, got null",
+        "t.yaml:11:48: routes[0].auth.require_claims.y: expected a string, number or boolean, got a mapping");
+    EXPECT("require_claims claim twice", REQ("{scope: a, scope: b}"),
+           "t.yaml:11:34: routes[0].auth.require_claims: duplicate claim \"scope\"");
+    EXPECT("require_claims empty claim name", REQ("{\"\": a}"),
+           "t.yaml:11:24: routes[0].auth.require_claims: invalid claim name \"\" (must not be empty)");
+#undef REQ
+}
+
+static void test_route_auth_errors(void)
+{
+    EXPECT("unknown provider", BASE "  - upstream: users\n    auth: {provider: x}\n" PROVIDERS,
+           "t.yaml:9:22: routes[0].auth.provider: unknown auth provider \"x\"");
+    EXPECT("unknown provider without an auth section", BASE "  - upstream: users\n    auth: {provider: x}\n",
+           "t.yaml:9:22: routes[0].auth.provider: unknown auth provider \"x\"");
+    EXPECT("provider null", BASE "  - upstream: users\n    auth: {provider: ~}\n" PROVIDERS,
+           "t.yaml:9:22: routes[0].auth.provider: expected an auth provider name, got null");
+    EXPECT("provider missing", BASE "  - upstream: users\n    auth: {forward_credential: true}\n" PROVIDERS,
+           "t.yaml:9:11: routes[0].auth: missing required key \"provider\"");
+    EXPECT("auth null", BASE "  - upstream: users\n    auth:\n" PROVIDERS,
+           "t.yaml:9:5: routes[0].auth: expected a mapping, got null");
+    EXPECT("auth a string", BASE "  - upstream: users\n    auth: t\n" PROVIDERS,
+           "t.yaml:9:11: routes[0].auth: expected a mapping, got \"t\"");
+    EXPECT("route auth unknown key",
+           BASE "  - upstream: users\n    auth: {provider: t, scopes: [a]}\n" PROVIDERS,
+           "t.yaml:9:25: routes[0].auth.scopes: unknown key");
+    EXPECT("forward_credential",
+           BASE "  - upstream: users\n    auth: {provider: t, forward_credential: yes}\n" PROVIDERS,
+           "t.yaml:9:45: routes[0].auth.forward_credential: invalid value \"yes\" (expected true or false)");
+    EXPECT(
+        "rate_limit claim key without auth",
+        BASE "  - upstream: users\n    rate_limit: {rate: 1/s, key: claim:tenant}\n",
+        "t.yaml:9:34: routes[0].rate_limit.key: claim:tenant needs auth on the route (without a credential "
+        "there are no claims to key on)");
+    EXPECT("rate_limit claim key, auth broken: one message",
+           BASE "  - upstream: users\n    auth: {provider: x}\n    rate_limit: {rate: 1/s, key: "
+                "claim:tenant}\n" PROVIDERS,
+           "t.yaml:9:22: routes[0].auth.provider: unknown auth provider \"x\"");
+    /* a broken auth section is one mistake, not one per route */
+    EXPECT("unusable auth section", BASE "  - upstream: users\n    auth: {provider: t}\nauth: t\n",
+           "t.yaml:10:7: auth: expected a list, got \"t\"");
+}
+
 int main(void)
 {
     test_full();
@@ -912,5 +1344,12 @@ int main(void)
     test_more_errors();
     test_many_errors_in_order();
     test_upgrade();
+    test_claim_keys();
+    test_auth_good();
+    test_auth_warnings();
+    test_auth_provider_errors();
+    test_auth_from_errors();
+    test_auth_claim_map_errors();
+    test_route_auth_errors();
     return tap_done();
 }
