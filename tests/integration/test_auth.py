@@ -22,7 +22,8 @@ import time
 
 import pytest
 
-from tp_harness import BIN, T, assert_gateway_error, free_port, get, upstream_cfg, wait_until
+from tp_harness import (BIN, T, assert_gateway_error, build_request, build_response, free_port, get,
+                        upstream_cfg, wait_until)
 from tp_more import generation, metrics, reload, write_text_atomic
 
 jwt = pytest.importorskip("jwt")
@@ -423,6 +424,25 @@ def test_sources_in_order(h, keys):
     assert cookies_of(req) == ["a=1"], req.headers
 
 
+def test_token_in_named_header(h, keys):
+    up, tp, _ = start(h, keys, jwt_extra={"from": ["header:x-token"]})
+    tok = token(keys, sub="hdr-user")
+    _, req = through(up, tp.port, headers=[("X-Token", tok), ("X-Other", "stays")])
+    assert req.header("x-user-id") == "hdr-user" and req.header("x-other") == "stays", req.headers
+    assert not req.headers.has("x-token") and tok.encode() not in req.raw_head, req.raw_head
+    r, j = refused(up, tp.port, 401, headers=[("X-Token", f"Bearer {tok}")])  # the whole value is the token
+    check_invalid(r, j)
+
+
+def test_repeated_credential_is_removed_everywhere(h, keys):
+    up, tp, _ = start(h, keys, jwt_extra={"from": ["cookie:session", "query:access_token"]})
+    tok = token(keys)
+    _, req = through(up, tp.port, f"/orders/x?access_token={tok}&access_token=second&z=1")
+    assert req.target == "/orders/x?z=1", req
+    _, req = through(up, tp.port, headers=[("Cookie", "a=1"), ("Cookie", f"session={tok}; b=2; session=second")])
+    assert cookies_of(req) == ["a=1", "b=2"], req.headers
+
+
 def test_forward_credential_keeps_it(h, keys):
     up, tp, _ = start(h, keys, jwt_extra={"from": ALL_SOURCES},
                       routes=[route("orders", forward_credential=True)])
@@ -434,6 +454,48 @@ def test_forward_credential_keeps_it(h, keys):
     assert cookies_of(req) == ["a=1", f"session={tok}"], req.headers
     _, req = through(up, tp.port, f"/orders/q?x=1&access_token={tok}")
     assert req.target == f"/orders/q?x=1&access_token={tok}", req
+
+
+def test_no_claims_carry_over_on_a_connection(h, keys):
+    """Keep-alive and pipelined requests are each judged on their own credential."""
+    up, tp, _ = start(h, keys)
+    c = h.client(tp.port)
+    c.request("GET", "/orders/1", bearer(token(keys, sub="first", tenant="t1")))
+    assert c.read_response().status == 200
+    c.request("GET", "/orders/2", [("X-User-Id", "forged")])
+    r = c.read_response()
+    check_missing(r, assert_gateway_error(r, 401))
+    c.request("GET", "/orders/3", bearer(token(keys, sub="second", tenant=None)))
+    assert c.read_response().status == 200
+    assert claim_headers_seen(up.heads[-1]) == {"x-user-id": "second", "x-tenant-id": None}, up.heads[-1].headers
+    c.send(build_request("GET", "/orders/4", bearer(token(keys, sub="p1"))) + build_request("GET", "/orders/5")
+           + build_request("GET", "/orders/6", bearer(token(keys, sub="p3", tenant=None))))
+    assert [c.read_response().status for _ in range(3)] == [200, 401, 200]
+    assert [claim_headers_seen(q) for q in up.heads[-2:]] == [{"x-user-id": "p1", "x-tenant-id": "acme"},
+                                                              {"x-user-id": "p3", "x-tenant-id": None}]
+    assert [q.target for q in up.heads] == ["/orders/1", "/orders/3", "/orders/4", "/orders/6"]
+
+
+def test_upgrade_request_needs_the_credential(h, keys):
+    def switch(req, conn):
+        return build_response(101, b"", [("Upgrade", "websocket"), ("Connection", "Upgrade")], length=False)
+
+    up = h.upstream(switch, name="U")
+    path = h.tmp_path / "jwks.json"
+    write_jwks(path, keys, ["rsa"])
+    tp = h.turnpike({"auth": [provider(path)], "upstreams": [upstream_cfg("u", up)], "routes": [route()]})
+    ws = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+          ("Sec-WebSocket-Version", "13")]
+    r, j = refused(up, tp.port, 401, "/orders/ws", ws)
+    check_missing(r, j)
+    tok = token(keys, sub="ws-user")
+    c = h.client(tp.port)
+    c.request("GET", "/orders/ws", ws + bearer(tok) + [("X-User-Id", "forged")])
+    assert c.read_until(b"\r\n\r\n").startswith(b"HTTP/1.1 101 "), "no 101"
+    up.wait_heads(1)
+    req = up.heads[0]
+    assert req.headers.all("x-user-id") == ["ws-user"] and not req.headers.has("authorization"), req.headers
+    assert tok.encode() not in req.raw_head, req.raw_head
 
 
 # --------------------------------------------------------------------------
