@@ -241,13 +241,16 @@ tpb_stop() {
 	TPB_PIDS=("${keep[@]}")
 }
 
-# tpb_wait_http URL PID [TIMEOUT_S]: polls URL until it answers 200, giving up
+# tpb_wait_http URL PID [TIMEOUT_S [CURL_ARG...]]: polls URL (curl with the extra
+# arguments, e.g. -H "Authorization: ...") until it answers 200, giving up
 # when PID dies or the timeout passes.
 tpb_wait_http() {
 	local url=$1 pid=$2 timeout=${3:-$READY_TIMEOUT} i code
+	shift 2
+	[ $# -gt 0 ] && shift
 	for ((i = 0; i < timeout * 10; i++)); do
 		tpb_alive "$pid" || return 1
-		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null)
+		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" 2>/dev/null)
 		[ "$code" = 200 ] && return 0
 		sleep 0.1
 	done

@@ -34,7 +34,7 @@
 /** Largest JWKS or API-key file read. */
 #define TP_AUTH_MAX_FILE (4u << 20)
 /** Slots of a verified-token cache when 0 is given (rounded up to a multiple of 8). */
-#define TP_JWT_CACHE_DEFAULT_SLOTS 4096u
+#define TP_JWT_CACHE_DEFAULT_SLOTS 16384u
 
 /**
  * Outcome of an authentication. OK is 0; MISSING..FORBIDDEN are the values of
