@@ -188,8 +188,13 @@ bool tp_req_authenticate(struct tp_shard *sh, struct tp_req *r)
     bool sent = false;
 
     if (a->jwt) {
+        const struct tp_cfg_jwt *j = a->cfg->jwt;
         size_t len = 0;
-        const char *tok = find_token(r, a->cfg->jwt, &len, &sent);
+        /* a token in the query string must not reach the access log's request line */
+        for (size_t i = 0; i < j->n_from; i++)
+            if (j->from[i].kind == TP_FROM_QUERY)
+                tp_req_redact_param(r, j->from[i].name, j->from[i].name_len);
+        const char *tok = find_token(r, j, &len, &sent);
         if (!tok) {
             deny(sh, r, TP_AUTH_MISSING, true, sent, why);
             return false;

@@ -270,6 +270,32 @@ static void capture(struct tp_shard *sh, struct tp_req *r, const char *path, siz
     r->info = b;
 }
 
+void tp_req_redact_param(struct tp_req *r, const char *name, size_t name_len)
+{
+    struct alog_info *in = r->info ? (struct alog_info *)r->info->data : NULL;
+
+    if (!in || !in->target_len)
+        return;
+    char *t = in->data + in->method_len + in->host_len + in->path_len;
+    char *e = t + in->target_len, *q = memchr(t, '?', in->target_len);
+    for (char *s = q ? q + 1 : e; s < e;) {
+        char *amp = memchr(s, '&', (size_t)(e - s));
+        char *end = amp ? amp : e;
+        char *eq = memchr(s, '=', (size_t)(end - s));
+        if (eq && (size_t)(eq - s) == name_len && memcmp(s, name, name_len) == 0 && end - eq > 1) {
+            /* the value becomes "*": the rest of the line's fields move up */
+            size_t cut = (size_t)(end - eq) - 2;
+            char *tail_end = t + in->target_len + in->ref_len + in->ua_len;
+            eq[1] = '*';
+            memmove(eq + 2, end, (size_t)(tail_end - end));
+            in->target_len = (uint16_t)(in->target_len - cut);
+            e -= cut;
+            end -= cut;
+        }
+        s = end + 1;
+    }
+}
+
 static const char *hdr_lookup(void *ctx, const char *name, size_t name_len, size_t *value_len)
 {
     return tp_head_value(ctx, name, name_len, value_len);

@@ -377,6 +377,9 @@ const char *tp_req_auth_cookie(const struct tp_req *r, size_t *len);
 /** The query parameter the credential came from, when it must be removed from the target; else NULL. */
 const char *tp_req_auth_query(const struct tp_req *r, size_t *len);
 
+/** Replaces the value of query parameter <name> in the target the access log keeps by "*". */
+void tp_req_redact_param(struct tp_req *r, const char *name, size_t name_len);
+
 /** The value of cookie <name> in the Cookie headers of <h>, or NULL. */
 const char *tp_head_cookie(const struct tp_head *h, const char *name, size_t name_len, size_t *len);
 

@@ -849,3 +849,24 @@ def test_good_auth_config_checks_ok(tmp_path, keys):
     conf.write_text(START_CONF.format(port=free_port(), kind="jwt", keys=kfile))
     r = subprocess.run([BIN, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=T(20))
     assert (r.returncode, r.stdout, r.stderr) == (0, "configuration ok\n", ""), r
+
+
+def test_query_token_not_in_combined_log(h, keys):
+    """A token taken from the query string is replaced by "*" in the combined
+    format's request line (the JSON format logs the path without the query),
+    whether it was accepted or not; the rest of the query stays."""
+    log = h.tmp_path / "access.log"
+    up, tp, _ = start(h, keys, jwt_extra={"from": ["query:access_token"]},
+                      access_log={"path": str(log), "format": "combined"})
+    good = token(keys, sub="q-user")
+    bad = tamper_signature(token(keys))
+    through(up, tp.port, f"/orders/1?a=1&access_token={good}&b=2")
+    r = get(tp.port, f"/orders/2?access_token={bad}")
+    assert r.status == 401, r
+    wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, T(10), what="2 access log lines")
+    text = log.read_text()
+    assert good not in text and bad not in text, text
+    lines = text.splitlines()
+    assert '"GET /orders/1?a=1&access_token=*&b=2 HTTP/1.1" 200' in lines[0], lines[0]
+    assert lines[0].split()[2] == "q-user", lines[0]  # the subject is the remote user
+    assert '"GET /orders/2?access_token=* HTTP/1.1" 401' in lines[1], lines[1]
