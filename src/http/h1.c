@@ -620,6 +620,24 @@ void tp_h1_random_hex(struct tp_shard *sh, char *out, size_t n)
     }
 }
 
+/* The end of a gateway-made answer's head, after its last own field (the
+ * line is still open): X-Request-Id, Date, the <extra> lines, Connection:
+ * close when <close>, and the empty line. */
+static void error_head_end(struct tp_block *b, const char *id, size_t id_len, const char *extra,
+                           size_t extra_len, bool close)
+{
+    tp_blk_lit(b, "\r\nX-Request-Id: ");
+    tp_blk_put(b, id, id_len);
+    tp_blk_lit(b, "\r\nDate: ");
+    tp_blk_put(b, tp_h1_date(), 29);
+    tp_blk_lit(b, "\r\n");
+    if (extra_len)
+        tp_blk_put(b, extra, extra_len);
+    if (close)
+        tp_blk_lit(b, "Connection: close\r\n");
+    tp_blk_lit(b, "\r\n");
+}
+
 struct tp_block *tp_h1_error_response(struct tp_shard *sh, unsigned status, const char *reason,
                                       const char *id, size_t id_len, const char *extra, size_t extra_len,
                                       bool close, bool head_only)
@@ -641,16 +659,7 @@ struct tp_block *tp_h1_error_response(struct tp_shard *sh, unsigned status, cons
     tp_blk_put(b, tp_h1_reason(status), strlen(tp_h1_reason(status)));
     tp_blk_lit(b, "\r\nContent-Type: application/json\r\nContent-Length: ");
     tp_blk_u64(b, body_len);
-    tp_blk_lit(b, "\r\nX-Request-Id: ");
-    tp_blk_put(b, id, id_len);
-    tp_blk_lit(b, "\r\nDate: ");
-    tp_blk_put(b, tp_h1_date(), 29);
-    tp_blk_lit(b, "\r\n");
-    if (extra_len)
-        tp_blk_put(b, extra, extra_len);
-    if (close)
-        tp_blk_lit(b, "Connection: close\r\n");
-    tp_blk_lit(b, "\r\n");
+    error_head_end(b, id, id_len, extra, extra_len, close);
     if (!head_only) {
         uint32_t before = b->len;
         tp_blk_lit(b, "{\"error\":\"");
@@ -716,16 +725,8 @@ struct tp_block *tp_h1_grpc_error_response(struct tp_shard *sh, unsigned status,
             tp_blk_put(b, e, 3);
         }
     }
-    tp_blk_lit(b, "\r\nContent-Length: 0\r\nX-Request-Id: ");
-    tp_blk_put(b, id, id_len);
-    tp_blk_lit(b, "\r\nDate: ");
-    tp_blk_put(b, tp_h1_date(), 29);
-    tp_blk_lit(b, "\r\n");
-    if (extra_len)
-        tp_blk_put(b, extra, extra_len);
-    if (close)
-        tp_blk_lit(b, "Connection: close\r\n");
-    tp_blk_lit(b, "\r\n");
+    tp_blk_lit(b, "\r\nContent-Length: 0");
+    error_head_end(b, id, id_len, extra, extra_len, close);
     TP_BUG_ON(b->len > b->size);
     return b;
 }
