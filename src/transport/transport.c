@@ -152,9 +152,12 @@ void tp_transport_backpressure(struct tp_shard *sh, struct tp_transport *t)
 {
     if (t->closing)
         return;
-    if (t->in.n >= TP_INQ_STOP)
+    /* under buffer pressure a queue holds two buffers, not TP_INQ_STOP */
+    unsigned stop = tp_bufs_pressed(sh) ? 2 : TP_INQ_STOP;
+
+    if (t->in.n >= stop)
         tp_transport_stop_recv(sh, t);
-    else if (t->recv_stopped && t->in.n <= TP_INQ_STOP / 2)
+    else if (t->recv_stopped && t->in.n <= stop / 2)
         tp_transport_resume_recv(sh, t);
 }
 
