@@ -134,7 +134,7 @@ static bool relay(struct tp_shard *sh, struct tp_tunnel *tun, int i)
     uint64_t moved = 0;
     /* queued slices hold receive buffers: when many tunnels have stalled
      * readers the shard's pool runs low for everyone, so each gets less */
-    uint32_t budget = tp_bufs_pressed(sh) ? TUN_BUDGET_TIGHT : TUN_BUDGET;
+    uint32_t budget = sh->bufs.held > sh->bufs.count / 2 ? TUN_BUDGET_TIGHT : TUN_BUDGET;
 
     if (tun->ending)
         return false;

@@ -152,12 +152,9 @@ void tp_transport_backpressure(struct tp_shard *sh, struct tp_transport *t)
 {
     if (t->closing)
         return;
-    /* under buffer pressure a queue holds two buffers, not TP_INQ_STOP */
-    unsigned stop = tp_bufs_pressed(sh) ? 2 : TP_INQ_STOP;
-
-    if (t->in.n >= stop)
+    if (t->in.n >= TP_INQ_STOP)
         tp_transport_stop_recv(sh, t);
-    else if (t->recv_stopped && t->in.n <= stop / 2)
+    else if (t->recv_stopped && t->in.n <= TP_INQ_STOP / 2)
         tp_transport_resume_recv(sh, t);
 }
 
