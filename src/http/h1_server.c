@@ -501,7 +501,9 @@ static bool ds_unqueue_head(struct tp_shard *sh, struct tp_req *r)
 static bool ds_congested(const struct tp_req *r)
 {
     const struct tp_conn *c = conn_of_req(r);
-    return tp_transport_pending(&c->t) >= TP_OUTQ_BUDGET || tp_outq_full(c->t.out, 6);
+    /* relayed body slices hold receive buffers until sent: less of them while the pool is pressed */
+    return tp_transport_pending(&c->t) >= tp_queue_budget(tp_self, TP_OUTQ_BUDGET) ||
+           tp_outq_full(c->t.out, 6);
 }
 
 static void ds_flush(struct tp_shard *sh, struct tp_req *r)
@@ -852,7 +854,7 @@ static void conn_on_sent(struct tp_shard *sh, struct tp_transport *t, int res)
         return;
     }
     /* room again towards the client: let the upstream side continue */
-    if (c->req && c->req->att.conn && tp_transport_pending(t) < TP_OUTQ_BUDGET / 2)
+    if (c->req && c->req->att.conn && tp_transport_pending(t) < tp_queue_budget(sh, TP_OUTQ_BUDGET) / 2)
         c->req->ux->resume(sh, c->req);
 }
 

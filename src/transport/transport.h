@@ -94,7 +94,10 @@ void tp_transport_recv(struct tp_shard *sh, struct tp_transport *t);
 void tp_transport_stop_recv(struct tp_shard *sh, struct tp_transport *t);
 /** Resumes reading after tp_transport_stop_recv. [shard] */
 void tp_transport_resume_recv(struct tp_shard *sh, struct tp_transport *t);
-/** Stops reading while TP_INQ_STOP buffers wait, resumes below half of it. [shard] */
+/**
+ * Stops reading while TP_INQ_STOP buffers wait (2 while the shard's buffer
+ * pool is pressed), resumes at half of that. [shard]
+ */
 void tp_transport_backpressure(struct tp_shard *sh, struct tp_transport *t);
 
 /**
