@@ -60,11 +60,12 @@ struct dns_name {
 
 /* a socket c-ares asked to have watched */
 struct dns_sock {
-    int fd;      /* -1: free, or closed while its poll is still in flight */
-    bool rd, wr; /* what c-ares wants */
-    bool armed;  /* a POLL_ADD is in flight */
-    unsigned ev; /* its events */
-    uint64_t ud; /* its user_data, to remove it */
+    int fd;       /* -1: free, or closed while its poll is still in flight */
+    bool rd, wr;  /* what c-ares wants */
+    bool armed;   /* a POLL_ADD is in flight */
+    unsigned ev;  /* its events */
+    uint64_t ud;  /* its user_data, to remove it */
+    uint32_t seq; /* polls armed on the slot: with the index, the user_data of one poll only */
     bool removing;
 };
 
@@ -98,7 +99,8 @@ static void sock_arm(uint32_t i)
         }
         return;
     }
-    struct io_uring_sqe *sqe = tp_ctl_sqe(dns.svc, OP_POLL, i);
+    /* slot = index | seq << 8: a POLL_REMOVE can only ever find the poll it was meant for */
+    struct io_uring_sqe *sqe = tp_ctl_sqe(dns.svc, OP_POLL, i | (++so->seq << 8));
     io_uring_prep_poll_add(sqe, so->fd, ev);
     so->ud = sqe->user_data;
     so->ev = ev;
@@ -144,8 +146,10 @@ static void sock_state_cb(void *data, ares_socket_t fd, int readable, int writab
     sock_arm(i);
 }
 
-static void dns_on_cqe(unsigned op, uint32_t slot, int res)
+static void dns_on_cqe(unsigned op, uint32_t ud_slot, int res)
 {
+    uint32_t slot = ud_slot & 0xff;
+
     if (op != OP_POLL || slot >= MAX_SOCKS)
         return;
     struct dns_sock *so = &dns.socks[slot];
