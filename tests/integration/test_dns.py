@@ -353,3 +353,24 @@ def test_check_mode_does_not_resolve(tmp_path):
     assert rc == 1
     assert ('upstreams[0].endpoints[0].address: invalid host "no_where.invalid" in "no_where.invalid:80" '
             "(expected letters, digits, '-' and '.')") in err, err
+
+
+def test_hash_balancing_moves_only_keys_of_the_new_address(h, dns):
+    hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+    port, ups = upstreams_on(h, hosts)
+    dns.set([(ip, "mg.tp.test") for ip in hosts[:3]])
+    tp = h.turnpike(config(dns, "mg.tp.test", port, balance="hash", hash_key="header:x-user"))
+    wait_addresses(tp, [u.addr for u in ups[:3]])
+
+    def placement():
+        return {k: get(tp.port, "/m", headers=[("X-User", f"user{k}")]).header("x-upstream") for k in range(60)}
+
+    before = placement()
+    assert len(set(before.values())) == 3, before
+    dns.set([(ip, "mg.tp.test") for ip in hosts])
+    wait_addresses(tp, [u.addr for u in ups])
+    after = placement()
+    moved = [k for k in before if after[k] != before[k]]
+    assert moved, "the new address took no key"
+    elsewhere = [k for k in moved if after[k] != "U3"]
+    assert len(elsewhere) <= 2, (elsewhere, before, after)  # Maglev: keys move to the newcomer only
