@@ -116,9 +116,14 @@ struct tp_cfg_listener {
 };
 
 struct tp_cfg_endpoint {
-    struct tp_addr addr; /* addr.text is the metric label `endpoint` */
+    struct tp_addr addr; /* addr.text is the metric label `endpoint`; unset (family 0) for a name */
     uint32_t weight;     /* 1..1000, default 1 */
     struct tp_pos pos;
+    /* address: host:port with a DNS name: resolved at run time, every A and AAAA
+     * record an endpoint of this weight (src/upstream/dns.c); NULL for an address */
+    char *name;    /* "host:port" as written */
+    char *host;    /* the host, lowercased */
+    uint16_t port; /* 1..65535 */
 };
 
 struct tp_cfg_upstream_tls {
@@ -162,7 +167,15 @@ struct tp_cfg_upstream {
     struct tp_cfg_circuit_breaker *circuit_breaker; /* NULL = none */
     uint32_t max_concurrent_requests;               /* 0 = unlimited */
     struct tp_cfg_retries *retries;                 /* NULL = none */
+    uint64_t resolve_every_ms; /* names re-resolved this often (shorter TTLs win); 30 s */
     struct tp_pos pos;
+};
+
+/** resolver: how endpoint names are resolved. */
+struct tp_cfg_resolver {
+    struct tp_addr *servers; /* NULL = the servers of /etc/resolv.conf */
+    size_t n_servers;
+    uint64_t timeout_ms; /* per query try; default 1 s */
 };
 
 /** A header name and value; name as written (case kept), compared case-insensitively. */
@@ -308,6 +321,8 @@ struct tp_config {
     uint64_t upstream_response_ms; /* default 30 s */
     uint64_t tunnel_idle_ms;       /* default 1 h: a tunnel with no byte either way this long is closed */
     uint64_t drain_timeout_ms;     /* default 30 s */
+
+    struct tp_cfg_resolver resolver;
 
     struct tp_cfg_upstream *upstreams;
     size_t n_upstreams;

@@ -390,6 +390,31 @@ fail:
     tp_ctl.reloads_failed++;
 }
 
+int tp_ctl_republish(const char *why)
+{
+    struct tp_diag diag = {0};
+    struct tp_snapshot *s;
+
+    if (!tp_ctl.ready || tp_ctl.draining || !tp_snapshot_current)
+        return -EAGAIN;
+    s = tp_snapshot_rebuild(tp_ctl.generation + 1, &diag);
+    if (!s) {
+        log_diag(&diag);
+        tp_diag_dispose(&diag);
+        tp_err("%s: cannot rebuild the runtime configuration; generation %llu stays", why,
+               (unsigned long long)tp_ctl.generation);
+        return -ENOMEM;
+    }
+    /* endpoints that went are retired here: their pools close, requests on
+     * them finish on the old snapshot */
+    tp_snapshot_publish(s);
+    for (unsigned i = 0; i < tp_rt.n_shards; i++)
+        tp_shard_post(tp_rt.shards[i], TP_MSG_RELOAD);
+    tp_ctl.generation = s->generation;
+    tp_info("configuration generation %llu: %s", (unsigned long long)s->generation, why);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* the loop                                                            */
 /* ------------------------------------------------------------------ */

@@ -49,6 +49,16 @@ int tp_ctl_service_register(const struct tp_ctl_service *s);
  */
 struct io_uring_sqe *tp_ctl_sqe(int svc, unsigned op, uint32_t slot);
 
+/**
+ * Publishes a snapshot rebuilt from the current configuration with the
+ * resolved address sets as they are now (a DNS answer changed one), through
+ * the same RCU exchange as a reload, without reading any file; the
+ * generation goes up by one. -EAGAIN before the shards run or while
+ * draining (the caller tries again later), -ENOMEM when the build failed
+ * (logged; the current snapshot stays). [control]
+ */
+int tp_ctl_republish(const char *why);
+
 /** [ms] monotonic time of the current control loop iteration. */
 uint64_t tp_ctl_now_ms(void);
 
