@@ -87,11 +87,10 @@ struct tp_h2_stream {
     struct tp_block *hblk; /* names and values; r->head.base points into it */
     uint64_t hlist;        /* header list size as RFC 9113 counts it */
     uint32_t n_cookie;
-    bool too_large;   /* over max_header_bytes: answered 431 */
-    bool bad;         /* a field the request layer cannot take: answered 400 */
-    bool dispatched;  /* tp_req_dispatch ran */
-    bool req_ended;   /* END_STREAM received */
-    bool end_pending; /* END_STREAM received while staged bytes wait */
+    bool too_large;  /* over max_header_bytes: answered 431 */
+    bool bad;        /* a field the request layer cannot take: answered 400 */
+    bool dispatched; /* tp_req_dispatch ran */
+    bool req_ended;  /* END_STREAM received */
     /* request body staged for the upstream */
     struct tp_block *body[H2_BODY_BLOCKS];
     uint8_t body_head, body_n;
