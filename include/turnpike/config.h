@@ -102,7 +102,7 @@ struct tp_cfg_tls_server {
     struct tp_cfg_cert *certs; /* chosen by SNI; certs[0] is the default */
     size_t n_certs;
     unsigned protocols; /* TP_TLS_* bits; default both */
-    char **alpn;        /* protocol ids; default {"http/1.1"} */
+    char **alpn;        /* protocol ids ("h2", "http/1.1", "http/1.0"); default {"http/1.1"} */
     size_t n_alpn;
     struct tp_pos pos;
 };
@@ -111,6 +111,7 @@ struct tp_cfg_listener {
     char *name; /* default "listeners[i]" */
     struct tp_addr addr;
     struct tp_cfg_tls_server *tls; /* NULL = plain HTTP */
+    bool h2c;                      /* plain listener: HTTP/2 with prior knowledge too (default false) */
     struct tp_pos pos;             /* of the list item */
     struct tp_pos addr_pos;
 };
@@ -311,9 +312,11 @@ struct tp_config {
     char *access_log_path;                   /* NULL = off; "-" = stdout */
     enum tp_access_format access_log_format; /* default json */
 
-    uint64_t max_connections;  /* default 100000 */
-    uint64_t max_header_bytes; /* default 16 KiB; 1 KiB .. 1 MiB */
-    uint64_t max_body_bytes;   /* default 10 MiB */
+    uint64_t max_connections;           /* default 100000 */
+    uint64_t max_header_bytes;          /* default 16 KiB; 1 KiB .. 1 MiB */
+    uint64_t max_body_bytes;            /* default 10 MiB */
+    uint32_t h2_max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS; default 100, 1..2^31-1 */
+    uint32_t h2_max_resets_per_s;       /* client resets per connection and second; default 100 */
 
     uint64_t client_header_ms;     /* default 10 s */
     uint64_t client_idle_ms;       /* default 60 s */

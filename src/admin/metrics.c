@@ -308,6 +308,39 @@ void tp_metrics_render(struct tp_abuf *b)
         labels_of(&lb, "listener", ls->name, NULL, NULL);
         sample(b, "turnpike_connections_total", &lb, (unsigned long long)(v));
     }
+    /* ---- HTTP/2 ---- */
+    static const char *const goaway_reasons[TP_H2_GOAWAY_REASONS] = {
+        "no_error",          "protocol_error",    "flow_control_error",
+        "compression_error", "enhance_your_calm", "internal_error",
+    };
+    family(b, "turnpike_h2_streams_active", "gauge",
+           "Open HTTP/2 streams of client connections, by listener.");
+    for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next) {
+        uint64_t v = 0;
+        for (unsigned sh = 0; sh < ns; sh++)
+            v += atomic_load_explicit(&ls->shard[sh].h2_streams, memory_order_relaxed);
+        labels_of(&lb, "listener", ls->name, NULL, NULL);
+        sample(b, "turnpike_h2_streams_active", &lb, (unsigned long long)(v));
+    }
+    family(b, "turnpike_h2_resets_total", "counter",
+           "HTTP/2 streams reset by clients or refused for excess, by listener.");
+    for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next) {
+        uint64_t v = 0;
+        for (unsigned sh = 0; sh < ns; sh++)
+            v += atomic_load_explicit(&ls->shard[sh].h2_resets, memory_order_relaxed);
+        labels_of(&lb, "listener", ls->name, NULL, NULL);
+        sample(b, "turnpike_h2_resets_total", &lb, (unsigned long long)(v));
+    }
+    family(b, "turnpike_h2_goaway_total", "counter",
+           "GOAWAY frames sent to HTTP/2 clients, by listener and error code (reason).");
+    for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next)
+        for (unsigned k = 0; k < TP_H2_GOAWAY_REASONS; k++) {
+            uint64_t v = 0;
+            for (unsigned sh = 0; sh < ns; sh++)
+                v += atomic_load_explicit(&ls->shard[sh].h2_goaway[k], memory_order_relaxed);
+            labels_of(&lb, "listener", ls->name, "reason", goaway_reasons[k]);
+            sample(b, "turnpike_h2_goaway_total", &lb, (unsigned long long)(v));
+        }
     uint64_t rejected = 0, enobufs = 0, active = 0, paused = 0;
     for (unsigned sh = 0; sh < ns; sh++) {
         rejected += tp_stat_get(&tp_rt.shards[sh]->rejected_conns);

@@ -910,10 +910,9 @@ static bool parse_alpn(struct cctx *c, const struct field *fd, const struct tp_y
             ok = false;
             continue;
         }
-        /* turnpike speaks HTTP/1.x: announcing h2 would break every client that picks it */
-        if (strcmp(s, "http/1.1") != 0 && strcmp(s, "http/1.0") != 0) {
-            err(c, it, "%s: invalid value \"%s\" (expected http/1.1 or http/1.0: turnpike speaks HTTP/1.x)",
-                ip, quote(q, it));
+        /* the protocols turnpike speaks to clients; h2c is never negotiated by ALPN (RFC 9113 3.2) */
+        if (strcmp(s, "h2") != 0 && strcmp(s, "http/1.1") != 0 && strcmp(s, "http/1.0") != 0) {
+            err(c, it, "%s: invalid value \"%s\" (expected h2, http/1.1 or http/1.0)", ip, quote(q, it));
             ok = false;
             continue;
         }
@@ -1728,10 +1727,16 @@ static void listener_end(struct cctx *c, struct walk *w)
 {
     struct tp_cfg_listener *l = w->obj;
     const struct tp_ynode *a = wval(w, "address");
+    const struct tp_ynode *h2c = wval(w, "h2c");
 
-    (void)c;
     if (a)
         l->addr_pos = (struct tp_pos){a->line, a->col};
+    if (h2c && l->h2c && l->tls) {
+        /* a TLS client asks for HTTP/2 by ALPN; "h2" in tls.alpn is what turns it on */
+        char p[PATH_MAX_LEN];
+        warn(c, h2c, "%s: has no effect on a TLS listener (list h2 in tls.alpn)", kpath(p, w->path, "h2c"));
+        l->h2c = false;
+    }
 }
 
 static const struct table listener_table;
@@ -2128,6 +2133,7 @@ static const struct field listener_fields[] = {
     {"name", T_NAME, AT(LISTENER, name), .flags = F_DEFAULT_PATH},
     {"address", T_ADDR, AT(LISTENER, addr), .flags = F_REQUIRED},
     {"tls", T_OBJ, AT(LISTENER, tls), SUB(listener_tls_table)},
+    {"h2c", T_BOOL, AT(LISTENER, h2c), DEF_U(false)},
 };
 static const struct table listener_table = {FIELDS(listener_fields), .size = sizeof(LISTENER),
                                             POS(LISTENER, pos), .end = listener_end,
@@ -2327,6 +2333,9 @@ static const struct field limits_fields[] = {
     {"max_connections", T_UINT, AT(CONFIG, max_connections), RANGE(1, 10000000), DEF_U(100000)},
     {"max_header_bytes", T_SIZE, AT(CONFIG, max_header_bytes), RANGE(1024, 1024 * 1024), DEF_U(16 * 1024)},
     {"max_body_bytes", T_SIZE, AT(CONFIG, max_body_bytes), RANGE(0, 1ull << 40), DEF_U(10 * 1024 * 1024)},
+    {"h2_max_concurrent_streams", T_UINT, AT(CONFIG, h2_max_concurrent_streams), RANGE(1, 0x7fffffff),
+     DEF_U(100)},
+    {"h2_max_resets_per_s", T_UINT, AT(CONFIG, h2_max_resets_per_s), RANGE(1, 1000000), DEF_U(100)},
 };
 static const struct table limits_table = {FIELDS(limits_fields)};
 

@@ -664,6 +664,7 @@ static void req_record(struct tp_shard *sh, struct tp_req *r)
         .id_len = r->id_len,
         .trace_id = r->trace + 3,
         .http_minor = r->http_minor,
+        .h2 = r->h2,
         .status = r->status,
         .bytes_in = r->bytes_in,
         .bytes_out = r->bytes_out,

@@ -541,3 +541,14 @@ int tp_transport_register(void)
         return -1;
     return 0;
 }
+
+bool tp_transport_alpn(const struct tp_transport *t, const char **proto, unsigned *len)
+{
+    const unsigned char *p = NULL;
+
+    *len = 0;
+    if (t->tls)
+        SSL_get0_alpn_selected(t->tls->ssl, &p, len);
+    *proto = (const char *)p;
+    return p && *len;
+}

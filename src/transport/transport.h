@@ -122,6 +122,9 @@ void tp_transport_deadline(struct tp_shard *sh, struct tp_transport *t, uint64_t
  */
 void tp_transport_close(struct tp_shard *sh, struct tp_transport *t);
 
+/** The protocol ALPN selected on a TLS transport (after the handshake); false when none. [shard] */
+bool tp_transport_alpn(const struct tp_transport *t, const char **proto, unsigned *len);
+
 static inline bool tp_transport_is_tls(const struct tp_transport *t)
 {
     return t->tls != NULL;

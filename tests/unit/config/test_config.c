@@ -332,6 +332,9 @@ static void test_minimal_defaults(void)
     is_int(cfg->max_connections, 100000, "max_connections default");
     is_int(cfg->max_header_bytes, 16384, "max_header_bytes default");
     is_int(cfg->max_body_bytes, 10485760, "max_body_bytes default");
+    is_int(cfg->h2_max_concurrent_streams, 100, "h2_max_concurrent_streams default");
+    is_int(cfg->h2_max_resets_per_s, 100, "h2_max_resets_per_s default");
+    ok(!cfg->listeners[0].h2c, "h2c default false");
     is_int(cfg->client_header_ms, 10000, "client_header default");
     is_int(cfg->client_idle_ms, 60000, "client_idle default");
     is_int(cfg->upstream_connect_ms, 2000, "upstream_connect default");
@@ -456,12 +459,10 @@ static void test_key_errors(void)
            "file or directory",
            "t.yaml:4:52: listeners[0].tls.certificates[0].key: cannot read \"/x.key\": No such file or "
            "directory");
-    EXPECT("listeners tls alpn h2",
-           "listeners:\n  - address: 0.0.0.0:443\n    tls: {alpn: [h2], certificates: []}\n",
-           "t.yaml:3:18: listeners[0].tls.alpn[0]: invalid value \"h2\" (expected http/1.1 or http/1.0: "
-           "turnpike "
-           "speaks HTTP/1.x)",
-           "t.yaml:3:37: listeners[0].tls.certificates: at least one certificate is required");
+    EXPECT("listeners tls alpn h2c",
+           "listeners:\n  - address: 0.0.0.0:443\n    tls: {alpn: [h2, h2c], certificates: []}\n",
+           "t.yaml:3:22: listeners[0].tls.alpn[1]: invalid value \"h2c\" (expected h2, http/1.1 or http/1.0)",
+           "t.yaml:3:42: listeners[0].tls.certificates: at least one certificate is required");
     EXPECT("upstream tls verify is a boolean",
            LST "upstreams:\n  - name: u\n    endpoints: [{address: 127.0.0.1:1}]\n    tls: {verify: yes}\n",
            "t.yaml:6:19: upstreams[0].tls.verify: invalid value \"yes\" (expected true or false)");
@@ -1416,6 +1417,27 @@ static void test_dns_names(void)
            "t.yaml:1:12: resolver.server: unknown key");
 }
 
+static void test_h2(void)
+{
+    struct tp_config *cfg = parse_ok("h2 keys", "listeners:\n  - address: 127.0.0.1:8080\n    h2c: true\n"
+                                                "limits: {h2_max_concurrent_streams: 2147483647, "
+                                                "h2_max_resets_per_s: 7}\n");
+    if (cfg) {
+        ok(cfg->listeners[0].h2c, "h2c true");
+        is_int(cfg->h2_max_concurrent_streams, 2147483647, "h2_max_concurrent_streams");
+        is_int(cfg->h2_max_resets_per_s, 7, "h2_max_resets_per_s");
+    }
+    tp_config_destroy(cfg);
+    EXPECT("h2c is a boolean", "listeners:\n  - address: 127.0.0.1:8080\n    h2c: yes\n",
+           "t.yaml:3:10: listeners[0].h2c: invalid value \"yes\" (expected true or false)");
+    EXPECT("h2_max_concurrent_streams 0", LST "limits: {h2_max_concurrent_streams: 0}\n",
+           "t.yaml:3:37: limits.h2_max_concurrent_streams: 0 is out of range (1..2147483647)");
+    EXPECT("h2_max_concurrent_streams 2^31", LST "limits: {h2_max_concurrent_streams: 2147483648}\n",
+           "t.yaml:3:37: limits.h2_max_concurrent_streams: 2147483648 is out of range (1..2147483647)");
+    EXPECT("h2_max_resets_per_s 0", LST "limits: {h2_max_resets_per_s: 0}\n",
+           "t.yaml:3:31: limits.h2_max_resets_per_s: 0 is out of range (1..1000000)");
+}
+
 int main(void)
 {
     test_full();
@@ -1442,5 +1464,6 @@ int main(void)
     test_auth_claim_map_errors();
     test_route_auth_errors();
     test_dns_names();
+    test_h2();
     return tap_done();
 }
