@@ -685,7 +685,7 @@ static int h2_preface(struct tp_shard *sh, struct tp_inq *q)
     for (uint16_t i = 0; i < q->n && seen < TP_H2_PREFACE_LEN; i++) {
         const struct tp_rbuf *e = &q->e[(q->head + i) & (q->cap - 1)];
         uint32_t n = e->len < TP_H2_PREFACE_LEN - seen ? e->len : TP_H2_PREFACE_LEN - seen;
-        if (memcmp(tp_rbuf_data(sh, e), TP_H2_PREFACE + seen, n) != 0)
+        if (memcmp(tp_rbuf_data(sh, e), &TP_H2_PREFACE[seen], n) != 0)
             return 0;
         seen += n;
     }

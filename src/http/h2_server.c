@@ -1139,19 +1139,15 @@ static bool nvb_ok(const struct nv_build *nb)
     return nb->txt->len <= nb->txt->size && nb->n <= nb->cap;
 }
 
+static void nvb_field(void *ctx, const char *name, size_t nlen, const char *v, size_t vlen)
+{
+    nvb_add(ctx, name, nlen, v, vlen);
+}
+
 /* The preformatted RateLimit-* lines of <r> as fields. */
 static void nvb_extra(struct nv_build *nb, const struct tp_req *r)
 {
-    const char *p = r->extra_hdrs, *end = r->extra_hdrs + r->extra_len;
-
-    while (p < end) {
-        const char *colon = memchr(p, ':', (size_t)(end - p));
-        const char *eol = memchr(p, '\r', (size_t)(end - p));
-        if (!colon || !eol || colon > eol)
-            break;
-        nvb_add(nb, p, (size_t)(colon - p), colon + 2, (size_t)(eol - colon - 2));
-        p = eol + 2;
-    }
+    tp_req_extra_fields(r, nvb_field, nb);
 }
 
 /* Queues body bytes on the stream: small slices are copied (into the last
@@ -1431,10 +1427,9 @@ static bool ds_body_block(struct tp_shard *sh, struct tp_req *r, struct tp_block
     return piece_push(sh, st, (struct tp_bref){.blk = b}, b->data, b->len, true);
 }
 
-static void ds_flush(struct tp_shard *sh, struct tp_req *r)
+/* Hands the held response head (if any) to nghttp2 and lets the body flow. */
+static void flush_stream(struct tp_shard *sh, struct tp_req *r, struct tp_h2_stream *st)
 {
-    struct tp_h2_stream *st = stream_of_req(r);
-
     if (!submit_held_head(sh, st)) {
         stream_reset(st, NGHTTP2_INTERNAL_ERROR);
     } else {
@@ -1444,19 +1439,18 @@ static void ds_flush(struct tp_shard *sh, struct tp_req *r)
     s_kick(sh, st->s);
 }
 
+static void ds_flush(struct tp_shard *sh, struct tp_req *r)
+{
+    flush_stream(sh, r, stream_of_req(r));
+}
+
 static void ds_done(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_h2_stream *st = stream_of_req(r);
 
     st->resp_done = true;
     r->resp_state = TP_RESP_DONE;
-    if (!submit_held_head(sh, st)) {
-        stream_reset(st, NGHTTP2_INTERNAL_ERROR);
-    } else {
-        r->head_unflushed = false;
-        resume_data(st);
-    }
-    s_kick(sh, st->s);
+    flush_stream(sh, r, st);
 }
 
 static void ds_abort(struct tp_shard *sh, struct tp_req *r)

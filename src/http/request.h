@@ -321,6 +321,12 @@ void tp_req_ids(struct tp_shard *sh, struct tp_req *r, bool from_head);
  */
 bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s, void *ctx);
 
+/** Receives one header field (name, value). */
+typedef void (*tp_field_fn)(void *ctx, const char *name, size_t nlen, const char *v, size_t vlen);
+
+/** The answer's own fields kept preformatted in r->extra_hdrs (RateLimit-*, Retry-After, ...), one by one. */
+void tp_req_extra_fields(const struct tp_req *r, tp_field_fn field, void *ctx);
+
 /**
  * Emits the header fields of the upstream's response head <h> as the client
  * gets them: minus hop-by-hop (and names listed in its Connection header)
