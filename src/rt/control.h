@@ -36,6 +36,12 @@ struct tp_ctl_service {
     void (*reopen)(void);
     /** The process is stopping: close what is open. */
     void (*stop)(void);
+    /**
+     * Optional: true once the service's start-up work is done (DNS: every
+     * endpoint name answered once). READY=1 and /readyz wait for every
+     * service to say so, at most START_WAIT_MS.
+     */
+    bool (*ready)(void);
 };
 
 #define TP_CTL_SERVICES 8
@@ -71,7 +77,8 @@ struct tp_ctl_info {
     uint64_t loaded_at_real_ns;
     const char *source;
     uint8_t sha256[32];
-    bool ready; /* listening with a valid configuration */
+    bool ready;    /* listening with a valid configuration */
+    bool starting; /* ready, but services still finish their start-up work (/readyz says 503) */
     bool draining;
     uint64_t started_real_ns;
 };

@@ -56,6 +56,7 @@ struct dns_name {
     uint64_t next_ms; /* next query at */
     uint32_t qid;     /* query in flight (0 = none) */
     bool failing;     /* the last answer failed (logged once until it resolves again) */
+    bool answered;    /* an answer (or a failure) came for this configuration's name */
 };
 
 /* a socket c-ares asked to have watched */
@@ -253,6 +254,7 @@ static void on_answer(void *arg, int status, int timeouts, struct ares_addrinfo 
         dn->next_ms = 0; /* the channel was replaced (reload): ask the new one */
         goto out;
     }
+    dn->answered = true;
     if (status != ARES_SUCCESS) {
         name_failed(dn, ares_strerror(status));
         goto out;
@@ -464,6 +466,17 @@ static void dns_tick(uint64_t now_ms, bool draining)
         dns.dirty = false; /* published, or logged and left to the next answer */
 }
 
+/* Start-up is done once every name has its first answer, good or not, and
+ * what changed is published: traffic to a named upstream does not meet a
+ * 503 just because the gateway was quicker than its DNS server. */
+static bool dns_ready(void)
+{
+    for (size_t i = 0; i < dns.n_names; i++)
+        if (!dns.names[i].answered)
+            return !dns.have_ch; /* no channel: nothing will answer */
+    return !dns.dirty;
+}
+
 static int dns_prepare(const struct tp_config *cfg)
 {
     int r;
@@ -498,6 +511,7 @@ static const struct tp_ctl_service dns_service = {
     .on_cqe = dns_on_cqe,
     .tick = dns_tick,
     .stop = dns_stop,
+    .ready = dns_ready,
 };
 
 int tp_dns_register(void)

@@ -374,3 +374,25 @@ def test_hash_balancing_moves_only_keys_of_the_new_address(h, dns):
     assert moved, "the new address took no key"
     elsewhere = [k for k in moved if after[k] != "U3"]
     assert len(elsewhere) <= 2, (elsewhere, before, after)  # Maglev: keys move to the newcomer only
+
+
+def test_ready_only_after_first_answers(h, dns):
+    """/readyz says ready only once every name has had its first answer and the
+    addresses are in use: the first request after readiness is never a 503
+    because the gateway was quicker than its DNS server (the harness starts
+    turnpike by waiting for /readyz 200). The first server listed never
+    answers, so the answer comes only after the resolver's timeout."""
+    port, (a, b) = upstreams_on(h, ["127.0.0.2", "127.0.0.3"])
+    dns.set([("127.0.0.2", "first.tp.test"), ("127.0.0.3", "first.tp.test")])
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        cfg = config(dns, "first.tp.test", port, resolve_every="1h")
+        cfg["resolver"] = {"servers": [f"127.0.0.1:{silent.getsockname()[1]}", f"127.0.0.1:{dns.port}"],
+                           "timeout": "300ms"}
+        tp = h.turnpike(cfg)
+        r = get(tp.port, "/first")  # no wait for the endpoints: readiness implies them
+        assert r.status == 200, r
+        assert addresses(tp) == sorted([a.addr, b.addr])
+    finally:
+        silent.close()
