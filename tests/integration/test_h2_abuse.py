@@ -15,6 +15,7 @@ import pytest
 
 from test_h2 import H2Client, cfg, start
 from tp_harness import T, get
+from tp_more import metrics
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, CONTINUATION = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7, 0x9
@@ -132,15 +133,22 @@ def test_continuation_flood(h):
     (each a valid literal field, the decoded list staying far under the HPACK bomb
     bound, so only the CONTINUATION count can stop it). libnghttp2 stops after 8
     (max_continuations, CVE-2024-28182) with a fatal error that turnpike answers
-    with GOAWAY PROTOCOL_ERROR."""
+    with GOAWAY PROTOCOL_ERROR. A control request first shows that CONTINUATION
+    as such is served."""
     up = h.upstream()
-    tp = start(h, cfg(up))
+    tp = start(h, cfg(up, limits={"max_header_bytes": 65536}))
+    # control: a legitimate 40 KB header block, which python-h2 splits into HEADERS and
+    # two CONTINUATION frames (16 KB frames), is served
+    c = H2Client(tp.port)
+    status, _, body = c.get("/control", headers=[("x-big", "v" * 40000)])
+    assert status == 200 and body == b"GET /control", (status, body)
+    c.close()
     raw = Raw(tp.port)
     out = frame(HEADERS, END_STREAM, 1, REQUEST_BLOCK)
     out += b"".join(frame(CONTINUATION, 0, 1, hp_literal(b"x-c", b"%d" % i)) for i in range(2000))
     raw.send(out)
     assert_goaway(raw, E.PROTOCOL_ERROR)
-    assert len(up.heads) == 0, "the unfinished header block reached the upstream"
+    assert len(up.heads) == 1, "the unfinished header block reached the upstream"
     assert_still_serving(tp)
 
 
@@ -191,6 +199,8 @@ def test_hpack_table_bomb(h):
     raw.send(frame(HEADERS, END_STREAM | END_HEADERS, 1, block))
     assert_goaway(raw, E.ENHANCE_YOUR_CALM)
     assert len(up.heads) == 0, "the bomb reached the upstream"
+    m = metrics(tp)
+    assert m.value("turnpike_h2_goaway_total", listener="public", reason="enhance_your_calm") == 1
     assert_still_serving(tp)
 
 
