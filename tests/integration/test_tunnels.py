@@ -417,6 +417,26 @@ def test_h2c_is_never_tunnelled(h):
     assert up.tun.started == 1
 
 
+def test_a_101_the_request_did_not_ask_for_is_a_502(h):
+    """A 101 naming a protocol that was not offered, or answering a request that
+    offered none (its token not on the route's list), is an invalid response:
+    502, and the upstream connection is not tunnelled."""
+    def handler(req, conn):
+        conn.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: Upgrade\r\n\r\n")
+        return None
+
+    up = h.upstream(handler)
+    tp = h.turnpike(cfg(up, route={"upgrade": ["websocket"]}))
+    for target, token in (("/wrong-protocol", "websocket"), ("/not-offered", "foo")):
+        c = h.client(tp.port)
+        c.send(upgrade_request(target, token))
+        r = c.read_response()
+        assert_gateway_error(r, 502)
+        assert r.json()["error"].startswith("invalid upstream response"), r.json()
+        assert not r.header("upgrade"), r
+    assert metrics(tp).value("turnpike_tunnels_total", route="ws") == 0
+
+
 def test_x_request_id_on_the_101(h):
     up = tunnel_up(h)
     tp = h.turnpike(cfg(up))
