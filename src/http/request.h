@@ -267,10 +267,9 @@ struct tp_http_shard {
     tp_stat_t active_requests;
     struct tp_req *req_free;
     uint32_t n_req_free;
-    int slab_conn, slab_uconn;      /* slab ids of client and upstream connections */
-    struct tp_tunnel *tunnels;      /* the shard's tunnels */
-    struct tp_jwt_cache *jwt_cache; /* verified tokens (routes with a JWT provider) */
-    uint32_t n_tunnels;
+    int slab_conn, slab_uconn;         /* slab ids of client and upstream connections */
+    struct tp_tunnel *tunnels;         /* the shard's tunnels */
+    struct tp_jwt_cache *jwt_cache;    /* verified tokens (routes with a JWT provider) */
     struct tp_h2_session *h2_sessions; /* the shard's HTTP/2 client connections */
     struct tp_h2_session *h2_kick;     /* HTTP/2 connections with output to write this iteration */
     struct tp_h2_stream *h2_free;      /* free HTTP/2 stream objects */

@@ -254,7 +254,6 @@ static void tunnel_free(struct tp_shard *sh, struct tp_tunnel *tun)
         hs->tunnels = tun->next;
     if (tun->next)
         tun->next->prev = tun->prev;
-    hs->n_tunnels--;
     if (tun->r)
         tp_req_end(sh, tun->r);
     free(tun);
@@ -354,7 +353,6 @@ void tp_tunnel_start(struct tp_shard *sh, struct tp_req *r, struct tp_transport 
     if (hs->tunnels)
         hs->tunnels->prev = tun;
     hs->tunnels = tun;
-    hs->n_tunnels++;
 
     /* the request is counted now (status 101, time to the switch); its log
      * line waits for the end */
