@@ -78,6 +78,7 @@ struct tp_conn {
     bool linger;      /* closing must drain unread input first (lingering close) */
     bool in_process;  /* inside process_input (no recursion) */
     bool h2c;         /* the listener takes HTTP/2 with prior knowledge */
+    bool last_chunk;  /* OM_WRAP: the last chunk (with trailers) is queued, done adds none */
     struct tp_req *req;
     struct tp_h1_parser hp;  /* request parser; its head is req->head */
     struct tp_bref exec_ref; /* buffer being parsed (body slices point into it) */
@@ -383,6 +384,7 @@ static bool ds_head(struct tp_shard *sh, struct tp_req *r, unsigned status, cons
     } else {
         /* framing towards the client */
         c->out_mode = OM_RAW;
+        c->last_chunk = false;
         if (ri->head_only || ri->framing == TP_FRAME_NONE) {
             /* a HEAD response keeps its framing headers; re-chunked ones say so */
             chunked_out = ri->head_only && ri->framing == TP_FRAME_CHUNKED && !http10;
@@ -476,11 +478,36 @@ static bool ds_body_block(struct tp_shard *sh, struct tp_req *r, struct tp_block
     return false;
 }
 
+/* Trailers reach an HTTP/1.1 client only in a chunked response: one we
+ * re-chunk gets them in its last chunk; one relayed as the upstream framed it
+ * carries the upstream's own (they are in the relayed bytes); other
+ * responses cannot carry any. */
+static bool ds_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h)
+{
+    struct tp_conn *c = conn_of_req(r);
+    struct tp_block *b;
+
+    if (c->out_mode != OM_WRAP || c->last_chunk || r->method == HTTP_HEAD)
+        return true;
+    if (!(b = tp_block_get(sh, h->len + 4 * h->n_hdrs + 8)))
+        return false;
+    tp_blk_lit(b, "0\r\n");
+    tp_req_trailer_fields(h, &tp_h1_line_sink, b);
+    tp_blk_lit(b, "\r\n");
+    if (b->len > b->size || !tp_outq_push_block(sh, &c->t.out, b)) {
+        tp_block_put(sh, b);
+        return false;
+    }
+    r->bytes_out += b->len;
+    c->last_chunk = true;
+    return true;
+}
+
 static void ds_done(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_conn *c = conn_of_req(r);
 
-    if (c->out_mode == OM_WRAP && !tp_outq_push_static(sh, &c->t.out, "0\r\n\r\n", 5)) {
+    if (c->out_mode == OM_WRAP && !c->last_chunk && !tp_outq_push_static(sh, &c->t.out, "0\r\n\r\n", 5)) {
         c->t.rst = true;
         conn_close(sh, c);
         return;
@@ -545,6 +572,7 @@ static const struct tp_ds_ops h1_ds = {
     .head = ds_head,
     .body = ds_body,
     .body_block = ds_body_block,
+    .trailers = ds_trailers,
     .done = ds_done,
     .abort = ds_abort,
     .unqueue_head = ds_unqueue_head,

@@ -99,12 +99,14 @@ struct tp_h2_stream {
     /* the response */
     struct tp_block *hv_txt, *hv_nv; /* a response head held until the first flush */
     uint32_t hv_n;
-    bool head_pending; /* hv_* waits for the first flush */
-    bool resp_body;    /* the response has DATA */
-    bool resp_done;    /* the last byte of the response is queued */
-    bool deferred;     /* the data source said DEFERRED: resume when bytes come */
-    bool submitted;    /* a response (or a reset) went to nghttp2 */
-    bool want_resume;  /* the queue has room again: resume the exchange after the send */
+    bool head_pending;               /* hv_* waits for the first flush */
+    bool resp_body;                  /* the response has DATA */
+    bool resp_done;                  /* the last byte of the response is queued */
+    bool deferred;                   /* the data source said DEFERRED: resume when bytes come */
+    bool submitted;                  /* a response (or a reset) went to nghttp2 */
+    bool want_resume;                /* the queue has room again: resume the exchange after the send */
+    struct tp_block *tr_txt, *tr_nv; /* response trailers, submitted after the last DATA */
+    uint32_t tr_n;
     struct h2_piece pc[H2_PIECES];
     uint8_t pc_head, pc_n;
     uint32_t queued; /* response bytes in pc[] */
@@ -268,6 +270,16 @@ static void pieces_clear(struct tp_shard *sh, struct tp_h2_stream *st)
     st->queued = 0;
 }
 
+static void trailers_drop(struct tp_shard *sh, struct tp_h2_stream *st)
+{
+    if (st->tr_txt)
+        tp_block_put(sh, st->tr_txt);
+    if (st->tr_nv)
+        tp_block_put(sh, st->tr_nv);
+    st->tr_txt = st->tr_nv = NULL;
+    st->tr_n = 0;
+}
+
 static void head_held_drop(struct tp_shard *sh, struct tp_h2_stream *st)
 {
     if (st->hv_txt)
@@ -292,6 +304,7 @@ static void stream_end(struct tp_shard *sh, struct tp_h2_stream *st)
     }
     pieces_clear(sh, st);
     head_held_drop(sh, st);
+    trailers_drop(sh, st);
     if (st->body_staged && s->ng)
         nghttp2_session_consume_connection(s->ng, st->body_staged);
     while (st->body_n) {
@@ -880,6 +893,8 @@ static ssize_t send_cb(nghttp2_session *ng, const uint8_t *data, size_t len, int
     return done ? (ssize_t)done : NGHTTP2_ERR_WOULDBLOCK;
 }
 
+static inline nghttp2_nv *nv_array(const struct tp_block *b);
+
 /* The data source of a response: as much as queued (at most H2_PIECES_FRAME
  * slices per frame), sent without a copy by send_data_cb. */
 static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *dflags,
@@ -888,7 +903,6 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     struct tp_h2_stream *st = src->ptr;
     size_t n = 0;
 
-    (void)ng;
     (void)id;
     (void)buf;
     (void)user;
@@ -902,8 +916,15 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     }
     if (n)
         *dflags |= NGHTTP2_DATA_FLAG_NO_COPY;
-    if (st->resp_done && n == st->queued)
+    if (st->resp_done && n == st->queued) {
         *dflags |= NGHTTP2_DATA_FLAG_EOF;
+        if (st->tr_nv) {
+            /* the trailers end the stream instead (submitting them from here is allowed) */
+            if (nghttp2_submit_trailer(ng, st->id, nv_array(st->tr_nv), st->tr_n) == 0)
+                *dflags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            trailers_drop(tp_self, st);
+        }
+    }
     return (ssize_t)n;
 }
 
@@ -1427,6 +1448,36 @@ static bool ds_body_block(struct tp_shard *sh, struct tp_req *r, struct tp_block
     return piece_push(sh, st, (struct tp_bref){.blk = b}, b->data, b->len, true);
 }
 
+/* Response trailers: built now, submitted by the data source once the last
+ * DATA is out (a response whose head went with END_STREAM cannot take them). */
+static bool ds_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h)
+{
+    struct tp_h2_stream *st = stream_of_req(r);
+    struct nv_build nb;
+
+    if (st->tr_nv || r->method == HTTP_HEAD || (!st->resp_body && !st->head_pending))
+        return true;
+    if (!nvb_init(sh, &nb, h->len + 64, h->n_hdrs + 1))
+        return false;
+    tp_req_trailer_fields(h, &nv_sink, &nb);
+    if (!nvb_ok(&nb)) {
+        nvb_drop(sh, &nb);
+        return false;
+    }
+    if (!nb.n) {
+        nvb_drop(sh, &nb);
+        return true;
+    }
+    /* a head held without a body (trailers-only would have said END_STREAM
+     * there): it gets a data source, which sends no DATA, then the trailers */
+    st->resp_body = true;
+    st->tr_txt = nb.txt;
+    st->tr_nv = nb.nvb;
+    st->tr_n = nb.n;
+    r->bytes_out += nb.txt->len;
+    return true;
+}
+
 /* Hands the held response head (if any) to nghttp2 and lets the body flow. */
 static void flush_stream(struct tp_shard *sh, struct tp_req *r, struct tp_h2_stream *st)
 {
@@ -1495,6 +1546,7 @@ static const struct tp_ds_ops h2_ds = {
     .head = ds_head,
     .body = ds_body,
     .body_block = ds_body_block,
+    .trailers = ds_trailers,
     .done = ds_done,
     .abort = ds_abort,
     .unqueue_head = ds_unqueue_head,

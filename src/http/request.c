@@ -650,6 +650,18 @@ bool tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const st
     return date;
 }
 
+void tp_req_trailer_fields(const struct tp_head *h, const struct tp_hdr_sink *s, void *ctx)
+{
+    for (uint32_t i = 0; i < h->n_hdrs; i++) {
+        const struct tp_hdr *hd = &h->hdrs[i];
+        const char *name = h->base + hd->name.off;
+        if (!hd->name.len || name[0] == ':' || hop_by_hop(hd->id) || hd->id == TP_H_HOST ||
+            hd->id == TP_H_TRAILER || hd->id == TP_H_CONTENT_LENGTH)
+            continue;
+        emit(s, ctx, name, hd->name.len, h->base + hd->value.off, hd->value.len);
+    }
+}
+
 /* ------------------------------------------------------------------ */
 /* accounting                                                          */
 /* ------------------------------------------------------------------ */

@@ -94,6 +94,15 @@ struct tp_ds_ops {
     bool (*body)(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, const char *p, uint32_t len);
     /** Queues body bytes held in block <b> (reference taken over). false: out of memory. */
     bool (*body_block)(struct tp_shard *sh, struct tp_req *r, struct tp_block *b);
+    /**
+     * Queues the response's trailer section <h> (after the last body bytes,
+     * before done): fields as tp_req_trailer_fields emits them. HTTP/2: a
+     * trailing HEADERS frame; HTTP/1.1 client whose response goes chunked:
+     * the trailer fields of the last chunk; otherwise they are dropped.
+     * <h> is read during the call only. false: out of memory (the caller
+     * fails the attempt).
+     */
+    bool (*trailers)(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h);
     /** The response is complete: finish it (the request may end here). */
     void (*done)(struct tp_shard *sh, struct tp_req *r);
     /** The response cannot complete after it started: cut it short (reset). Ends the request. */
@@ -336,6 +345,14 @@ void tp_req_extra_fields(const struct tp_req *r, tp_field_fn field, void *ctx);
  */
 bool tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const struct tp_hdr_sink *s,
                              void *ctx);
+
+/**
+ * Emits the fields of trailer section <h> (either direction) as the other
+ * side gets them: all but the fields a trailer must not carry (hop-by-hop
+ * and framing fields, Host, TE, Trailer, pseudo-fields) and empty names.
+ * The route's header rules apply to heads only, not to trailers.
+ */
+void tp_req_trailer_fields(const struct tp_head *h, const struct tp_hdr_sink *s, void *ctx);
 
 /* ---- the proxy (proxy.c): attempts, retries, results from the exchange ---- */
 
