@@ -173,6 +173,26 @@ void tp_metrics_render(struct tp_abuf *b)
             tp_abuf_printf(b, "\",reason=\"%s\"} %llu\n", reasons[k], (unsigned long long)v);
         }
     }
+    family(b, "turnpike_grpc_responses_total", "counter",
+           "gRPC calls answered, by route and grpc-status (0..16, other); a series appears with its first "
+           "call.");
+    for (size_t i = 0; i <= s->n_routes; i++) {
+        const char *name = i < s->n_routes ? s->routes[i].st->name : "unmatched";
+        for (unsigned k = 0; k < 18; k++) {
+            uint64_t v = 0;
+            for (unsigned sh = 0; sh < ns; sh++)
+                v += i < s->n_routes ? tp_stat_get(&s->routes[i].st->stats[sh].grpc[k])
+                                     : tp_stat_get(&tp_http_shard(tp_rt.shards[sh])->unmatched.grpc[k]);
+            if (!v)
+                continue; /* 18 series per route for routes that carry no gRPC would be noise */
+            tp_abuf_put(b, "turnpike_grpc_responses_total{route=\"", 37);
+            label(b, name);
+            if (k < 17)
+                tp_abuf_printf(b, "\",grpc_status=\"%u\"} %llu\n", k, (unsigned long long)v);
+            else
+                tp_abuf_printf(b, "\",grpc_status=\"other\"} %llu\n", (unsigned long long)v);
+        }
+    }
     family(b, "turnpike_tunnels_active", "gauge", "WebSocket/Upgrade tunnels open now, by route.");
     for (size_t i = 0; i < s->n_routes; i++) {
         uint64_t v = 0;

@@ -183,6 +183,7 @@ static void uconn_on_closed(struct tp_shard *sh, struct tp_transport *t)
     if (uc->state == UC_IDLE)
         pool_unlink(sh, uc);
     tp_head_dispose(sh, &uc->rhead);
+    tp_h1_parser_dispose(&uc->hp);
     if (uc->dec_blk)
         tp_block_put(sh, uc->dec_blk);
     if (uc->chunk_blk)
@@ -348,6 +349,7 @@ static bool attach(struct tp_shard *sh, struct tp_uconn *uc, struct tp_req *r)
     uc->req = r;
     uc->skip_body = r->method == HTTP_HEAD;
     uc->hp.head_done = uc->hp.msg_done = false;
+    tp_h1_parser_want_trailers(&uc->hp, 0);
     uc->mode = RM_NONE;
     r->att.conn = uc;
     ok = tp_outq_push_static(sh, &uc->t.out, h->data, h->len);
@@ -366,7 +368,8 @@ static void uconn_go(struct tp_shard *sh, struct tp_uconn *uc)
 {
     struct tp_req *r = uc->req;
 
-    tp_transport_deadline(sh, &uc->t, sh->now_ms + r->limits.upstream_response_ms);
+    tp_transport_deadline(sh, &uc->t,
+                          tp_req_upstream_deadline(r, sh->now_ms, r->limits.upstream_response_ms));
     tp_transport_flush(sh, &uc->t);
     if (r->body_state == TP_BODY_STREAM)
         r->ds->ops->resume_body(sh, r);
@@ -416,7 +419,7 @@ static void ux_start(struct tp_shard *sh, struct tp_req *r)
         fail(sh, uc, TP_FAIL_CONNECT, -ENOMEM);
         return;
     }
-    tp_transport_deadline(sh, &uc->t, sh->now_ms + r->limits.upstream_connect_ms);
+    tp_transport_deadline(sh, &uc->t, tp_req_upstream_deadline(r, sh->now_ms, r->limits.upstream_connect_ms));
 }
 
 static void ux_abort(struct tp_shard *sh, struct tp_req *r)
@@ -477,13 +480,31 @@ static bool ux_body(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, c
     return true;
 }
 
+/* The end of a chunked request body: the last chunk, with the client's
+ * trailer section when it sent one. A body with Content-Length has no place
+ * for trailers: they are dropped. */
 static bool ux_body_end(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_uconn *uc = r->att.conn;
+    const struct tp_head *tr = r->req_trailers;
+    struct tp_block *b;
 
     if (!r->chunked)
         return true;
-    return flush_chunk(sh, uc) && tp_outq_push_static(sh, &uc->t.out, "0\r\n\r\n", 5);
+    if (!flush_chunk(sh, uc))
+        return false;
+    if (!tr || !tr->n_hdrs)
+        return tp_outq_push_static(sh, &uc->t.out, "0\r\n\r\n", 5);
+    if (!(b = tp_block_get(sh, tr->len + 4 * tr->n_hdrs + 8)))
+        return false;
+    tp_blk_lit(b, "0\r\n");
+    tp_req_trailer_fields(tr, &tp_h1_line_sink, b);
+    tp_blk_lit(b, "\r\n");
+    if (b->len > b->size || !tp_outq_push_block(sh, &uc->t.out, b)) {
+        tp_block_put(sh, b);
+        return false;
+    }
+    return true;
 }
 
 static void ux_flush(struct tp_shard *sh, struct tp_req *r)
@@ -568,7 +589,7 @@ static void uconn_on_sent(struct tp_shard *sh, struct tp_transport *t, int res)
         return; /* a TLS handshake message: the handshake stays under upstream_connect */
     if (tp_transport_pending(t) == 0 && (r->body_state == TP_BODY_DONE || r->body_state == TP_BODY_NONE))
         r->att.req_sent = true;
-    tp_transport_deadline(sh, t, sh->now_ms + r->limits.upstream_response_ms);
+    tp_transport_deadline(sh, t, tp_req_upstream_deadline(r, sh->now_ms, r->limits.upstream_response_ms));
     /* room towards the upstream again: read more of the client's body */
     if (r->body_state == TP_BODY_STREAM)
         r->ds->ops->resume_body(sh, r);
@@ -606,7 +627,7 @@ static void uconn_on_input(struct tp_shard *sh, struct tp_transport *t)
         return;
     }
     if (t->in.n)
-        t->deadline_ms = sh->now_ms + uc->req->limits.upstream_response_ms;
+        t->deadline_ms = tp_req_upstream_deadline(uc->req, sh->now_ms, uc->req->limits.upstream_response_ms);
     process_response(sh, uc);
 }
 
@@ -673,6 +694,10 @@ static bool on_response_head(struct tp_shard *sh, struct tp_uconn *uc)
         return false;
     bool has_body = !uc->skip_body && ri.framing != TP_FRAME_NONE;
     uc->mode = !has_body ? RM_NONE : ri.want_content ? RM_CONTENT : RM_RAW;
+    /* a chunked body may end in trailers: recorded for the request layer
+     * (grpc-status) and for clients that get them as fields (HTTP/2) */
+    if (has_body && ri.framing == TP_FRAME_CHUNKED)
+        tp_h1_parser_want_trailers(&uc->hp, RESP_HEAD_MAX);
     llhttp_resume(p);
     return true;
 }
@@ -692,6 +717,11 @@ static void response_done(struct tp_shard *sh, struct tp_uconn *uc)
             fail(sh, uc, TP_FAIL_RESET, -ENOMEM);
             return;
         }
+    }
+    const struct tp_head *tr = tp_h1_trailers(&uc->hp);
+    if (tr && !tp_proxy_response_trailers(sh, r, tr)) {
+        fail(sh, uc, TP_FAIL_RESET, -ENOMEM);
+        return;
     }
     detach(uc);
     uc->served++;
@@ -769,7 +799,7 @@ static void process_response(struct tp_shard *sh, struct tp_uconn *uc)
         const char *data = tp_rbuf_data(sh, e);
         uint32_t len = e->len, used;
         struct tp_bref ref = tp_rbuf_ref(e);
-        llhttp_errno_t rc = llhttp_execute(&uc->hp.p, data, len);
+        llhttp_errno_t rc = tp_h1_execute(&uc->hp, data, len);
         if (rc == HPE_PAUSED) {
             used = (uint32_t)(llhttp_get_error_pos(&uc->hp.p) - data);
         } else if (rc == HPE_OK) {

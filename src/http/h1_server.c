@@ -136,6 +136,7 @@ static void conn_on_closed(struct tp_shard *sh, struct tp_transport *t)
     struct tp_conn *c = conn_of(t);
 
     tp_shard_conn_closed(sh, c->ds.listener);
+    tp_h1_parser_dispose(&c->hp);
     tp_slab_free(sh, c);
 }
 
@@ -183,6 +184,7 @@ static bool start_request(struct tp_shard *sh, struct tp_conn *c)
     c->req = r;
     c->hp.head = &r->head; /* the parser's state carries over: pipelined requests follow each other */
     c->hp.head_done = c->hp.msg_done = false;
+    tp_h1_parser_want_trailers(&c->hp, 0);
     c->state = CS_HEAD;
     tp_transport_deadline(sh, &c->t, sh->now_ms + r->limits.client_header_ms);
     return true;
@@ -684,6 +686,8 @@ static void on_request_head(struct tp_shard *sh, struct tp_conn *c)
     if (p->flags & F_CHUNKED) {
         r->chunked = true;
         r->body_state = TP_BODY_STREAM;
+        /* its trailer section goes to the upstream in the last chunk */
+        tp_h1_parser_want_trailers(&c->hp, (uint32_t)r->limits.max_header_bytes);
     } else if (p->flags & F_CONTENT_LENGTH) {
         r->content_length = p->content_length;
         if (r->content_length > r->limits.max_body_bytes) {
@@ -777,7 +781,7 @@ static bool pump_body(struct tp_shard *sh, struct tp_conn *c)
         const char *data = tp_rbuf_data(sh, e);
         uint32_t len = e->len, used;
         c->exec_ref = tp_rbuf_ref(e);
-        llhttp_errno_t rc = llhttp_execute(&c->hp.p, data, len);
+        llhttp_errno_t rc = tp_h1_execute(&c->hp, data, len);
         if (rc == HPE_PAUSED) {
             used = (uint32_t)(llhttp_get_error_pos(&c->hp.p) - data);
         } else if (rc == HPE_OK) {
@@ -785,6 +789,8 @@ static bool pump_body(struct tp_shard *sh, struct tp_conn *c)
         } else {
             if (r->body_too_large)
                 tp_req_error(sh, r, 413, "request body too large", true);
+            else if (c->hp.trailers && c->hp.trailers->reason_text)
+                tp_req_error(sh, r, 400, c->hp.trailers->reason_text, true);
             else
                 tp_req_error(sh, r, 400, tp_h1_llhttp_reason(rc), true);
             return c->state != CS_CLOSING;
@@ -792,6 +798,7 @@ static bool pump_body(struct tp_shard *sh, struct tp_conn *c)
         r->bytes_in += used;
         tp_inq_consume(sh, &t->in, used);
         if (c->hp.msg_done) {
+            r->req_trailers = tp_h1_trailers(&c->hp);
             if (stream && !r->ux->body_end(sh, r)) {
                 t->rst = true;
                 conn_close(sh, c);

@@ -87,10 +87,12 @@ struct tp_h2_stream {
     struct tp_block *hblk; /* names and values; r->head.base points into it */
     uint64_t hlist;        /* header list size as RFC 9113 counts it */
     uint32_t n_cookie;
-    bool too_large;  /* over max_header_bytes: answered 431 */
-    bool bad;        /* a field the request layer cannot take: answered 400 */
-    bool dispatched; /* tp_req_dispatch ran */
-    bool req_ended;  /* END_STREAM received */
+    bool too_large;         /* over max_header_bytes: answered 431 */
+    bool bad;               /* a field the request layer cannot take: answered 400 */
+    bool dispatched;        /* tp_req_dispatch ran */
+    bool req_ended;         /* END_STREAM received */
+    struct tp_head *req_tr; /* the request's trailer section (copied), NULL: none */
+    uint32_t tr_size;       /* its size as RFC 9113 counts it */
     /* request body staged for the upstream */
     struct tp_block *body[H2_BODY_BLOCKS];
     uint8_t body_head, body_n;
@@ -314,6 +316,7 @@ static void stream_end(struct tp_shard *sh, struct tp_h2_stream *st)
     }
     if (st->hblk)
         tp_block_put(sh, st->hblk);
+    tp_trailers_free(st->req_tr);
     if (s->ng)
         nghttp2_session_set_stream_user_data(s->ng, st->id, NULL);
     if (st->prev)
@@ -446,6 +449,30 @@ static bool connection_specific(const uint8_t *name, size_t nlen, const uint8_t 
     }
 }
 
+/* A field of the request's trailer section: kept (copied) for the exchange,
+ * which sends it after the body when the body goes chunked. */
+static int on_trailer(struct tp_h2_session *s, struct tp_h2_stream *st, const uint8_t *name, size_t nlen,
+                      const uint8_t *value, size_t vlen)
+{
+    struct tp_req *r = st->r;
+
+    if (r->body_state != TP_BODY_STREAM)
+        return 0; /* the request is not forwarded (any more): nothing to relay them with */
+    st->tr_size += (uint32_t)(nlen + vlen + 32);
+    if (connection_specific(name, nlen, value, vlen) || st->tr_size > s->max_header_bytes) {
+        /* a hop-by-hop field, or a section over max_header_bytes: the stream goes */
+        stream_reset(st, st->tr_size > s->max_header_bytes ? NGHTTP2_CANCEL : NGHTTP2_PROTOCOL_ERROR);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    if ((!st->req_tr && !(st->req_tr = tp_trailers_new())) ||
+        !tp_trailers_add(st->req_tr, (const char *)name, nlen, (const char *)value, vlen,
+                         s->max_header_bytes)) {
+        stream_reset(st, NGHTTP2_INTERNAL_ERROR);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    return 0;
+}
+
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *user)
 {
     struct tp_h2_session *s = user;
@@ -472,7 +499,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     if (!st || !st->r)
         return 0;
     if (f->headers.cat != NGHTTP2_HCAT_REQUEST || st->dispatched)
-        return 0; /* trailers: not relayed to HTTP/1 upstreams (see docs/reference.md) */
+        return on_trailer(s, st, name, nlen, value, vlen);
     st->hlist += nlen + vlen + 32;
     if (st->hlist > (uint64_t)s->max_header_bytes * H2_HPACK_BOMB + 65536) {
         /* decoding goes on however large the list: a compressed bomb costs the
@@ -775,10 +802,15 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
             on_request_head(sh, st, end);
             return 0;
         }
-        /* trailers: the end of the request */
+        /* trailers: the end of the request; the exchange sends them after the body */
         if (end) {
+            if (st->req_tr && st->req_tr->n_hdrs)
+                st->r->req_trailers = st->req_tr;
             st->req_ended = true;
-            pump_body(sh, st);
+            if (st->r->body_state == TP_BODY_STREAM)
+                pump_body(sh, st);
+            else if (st->r->body_state == TP_BODY_DISCARD)
+                st->r->body_state = TP_BODY_DONE;
         }
         return 0;
     case NGHTTP2_DATA:

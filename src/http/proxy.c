@@ -323,6 +323,11 @@ void tp_proxy_failed(struct tp_shard *sh, struct tp_req *r, enum tp_fail_kind ki
 {
     struct tp_endpoint_state *st = r->att.ep ? r->att.ep->st : NULL;
     const char *what;
+    /* the call's own deadline (grpc-timeout) passed: a 504 that says nothing
+     * about the endpoint (a client asking for 1 ms must not open breakers),
+     * and no retry can help */
+    bool deadline = r->deadline_ms && sh->now_ms >= r->deadline_ms &&
+                    (kind == TP_FAIL_TIMEOUT || kind == TP_FAIL_CONNECT_TIMEOUT);
 
     if (st) {
         struct tp_ep_shard *es = &st->shard[sh->id];
@@ -338,7 +343,7 @@ void tp_proxy_failed(struct tp_shard *sh, struct tp_req *r, enum tp_fail_kind ki
                       fail_text(kind), r->id_len, r->id);
     }
     bool pooled_silent = r->att.reused && !r->att.resp_bytes;
-    attempt_end(sh, r, 0);
+    attempt_end(sh, r, deadline ? -1 : 0);
     if (r->resp_state == TP_RESP_HEAD && r->head_unflushed && r->ds->ops->unqueue_head(sh, r)) {
         /* the upstream failed right behind its head (a bad body in the same
          * read): the head never left, so the client can still get a 502 */
@@ -355,12 +360,16 @@ void tp_proxy_failed(struct tp_shard *sh, struct tp_req *r, enum tp_fail_kind ki
         r->ds->ops->abort(sh, r);
         return;
     }
-    if (can_retry(r, kind, pooled_silent)) {
+    if (!deadline && can_retry(r, kind, pooled_silent)) {
         attempt(sh, r);
         return;
     }
     upstream_release(r);
     bool close = r->body_state == TP_BODY_STREAM;
+    if (deadline) {
+        tp_req_error(sh, r, 504, "deadline exceeded (grpc-timeout)", close);
+        return;
+    }
     r->err = err;
     switch (kind) {
     case TP_FAIL_TIMEOUT:
@@ -449,11 +458,29 @@ bool tp_proxy_response_head(struct tp_shard *sh, struct tp_req *r, unsigned stat
             return false;
         }
     }
+    if (r->grpc) {
+        /* trailers-only (or an HTTP/1 upstream's head): the status is here */
+        size_t len;
+        const char *v = tp_head_value(h, "grpc-status", 11, &len);
+        if (v)
+            r->grpc_status = (uint8_t)tp_grpc_status_parse(v, len);
+    }
     if (!r->ds->ops->head(sh, r, status, h, ri)) {
         tp_proxy_failed(sh, r, TP_FAIL_INVALID, TP_EUPSTREAM);
         return false;
     }
     return true;
+}
+
+bool tp_proxy_response_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h)
+{
+    if (r->grpc) {
+        size_t len;
+        const char *v = tp_head_value(h, "grpc-status", 11, &len);
+        if (v)
+            r->grpc_status = (uint8_t)tp_grpc_status_parse(v, len);
+    }
+    return r->ds->ops->trailers(sh, r, h);
 }
 
 /*

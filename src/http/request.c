@@ -48,6 +48,7 @@ struct tp_req *tp_req_begin(struct tp_shard *sh, struct tp_ds *ds)
     r->start_ns = sh->now_ns;
     r->snap = tp_shard_snapshot_enter(sh);
     r->limits = hs->limits;
+    r->grpc_status = TP_GRPC_NONE;
     tp_stat_add(&hs->active_requests, 1);
     return r;
 }
@@ -94,6 +95,8 @@ void tp_req_end(struct tp_shard *sh, struct tp_req *r)
 
 void tp_req_error(struct tp_shard *sh, struct tp_req *r, unsigned status, const char *reason, bool close)
 {
+    if (r->grpc && r->resp_state == TP_RESP_NONE)
+        r->grpc_status = (uint8_t)tp_grpc_status(status); /* the answer goes in gRPC form */
     r->ds->ops->error(sh, r, status, reason, close);
 }
 
@@ -390,6 +393,23 @@ static void upgrade_offer(struct tp_req *r)
     }
 }
 
+/*
+ * A gRPC call's grpc-timeout becomes its deadline: the upstream waits are
+ * bounded by it (tp_req_upstream_deadline), and when it passes first the
+ * answer is 504, DEADLINE_EXCEEDED in gRPC form. upstream_response still
+ * applies as it does to every request. A malformed value is ignored, as
+ * Envoy does: the upstream gets the header unchanged and judges it itself.
+ */
+static void grpc_deadline(struct tp_shard *sh, struct tp_req *r)
+{
+    size_t len;
+    uint64_t ms;
+    const char *v = tp_head_value(&r->head, "grpc-timeout", 12, &len);
+
+    if (v && tp_grpc_timeout_parse(v, len, &ms))
+        r->deadline_ms = sh->now_ms + ms;
+}
+
 void tp_req_dispatch(struct tp_shard *sh, struct tp_req *r, const char *path, size_t path_len)
 {
     const char *q = memchr(path, '?', path_len);
@@ -426,6 +446,8 @@ void tp_req_dispatch(struct tp_shard *sh, struct tp_req *r, const char *path, si
     }
     if (r->upgrade_req)
         upgrade_offer(r);
+    if (r->grpc)
+        grpc_deadline(sh, r);
     tp_proxy_start(sh, r);
 }
 
@@ -674,6 +696,8 @@ void tp_req_count(struct tp_shard *sh, struct tp_req *r)
         return;
     r->counted = true;
     tp_stat_add(&rs->requests[tp_status_class(r->status)], 1);
+    if (r->grpc_status != TP_GRPC_NONE)
+        tp_stat_add(&rs->grpc[r->grpc_status], 1);
     tp_hist_observe(&rs->duration, (sh->now_ns - r->start_ns) / 1000);
 }
 
@@ -705,6 +729,7 @@ static void req_record(struct tp_shard *sh, struct tp_req *r)
         .endpoint = r->last_ep ? r->last_ep->cfg->addr.text : NULL,
         .has_upstream_ns = r->last_ep != NULL || r->names,
         .upstream_ns = r->up_ns,
+        .grpc_status = r->grpc_status == TP_GRPC_NONE ? -1 : r->grpc_status,
         .error = r->error,
         .cause = r->error && r->err ? tp_strerror(r->err) : NULL,
     };

@@ -240,16 +240,20 @@ struct tp_req {
     bool aborted;        /* the upstream side failed after the response started */
     bool force_fresh;    /* next attempt on a new connection, not a pooled one */
     bool fresh_retry_done;
-    bool head_cl_seen;      /* the client sent Content-Length */
-    bool head_parsed;       /* the request head was complete and parsed */
-    bool head_unflushed;    /* the response head is the last thing queued, not handed to the kernel */
-    bool uhead_open;        /* uhead lacks Host and its end: each attempt adds the endpoint's */
-    bool upgrade_req;       /* the client asked to switch protocols (Upgrade + Connection: upgrade) */
-    bool counted;           /* metrics recorded already (a tunnel's, at its 101) */
-    bool grpc;              /* content-type application/grpc: gateway answers in gRPC form */
-    bool h2;                /* the client speaks HTTP/2 (http_minor is then meaningless) */
-    uint8_t upg_len;        /* bytes in upg */
-    char upg[63];           /* Upgrade tokens offered to the upstream (the route allows them) */
+    bool head_cl_seen;    /* the client sent Content-Length */
+    bool head_parsed;     /* the request head was complete and parsed */
+    bool head_unflushed;  /* the response head is the last thing queued, not handed to the kernel */
+    bool uhead_open;      /* uhead lacks Host and its end: each attempt adds the endpoint's */
+    bool upgrade_req;     /* the client asked to switch protocols (Upgrade + Connection: upgrade) */
+    bool counted;         /* metrics recorded already (a tunnel's, at its 101) */
+    bool grpc;            /* content-type application/grpc: gateway answers in gRPC form */
+    bool h2;              /* the client speaks HTTP/2 (http_minor is then meaningless) */
+    uint8_t grpc_status;  /* gRPC calls: the response's grpc-status (0..16, TP_GRPC_OTHER), TP_GRPC_NONE */
+    uint64_t deadline_ms; /* [ms] the call's deadline from its grpc-timeout; 0: none */
+    const struct tp_head *req_trailers; /* the request's trailer section (the downstream session's), given
+                                           before ux->body_end; NULL: none */
+    uint8_t upg_len;                    /* bytes in upg */
+    char upg[63];                       /* Upgrade tokens offered to the upstream (the route allows them) */
     struct tp_block *names; /* a tunnel's route, upstream, endpoint and subject names for its log line */
     struct tp_jwt_claims *claims;          /* the JWT's claims (routes with auth), one reference */
     const struct tp_apikey *apikey;        /* the API key (routes with auth), in r->snap's table */
@@ -369,6 +373,13 @@ void tp_proxy_failed(struct tp_shard *sh, struct tp_req *r, enum tp_fail_kind ki
  */
 bool tp_proxy_response_head(struct tp_shard *sh, struct tp_req *r, unsigned status, struct tp_head *h,
                             struct tp_resp_info *ri);
+/**
+ * The response's trailer section <h> arrived (after its body, before
+ * tp_proxy_response_done): noted (grpc-status) and handed to the downstream
+ * session. Returns false when the session could not take it (out of memory):
+ * the exchange fails the attempt.
+ */
+bool tp_proxy_response_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h);
 /** The response is complete; the exchange has released its connection. */
 void tp_proxy_response_done(struct tp_shard *sh, struct tp_req *r);
 /**
@@ -377,6 +388,17 @@ void tp_proxy_response_done(struct tp_shard *sh, struct tp_req *r);
  * transport <ut>, detached from <r>; the request becomes a tunnel.
  */
 void tp_proxy_upgraded(struct tp_shard *sh, struct tp_req *r, struct tp_transport *ut);
+
+/**
+ * When the exchange must have heard from the upstream, counting from
+ * <now_ms>: <after_ms> later (upstream_connect or upstream_response), or the
+ * call's deadline (grpc-timeout) when that comes first.
+ */
+static inline uint64_t tp_req_upstream_deadline(const struct tp_req *r, uint64_t now_ms, uint64_t after_ms)
+{
+    uint64_t d = now_ms + after_ms;
+    return r->deadline_ms && r->deadline_ms < d ? r->deadline_ms : d;
+}
 
 /** Records <r>'s metrics (route counters, duration) now rather than at its end. */
 void tp_req_count(struct tp_shard *sh, struct tp_req *r);

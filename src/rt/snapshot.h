@@ -90,6 +90,7 @@ struct tp_route_stats {
     tp_stat_t tunnels_active; /* gauge: +1 when a tunnel starts, -1 when it ends (or its route goes) */
     tp_stat_t tunnels_total;
     tp_stat_t auth_rejected[4]; /* by reason: missing, invalid, expired, forbidden */
+    tp_stat_t grpc[18];         /* gRPC calls by grpc-status 0..16, [17] any other value */
     struct tp_hist duration;
 } __attribute__((aligned(TP_CACHELINE)));
 
