@@ -11,15 +11,21 @@ Two parts:
     grpc.insecure_channel to the gateway: the four call kinds, deadlines,
     statuses, metadata, large messages, gateway-made errors.
 """
+import hashlib
 import json
+import os
 import struct
+import subprocess
+import tempfile
 import threading
 import time
+from concurrent import futures
 
+import grpc
 import pytest
 
-from test_h2 import H2Client, start
-from tp_harness import T, build_response, upstream_cfg, wait_until
+from test_h2 import H2Client, cert, start  # noqa: F401  (cert: the TLS fixture)
+from tp_harness import T, build_response, free_port, upstream_cfg, wait_until
 from tp_hostile import hostile
 from tp_more import metrics
 
@@ -195,3 +201,245 @@ def test_grpc_status_metric_access_log_and_gateway_answers(h, tmp_path):
     assert got == [("/pkg.Svc/Seven", 7), ("/pkg.Svc/Odd", None), ("/elsewhere", 12),
                    ("/elsewhere", "absent")], got
     c.close()
+
+
+# --------------------------------------------------------------------------
+# python3-grpcio end to end: protocol: h2c upstreams
+# --------------------------------------------------------------------------
+
+BIG = 16 << 20
+CHANNEL_OPTS = [("grpc.max_receive_message_length", BIG), ("grpc.max_send_message_length", BIG),
+                ("grpc.enable_retries", 0)]
+SERVICES = ("test.Echo", "test.Limited", "test.Auth")
+API_KEY = "ak-grpc-" + "7" * 24
+
+
+def ident(b):
+    return b
+
+
+def h2c_upstreams_supported():
+    """Does this turnpike accept `protocol: h2c` (upstream HTTP/2)?"""
+    binary = os.environ.get("TURNPIKE_BIN")
+    if not binary:
+        return False
+    cfg = ('{"listeners": [{"name": "p", "address": "127.0.0.1:1"}], "upstreams": [{"name": "g", '
+           '"protocol": "h2c", "endpoints": [{"address": "127.0.0.1:2"}]}], "routes": [{"upstream": "g"}]}')
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(cfg)
+        f.flush()
+        return subprocess.run([binary, "-t", "-c", f.name], capture_output=True, timeout=60).returncode == 0
+
+
+needs_h2c = pytest.mark.skipif(not h2c_upstreams_supported(),
+                               reason="this turnpike has no HTTP/2 upstreams (upstreams[].protocol: h2c)")
+
+
+class GrpcServer:
+    """A grpcio server with generic handlers (bytes in, bytes out) on 127.0.0.1:<ephemeral>."""
+
+    def __init__(self):
+        self.seen = []  # (method, metadata dict, time_remaining) per call
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=CHANNEL_OPTS)
+        handlers = {
+            "Unary": grpc.unary_unary_rpc_method_handler(self.unary, ident, ident),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(self.server_stream, ident, ident),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(self.client_stream, ident, ident),
+            "Bidi": grpc.stream_stream_rpc_method_handler(self.bidi, ident, ident),
+            "Fail": grpc.unary_unary_rpc_method_handler(self.fail, ident, ident),
+            "Slow": grpc.unary_unary_rpc_method_handler(self.slow, ident, ident),
+            "Meta": grpc.unary_unary_rpc_method_handler(self.meta, ident, ident),
+            "Big": grpc.unary_unary_rpc_method_handler(self.big, ident, ident),
+        }
+        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(s, handlers)
+                                              for s in SERVICES])
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def note(self, name, context):
+        with self.lock:
+            self.seen.append((name, dict(context.invocation_metadata()), context.time_remaining()))
+
+    def unary(self, req, context):
+        self.note("Unary", context)
+        return b"echo:" + req
+
+    def server_stream(self, req, context):
+        n = int(req)
+        for i in range(n):
+            yield b"item-%d" % i
+
+    def client_stream(self, it, context):
+        parts = list(it)
+        return b"%d messages, %d bytes" % (len(parts), sum(len(p) for p in parts))
+
+    def bidi(self, it, context):
+        for m in it:
+            yield m.upper()
+
+    def fail(self, req, context):
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + req.decode())
+
+    def slow(self, req, context):
+        self.note("Slow", context)
+        done = threading.Event()
+        context.add_callback(done.set)  # the call ended (deadline, cancel)
+        done.wait(T(30))
+        if not self.stop.is_set() and context.is_active():
+            return b"late"
+        return b""
+
+    def meta(self, req, context):
+        self.note("Meta", context)
+        context.send_initial_metadata((("x-init", "1"),))
+        context.set_trailing_metadata((("x-trail", "2"), ("x-trail-bin", b"\x00\x01\xff")))
+        return b"meta"
+
+    def big(self, req, context):
+        return bytes(reversed(req)) + b"!" * (3 << 20)
+
+    def close(self):
+        self.stop.set()
+        self.server.stop(grace=0).wait(T(10))
+
+
+@pytest.fixture
+def gsrv():
+    s = GrpcServer()
+    yield s
+    s.close()
+
+
+def gateway(h, srv, tls=None, **top):
+    keys = h.tmp_path / "grpc-keys.yaml"
+    keys.write_text(f"- name: client\n  sha256: {hashlib.sha256(API_KEY.encode()).hexdigest()}\n")
+    ups = [{"name": "grpc", "protocol": "h2c", "endpoints": [{"address": f"127.0.0.1:{srv.port}"}]},
+           {"name": "down", "protocol": "h2c", "endpoints": [{"address": f"127.0.0.1:{free_port()}"}]}]
+    rts = [{"name": "echo", "match": {"path_prefix": "/test.Echo/"}, "upstream": "grpc"},
+           {"name": "limited", "match": {"path_prefix": "/test.Limited/"}, "upstream": "grpc",
+            "rate_limit": {"rate": "1/h", "burst": 1}},
+           {"name": "authd", "match": {"path_prefix": "/test.Auth/"}, "upstream": "grpc",
+            "auth": {"provider": "keys"}},
+           {"name": "down", "match": {"path_prefix": "/test.Down/"}, "upstream": "down"}]
+    cfg = {"upstreams": ups, "routes": rts, "auth": [{"name": "keys", "api_key": {"keys": str(keys)}}]}
+    cfg.update(top)
+    return start(h, cfg, tls=tls)
+
+
+def channel(tp):
+    return grpc.insecure_channel(f"127.0.0.1:{tp.port}", options=CHANNEL_OPTS)
+
+
+def call(ch, method, kind="uu"):
+    make = {"uu": ch.unary_unary, "us": ch.unary_stream, "su": ch.stream_unary, "ss": ch.stream_stream}[kind]
+    return make(method, request_serializer=ident, response_deserializer=ident)
+
+
+def rpc_error(fn, *args, **kw):
+    with pytest.raises(grpc.RpcError) as ei:
+        fn(*args, **kw)
+    return ei.value
+
+
+@needs_h2c
+def test_four_kinds_of_call(h, gsrv):
+    tp = gateway(h, gsrv)
+    with channel(tp) as ch:
+        assert call(ch, "/test.Echo/Unary")(b"hi", timeout=T(10)) == b"echo:hi"
+        assert list(call(ch, "/test.Echo/ServerStream", "us")(b"50", timeout=T(10))) == \
+            [b"item-%d" % i for i in range(50)]
+        msgs = [b"x" * i for i in range(1, 40)]
+        assert call(ch, "/test.Echo/ClientStream", "su")(iter(msgs), timeout=T(10)) == \
+            b"39 messages, %d bytes" % sum(len(m) for m in msgs)
+        assert list(call(ch, "/test.Echo/Bidi", "ss")(iter([b"a", b"bc", b"def"] * 20), timeout=T(10))) == \
+            [b"A", b"BC", b"DEF"] * 20
+        # many concurrent calls on one connection
+        fut = [call(ch, "/test.Echo/Unary").future(b"%d" % i, timeout=T(20)) for i in range(64)]
+        assert [f.result() for f in fut] == [b"echo:%d" % i for i in range(64)]
+    wait_until(lambda: grpc_count(tp, 0, route="echo") == 68, T(10), what="68 OK calls counted")
+
+
+@needs_h2c
+def test_statuses_and_metadata_are_relayed(h, gsrv):
+    tp = gateway(h, gsrv)
+    with channel(tp) as ch:
+        e = rpc_error(call(ch, "/test.Echo/Fail"), b"widget", timeout=T(10))
+        assert e.code() == grpc.StatusCode.NOT_FOUND and e.details() == "no such thing: widget", e
+        resp, c = call(ch, "/test.Echo/Meta").with_call(
+            b"m", timeout=T(10), metadata=(("x-tenant", "t1"), ("x-blob-bin", b"\x00\x01\x02")))
+        assert resp == b"meta"
+        assert ("x-init", "1") in c.initial_metadata(), c.initial_metadata()
+        tm = dict(c.trailing_metadata())
+        assert tm.get("x-trail") == "2" and tm.get("x-trail-bin") == b"\x00\x01\xff", tm
+        _, md, _ = [s for s in gsrv.seen if s[0] == "Meta"][-1]
+        assert md.get("x-tenant") == "t1" and md.get("x-blob-bin") == b"\x00\x01\x02", md
+        assert "x-request-id" in md and "x-forwarded-for" in md, md
+    wait_until(lambda: grpc_count(tp, 5, route="echo") == 1, T(10), what="NOT_FOUND counted")
+    assert grpc_count(tp, 0, route="echo") == 1
+
+
+@needs_h2c
+def test_large_messages_both_ways(h, gsrv):
+    tp = gateway(h, gsrv)
+    big = bytes(range(256)) * (12 << 10)  # 3 MiB
+    with channel(tp) as ch:
+        out = call(ch, "/test.Echo/Big")(big, timeout=T(60))
+    assert out == bytes(reversed(big)) + b"!" * (3 << 20)
+
+
+@needs_h2c
+def test_client_deadline_reaches_the_upstream(h, gsrv):
+    tp = gateway(h, gsrv)
+    with channel(tp) as ch:
+        e = rpc_error(call(ch, "/test.Echo/Slow"), b"x", timeout=0.5)
+        assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
+    name, md, remaining = gsrv.seen[-1]
+    assert name == "Slow" and "grpc-timeout" in md and remaining is not None and remaining <= 0.5, gsrv.seen
+
+
+@needs_h2c
+def test_gateway_timeout_shorter_than_the_call(h, gsrv):
+    tp = gateway(h, gsrv, timeouts={"upstream_response": "300ms"})
+    with channel(tp) as ch:
+        e = rpc_error(call(ch, "/test.Echo/Slow"), b"x", timeout=T(20))
+    assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "upstream timeout" in e.details(), e
+    wait_until(lambda: grpc_count(tp, 4, route="echo") == 1, T(10), what="DEADLINE_EXCEEDED counted")
+
+
+@needs_h2c
+def test_gateway_made_errors_in_grpc_form(h, gsrv):
+    tp = gateway(h, gsrv)
+    with channel(tp) as ch:
+        e = rpc_error(call(ch, "/other.Svc/Unary"), b"x", timeout=T(10))
+        assert e.code() == grpc.StatusCode.UNIMPLEMENTED and e.details() == "no route", e
+        e = rpc_error(call(ch, "/test.Down/Unary"), b"x", timeout=T(10))
+        assert e.code() == grpc.StatusCode.UNAVAILABLE and "upstream connect failure" in e.details(), e
+        assert call(ch, "/test.Limited/Unary")(b"1", timeout=T(10)) == b"echo:1"
+        e = rpc_error(call(ch, "/test.Limited/Unary"), b"2", timeout=T(10))
+        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+        e = rpc_error(call(ch, "/test.Auth/Unary"), b"x", timeout=T(10))
+        assert e.code() == grpc.StatusCode.UNAUTHENTICATED and e.details() == "missing credential", e
+        assert call(ch, "/test.Auth/Unary")(b"k", timeout=T(10), metadata=(("x-api-key", API_KEY),)) == b"echo:k"
+    m = metrics(tp)
+    for route, code, n in (("unmatched", 12, 1), ("down", 14, 1), ("limited", 0, 1), ("limited", 8, 1),
+                           ("authd", 16, 1), ("authd", 0, 1)):
+        assert m.value("turnpike_grpc_responses_total", route=route, grpc_status=str(code)) == n, \
+            (route, code, m.grep("grpc_responses"))
+
+
+@needs_h2c
+def test_grpc_over_tls_listener_with_alpn_h2(h, gsrv, cert):
+    tls = {"certificates": [{"cert": str(cert / "c.pem"), "key": str(cert / "k.pem")}],
+           "alpn": ["h2", "http/1.1"]}
+    tp = gateway(h, gsrv, tls=tls)
+    creds = grpc.ssl_channel_credentials(root_certificates=(cert / "c.pem").read_bytes())
+    opts = CHANNEL_OPTS + [("grpc.ssl_target_name_override", "test.local")]
+    with grpc.secure_channel(f"127.0.0.1:{tp.port}", creds, options=opts) as ch:
+        assert call(ch, "/test.Echo/Unary")(b"tls", timeout=T(10)) == b"echo:tls"
+        assert list(call(ch, "/test.Echo/Bidi", "ss")(iter([b"q"] * 10), timeout=T(10))) == [b"Q"] * 10
+        e = rpc_error(call(ch, "/test.Echo/Fail"), b"t", timeout=T(10))
+        assert e.code() == grpc.StatusCode.NOT_FOUND, e
+    _, md, _ = gsrv.seen[-2] if gsrv.seen[-1][0] != "Unary" else gsrv.seen[-1]
+    assert md.get("x-forwarded-proto") == "https", md
