@@ -320,6 +320,13 @@ void tp_req_ids(struct tp_shard *sh, struct tp_req *r, bool from_head);
  */
 bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s, void *ctx);
 
+/**
+ * Appends the request target as the upstream gets it to <b> (tp_blk_put
+ * rules): origin-form, the route's strip_prefix removed, a credential taken
+ * from the query string (auth from: query:NAME) removed.
+ */
+void tp_req_upstream_target(const struct tp_req *r, struct tp_block *b);
+
 /** Receives one header field (name, value). */
 typedef void (*tp_field_fn)(void *ctx, const char *name, size_t nlen, const char *v, size_t vlen);
 
