@@ -476,6 +476,54 @@ static bool ds_body_block(struct tp_shard *sh, struct tp_req *r, struct tp_block
     return false;
 }
 
+/* Trailers fit only a body we chunk ourselves (OM_WRAP): they become the
+ * last chunk's trailer section, which ds_done then need not write. A body
+ * relayed chunked as received carries the upstream's own trailers already;
+ * anywhere else they are dropped. */
+static bool ds_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h)
+{
+    struct tp_conn *c = conn_of_req(r);
+    struct tp_block *b;
+
+    if (c->out_mode != OM_WRAP)
+        return true;
+    if (!(b = tp_block_get(sh, (size_t)h->len + 4u * h->n_hdrs + 8)))
+        return false;
+    b->len = 0;
+    tp_blk_lit(b, "0\r\n");
+    for (uint32_t i = 0; i < h->n_hdrs; i++) {
+        const struct tp_hdr *hd = &h->hdrs[i];
+        switch (hd->id) {
+        case TP_H_CONTENT_LENGTH:
+        case TP_H_TRANSFER_ENCODING:
+        case TP_H_CONNECTION:
+        case TP_H_KEEP_ALIVE:
+        case TP_H_PROXY_CONNECTION:
+        case TP_H_TE:
+        case TP_H_UPGRADE:
+        case TP_H_TRAILER:
+        case TP_H_HOST:
+            continue;
+        default:
+            break;
+        }
+        if (!hd->name.len || h->base[hd->name.off] == ':')
+            continue;
+        tp_blk_put(b, h->base + hd->name.off, hd->name.len);
+        tp_blk_lit(b, ": ");
+        tp_blk_put(b, h->base + hd->value.off, hd->value.len);
+        tp_blk_lit(b, "\r\n");
+    }
+    tp_blk_lit(b, "\r\n");
+    if (b->len > b->size || !tp_outq_push_block(sh, &c->t.out, b)) {
+        tp_block_put(sh, b);
+        return false;
+    }
+    r->bytes_out += b->len;
+    c->out_mode = OM_RAW; /* the last chunk is written */
+    return true;
+}
+
 static void ds_done(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_conn *c = conn_of_req(r);
@@ -545,6 +593,7 @@ static const struct tp_ds_ops h1_ds = {
     .head = ds_head,
     .body = ds_body,
     .body_block = ds_body_block,
+    .trailers = ds_trailers,
     .done = ds_done,
     .abort = ds_abort,
     .unqueue_head = ds_unqueue_head,

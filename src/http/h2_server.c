@@ -99,12 +99,14 @@ struct tp_h2_stream {
     /* the response */
     struct tp_block *hv_txt, *hv_nv; /* a response head held until the first flush */
     uint32_t hv_n;
-    bool head_pending; /* hv_* waits for the first flush */
-    bool resp_body;    /* the response has DATA */
-    bool resp_done;    /* the last byte of the response is queued */
-    bool deferred;     /* the data source said DEFERRED: resume when bytes come */
-    bool submitted;    /* a response (or a reset) went to nghttp2 */
-    bool want_resume;  /* the queue has room again: resume the exchange after the send */
+    bool head_pending;               /* hv_* waits for the first flush */
+    bool resp_body;                  /* the response has DATA */
+    bool resp_done;                  /* the last byte of the response is queued */
+    bool deferred;                   /* the data source said DEFERRED: resume when bytes come */
+    bool submitted;                  /* a response (or a reset) went to nghttp2 */
+    bool want_resume;                /* the queue has room again: resume the exchange after the send */
+    struct tp_block *tr_txt, *tr_nv; /* response trailers, submitted when the body's end is read */
+    uint32_t tr_n;
     struct h2_piece pc[H2_PIECES];
     uint8_t pc_head, pc_n;
     uint32_t queued; /* response bytes in pc[] */
@@ -138,6 +140,7 @@ static const struct tp_transport_ops h2_proto;
 static const struct tp_ds_ops h2_ds;
 
 static void s_send(struct tp_shard *sh, struct tp_h2_session *s);
+static inline nghttp2_nv *nv_array(const struct tp_block *b);
 static void s_kick(struct tp_shard *sh, struct tp_h2_session *s);
 static void s_close(struct tp_shard *sh, struct tp_h2_session *s);
 static bool ds_congested(const struct tp_req *r);
@@ -268,6 +271,15 @@ static void pieces_clear(struct tp_shard *sh, struct tp_h2_stream *st)
     st->queued = 0;
 }
 
+static void trailers_drop(struct tp_shard *sh, struct tp_h2_stream *st)
+{
+    if (st->tr_txt)
+        tp_block_put(sh, st->tr_txt);
+    if (st->tr_nv)
+        tp_block_put(sh, st->tr_nv);
+    st->tr_txt = st->tr_nv = NULL;
+}
+
 static void head_held_drop(struct tp_shard *sh, struct tp_h2_stream *st)
 {
     if (st->hv_txt)
@@ -292,6 +304,7 @@ static void stream_end(struct tp_shard *sh, struct tp_h2_stream *st)
     }
     pieces_clear(sh, st);
     head_held_drop(sh, st);
+    trailers_drop(sh, st);
     if (st->body_staged && s->ng)
         nghttp2_session_consume_connection(s->ng, st->body_staged);
     while (st->body_n) {
@@ -888,8 +901,6 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     struct tp_h2_stream *st = src->ptr;
     size_t n = 0;
 
-    (void)ng;
-    (void)id;
     (void)buf;
     (void)user;
     for (unsigned i = 0; i < st->pc_n && i < H2_PIECES_FRAME && n < len; i++)
@@ -902,8 +913,17 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     }
     if (n)
         *dflags |= NGHTTP2_DATA_FLAG_NO_COPY;
-    if (st->resp_done && n == st->queued)
+    if (st->resp_done && n == st->queued) {
         *dflags |= NGHTTP2_DATA_FLAG_EOF;
+        if (st->tr_nv) {
+            /* the trailers end the stream instead (nghttp2 copies the fields) */
+            *dflags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            int rv = nghttp2_submit_trailer(ng, id, nv_array(st->tr_nv), st->tr_n);
+            trailers_drop(tp_self, st);
+            if (rv != 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+    }
     return (ssize_t)n;
 }
 
@@ -1444,6 +1464,40 @@ static void ds_flush(struct tp_shard *sh, struct tp_req *r)
     flush_stream(sh, r, stream_of_req(r));
 }
 
+/* Trailers are held until the data source reads the body's end, which then
+ * submits them (a HEADERS frame submitted earlier would overtake the DATA).
+ * A response whose head ended the stream cannot carry them: dropped. */
+static bool ds_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h)
+{
+    struct tp_h2_stream *st = stream_of_req(r);
+    struct nv_build nb;
+
+    if (!st->resp_body || st->tr_nv || !h->n_hdrs)
+        return true;
+    if (!nvb_init(sh, &nb, h->len + 64, h->n_hdrs + 1))
+        return false;
+    for (uint32_t i = 0; i < h->n_hdrs; i++) {
+        const struct tp_hdr *hd = &h->hdrs[i];
+        const char *name = h->base + hd->name.off;
+        if (!hd->name.len || name[0] == ':' || hd->id == TP_H_CONTENT_LENGTH || hd->id == TP_H_HOST ||
+            hd->id == TP_H_TRAILER)
+            continue;
+        nvb_add(&nb, name, hd->name.len, h->base + hd->value.off, hd->value.len);
+    }
+    if (!nvb_ok(&nb)) {
+        nvb_drop(sh, &nb);
+        return false;
+    }
+    if (!nb.n) {
+        nvb_drop(sh, &nb);
+        return true;
+    }
+    st->tr_txt = nb.txt;
+    st->tr_nv = nb.nvb;
+    st->tr_n = nb.n;
+    return true;
+}
+
 static void ds_done(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_h2_stream *st = stream_of_req(r);
@@ -1495,6 +1549,7 @@ static const struct tp_ds_ops h2_ds = {
     .head = ds_head,
     .body = ds_body,
     .body_block = ds_body_block,
+    .trailers = ds_trailers,
     .done = ds_done,
     .abort = ds_abort,
     .unqueue_head = ds_unqueue_head,

@@ -94,6 +94,15 @@ struct tp_ds_ops {
     bool (*body)(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, const char *p, uint32_t len);
     /** Queues body bytes held in block <b> (reference taken over). false: out of memory. */
     bool (*body_block)(struct tp_shard *sh, struct tp_req *r, struct tp_block *b);
+    /**
+     * Trailer fields of the response (<h>: names and values; pseudo-headers
+     * and framing fields are not among them), after the last body call and
+     * before done. The session passes them on where its framing can carry
+     * them (HTTP/2: a HEADERS frame ending the stream; HTTP/1.1: the last
+     * chunk, when it frames the body chunked itself) and drops them
+     * otherwise. false: out of memory (the caller fails the attempt).
+     */
+    bool (*trailers)(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h);
     /** The response is complete: finish it (the request may end here). */
     void (*done)(struct tp_shard *sh, struct tp_req *r);
     /** The response cannot complete after it started: cut it short (reset). Ends the request. */
