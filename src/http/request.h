@@ -32,6 +32,8 @@ struct tp_req;
 struct tp_transport;
 struct tp_h2_session;
 struct tp_h2_stream;
+struct tp_h2c_conn;
+struct h2c_stream;
 struct tp_jwt_claims;
 struct tp_apikey;
 
@@ -184,6 +186,8 @@ enum tp_fail_kind {
     TP_FAIL_TIMEOUT, /* upstream_response passed */
     TP_FAIL_INVALID, /* unparsable response */
     TP_FAIL_STATUS,  /* a 502/503/504 that retries.on names */
+    TP_FAIL_REFUSED, /* HTTP/2: the upstream did not process the stream (REFUSED_STREAM, above a GOAWAY's
+                        last stream id, never sent): safe to retry whatever the method (RFC 9113 8.7) */
 };
 
 /**
@@ -283,6 +287,10 @@ struct tp_http_shard {
     struct tp_h2_session *h2_kick;     /* HTTP/2 connections with output to write this iteration */
     struct tp_h2_stream *h2_free;      /* free HTTP/2 stream objects */
     uint32_t n_h2_free;
+    int slab_h2c;                 /* slab id of upstream HTTP/2 connections */
+    struct tp_h2c_conn *h2c_kick; /* upstream HTTP/2 connections with output to write this iteration */
+    struct h2c_stream *h2c_free;  /* free upstream HTTP/2 stream objects */
+    uint32_t n_h2c_free;
 };
 
 /** The HTTP layer's state of shard <sh>. [any: counters are read by the control thread] */
