@@ -415,6 +415,11 @@ static void rfc3339(char *out, size_t cap, uint64_t real_ns)
     snprintf(out + n, cap - n, ".%03lluZ", (unsigned long long)(real_ns / 1000000ull % 1000));
 }
 
+static const char *protocol_name(enum tp_upstream_protocol p)
+{
+    return p == TP_UPROTO_H2C ? "h2c" : p == TP_UPROTO_H2 ? "h2" : "http1";
+}
+
 static const char *balance_name(enum tp_balance b)
 {
     return b == TP_BALANCE_LEAST_REQUEST ? "least_request" : b == TP_BALANCE_HASH ? "hash" : "round_robin";
@@ -508,11 +513,11 @@ void tp_config_render(struct tp_abuf *b)
         const struct tp_rt_upstream *up = &s->ups[u];
         tp_abuf_printf(b, "%s{\"name\":", u ? "," : "");
         tp_abuf_json_str(b, up->cfg->name);
-        tp_abuf_printf(
-            b,
-            ",\"balance\":\"%s\",\"keepalive\":%u,\"health_check\":%s,\"circuit_breaker\":%s,\"endpoints\":[",
-            balance_name(up->cfg->balance), up->cfg->keepalive, up->cfg->health_check ? "true" : "false",
-            up->cfg->circuit_breaker ? "true" : "false");
+        tp_abuf_printf(b,
+                       ",\"protocol\":\"%s\",\"balance\":\"%s\",\"keepalive\":%u,\"health_check\":%s,"
+                       "\"circuit_breaker\":%s,\"endpoints\":[",
+                       protocol_name(up->cfg->protocol), balance_name(up->cfg->balance), up->cfg->keepalive,
+                       up->cfg->health_check ? "true" : "false", up->cfg->circuit_breaker ? "true" : "false");
         for (size_t e = 0; e < up->n_eps; e++) {
             const struct tp_rt_endpoint *ep = &up->eps[e];
             int cs = ep->breaker ? tp_breaker_state(ep->breaker, now_ms) : 0;

@@ -241,61 +241,17 @@ static struct tp_uconn *pool_take(struct tp_shard *sh, struct tp_endpoint_state 
 /* the request head                                                    */
 /* ------------------------------------------------------------------ */
 
-/* The target as it goes out: as received, except that a credential taken
- * from the query string (auth from: query:NAME) is removed from it. */
-static void write_target(struct tp_block *b, const struct tp_req *r, const char *target, size_t tlen)
-{
-    size_t nl;
-    const char *name = tp_req_auth_query(r, &nl);
-    const char *q = name ? memchr(target, '?', tlen) : NULL;
-
-    if (!q) {
-        tp_blk_put(b, target, tlen);
-        return;
-    }
-    const char *e = target + tlen;
-    char sep = '?';
-    tp_blk_put(b, target, (size_t)(q - target));
-    for (const char *s = q + 1; s < e;) {
-        const char *amp = memchr(s, '&', (size_t)(e - s));
-        const char *end = amp ? amp : e;
-        const char *eq = memchr(s, '=', (size_t)(end - s));
-        if (!(eq && (size_t)(eq - s) == nl && memcmp(s, name, nl) == 0) && end > s) {
-            tp_blk_put(b, &sep, 1);
-            tp_blk_put(b, s, (size_t)(end - s));
-            sep = '&';
-        }
-        s = end + 1;
-    }
-}
-
 /* Writes the request head for the upstream into <b> (b->len says how much it
  * needed, which may exceed b->size: the caller then retries larger). The
  * final empty line is left out when no Host was written: each attempt adds
  * its endpoint's. */
 static bool write_request_head(struct tp_block *b, struct tp_req *r)
 {
-    const struct tp_head *h = &r->head;
-    const struct tp_rt_route *rt = r->route;
-    const char *target = h->base + h->url.off + r->abs_path_off;
-    size_t tlen = h->url.len - r->abs_path_off;
     const char *method = llhttp_method_name((llhttp_method_t)r->method);
 
     tp_blk_put(b, method, strlen(method));
     tp_blk_lit(b, " ");
-    /* strip_prefix: "/users/7?x" with "/users" -> "/7?x"; "/users" -> "/" */
-    if (rt->strip_len && tlen >= rt->strip_len && memcmp(target, rt->cfg->strip_prefix, rt->strip_len) == 0 &&
-        (tlen == rt->strip_len || target[rt->strip_len] == '/' || target[rt->strip_len] == '?' ||
-         rt->cfg->strip_prefix[rt->strip_len - 1] == '/')) {
-        target += rt->strip_len;
-        tlen -= rt->strip_len;
-        /* keep the path absolute */
-        if (rt->cfg->strip_prefix[rt->strip_len - 1] == '/' || tlen == 0 || target[0] == '?')
-            tp_blk_lit(b, "/");
-    } else if (tlen == 0 || target[0] == '?') {
-        tp_blk_lit(b, "/");
-    }
-    write_target(b, r, target, tlen);
+    tp_req_upstream_target(r, b);
     tp_blk_lit(b, " HTTP/1.1\r\n");
 
     bool has_host = tp_req_upstream_headers(r, &tp_h1_line_sink, b);

@@ -142,6 +142,7 @@ static const struct tp_transport_ops h2_proto;
 static const struct tp_ds_ops h2_ds;
 
 static void s_send(struct tp_shard *sh, struct tp_h2_session *s);
+static inline nghttp2_nv *nv_array(const struct tp_block *b);
 static void s_kick(struct tp_shard *sh, struct tp_h2_session *s);
 static void s_close(struct tp_shard *sh, struct tp_h2_session *s);
 static bool ds_congested(const struct tp_req *r);
@@ -925,8 +926,6 @@ static ssize_t send_cb(nghttp2_session *ng, const uint8_t *data, size_t len, int
     return done ? (ssize_t)done : NGHTTP2_ERR_WOULDBLOCK;
 }
 
-static inline nghttp2_nv *nv_array(const struct tp_block *b);
-
 /* The data source of a response: as much as queued (at most H2_PIECES_FRAME
  * slices per frame), sent without a copy by send_data_cb. */
 static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *dflags,
@@ -951,10 +950,14 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     if (st->resp_done && n == st->queued) {
         *dflags |= NGHTTP2_DATA_FLAG_EOF;
         if (st->tr_nv) {
-            /* the trailers end the stream instead (submitting them from here is allowed) */
-            if (nghttp2_submit_trailer(ng, st->id, nv_array(st->tr_nv), st->tr_n) == 0)
-                *dflags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            /* the trailers end the stream instead (submitting them from here is
+             * allowed; nghttp2 copies the fields); if that fails the stream is
+             * reset rather than ended without them (a gRPC status lives there) */
+            *dflags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            int rv = nghttp2_submit_trailer(ng, st->id, nv_array(st->tr_nv), st->tr_n);
             trailers_drop(tp_self, st);
+            if (rv != 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
     }
     return (ssize_t)n;

@@ -32,6 +32,8 @@ struct tp_req;
 struct tp_transport;
 struct tp_h2_session;
 struct tp_h2_stream;
+struct tp_h2c_conn;
+struct h2c_stream;
 struct tp_jwt_claims;
 struct tp_apikey;
 
@@ -184,6 +186,8 @@ enum tp_fail_kind {
     TP_FAIL_TIMEOUT, /* upstream_response passed */
     TP_FAIL_INVALID, /* unparsable response */
     TP_FAIL_STATUS,  /* a 502/503/504 that retries.on names */
+    TP_FAIL_REFUSED, /* HTTP/2: the upstream did not process the stream (REFUSED_STREAM, above a GOAWAY's
+                        last stream id, never sent): safe to retry whatever the method (RFC 9113 8.7) */
 };
 
 /**
@@ -287,6 +291,10 @@ struct tp_http_shard {
     struct tp_h2_session *h2_kick;     /* HTTP/2 connections with output to write this iteration */
     struct tp_h2_stream *h2_free;      /* free HTTP/2 stream objects */
     uint32_t n_h2_free;
+    int slab_h2c;                 /* slab id of upstream HTTP/2 connections */
+    struct tp_h2c_conn *h2c_kick; /* upstream HTTP/2 connections with output to write this iteration */
+    struct h2c_stream *h2c_free;  /* free upstream HTTP/2 stream objects */
+    uint32_t n_h2c_free;
 };
 
 /** The HTTP layer's state of shard <sh>. [any: counters are read by the control thread] */
@@ -332,6 +340,13 @@ void tp_req_ids(struct tp_shard *sh, struct tp_req *r, bool from_head);
  * then names the endpoint it connects to. Framing headers are the exchange's.
  */
 bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s, void *ctx);
+
+/**
+ * Appends the request target as the upstream gets it to <b> (tp_blk_put
+ * rules): origin-form, the route's strip_prefix removed, a credential taken
+ * from the query string (auth from: query:NAME) removed.
+ */
+void tp_req_upstream_target(const struct tp_req *r, struct tp_block *b);
 
 /** Receives one header field (name, value). */
 typedef void (*tp_field_fn)(void *ctx, const char *name, size_t nlen, const char *v, size_t vlen);

@@ -97,6 +97,7 @@ struct tp_route_stats {
 /** Per-shard state of one endpoint. [shard i only, except counters read by control] */
 struct tp_ep_shard {
     void *idle;            /* keepalive pool of the shard's upstream exchange (LIFO head) */
+    void *h2;              /* the shard's HTTP/2 connections to the endpoint (h2_client.c) */
     tp_stat_t idle_count;  /* connections in it */
     tp_stat_t requests[5]; /* upstream responses by class */
     tp_stat_t connect_failures;
