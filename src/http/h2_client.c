@@ -400,7 +400,7 @@ static struct h2c_stream *stream_new(struct tp_shard *sh, struct tp_h2c_conn *c,
     st->has_body = r->body_state != TP_BODY_NONE;
     st->body_end = r->body_state == TP_BODY_DONE;
     st->no_body = r->method == HTTP_HEAD;
-    st->deadline_ms = sh->now_ms + r->limits.upstream_response_ms;
+    st->deadline_ms = tp_req_upstream_deadline(r, sh->now_ms, r->limits.upstream_response_ms);
     st->next = c->streams;
     if (c->streams)
         c->streams->prev = st;
@@ -725,7 +725,7 @@ static bool stream_submit(struct tp_shard *sh, struct tp_h2c_conn *c, struct h2c
         c->n_queued--;
     st->id = id;
     c->n_open++;
-    st->deadline_ms = sh->now_ms + r->limits.upstream_response_ms;
+    st->deadline_ms = tp_req_upstream_deadline(r, sh->now_ms, r->limits.upstream_response_ms);
     if (st->deadline_ms < c->t.deadline_ms || !c->t.deadline_ms)
         tp_transport_deadline(sh, &c->t, st->deadline_ms);
     c_kick(sh, c);
@@ -889,7 +889,7 @@ static void unstage(struct tp_shard *sh, struct h2c_stream *st)
     if (moved) {
         r->head_unflushed = false;
         r->ds->ops->flush(sh, r);
-        st->deadline_ms = sh->now_ms + r->limits.upstream_response_ms;
+        st->deadline_ms = tp_req_upstream_deadline(r, sh->now_ms, r->limits.upstream_response_ms);
         if (!st->closed && c->state != HC_CLOSING) {
             nghttp2_session_consume_stream(c->ng, st->id, moved);
             c_kick(sh, c); /* WINDOW_UPDATE */
@@ -940,7 +940,7 @@ static void stream_finish(struct tp_shard *sh, struct h2c_stream *st)
         st->tr_pending = false;
         st->head.base = st->hblk ? st->hblk->data : "";
         st->head.len = st->hblk ? st->hblk->len : 0;
-        bool ok = !r->ds->ops->trailers || r->ds->ops->trailers(sh, r, &st->head);
+        bool ok = tp_proxy_response_trailers(sh, r, &st->head);
         head_clear(sh, st);
         if (!ok) {
             stream_fail(sh, st, TP_FAIL_RESET, -ENOMEM, NGHTTP2_INTERNAL_ERROR);
@@ -1050,7 +1050,7 @@ static void on_head_block(struct tp_shard *sh, struct h2c_stream *st, bool end)
     struct tp_head *h = &st->head;
 
     r->att.resp_bytes = true;
-    st->deadline_ms = sh->now_ms + r->limits.upstream_response_ms;
+    st->deadline_ms = tp_req_upstream_deadline(r, sh->now_ms, r->limits.upstream_response_ms);
     if (st->head_bad) {
         head_clear(sh, st);
         stream_fail(sh, st, TP_FAIL_INVALID, TP_EUPSTREAM, NGHTTP2_INTERNAL_ERROR);
@@ -1138,7 +1138,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
         return 0;
     }
     r->att.resp_bytes = true;
-    st->deadline_ms = sh->now_ms + r->limits.upstream_response_ms;
+    st->deadline_ms = tp_req_upstream_deadline(r, sh->now_ms, r->limits.upstream_response_ms);
     if (!st->st_n && !r->ds->ops->congested(r)) {
         /* the client side takes it: relayed without a copy */
         if (!r->ds->ops->body(sh, r, c->cur, (const char *)data, (uint32_t)len)) {
@@ -1264,7 +1264,7 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *user
     if (f->hd.flags & NGHTTP2_FLAG_END_STREAM)
         st->sent_end = true;
     if (st->r) {
-        st->deadline_ms = sh->now_ms + st->r->limits.upstream_response_ms;
+        st->deadline_ms = tp_req_upstream_deadline(st->r, sh->now_ms, st->r->limits.upstream_response_ms);
         if (f->hd.flags & NGHTTP2_FLAG_END_STREAM)
             st->r->att.req_sent = true;
     }
@@ -1374,6 +1374,73 @@ static ssize_t send_cb(nghttp2_session *ng, const uint8_t *data, size_t len, int
 }
 
 /* The request body's data source: as much as queued, sent without a copy. */
+/* The request's trailer fields as nghttp2_nv (names lowercased), built in one block. */
+struct tr_build {
+    nghttp2_nv *nv;
+    uint32_t n, cap;
+    char *txt;
+    size_t used, size;
+    bool over;
+};
+
+static void trb_name(void *ctx, const char *p, size_t n)
+{
+    struct tr_build *t = ctx;
+
+    if (t->n == t->cap || t->used + n > t->size) {
+        t->over = true;
+        return;
+    }
+    char *d = t->txt + t->used;
+    for (size_t i = 0; i < n; i++)
+        d[i] = p[i] >= 'A' && p[i] <= 'Z' ? (char)(p[i] | 0x20) : p[i];
+    t->nv[t->n] = (nghttp2_nv){.name = (uint8_t *)d, .namelen = n, .value = (uint8_t *)d + n, .valuelen = 0};
+    t->used += n;
+}
+
+static void trb_value(void *ctx, const char *p, size_t n)
+{
+    struct tr_build *t = ctx;
+
+    if (t->over || t->used + n > t->size) {
+        t->over = true;
+        return;
+    }
+    memcpy(t->txt + t->used, p, n);
+    t->used += n;
+    t->nv[t->n].valuelen += n;
+}
+
+static void trb_end(void *ctx)
+{
+    struct tr_build *t = ctx;
+
+    if (!t->over)
+        t->n++;
+}
+
+static const struct tp_hdr_sink trb_sink = {trb_name, trb_value, trb_end};
+
+/* Submits the request's trailer section (inside the data source, which
+ * nghttp2 allows). 1: submitted, 0: nothing to send, -1: out of memory. */
+static int submit_req_trailers(nghttp2_session *ng, struct h2c_stream *st)
+{
+    const struct tp_head *h = st->r->req_trailers;
+    struct tp_shard *sh = tp_self;
+    size_t nvb = sizeof(nghttp2_nv) * h->n_hdrs + _Alignof(nghttp2_nv);
+    struct tp_block *b = tp_block_get(sh, nvb + h->len);
+    int rv;
+
+    if (!b)
+        return -1;
+    uintptr_t a = ((uintptr_t)b->data + _Alignof(nghttp2_nv) - 1) & ~(uintptr_t)(_Alignof(nghttp2_nv) - 1);
+    struct tr_build t = {.nv = (nghttp2_nv *)a, .cap = h->n_hdrs, .txt = b->data + nvb, .size = h->len};
+    tp_req_trailer_fields(h, &trb_sink, &t);
+    rv = t.over ? -1 : t.n == 0 ? 0 : nghttp2_submit_trailer(ng, st->id, t.nv, t.n) == 0 ? 1 : -1;
+    tp_block_put(sh, b);
+    return rv;
+}
+
 static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *dflags,
                             nghttp2_data_source *src, void *user)
 {
@@ -1399,8 +1466,17 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     }
     if (n)
         *dflags |= NGHTTP2_DATA_FLAG_NO_COPY;
-    if (st->body_end && n == st->queued)
+    if (st->body_end && n == st->queued) {
         *dflags |= NGHTTP2_DATA_FLAG_EOF;
+        /* the client's trailer section, if any, ends the stream instead */
+        if (st->r->req_trailers) {
+            int rv = submit_req_trailers(ng, st);
+            if (rv < 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+            if (rv > 0)
+                *dflags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        }
+    }
     return (ssize_t)n;
 }
 
