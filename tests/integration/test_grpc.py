@@ -14,6 +14,7 @@ Two parts:
 import hashlib
 import json
 import os
+import socket
 import struct
 import subprocess
 import tempfile
@@ -25,7 +26,7 @@ import grpc
 import pytest
 
 from test_h2 import H2Client, cert, start  # noqa: F401  (cert: the TLS fixture)
-from tp_harness import T, build_response, free_port, upstream_cfg, wait_until
+from tp_harness import T, Client, build_response, free_port, upstream_cfg, wait_until
 from tp_hostile import hostile
 from tp_more import metrics
 
@@ -445,3 +446,107 @@ def test_grpc_over_tls_listener_with_alpn_h2(h, gsrv, cert):
         assert e.code() == grpc.StatusCode.NOT_FOUND, e
     _, md, _ = gsrv.seen[-2] if gsrv.seen[-1][0] != "Unary" else gsrv.seen[-1]
     assert md.get("x-forwarded-proto") == "https", md
+
+
+@needs_h2c
+def test_http1_client_gets_the_grpc_trailers_in_the_last_chunk(h, gsrv):
+    """An HTTP/2 upstream's trailers reach an HTTP/1.1 client in the last chunk of a
+    response the gateway chunks itself."""
+    tp = gateway(h, gsrv)
+    c = Client(tp.port)
+    c.request("POST", "/test.Echo/Unary", headers=[("Content-Type", "application/grpc"), ("TE", "trailers")],
+              body=frame(b"h1"))
+    r = c.read_response()
+    assert r.status == 200 and r.framing == "chunked" and r.body == frame(b"echo:h1"), r
+    assert b"grpc-status: 0" in [t.lower() for t in r.trailers], r.trailers
+    c.close()
+    wait_until(lambda: grpc_count(tp, 0, route="echo") == 1, T(10), what="the call counted")
+
+
+class RawH2Upstream:
+    """A minimal HTTP/2 server (python3-h2, prior knowledge): records each request's
+    headers, body and trailers, answers 200 with a trailer section."""
+
+    def __init__(self):
+        import h2.config
+        import h2.connection
+        import h2.events
+        self.h2 = (h2.config, h2.connection, h2.events)
+        self.requests = {}
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(8)
+        self.port = self.lsock.getsockname()[1]
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        h2config, h2conn, ev = self.h2
+        self.lsock.settimeout(T(30))
+        try:
+            sock, _ = self.lsock.accept()
+        except OSError:
+            return
+        sock.settimeout(0.2)
+        conn = h2conn.H2Connection(config=h2config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        while not self.done.is_set():
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            for e in conn.receive_data(data):
+                sid = getattr(e, "stream_id", None)
+                if isinstance(e, ev.RequestReceived):
+                    self.requests[sid] = {"headers": dict(e.headers), "body": b"", "trailers": None}
+                elif isinstance(e, ev.DataReceived):
+                    self.requests[sid]["body"] += e.data
+                    conn.acknowledge_received_data(e.flow_controlled_length, sid)
+                elif isinstance(e, ev.TrailersReceived):
+                    self.requests[sid]["trailers"] = dict(e.headers)
+                elif isinstance(e, ev.StreamEnded):
+                    conn.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
+                    conn.send_data(sid, frame(b"raw"))
+                    conn.send_headers(sid, [("grpc-status", "0"), ("x-up-trailer", "yes")], end_stream=True)
+            sock.sendall(conn.data_to_send())
+        sock.close()
+
+    def close(self):
+        self.done.set()
+        self.lsock.close()
+        self.thread.join(T(10))
+
+
+@needs_h2c
+def test_request_trailers_reach_an_h2c_upstream(h):
+    """HTTP/2 client request trailers end the upstream HTTP/2 stream as trailing HEADERS, and
+    HTTP/1.1 client chunked trailers too (names lowercased)."""
+    up = RawH2Upstream()
+    try:
+        tp = start(h, {"upstreams": [{"name": "r", "protocol": "h2c",
+                                      "endpoints": [{"address": f"127.0.0.1:{up.port}"}]}],
+                       "routes": [{"name": "raw", "upstream": "r"}]})
+        c = H2Client(tp.port)
+        sid = c.request("/raw/h2", method="POST", body=b"abc", end=False, headers=GRPC_HEADERS)
+        c.c.send_headers(sid, [("x-client-sum", "42")], end_stream=True)
+        c.flush()
+        st = c.response(sid)
+        assert st["data"] == frame(b"raw") and st.get("trailers") == {"grpc-status": "0", "x-up-trailer": "yes"}, st
+        c.close()
+        cl = Client(tp.port)
+        cl.send(b"POST /raw/h1 HTTP/1.1\r\nHost: t\r\nContent-Type: application/grpc\r\nTransfer-Encoding: chunked"
+                b"\r\n\r\n3\r\nxyz\r\n0\r\nX-Client-Sum: 7\r\n\r\n")
+        r = cl.read_response()
+        assert r.status == 200 and r.body == frame(b"raw"), r
+        cl.close()
+        got = {v["headers"][":path"]: v for v in up.requests.values()}
+        assert got["/raw/h2"]["body"] == b"abc" and got["/raw/h2"]["trailers"] == {"x-client-sum": "42"}, got
+        assert got["/raw/h1"]["body"] == b"xyz" and got["/raw/h1"]["trailers"] == {"x-client-sum": "7"}, got
+    finally:
+        up.close()
