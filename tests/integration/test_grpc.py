@@ -464,8 +464,8 @@ def test_http1_client_gets_the_grpc_trailers_in_the_last_chunk(h, gsrv):
 
 
 class RawH2Upstream:
-    """A minimal HTTP/2 server (python3-h2, prior knowledge): records each request's
-    headers, body and trailers, answers 200 with a trailer section."""
+    """A minimal HTTP/2 server (python3-h2, prior knowledge, a thread per connection):
+    records each request's headers, body and trailers, answers 200 with a trailer section."""
 
     def __init__(self):
         import h2.config
@@ -482,12 +482,18 @@ class RawH2Upstream:
         self.thread.start()
 
     def serve(self):
+        self.lsock.settimeout(0.2)
+        while not self.done.is_set():
+            try:
+                sock, _ = self.lsock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self.handle, args=(sock,), daemon=True).start()
+
+    def handle(self, sock):
         h2config, h2conn, ev = self.h2
-        self.lsock.settimeout(T(30))
-        try:
-            sock, _ = self.lsock.accept()
-        except OSError:
-            return
         sock.settimeout(0.2)
         conn = h2conn.H2Connection(config=h2config.H2Configuration(client_side=False, header_encoding="utf-8"))
         conn.initiate_connection()
@@ -504,12 +510,12 @@ class RawH2Upstream:
             for e in conn.receive_data(data):
                 sid = getattr(e, "stream_id", None)
                 if isinstance(e, ev.RequestReceived):
-                    self.requests[sid] = {"headers": dict(e.headers), "body": b"", "trailers": None}
+                    self.requests[(id(conn), sid)] = {"headers": dict(e.headers), "body": b"", "trailers": None}
                 elif isinstance(e, ev.DataReceived):
-                    self.requests[sid]["body"] += e.data
+                    self.requests[(id(conn), sid)]["body"] += e.data
                     conn.acknowledge_received_data(e.flow_controlled_length, sid)
                 elif isinstance(e, ev.TrailersReceived):
-                    self.requests[sid]["trailers"] = dict(e.headers)
+                    self.requests[(id(conn), sid)]["trailers"] = dict(e.headers)
                 elif isinstance(e, ev.StreamEnded):
                     conn.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
                     conn.send_data(sid, frame(b"raw"))
@@ -519,8 +525,8 @@ class RawH2Upstream:
 
     def close(self):
         self.done.set()
-        self.lsock.close()
         self.thread.join(T(10))
+        self.lsock.close()
 
 
 @needs_h2c
@@ -529,7 +535,7 @@ def test_request_trailers_reach_an_h2c_upstream(h):
     HTTP/1.1 client chunked trailers too (names lowercased)."""
     up = RawH2Upstream()
     try:
-        tp = start(h, {"upstreams": [{"name": "r", "protocol": "h2c",
+        tp = start(h, {"workers": 1, "upstreams": [{"name": "r", "protocol": "h2c",
                                       "endpoints": [{"address": f"127.0.0.1:{up.port}"}]}],
                        "routes": [{"name": "raw", "upstream": "r"}]})
         c = H2Client(tp.port)
