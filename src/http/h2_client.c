@@ -357,7 +357,8 @@ static bool write_request(struct tp_block *b, struct tp_req *r, uint32_t cap, ui
 
 static bool ux_prepare(struct tp_shard *sh, struct tp_req *r)
 {
-    uint32_t cap = r->head.n_hdrs + 24 + (r->route->req.cfg ? (uint32_t)r->route->req.cfg->n_set : 0), need;
+    uint32_t cap = r->head.n_hdrs + 24 + (r->route->req.cfg ? (uint32_t)r->route->req.cfg->n_set : 0),
+             need = 0;
     size_t text = r->head.len + r->route->req.set_len + r->ds->peer_len + r->host_len + 512;
 
     for (int i = 0; i < 3; i++) {
@@ -372,7 +373,7 @@ static bool ux_prepare(struct tp_shard *sh, struct tp_req *r)
         }
         tp_block_put(sh, b);
         /* the estimate was short (many X-Forwarded-For lines, forward_claims): again, larger */
-        cap = need + 8;
+        cap = (need > cap ? need : cap) + 8;
         text *= 4;
     }
     return false;
