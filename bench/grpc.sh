@@ -129,6 +129,7 @@ run() {
 	[ "$WARMUP" -gt 0 ] && cmd+=(--warm-up-time="$WARMUP")
 	# h2load's warm-up is part of its run: sample the proxy's CPU over the
 	# measured seconds only, starting when the warm-up is over
+	TPB_S_LOAD_PCT="" TPB_S_OTHER_PCT="" # measured for the turnpike runs only
 	"${cmd[@]}" >"$out" 2>&1 &
 	local h2pid=$!
 	sleep "$WARMUP"
