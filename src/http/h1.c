@@ -220,6 +220,8 @@ void tp_trailers_reset(struct tp_head *h)
 /* Appends <n> bytes to the copy of <h>; false past <limit> or out of memory. */
 static bool tr_put(struct tp_head *h, const char *p, size_t n, uint32_t limit)
 {
+    if (n == 0)
+        return true; /* llhttp reports empty spans (an empty name): nothing to copy, maybe no copy yet */
     if ((uint64_t)h->len + n > limit)
         return false;
     if (h->len + n > h->copy_cap) {

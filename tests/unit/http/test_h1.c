@@ -799,6 +799,14 @@ static void test_trailers(struct tp_shard *sh)
         tp_h1_parser_dispose(&j.hp);
         job_dispose(sh, &j);
     }
+    /* an empty trailer name (found by fuzz_response: an empty span before any copy existed) */
+    static const char noname[] = "0\r\n: v\r\n\r\n";
+    for (size_t cut = 1; cut <= 3; cut += 2) {
+        llhttp_errno_t rc = parse_chunked(sh, &j, noname, sizeof(noname) - 1, cut);
+        ok(rc != HPE_OK && rc != HPE_PAUSED, "empty trailer name refused (cut %zu): rc %d", cut, rc);
+        tp_h1_parser_dispose(&j.hp);
+        job_dispose(sh, &j);
+    }
     /* over the limit (64 bytes of names and values) */
     static const char big[] =
         "0\r\nX-Big: 0123456789012345678901234567890123456789012345678901234567890123\r\n\r\n";
