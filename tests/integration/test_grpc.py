@@ -517,6 +517,8 @@ class RawH2Upstream:
                 elif isinstance(e, ev.TrailersReceived):
                     self.requests[(id(conn), sid)]["trailers"] = dict(e.headers)
                 elif isinstance(e, ev.StreamEnded):
+                    if self.requests[(id(conn), sid)]["headers"][":path"].startswith("/raw/hang"):
+                        continue  # never answered
                     conn.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
                     conn.send_data(sid, frame(b"raw"))
                     conn.send_headers(sid, [("grpc-status", "0"), ("x-up-trailer", "yes")], end_stream=True)
@@ -554,5 +556,28 @@ def test_request_trailers_reach_an_h2c_upstream(h):
         got = {v["headers"][":path"]: v for v in up.requests.values()}
         assert got["/raw/h2"]["body"] == b"abc" and got["/raw/h2"]["trailers"] == {"x-client-sum": "42"}, got
         assert got["/raw/h1"]["body"] == b"xyz" and got["/raw/h1"]["trailers"] == {"x-client-sum": "7"}, got
+    finally:
+        up.close()
+
+
+@needs_h2c
+def test_grpc_timeout_bounds_a_call_to_an_h2c_upstream(h):
+    """The gateway's own deadline on an HTTP/2 upstream stream: DEADLINE_EXCEEDED in gRPC form,
+    the upstream stream cancelled, the connection kept for the next call."""
+    up = RawH2Upstream()
+    try:
+        tp = start(h, {"workers": 1, "upstreams": [{"name": "r", "protocol": "h2c",
+                                                    "endpoints": [{"address": f"127.0.0.1:{up.port}"}]}],
+                       "routes": [{"name": "raw", "upstream": "r"}]})
+        c = H2Client(tp.port)
+        st = c.response(c.request("/raw/hang", method="POST", body=frame(b"x"),
+                                  headers=GRPC_HEADERS + [("grpc-timeout", "300m")]), T(20))
+        assert st["headers"][":status"] == "200" and st["headers"]["grpc-status"] == "4", st
+        assert st["headers"]["grpc-message"] == "deadline exceeded (grpc-timeout)", st
+        st = c.response(c.request("/raw/after", method="POST", body=frame(b"y"), headers=GRPC_HEADERS))
+        assert st.get("trailers", {}).get("grpc-status") == "0", st
+        c.close()
+        wait_until(lambda: grpc_count(tp, 4, route="raw") == 1 and grpc_count(tp, 0, route="raw") == 1, T(10),
+                   what="both calls counted")
     finally:
         up.close()
