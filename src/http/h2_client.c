@@ -69,14 +69,15 @@
 #define H2C_PIECES        32            /* request body slices queued per stream */
 #define H2C_PIECES_FRAME  8             /* slices one DATA frame takes at most */
 #define H2C_SMALL_SLICE   2048          /* [bytes] smaller request body slices are copied */
-#define H2C_STAGE         8             /* response body blocks staged per stream */
+#define H2C_STAGE         10            /* response body blocks staged per stream */
 #define H2C_CONNECT_QUEUE 100           /* streams waiting for a connection's SETTINGS */
 #define H2C_POOL_IDLE_MS  15000         /* [ms] a connection without streams lives this long */
 #define H2C_RESP_HEAD_MAX (64u * 1024u) /* [bytes] largest response header list */
 #define H2C_FREE_CAP      1024          /* stream objects kept on the shard's free list */
 #define H2C_MAX_STREAMS   1000          /* streams per connection we use, whatever the upstream allows */
 
-_Static_assert(H2C_STAGE *TP_BLOCK_SIZE > H2C_STREAM_WINDOW,
+/* the first block may be partly handed on already: its room does not count */
+_Static_assert((H2C_STAGE - 1) * TP_BLOCK_SIZE > H2C_STREAM_WINDOW,
                "a stream's window of response body fits its stage");
 _Static_assert(H2C_PIECES_FRAME + 2 <= TP_OUTQ_SEGS, "a DATA frame fits an empty send queue");
 
@@ -1315,6 +1316,10 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
     if (st->r) {
         /* closed before the response was complete: that stream's failure only */
         bool refused = code == NGHTTP2_REFUSED_STREAM;
+        /* a reset is the upstream's answer about this stream, not a dead
+         * pooled connection: no free retry on a fresh one */
+        if (!refused)
+            st->r->att.resp_bytes = true;
         TP_LOG_RL(TP_LOG_INFO, "upstream %s endpoint %s: stream %d closed: %s", c->eps->upstream,
                   c->eps->addr.text, id, nghttp2_http2_strerror(code));
         stream_fail(sh, st, refused ? TP_FAIL_REFUSED : TP_FAIL_RESET, refused ? TP_ECLOSED : -ECONNRESET,
