@@ -137,6 +137,7 @@ struct tp_h2c_conn {
     bool tls;              /* protocol h2: ALPN must have chosen h2 */
     bool settings;         /* the upstream's SETTINGS arrived */
     bool listed;           /* on its endpoint's list */
+    bool idle_counted;     /* counted in the endpoint's idle_count (READY, no stream) */
     nghttp2_session *ng;
     struct tp_endpoint_state *eps;
     struct tp_h2c_conn *pnext, *pprev; /* the endpoint's connections on this shard */
@@ -176,6 +177,15 @@ size_t tp_h2c_conn_size(void)
 static inline struct tp_ep_shard *ep_shard(struct tp_shard *sh, struct tp_endpoint_state *eps)
 {
     return &eps->shard[sh->id];
+}
+
+/* The pool gauge counts connections that wait without a stream. */
+static void idle_count(struct tp_shard *sh, struct tp_h2c_conn *c, bool idle)
+{
+    if (c->idle_counted == idle)
+        return;
+    c->idle_counted = idle;
+    tp_stat_add(&ep_shard(sh, c->eps)->idle_count, idle ? 1 : (uint64_t)-1);
 }
 
 /* ------------------------------------------------------------------ */
@@ -313,6 +323,7 @@ static bool write_request(struct tp_block *b, struct tp_req *r, uint32_t cap, ui
     const char *method = llhttp_method_name((llhttp_method_t)r->method);
     bool tls = r->up->cfg->protocol == TP_UPROTO_H2;
 
+    *need_cap = cap;
     w.u = uh_of(b);
     w.nv = uh_nv(w.u);
     w.txt = (char *)(w.nv + cap);
@@ -408,6 +419,8 @@ static struct h2c_stream *stream_new(struct tp_shard *sh, struct tp_h2c_conn *c,
     c->streams = st;
     c->n_streams++;
     c->idle_ms = 0;
+    idle_count(sh, c, false);
+    tp_stat_add(&ep_shard(sh, c->eps)->h2_streams, 1);
     r->att.conn = st;
     return st;
 }
@@ -473,6 +486,7 @@ static void stream_free(struct tp_shard *sh, struct h2c_stream *st)
     if (st->next)
         st->next->prev = st->prev;
     c->n_streams--;
+    tp_stat_add(&ep_shard(sh, c->eps)->h2_streams, (uint64_t)-1);
     if (!st->id)
         c->n_queued--;
     if (hs->n_h2c_free < H2C_FREE_CAP) {
@@ -554,6 +568,7 @@ static void c_close(struct tp_shard *sh, struct tp_h2c_conn *c)
     if (c->state == HC_CLOSING)
         return;
     c->state = HC_CLOSING;
+    idle_count(sh, c, false);
     list_unlink(sh, c);
     tp_transport_close(sh, &c->t);
 }
@@ -575,6 +590,7 @@ static void c_idle_check(struct tp_shard *sh, struct tp_h2c_conn *c)
         return;
     }
     c->idle_ms = sh->now_ms;
+    idle_count(sh, c, true);
     c_deadline(sh, c, 0);
 }
 
@@ -590,6 +606,7 @@ static void c_fail(struct tp_shard *sh, struct tp_h2c_conn *c, enum tp_fail_kind
     if (c->state == HC_CLOSING)
         return;
     c->state = HC_CLOSING;
+    idle_count(sh, c, false);
     list_unlink(sh, c);
     while (c->streams) {
         struct h2c_stream *st = c->streams;
@@ -1635,6 +1652,7 @@ static void h2c_on_closed(struct tp_shard *sh, struct tp_transport *t)
     struct tp_http_shard *hs = tp_http_shard(sh);
 
     c->state = HC_CLOSING;
+    idle_count(sh, c, false);
     list_unlink(sh, c);
     while (c->streams) {
         struct h2c_stream *st = c->streams;

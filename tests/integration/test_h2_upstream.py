@@ -319,11 +319,16 @@ def test_concurrent_streams_share_one_connection(h, ups):
     c = H2Client(tp.port)
     sids = [c.request(f"/s/{i}") for i in range(20)]
     up.wait_requests(20)
+    assert metrics(tp).value("turnpike_upstream_h2_streams_active", upstream="u", endpoint=up.addr) == 20
     hold.set()
     c.wait(lambda: all(c.streams[s]["ended"] for s in sids), T(20), "20 streams")
     assert all(c.streams[s]["data"] == f"/s/{i}".encode() for i, s in enumerate(sids))
     c.close()
     assert up.conns == 1, up.conns
+    m = metrics(tp)
+    assert m.value("turnpike_upstream_h2_streams_active", upstream="u", endpoint=up.addr) == 0
+    assert m.value("turnpike_upstream_pool_idle_connections", upstream="u", endpoint=up.addr) == 1
+    assert m.value("turnpike_upstream_requests_total", upstream="u", endpoint=up.addr, code="2xx") == 20
 
 
 def test_more_connections_when_the_limit_is_reached(h, ups):
