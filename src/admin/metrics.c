@@ -251,6 +251,17 @@ void tp_metrics_render(struct tp_abuf *b)
             labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
             sample(b, "turnpike_upstream_pool_idle_connections", &lb, (unsigned long long)(v));
         }
+    family(b, "turnpike_upstream_h2_streams_active", "gauge",
+           "Streams on HTTP/2 upstream connections (open or waiting for one), all shards.");
+    for (size_t u = 0; u < s->n_ups; u++)
+        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
+            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
+            uint64_t v = 0;
+            for (unsigned sh = 0; sh < ns; sh++)
+                v += tp_stat_get(&st->shard[sh].h2_streams);
+            labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
+            sample(b, "turnpike_upstream_h2_streams_active", &lb, (unsigned long long)(v));
+        }
     family(b, "turnpike_upstream_response_duration_seconds", "histogram",
            "Time from an attempt's start to the upstream response's end, by endpoint.");
     for (size_t u = 0; u < s->n_ups; u++)

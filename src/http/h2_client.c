@@ -69,14 +69,15 @@
 #define H2C_PIECES        32            /* request body slices queued per stream */
 #define H2C_PIECES_FRAME  8             /* slices one DATA frame takes at most */
 #define H2C_SMALL_SLICE   2048          /* [bytes] smaller request body slices are copied */
-#define H2C_STAGE         8             /* response body blocks staged per stream */
+#define H2C_STAGE         10            /* response body blocks staged per stream */
 #define H2C_CONNECT_QUEUE 100           /* streams waiting for a connection's SETTINGS */
 #define H2C_POOL_IDLE_MS  15000         /* [ms] a connection without streams lives this long */
 #define H2C_RESP_HEAD_MAX (64u * 1024u) /* [bytes] largest response header list */
 #define H2C_FREE_CAP      1024          /* stream objects kept on the shard's free list */
 #define H2C_MAX_STREAMS   1000          /* streams per connection we use, whatever the upstream allows */
 
-_Static_assert(H2C_STAGE *TP_BLOCK_SIZE > H2C_STREAM_WINDOW,
+/* the first block may be partly handed on already: its room does not count */
+_Static_assert((H2C_STAGE - 1) * TP_BLOCK_SIZE > H2C_STREAM_WINDOW,
                "a stream's window of response body fits its stage");
 _Static_assert(H2C_PIECES_FRAME + 2 <= TP_OUTQ_SEGS, "a DATA frame fits an empty send queue");
 
@@ -136,6 +137,7 @@ struct tp_h2c_conn {
     bool tls;              /* protocol h2: ALPN must have chosen h2 */
     bool settings;         /* the upstream's SETTINGS arrived */
     bool listed;           /* on its endpoint's list */
+    bool idle_counted;     /* counted in the endpoint's idle_count (READY, no stream) */
     nghttp2_session *ng;
     struct tp_endpoint_state *eps;
     struct tp_h2c_conn *pnext, *pprev; /* the endpoint's connections on this shard */
@@ -175,6 +177,15 @@ size_t tp_h2c_conn_size(void)
 static inline struct tp_ep_shard *ep_shard(struct tp_shard *sh, struct tp_endpoint_state *eps)
 {
     return &eps->shard[sh->id];
+}
+
+/* The pool gauge counts connections that wait without a stream. */
+static void idle_count(struct tp_shard *sh, struct tp_h2c_conn *c, bool idle)
+{
+    if (c->idle_counted == idle)
+        return;
+    c->idle_counted = idle;
+    tp_stat_add(&ep_shard(sh, c->eps)->idle_count, idle ? 1 : (uint64_t)-1);
 }
 
 /* ------------------------------------------------------------------ */
@@ -312,6 +323,7 @@ static bool write_request(struct tp_block *b, struct tp_req *r, uint32_t cap, ui
     const char *method = llhttp_method_name((llhttp_method_t)r->method);
     bool tls = r->up->cfg->protocol == TP_UPROTO_H2;
 
+    *need_cap = cap;
     w.u = uh_of(b);
     w.nv = uh_nv(w.u);
     w.txt = (char *)(w.nv + cap);
@@ -408,6 +420,8 @@ static struct h2c_stream *stream_new(struct tp_shard *sh, struct tp_h2c_conn *c,
     c->streams = st;
     c->n_streams++;
     c->idle_ms = 0;
+    idle_count(sh, c, false);
+    tp_stat_add(&ep_shard(sh, c->eps)->h2_streams, 1);
     r->att.conn = st;
     return st;
 }
@@ -473,6 +487,7 @@ static void stream_free(struct tp_shard *sh, struct h2c_stream *st)
     if (st->next)
         st->next->prev = st->prev;
     c->n_streams--;
+    tp_stat_add(&ep_shard(sh, c->eps)->h2_streams, (uint64_t)-1);
     if (!st->id)
         c->n_queued--;
     if (hs->n_h2c_free < H2C_FREE_CAP) {
@@ -554,6 +569,7 @@ static void c_close(struct tp_shard *sh, struct tp_h2c_conn *c)
     if (c->state == HC_CLOSING)
         return;
     c->state = HC_CLOSING;
+    idle_count(sh, c, false);
     list_unlink(sh, c);
     tp_transport_close(sh, &c->t);
 }
@@ -575,6 +591,7 @@ static void c_idle_check(struct tp_shard *sh, struct tp_h2c_conn *c)
         return;
     }
     c->idle_ms = sh->now_ms;
+    idle_count(sh, c, true);
     c_deadline(sh, c, 0);
 }
 
@@ -590,6 +607,7 @@ static void c_fail(struct tp_shard *sh, struct tp_h2c_conn *c, enum tp_fail_kind
     if (c->state == HC_CLOSING)
         return;
     c->state = HC_CLOSING;
+    idle_count(sh, c, false);
     list_unlink(sh, c);
     while (c->streams) {
         struct h2c_stream *st = c->streams;
@@ -1316,6 +1334,10 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
     if (st->r) {
         /* closed before the response was complete: that stream's failure only */
         bool refused = code == NGHTTP2_REFUSED_STREAM;
+        /* a reset is the upstream's answer about this stream, not a dead
+         * pooled connection: no free retry on a fresh one */
+        if (!refused)
+            st->r->att.resp_bytes = true;
         TP_LOG_RL(TP_LOG_INFO, "upstream %s endpoint %s: stream %d closed: %s", c->eps->upstream,
                   c->eps->addr.text, id, nghttp2_http2_strerror(code));
         stream_fail(sh, st, refused ? TP_FAIL_REFUSED : TP_FAIL_RESET, refused ? TP_ECLOSED : -ECONNRESET,
@@ -1707,6 +1729,7 @@ static void h2c_on_closed(struct tp_shard *sh, struct tp_transport *t)
     struct tp_http_shard *hs = tp_http_shard(sh);
 
     c->state = HC_CLOSING;
+    idle_count(sh, c, false);
     list_unlink(sh, c);
     while (c->streams) {
         struct h2c_stream *st = c->streams;

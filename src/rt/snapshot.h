@@ -98,7 +98,8 @@ struct tp_route_stats {
 struct tp_ep_shard {
     void *idle;            /* keepalive pool of the shard's upstream exchange (LIFO head) */
     void *h2;              /* the shard's HTTP/2 connections to the endpoint (h2_client.c) */
-    tp_stat_t idle_count;  /* connections in it */
+    tp_stat_t idle_count;  /* connections in it (HTTP/2: connections without a stream) */
+    tp_stat_t h2_streams;  /* HTTP/2 streams open or waiting for a connection (gauge) */
     tp_stat_t requests[5]; /* upstream responses by class */
     tp_stat_t connect_failures;
     tp_stat_t connects;      /* connections opened */
