@@ -127,18 +127,25 @@ def test_grpc_timeout_bounds_the_call(h):
         return "stop"
 
     up = hostile(h, bad=bad)
-    tp = start(h, routes(up))
+    # a breaker that opens at the first failure: the deadlines must not open it
+    tp = start(h, {"upstreams": [upstream_cfg("u", up, circuit_breaker={"consecutive_failures": 1,
+                                                                       "open_for": "1h"})],
+                   "routes": [{"name": "g", "match": {"path_prefix": "/"}, "upstream": "u"}]})
     c = H2Client(tp.port)
-    t0 = time.monotonic()
-    st = c.response(c.request("/bad/slow", method="POST", body=frame(b"x"),
-                              headers=GRPC_HEADERS + [("grpc-timeout", "300m")]), T(20))
-    waited = time.monotonic() - t0
-    hs = st["headers"]
-    assert hs[":status"] == "200" and hs["grpc-status"] == "4", st
-    assert "deadline exceeded" in hs["grpc-message"], hs
-    assert waited < 25, "upstream_response (30 s) decided, not grpc-timeout"
+    for i in range(2):
+        t0 = time.monotonic()
+        st = c.response(c.request("/bad/slow", method="POST", body=frame(b"x"),
+                                  headers=GRPC_HEADERS + [("grpc-timeout", "300m")]), T(20))
+        waited = time.monotonic() - t0
+        hs = st["headers"]
+        assert hs[":status"] == "200" and hs["grpc-status"] == "4", st
+        assert hs["grpc-message"] == "deadline exceeded (grpc-timeout)", hs
+        assert waited < 25, "upstream_response (30 s) decided, not grpc-timeout"
     assert up.conns[0].requests[0].header("grpc-timeout") == "300m"
-    wait_until(lambda: grpc_count(tp, 4) == 1, T(10), what="grpc_status 4 counted")
+    wait_until(lambda: grpc_count(tp, 4) == 2, T(10), what="grpc_status 4 counted")
+    # the endpoint still takes calls: its breaker heard of no failure
+    st = c.response(c.request("/fine", method="POST", body=frame(b"x"), headers=GRPC_HEADERS))
+    assert st["headers"][":status"] == "200" and st["data"] == b"good /fine", st
     c.close()
 
 
