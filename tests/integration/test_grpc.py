@@ -246,7 +246,7 @@ needs_h2c = pytest.mark.skipif(not h2c_upstreams_supported(),
 class GrpcServer:
     """A grpcio server with generic handlers (bytes in, bytes out) on 127.0.0.1:<ephemeral>."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
         self.seen = []  # (method, metadata dict, time_remaining) per call
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -263,7 +263,12 @@ class GrpcServer:
         }
         self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(s, handlers)
                                               for s in SERVICES])
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if tls:
+            # tls: the directory of the test certificate (c.pem, k.pem)
+            creds = grpc.ssl_server_credentials([((tls / "k.pem").read_bytes(), (tls / "c.pem").read_bytes())])
+            self.port = self.server.add_secure_port("127.0.0.1:0", creds)
+        else:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
 
     def note(self, name, context):
@@ -588,3 +593,24 @@ def test_grpc_timeout_bounds_a_call_to_an_h2c_upstream(h):
                    what="both calls counted")
     finally:
         up.close()
+
+
+@needs_h2c
+def test_grpc_to_a_tls_upstream_with_alpn_h2(h, cert):
+    """protocol: h2: the gateway speaks HTTP/2 over TLS (ALPN h2) to a grpcio server with TLS."""
+    srv = GrpcServer(tls=cert)
+    try:
+        tp = start(h, {"upstreams": [{"name": "s", "protocol": "h2", "tls": {"ca": str(cert / "c.pem"),
+                                                                             "sni": "test.local"},
+                                      "endpoints": [{"address": f"127.0.0.1:{srv.port}"}]}],
+                       "routes": [{"name": "s", "upstream": "s"}]})
+        with channel(tp) as ch:
+            assert call(ch, "/test.Echo/Unary")(b"tls-up", timeout=T(10)) == b"echo:tls-up"
+            assert list(call(ch, "/test.Echo/ServerStream", "us")(b"5", timeout=T(10))) == \
+                [b"item-%d" % i for i in range(5)]
+            e = rpc_error(call(ch, "/test.Echo/Fail"), b"z", timeout=T(10))
+            assert e.code() == grpc.StatusCode.NOT_FOUND and e.details() == "no such thing: z", e
+        wait_until(lambda: grpc_count(tp, 0, route="s") == 2 and grpc_count(tp, 5, route="s") == 1, T(10),
+                   what="the calls counted")
+    finally:
+        srv.close()
