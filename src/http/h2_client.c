@@ -144,6 +144,7 @@ struct tp_h2c_conn {
     struct tp_h2c_conn *next_kick;
     struct h2c_stream *streams; /* queued, open, and closed ones still draining */
     uint32_t n_streams;         /* in <streams> */
+    uint32_t n_attached;        /* of them, those serving a request (st->r) */
     uint32_t n_open;            /* submitted to nghttp2 and not closed */
     uint32_t n_queued;          /* waiting for SETTINGS (id 0) */
     uint32_t max_streams;       /* the upstream's SETTINGS_MAX_CONCURRENT_STREAMS (capped) */
@@ -418,6 +419,7 @@ static struct h2c_stream *stream_new(struct tp_shard *sh, struct tp_h2c_conn *c,
         c->streams->prev = st;
     c->streams = st;
     c->n_streams++;
+    c->n_attached++;
     c->idle_ms = 0;
     idle_count(sh, c, false);
     tp_stat_add(&ep_shard(sh, c->eps)->h2_streams, 1);
@@ -457,7 +459,16 @@ static void head_clear(struct tp_shard *sh, struct h2c_stream *st)
     st->head_bad = false;
 }
 
-/* Detaches <st> from its request: from here on neither sees the other. */
+/*
+ * Detaches <st> from its request: from here on neither sees the other.
+ *
+ * A connection may use its endpoint's state (c->eps, a registry object of the
+ * snapshots) only while a request on it holds a snapshot, or while the
+ * endpoint is in the shard's current snapshot: so a connection whose last
+ * request detaches closes at once when its endpoint was retired
+ * (c_idle_check, called while that request is still alive), and
+ * tp_h2c_pool_close closes those that have none when the shard moves on.
+ */
 static struct tp_req *detach(struct h2c_stream *st)
 {
     struct tp_req *r = st->r;
@@ -465,6 +476,7 @@ static struct tp_req *detach(struct h2c_stream *st)
     if (r) {
         r->att.conn = NULL;
         st->r = NULL;
+        st->c->n_attached--;
     }
     return r;
 }
@@ -515,8 +527,8 @@ static void stream_fail(struct tp_shard *sh, struct h2c_stream *st, enum tp_fail
         if (st->id && c->ng)
             nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
         stream_free(sh, st);
-        c_idle_check(sh, c);
     }
+    c_idle_check(sh, c); /* while <r> still holds its snapshot */
     if (r)
         tp_proxy_failed(sh, r, kind, err);
 }
@@ -527,10 +539,11 @@ static void stream_fail(struct tp_shard *sh, struct h2c_stream *st, enum tp_fail
 
 static void list_unlink(struct tp_shard *sh, struct tp_h2c_conn *c)
 {
-    struct tp_ep_shard *ps = ep_shard(sh, c->eps);
+    struct tp_ep_shard *ps;
 
     if (!c->listed)
         return;
+    ps = ep_shard(sh, c->eps);
     if (c->pprev)
         c->pprev->pnext = c->pnext;
     else
@@ -554,7 +567,7 @@ static void c_deadline(struct tp_shard *sh, struct tp_h2c_conn *c, uint64_t conn
     for (struct h2c_stream *st = c->streams; st; st = st->next)
         if (st->r && st->deadline_ms < d)
             d = st->deadline_ms;
-    if (!c->n_streams && c->idle_ms)
+    if (!c->n_attached && c->idle_ms)
         d = c->idle_ms + H2C_POOL_IDLE_MS;
     if (d != UINT64_MAX) {
         c->t.deadline_ms = 0; /* tp_transport_deadline takes any moment, earlier or later */
@@ -562,34 +575,49 @@ static void c_deadline(struct tp_shard *sh, struct tp_h2c_conn *c, uint64_t conn
     }
 }
 
-/* Closes <c> gracefully: it has no stream left (or they were failed). */
+/* Frees the streams of <c> that serve no request (resets on their way out). */
+static void drop_detached(struct tp_shard *sh, struct tp_h2c_conn *c)
+{
+    struct h2c_stream *st = c->streams, *next;
+
+    for (; st; st = next) {
+        next = st->next;
+        if (st->r)
+            continue;
+        if (st->id && c->ng)
+            nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
+        stream_free(sh, st);
+    }
+}
+
+/* Closes <c>, which serves no request: streams still being reset go with it. */
 static void c_close(struct tp_shard *sh, struct tp_h2c_conn *c)
 {
     if (c->state == HC_CLOSING)
         return;
+    TP_BUG_ON(c->n_attached);
+    drop_detached(sh, c);
     c->state = HC_CLOSING;
     idle_count(sh, c, false);
     list_unlink(sh, c);
     tp_transport_close(sh, &c->t);
 }
 
-/* <c> may have lost its last stream: it closes when it takes no new ones
- * (GOAWAY, retired endpoint, drain, keepalive 0), else it waits in the pool. */
+/* <c> may have lost its last request: it closes when it takes no new ones
+ * (GOAWAY, retired endpoint, drain, keepalive 0), else it waits in the pool
+ * (streams it reset may still be finishing). */
 static void c_idle_check(struct tp_shard *sh, struct tp_h2c_conn *c)
 {
-    if (c->state == HC_CLOSING || c->n_streams)
+    if (c->state == HC_CLOSING || c->n_attached)
         return;
-    if (c->state == HC_CONNECTING) {
-        /* nobody waits for it any more; the SETTINGS may still make it useful */
-        c->idle_ms = sh->now_ms;
-        return;
-    }
     if (c->goaway || sh->draining || c->keepalive == 0 ||
         atomic_load_explicit(&c->eps->retired, memory_order_relaxed)) {
         c_close(sh, c);
         return;
     }
     c->idle_ms = sh->now_ms;
+    if (c->state == HC_CONNECTING)
+        return; /* nobody waits for it any more; the SETTINGS may still make it useful */
     idle_count(sh, c, true);
     c_deadline(sh, c, 0);
 }
@@ -605,6 +633,9 @@ static void c_fail(struct tp_shard *sh, struct tp_h2c_conn *c, enum tp_fail_kind
 
     if (c->state == HC_CLOSING)
         return;
+    /* first the streams that serve no request, while the others still hold
+     * the snapshot the endpoint's state lives in */
+    drop_detached(sh, c);
     c->state = HC_CLOSING;
     idle_count(sh, c, false);
     list_unlink(sh, c);
@@ -797,12 +828,12 @@ static void ux_abort(struct tp_shard *sh, struct tp_req *r)
     stage_clear(sh, st);
     if (st->id && !st->closed && c->state != HC_CLOSING) {
         nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
-        c_kick(sh, c);
-        return; /* freed when nghttp2 closes it */
+        c_kick(sh, c); /* freed when nghttp2 closes it */
+    } else {
+        if (st->id && c->ng)
+            nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
+        stream_free(sh, st);
     }
-    if (st->id && c->ng)
-        nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
-    stream_free(sh, st);
     c_idle_check(sh, c);
 }
 
@@ -977,8 +1008,8 @@ static void stream_finish(struct tp_shard *sh, struct h2c_stream *st)
         if (c->ng)
             nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
         stream_free(sh, st);
-        c_idle_check(sh, c);
     }
+    c_idle_check(sh, c); /* while <r> still holds its snapshot */
     tp_proxy_response_done(sh, r);
 }
 
@@ -1191,7 +1222,7 @@ static void on_settings(struct tp_shard *sh, struct tp_h2c_conn *c)
     if (c->state != HC_CONNECTING)
         return;
     c->state = HC_READY;
-    if (!c->n_streams) {
+    if (!c->n_attached) {
         c_idle_check(sh, c);
         return;
     }
@@ -1199,7 +1230,7 @@ static void on_settings(struct tp_shard *sh, struct tp_h2c_conn *c)
     struct h2c_stream *st = c->streams, *prev;
     while (st && st->next)
         st = st->next;
-    for (; st; st = prev) {
+    for (; st && c->state != HC_CLOSING; st = prev) {
         prev = st->prev;
         struct tp_req *r = st->r;
         if (st->id || !r)
@@ -1218,7 +1249,9 @@ static void on_settings(struct tp_shard *sh, struct tp_h2c_conn *c)
         stream_free(sh, st);
         ux_start(sh, r);
     }
-    c_deadline(sh, c, 0);
+    c_idle_check(sh, c);
+    if (c->state != HC_CLOSING)
+        c_deadline(sh, c, 0);
 }
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user)
@@ -1228,6 +1261,8 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
     struct h2c_stream *st;
     bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
 
+    if (c->state == HC_CLOSING)
+        return 0; /* closed from inside this mem_recv: nothing more to do */
     switch (f->hd.type) {
     case NGHTTP2_SETTINGS:
         if (!(f->hd.flags & NGHTTP2_FLAG_ACK))
@@ -1297,7 +1332,7 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *f, int li
     struct tp_shard *sh = tp_self;
 
     (void)ng;
-    if (f->hd.type != NGHTTP2_HEADERS)
+    if (f->hd.type != NGHTTP2_HEADERS || c->state == HC_CLOSING)
         return 0;
     for (struct h2c_stream *st = c->streams; st; st = st->next) {
         if (st->id != f->hd.stream_id)
@@ -1623,7 +1658,7 @@ static void h2c_on_timeout(struct tp_shard *sh, struct tp_transport *t)
         c_fail(sh, c, TP_FAIL_CONNECT_TIMEOUT, TP_ETIMEOUT);
         return;
     }
-    if (!c->n_streams) {
+    if (!c->n_attached) {
         if (c->idle_ms && sh->now_ms >= c->idle_ms + H2C_POOL_IDLE_MS)
             c_close(sh, c); /* pooled too long */
         else
@@ -1632,7 +1667,7 @@ static void h2c_on_timeout(struct tp_shard *sh, struct tp_transport *t)
     }
     /* the streams whose upstream_response passed fail alone (504) */
     struct h2c_stream *st = c->streams, *next;
-    for (; st; st = next) {
+    for (; st && c->state != HC_CLOSING; st = next) {
         next = st->next;
         if (st->r && sh->now_ms >= st->deadline_ms)
             stream_fail(sh, st, TP_FAIL_TIMEOUT, TP_ETIMEOUT, NGHTTP2_CANCEL);
@@ -1728,7 +1763,7 @@ void tp_h2c_close_all(struct tp_shard *sh, bool all)
             continue;
         if (all)
             c_fail(sh, c, TP_FAIL_RESET, TP_ECLOSED);
-        else if (!c->n_streams)
+        else if (!c->n_attached)
             c_close(sh, c);
     }
 }
