@@ -103,13 +103,14 @@ struct h2c_stream {
     /* the request body */
     struct h2c_piece pc[H2C_PIECES];
     uint8_t pc_head, pc_n;
-    uint32_t queued;   /* request body bytes in pc[] */
-    bool has_body;     /* submitted with a data source */
-    bool body_end;     /* the last request body byte is queued */
-    bool deferred;     /* the data source said DEFERRED */
-    bool want_resume;  /* the queue has room again: read more of the client's body after the send */
-    bool headers_sent; /* our HEADERS left: the upstream may have seen the request */
-    bool closed;       /* nghttp2 closed the stream */
+    uint32_t queued;      /* request body bytes in pc[] */
+    bool has_body;        /* submitted with a data source */
+    bool body_end;        /* the last request body byte is queued */
+    bool deferred;        /* the data source said DEFERRED */
+    bool want_resume;     /* the queue has room again: read more of the client's body after the send */
+    bool headers_sent;    /* our HEADERS left: the upstream may have seen the request */
+    struct tp_block *rtr; /* the request's trailers (struct uh layout), submitted at the body's end */
+    bool closed;          /* nghttp2 closed the stream */
     /* the response */
     struct tp_block *hblk; /* names and values of the header block being received */
     struct tp_head head;   /* its fields */
@@ -429,6 +430,9 @@ static struct h2c_stream *stream_new(struct tp_shard *sh, struct tp_h2c_conn *c,
 
 static void pieces_clear(struct tp_shard *sh, struct h2c_stream *st)
 {
+    if (st->rtr)
+        tp_block_put(sh, st->rtr);
+    st->rtr = NULL;
     while (st->pc_n) {
         tp_bref_put(sh, st->pc[st->pc_head].ref);
         st->pc_head = (uint8_t)((st->pc_head + 1) % H2C_PIECES);
@@ -885,6 +889,37 @@ static bool ux_body(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, c
     return true;
 }
 
+/* The request's trailers: copied as nghttp2 fields, sent as HEADERS with
+ * END_STREAM once the body's last DATA left (data_read_cb). */
+static bool ux_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h)
+{
+    struct h2c_stream *st = r->att.conn;
+    uint32_t cap = h->n_hdrs;
+    struct tp_block *b;
+
+    if (!st || !cap || st->rtr || !st->has_body)
+        return true;
+    if (!(b = tp_block_get(sh, sizeof(struct uh) + 16 + cap * sizeof(nghttp2_nv) + h->len)))
+        return false;
+    struct uh *u = uh_of(b);
+    nghttp2_nv *nv = uh_nv(u);
+    char *txt = (char *)(nv + cap);
+    u->n = 0;
+    for (uint32_t i = 0; i < h->n_hdrs; i++) {
+        const struct tp_hdr *hd = &h->hdrs[i];
+        if (hd->id == TP_H_CONNECTION || hd->id == TP_H_TRANSFER_ENCODING || hd->id == TP_H_CONTENT_LENGTH ||
+            hd->id == TP_H_HOST || !hd->name.len)
+            continue;
+        memcpy(txt, h->base + hd->name.off, hd->name.len);
+        memcpy(txt + hd->name.len, h->base + hd->value.off, hd->value.len);
+        nv[u->n++] = (nghttp2_nv){(uint8_t *)txt, (uint8_t *)txt + hd->name.len, hd->name.len, hd->value.len,
+                                  NGHTTP2_NV_FLAG_NONE};
+        txt += hd->name.len + hd->value.len;
+    }
+    st->rtr = b;
+    return true;
+}
+
 static bool ux_body_end(struct tp_shard *sh, struct tp_req *r)
 {
     struct h2c_stream *st = r->att.conn;
@@ -963,6 +998,7 @@ static const struct tp_ux_ops h2_exchange = {
     .abort = ux_abort,
     .body_ready = ux_body_ready,
     .body = ux_body,
+    .trailers = ux_trailers,
     .body_end = ux_body_end,
     .flush = ux_flush,
     .resume = ux_resume,
@@ -1188,7 +1224,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     }
     r->att.resp_bytes = true;
     st->deadline_ms = sh->now_ms + r->limits.upstream_response_ms;
-    if (!st->st_n && !r->ds->ops->congested(r)) {
+    if (!st->staged && !r->ds->ops->congested(r)) {
         /* the client side takes it: relayed without a copy */
         if (!r->ds->ops->body(sh, r, c->cur, (const char *)data, (uint32_t)len)) {
             nghttp2_session_consume_stream(ng, id, len);
@@ -1205,7 +1241,11 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     if (!stage(sh, st, data, len)) {
         nghttp2_session_consume_stream(ng, id, len);
         stream_fail(sh, st, TP_FAIL_RESET, -ENOMEM, NGHTTP2_INTERNAL_ERROR);
+        return 0;
     }
+    /* it may have caught up meanwhile, with nothing queued that would resume us */
+    if (!r->ds->ops->congested(r))
+        unstage(sh, st);
     return 0;
 }
 
@@ -1437,8 +1477,6 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     struct h2c_stream *st = src->ptr;
     size_t n = 0;
 
-    (void)ng;
-    (void)id;
     (void)buf;
     (void)user;
     if (!st->r) {
@@ -1456,8 +1494,22 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     }
     if (n)
         *dflags |= NGHTTP2_DATA_FLAG_NO_COPY;
-    if (st->body_end && n == st->queued)
+    if (st->body_end && n == st->queued) {
         *dflags |= NGHTTP2_DATA_FLAG_EOF;
+        if (st->rtr) {
+            /* the trailers end the stream instead (nghttp2 copies the fields) */
+            struct uh *u = uh_of(st->rtr);
+            int rv = 0;
+            if (u->n) {
+                *dflags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+                rv = nghttp2_submit_trailer(ng, id, uh_nv(u), u->n);
+            }
+            tp_block_put(tp_self, st->rtr);
+            st->rtr = NULL;
+            if (rv != 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+    }
     return (ssize_t)n;
 }
 

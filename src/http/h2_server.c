@@ -107,6 +107,8 @@ struct tp_h2_stream {
     bool want_resume;                /* the queue has room again: resume the exchange after the send */
     struct tp_block *tr_txt, *tr_nv; /* response trailers, submitted when the body's end is read */
     uint32_t tr_n;
+    struct tp_block
+        *rtr; /* request trailers for the exchange: (u16 name len, u16 value len, name, value)... */
     struct h2_piece pc[H2_PIECES];
     uint8_t pc_head, pc_n;
     uint32_t queued; /* response bytes in pc[] */
@@ -305,6 +307,8 @@ static void stream_end(struct tp_shard *sh, struct tp_h2_stream *st)
     pieces_clear(sh, st);
     head_held_drop(sh, st);
     trailers_drop(sh, st);
+    if (st->rtr)
+        tp_block_put(sh, st->rtr);
     if (st->body_staged && s->ng)
         nghttp2_session_consume_connection(s->ng, st->body_staged);
     while (st->body_n) {
@@ -471,8 +475,25 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     (void)flags;
     if (!st || !st->r)
         return 0;
-    if (f->headers.cat != NGHTTP2_HCAT_REQUEST || st->dispatched)
-        return 0; /* trailers: not relayed to HTTP/1 upstreams (see docs/reference.md) */
+    if (f->headers.cat != NGHTTP2_HCAT_REQUEST || st->dispatched) {
+        /* trailers: kept for an exchange that can carry them (HTTP/2), up to
+         * max_header_bytes; HTTP/1 upstreams do not get them */
+        struct tp_req *r = st->r;
+        if (!st->dispatched || r->body_state != TP_BODY_STREAM || !r->ux || !r->ux->trailers ||
+            nlen > 0xffff || vlen > 0xffff)
+            return 0;
+        if (!st->rtr && !(st->rtr = tp_block_get(sh, s->max_header_bytes + 4u * TP_HDRS_INLINE)))
+            return 0;
+        struct tp_block *b = st->rtr;
+        if (b->len + 4 + nlen + vlen > b->size)
+            return 0;
+        uint16_t l[2] = {(uint16_t)nlen, (uint16_t)vlen};
+        memcpy(b->data + b->len, l, 4);
+        memcpy(b->data + b->len + 4, name, nlen);
+        memcpy(b->data + b->len + 4 + nlen, value, vlen);
+        b->len += (uint32_t)(4 + nlen + vlen);
+        return 0;
+    }
     st->hlist += nlen + vlen + 32;
     if (st->hlist > (uint64_t)s->max_header_bytes * H2_HPACK_BOMB + 65536) {
         /* decoding goes on however large the list: a compressed bomb costs the
@@ -663,6 +684,32 @@ static bool stage_body(struct tp_shard *sh, struct tp_h2_stream *st, const uint8
     return true;
 }
 
+/* The request's trailers go to the exchange as a head (at most TP_HDRS_INLINE fields). */
+static bool pass_trailers(struct tp_shard *sh, struct tp_h2_stream *st)
+{
+    struct tp_block *b = st->rtr;
+    struct tp_head h;
+    uint32_t off = 0;
+
+    st->rtr = NULL;
+    tp_head_init(&h);
+    h.base = b->data;
+    h.len = b->len;
+    while (off + 4 <= b->len && h.n_hdrs < TP_HDRS_INLINE) {
+        uint16_t l[2];
+        memcpy(l, b->data + off, 4);
+        struct tp_hdr *hd = &h.hdrs[h.n_hdrs++];
+        memset(hd, 0, sizeof(*hd));
+        hd->name = (struct tp_slice){off + 4, l[0]};
+        hd->value = (struct tp_slice){off + 4 + l[0], l[1]};
+        hd->id = tp_h1_header_id(b->data + off + 4, l[0]);
+        off += 4u + l[0] + l[1];
+    }
+    bool ok = !st->r->ux->trailers || st->r->ux->trailers(sh, st->r, &h);
+    tp_block_put(sh, b);
+    return ok;
+}
+
 /* Hands staged request body to the exchange while it can take it; the
  * client's window reopens by what it took. */
 static void pump_body(struct tp_shard *sh, struct tp_h2_stream *st)
@@ -700,6 +747,12 @@ static void pump_body(struct tp_shard *sh, struct tp_h2_stream *st)
         st->last_ms = sh->now_ms;
     }
     if (st->req_ended && !st->body_staged) {
+        if (st->rtr && !pass_trailers(sh, st)) {
+            r->body_state = TP_BODY_DISCARD;
+            stream_reset(st, NGHTTP2_INTERNAL_ERROR);
+            s_kick(sh, s);
+            return;
+        }
         if (!r->ux->body_end(sh, r)) {
             r->body_state = TP_BODY_DISCARD;
             stream_reset(st, NGHTTP2_INTERNAL_ERROR);

@@ -155,6 +155,12 @@ struct tp_ux_ops {
     bool (*body_ready)(const struct tp_req *r);
     /** Queues request body content (slice of a received buffer, no copy). false: out of memory. */
     bool (*body)(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, const char *p, uint32_t len);
+    /**
+     * Trailer fields of the request (<h>), after the last body call and
+     * before body_end; the exchange copies what it keeps. NULL: the protocol
+     * cannot carry them (HTTP/1: they are dropped). false: out of memory.
+     */
+    bool (*trailers)(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h);
     /** The request body is complete (after the last body call). false: out of memory. */
     bool (*body_end)(struct tp_shard *sh, struct tp_req *r);
     /** Body bytes were queued, or a pause ended: send them. */

@@ -658,3 +658,19 @@ def test_drain_lets_streams_finish(h, ups):
     assert [r.status for r in res] == [200] * 4, res
     assert tp.wait() == 0
     wait_until(lambda: up.closed == up.conns, T(10), what="upstream connections closed")
+
+
+def test_request_trailers_reach_the_upstream(h, ups):
+    """An HTTP/2 client's request trailers go to the h2c upstream as trailers, after the body."""
+    up = ups()
+    tp = start(h, cfg(up))
+    c = H2Client(tp.port)
+    body = payload(100000)
+    sid = c.request("/tr", method="POST", body=body, end=False, headers=[("te", "trailers")])
+    c.c.send_headers(sid, [("x-checksum", "abc"), ("grpc-timeout", "1S")], end_stream=True)
+    c.flush()
+    st = c.response(sid)
+    assert st["headers"][":status"] == "200" and st["data"] == f"{sha256(body)} {len(body)}".encode(), st
+    req = up.requests[-1]
+    assert req.get("trailers") == [("x-checksum", "abc"), ("grpc-timeout", "1S")], req.get("trailers")
+    c.close()
