@@ -674,3 +674,22 @@ def test_request_trailers_reach_the_upstream(h, ups):
     req = up.requests[-1]
     assert req.get("trailers") == [("x-checksum", "abc"), ("grpc-timeout", "1S")], req.get("trailers")
     c.close()
+
+
+def test_no_settings_is_a_connect_timeout(h):
+    """An upstream that accepts but never speaks HTTP/2 (no SETTINGS): upstream_connect
+    passes, 502, and the request is not left hanging."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(8)
+    addr = f"127.0.0.1:{ls.getsockname()[1]}"
+    try:
+        tp = start(h, {"workers": 1, "timeouts": {"upstream_connect": "300ms"},
+                       "upstreams": [{"name": "u", "protocol": "h2c", "endpoints": [{"address": addr}]}],
+                       "routes": ROUTES})
+        r = get(tp.port, "/x")
+        assert r.status == 502 and b"connect" in r.body, (r.status, r.body)
+        m = metrics(tp)
+        assert m.value("turnpike_upstream_connect_failures_total", upstream="u", endpoint=addr) == 1
+    finally:
+        ls.close()
