@@ -57,6 +57,7 @@ struct tp_uconn {
     uint8_t framing;                /* enum tp_framing of the response */
     bool skip_body;                 /* response to HEAD */
     bool pool_when_sent;            /* response done before our send completed */
+    bool last_chunk;                /* the request's last chunk (with its trailers) is queued */
     struct tp_endpoint_state *eps;  /* pool it belongs to */
     struct tp_req *req;             /* request served, while attached */
     struct tp_uconn *pnext, *pprev; /* pool links */
@@ -306,6 +307,7 @@ static bool attach(struct tp_shard *sh, struct tp_uconn *uc, struct tp_req *r)
     uc->skip_body = r->method == HTTP_HEAD;
     uc->hp.head_done = uc->hp.msg_done = false;
     tp_h1_parser_want_trailers(&uc->hp, 0);
+    uc->last_chunk = false;
     uc->mode = RM_NONE;
     r->att.conn = uc;
     ok = tp_outq_push_static(sh, &uc->t.out, h->data, h->len);
@@ -436,31 +438,35 @@ static bool ux_body(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, c
     return true;
 }
 
-/* The end of a chunked request body: the last chunk, with the client's
- * trailer section when it sent one. A body with Content-Length has no place
- * for trailers: they are dropped. */
-static bool ux_body_end(struct tp_shard *sh, struct tp_req *r)
+/* The client's trailer section goes out as the last chunk's; a body sent
+ * with Content-Length has no place for trailers: they are dropped. */
+static bool ux_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h)
 {
     struct tp_uconn *uc = r->att.conn;
-    const struct tp_head *tr = r->req_trailers;
     struct tp_block *b;
 
-    if (!r->chunked)
+    if (!r->chunked || !uc || uc->last_chunk)
         return true;
-    if (!flush_chunk(sh, uc))
-        return false;
-    if (!tr || !tr->n_hdrs)
-        return tp_outq_push_static(sh, &uc->t.out, "0\r\n\r\n", 5);
-    if (!(b = tp_block_get(sh, tr->len + 4 * tr->n_hdrs + 8)))
+    if (!flush_chunk(sh, uc) || !(b = tp_block_get(sh, h->len + 4 * h->n_hdrs + 8)))
         return false;
     tp_blk_lit(b, "0\r\n");
-    tp_req_trailer_fields(tr, &tp_h1_line_sink, b);
+    tp_req_trailer_fields(h, &tp_h1_line_sink, b);
     tp_blk_lit(b, "\r\n");
     if (b->len > b->size || !tp_outq_push_block(sh, &uc->t.out, b)) {
         tp_block_put(sh, b);
         return false;
     }
+    uc->last_chunk = true;
     return true;
+}
+
+static bool ux_body_end(struct tp_shard *sh, struct tp_req *r)
+{
+    struct tp_uconn *uc = r->att.conn;
+
+    if (!r->chunked || uc->last_chunk)
+        return true;
+    return flush_chunk(sh, uc) && tp_outq_push_static(sh, &uc->t.out, "0\r\n\r\n", 5);
 }
 
 static void ux_flush(struct tp_shard *sh, struct tp_req *r)
@@ -490,6 +496,7 @@ static const struct tp_ux_ops h1_exchange = {
     .abort = ux_abort,
     .body_ready = ux_body_ready,
     .body = ux_body,
+    .trailers = ux_trailers,
     .body_end = ux_body_end,
     .flush = ux_flush,
     .resume = ux_resume,

@@ -798,8 +798,10 @@ static bool pump_body(struct tp_shard *sh, struct tp_conn *c)
         r->bytes_in += used;
         tp_inq_consume(sh, &t->in, used);
         if (c->hp.msg_done) {
-            r->req_trailers = tp_h1_trailers(&c->hp);
-            if (stream && !r->ux->body_end(sh, r)) {
+            /* the client's trailer section, for an exchange that can carry it */
+            const struct tp_head *tr = stream ? tp_h1_trailers(&c->hp) : NULL;
+            if ((tr && r->ux->trailers && !r->ux->trailers(sh, r, tr)) ||
+                (stream && !r->ux->body_end(sh, r))) {
                 t->rst = true;
                 conn_close(sh, c);
                 return false;

@@ -103,13 +103,14 @@ struct h2c_stream {
     /* the request body */
     struct h2c_piece pc[H2C_PIECES];
     uint8_t pc_head, pc_n;
-    uint32_t queued;   /* request body bytes in pc[] */
-    bool has_body;     /* submitted with a data source */
-    bool body_end;     /* the last request body byte is queued */
-    bool deferred;     /* the data source said DEFERRED */
-    bool want_resume;  /* the queue has room again: read more of the client's body after the send */
-    bool headers_sent; /* our HEADERS left: the upstream may have seen the request */
-    bool closed;       /* nghttp2 closed the stream */
+    uint32_t queued;      /* request body bytes in pc[] */
+    bool has_body;        /* submitted with a data source */
+    bool body_end;        /* the last request body byte is queued */
+    bool deferred;        /* the data source said DEFERRED */
+    bool want_resume;     /* the queue has room again: read more of the client's body after the send */
+    bool headers_sent;    /* our HEADERS left: the upstream may have seen the request */
+    struct tp_block *rtr; /* the request's trailers (struct uh layout), submitted at the body's end */
+    bool closed;          /* nghttp2 closed the stream */
     /* the response */
     struct tp_block *hblk; /* names and values of the header block being received */
     struct tp_head head;   /* its fields */
@@ -144,6 +145,7 @@ struct tp_h2c_conn {
     struct tp_h2c_conn *next_kick;
     struct h2c_stream *streams; /* queued, open, and closed ones still draining */
     uint32_t n_streams;         /* in <streams> */
+    uint32_t n_attached;        /* of them, those serving a request (st->r) */
     uint32_t n_open;            /* submitted to nghttp2 and not closed */
     uint32_t n_queued;          /* waiting for SETTINGS (id 0) */
     uint32_t max_streams;       /* the upstream's SETTINGS_MAX_CONCURRENT_STREAMS (capped) */
@@ -419,6 +421,7 @@ static struct h2c_stream *stream_new(struct tp_shard *sh, struct tp_h2c_conn *c,
         c->streams->prev = st;
     c->streams = st;
     c->n_streams++;
+    c->n_attached++;
     c->idle_ms = 0;
     idle_count(sh, c, false);
     tp_stat_add(&ep_shard(sh, c->eps)->h2_streams, 1);
@@ -428,6 +431,9 @@ static struct h2c_stream *stream_new(struct tp_shard *sh, struct tp_h2c_conn *c,
 
 static void pieces_clear(struct tp_shard *sh, struct h2c_stream *st)
 {
+    if (st->rtr)
+        tp_block_put(sh, st->rtr);
+    st->rtr = NULL;
     while (st->pc_n) {
         tp_bref_put(sh, st->pc[st->pc_head].ref);
         st->pc_head = (uint8_t)((st->pc_head + 1) % H2C_PIECES);
@@ -458,7 +464,16 @@ static void head_clear(struct tp_shard *sh, struct h2c_stream *st)
     st->head_bad = false;
 }
 
-/* Detaches <st> from its request: from here on neither sees the other. */
+/*
+ * Detaches <st> from its request: from here on neither sees the other.
+ *
+ * A connection may use its endpoint's state (c->eps, a registry object of the
+ * snapshots) only while a request on it holds a snapshot, or while the
+ * endpoint is in the shard's current snapshot: so a connection whose last
+ * request detaches closes at once when its endpoint was retired
+ * (c_idle_check, called while that request is still alive), and
+ * tp_h2c_pool_close closes those that have none when the shard moves on.
+ */
 static struct tp_req *detach(struct h2c_stream *st)
 {
     struct tp_req *r = st->r;
@@ -466,6 +481,7 @@ static struct tp_req *detach(struct h2c_stream *st)
     if (r) {
         r->att.conn = NULL;
         st->r = NULL;
+        st->c->n_attached--;
     }
     return r;
 }
@@ -516,8 +532,8 @@ static void stream_fail(struct tp_shard *sh, struct h2c_stream *st, enum tp_fail
         if (st->id && c->ng)
             nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
         stream_free(sh, st);
-        c_idle_check(sh, c);
     }
+    c_idle_check(sh, c); /* while <r> still holds its snapshot */
     if (r)
         tp_proxy_failed(sh, r, kind, err);
 }
@@ -528,10 +544,11 @@ static void stream_fail(struct tp_shard *sh, struct h2c_stream *st, enum tp_fail
 
 static void list_unlink(struct tp_shard *sh, struct tp_h2c_conn *c)
 {
-    struct tp_ep_shard *ps = ep_shard(sh, c->eps);
+    struct tp_ep_shard *ps;
 
     if (!c->listed)
         return;
+    ps = ep_shard(sh, c->eps);
     if (c->pprev)
         c->pprev->pnext = c->pnext;
     else
@@ -555,7 +572,7 @@ static void c_deadline(struct tp_shard *sh, struct tp_h2c_conn *c, uint64_t conn
     for (struct h2c_stream *st = c->streams; st; st = st->next)
         if (st->r && st->deadline_ms < d)
             d = st->deadline_ms;
-    if (!c->n_streams && c->idle_ms)
+    if (!c->n_attached && c->idle_ms)
         d = c->idle_ms + H2C_POOL_IDLE_MS;
     if (d != UINT64_MAX) {
         c->t.deadline_ms = 0; /* tp_transport_deadline takes any moment, earlier or later */
@@ -563,34 +580,49 @@ static void c_deadline(struct tp_shard *sh, struct tp_h2c_conn *c, uint64_t conn
     }
 }
 
-/* Closes <c> gracefully: it has no stream left (or they were failed). */
+/* Frees the streams of <c> that serve no request (resets on their way out). */
+static void drop_detached(struct tp_shard *sh, struct tp_h2c_conn *c)
+{
+    struct h2c_stream *st = c->streams, *next;
+
+    for (; st; st = next) {
+        next = st->next;
+        if (st->r)
+            continue;
+        if (st->id && c->ng)
+            nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
+        stream_free(sh, st);
+    }
+}
+
+/* Closes <c>, which serves no request: streams still being reset go with it. */
 static void c_close(struct tp_shard *sh, struct tp_h2c_conn *c)
 {
     if (c->state == HC_CLOSING)
         return;
+    TP_BUG_ON(c->n_attached);
+    drop_detached(sh, c);
     c->state = HC_CLOSING;
     idle_count(sh, c, false);
     list_unlink(sh, c);
     tp_transport_close(sh, &c->t);
 }
 
-/* <c> may have lost its last stream: it closes when it takes no new ones
- * (GOAWAY, retired endpoint, drain, keepalive 0), else it waits in the pool. */
+/* <c> may have lost its last request: it closes when it takes no new ones
+ * (GOAWAY, retired endpoint, drain, keepalive 0), else it waits in the pool
+ * (streams it reset may still be finishing). */
 static void c_idle_check(struct tp_shard *sh, struct tp_h2c_conn *c)
 {
-    if (c->state == HC_CLOSING || c->n_streams)
+    if (c->state == HC_CLOSING || c->n_attached)
         return;
-    if (c->state == HC_CONNECTING) {
-        /* nobody waits for it any more; the SETTINGS may still make it useful */
-        c->idle_ms = sh->now_ms;
-        return;
-    }
     if (c->goaway || sh->draining || c->keepalive == 0 ||
         atomic_load_explicit(&c->eps->retired, memory_order_relaxed)) {
         c_close(sh, c);
         return;
     }
     c->idle_ms = sh->now_ms;
+    if (c->state == HC_CONNECTING)
+        return; /* nobody waits for it any more; the SETTINGS may still make it useful */
     idle_count(sh, c, true);
     c_deadline(sh, c, 0);
 }
@@ -606,6 +638,9 @@ static void c_fail(struct tp_shard *sh, struct tp_h2c_conn *c, enum tp_fail_kind
 
     if (c->state == HC_CLOSING)
         return;
+    /* first the streams that serve no request, while the others still hold
+     * the snapshot the endpoint's state lives in */
+    drop_detached(sh, c);
     c->state = HC_CLOSING;
     idle_count(sh, c, false);
     list_unlink(sh, c);
@@ -798,12 +833,12 @@ static void ux_abort(struct tp_shard *sh, struct tp_req *r)
     stage_clear(sh, st);
     if (st->id && !st->closed && c->state != HC_CLOSING) {
         nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
-        c_kick(sh, c);
-        return; /* freed when nghttp2 closes it */
+        c_kick(sh, c); /* freed when nghttp2 closes it */
+    } else {
+        if (st->id && c->ng)
+            nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
+        stream_free(sh, st);
     }
-    if (st->id && c->ng)
-        nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
-    stream_free(sh, st);
     c_idle_check(sh, c);
 }
 
@@ -852,6 +887,79 @@ static bool ux_body(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, c
     tp_bref_get(sh, ref);
     st->pc[(st->pc_head + st->pc_n++) % H2C_PIECES] = (struct h2c_piece){.ref = ref, .p = p, .len = len};
     st->queued += len;
+    return true;
+}
+
+/* Builds the request's trailer fields as nghttp2_nv, names lowercased (an
+ * HTTP/1 client's may not be), into the text after the array. */
+struct trb {
+    nghttp2_nv *nv;
+    uint32_t n, cap;
+    char *txt;
+    size_t used, size;
+    bool over;
+};
+
+static void trb_name(void *ctx, const char *p, size_t n)
+{
+    struct trb *t = ctx;
+
+    if (t->n == t->cap || t->used + n > t->size) {
+        t->over = true;
+        return;
+    }
+    char *d = t->txt + t->used;
+    for (size_t i = 0; i < n; i++)
+        d[i] = p[i] >= 'A' && p[i] <= 'Z' ? (char)(p[i] | 0x20) : p[i];
+    t->nv[t->n] = (nghttp2_nv){(uint8_t *)d, (uint8_t *)d + n, n, 0, NGHTTP2_NV_FLAG_NONE};
+    t->used += n;
+}
+
+static void trb_value(void *ctx, const char *p, size_t n)
+{
+    struct trb *t = ctx;
+
+    if (t->over || t->used + n > t->size) {
+        t->over = true;
+        return;
+    }
+    memcpy(t->txt + t->used, p, n);
+    t->used += n;
+    t->nv[t->n].valuelen += n;
+}
+
+static void trb_end(void *ctx)
+{
+    struct trb *t = ctx;
+
+    if (!t->over)
+        t->n++;
+}
+
+static const struct tp_hdr_sink trb_sink = {trb_name, trb_value, trb_end};
+
+/* The request's trailers: copied as nghttp2 fields, sent as HEADERS with
+ * END_STREAM once the body's last DATA left (data_read_cb). */
+static bool ux_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h)
+{
+    struct h2c_stream *st = r->att.conn;
+    uint32_t cap = h->n_hdrs;
+    struct tp_block *b;
+
+    if (!st || !cap || st->rtr || !st->has_body)
+        return true;
+    if (!(b = tp_block_get(sh, sizeof(struct uh) + 16 + cap * sizeof(nghttp2_nv) + h->len)))
+        return false;
+    struct uh *u = uh_of(b);
+    nghttp2_nv *nv = uh_nv(u);
+    struct trb t = {.nv = nv, .cap = cap, .txt = (char *)(nv + cap), .size = h->len};
+    tp_req_trailer_fields(h, &trb_sink, &t);
+    if (t.over) {
+        tp_block_put(sh, b);
+        return false;
+    }
+    u->n = t.n;
+    st->rtr = b;
     return true;
 }
 
@@ -933,6 +1041,7 @@ static const struct tp_ux_ops h2_exchange = {
     .abort = ux_abort,
     .body_ready = ux_body_ready,
     .body = ux_body,
+    .trailers = ux_trailers,
     .body_end = ux_body_end,
     .flush = ux_flush,
     .resume = ux_resume,
@@ -978,8 +1087,8 @@ static void stream_finish(struct tp_shard *sh, struct h2c_stream *st)
         if (c->ng)
             nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
         stream_free(sh, st);
-        c_idle_check(sh, c);
     }
+    c_idle_check(sh, c); /* while <r> still holds its snapshot */
     tp_proxy_response_done(sh, r);
 }
 
@@ -1158,7 +1267,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     }
     r->att.resp_bytes = true;
     st->deadline_ms = tp_req_upstream_deadline(r, sh->now_ms, r->limits.upstream_response_ms);
-    if (!st->st_n && !r->ds->ops->congested(r)) {
+    if (!st->staged && !r->ds->ops->congested(r)) {
         /* the client side takes it: relayed without a copy */
         if (!r->ds->ops->body(sh, r, c->cur, (const char *)data, (uint32_t)len)) {
             nghttp2_session_consume_stream(ng, id, len);
@@ -1175,7 +1284,11 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     if (!stage(sh, st, data, len)) {
         nghttp2_session_consume_stream(ng, id, len);
         stream_fail(sh, st, TP_FAIL_RESET, -ENOMEM, NGHTTP2_INTERNAL_ERROR);
+        return 0;
     }
+    /* it may have caught up meanwhile, with nothing queued that would resume us */
+    if (!r->ds->ops->congested(r))
+        unstage(sh, st);
     return 0;
 }
 
@@ -1192,7 +1305,7 @@ static void on_settings(struct tp_shard *sh, struct tp_h2c_conn *c)
     if (c->state != HC_CONNECTING)
         return;
     c->state = HC_READY;
-    if (!c->n_streams) {
+    if (!c->n_attached) {
         c_idle_check(sh, c);
         return;
     }
@@ -1200,7 +1313,7 @@ static void on_settings(struct tp_shard *sh, struct tp_h2c_conn *c)
     struct h2c_stream *st = c->streams, *prev;
     while (st && st->next)
         st = st->next;
-    for (; st; st = prev) {
+    for (; st && c->state != HC_CLOSING; st = prev) {
         prev = st->prev;
         struct tp_req *r = st->r;
         if (st->id || !r)
@@ -1219,7 +1332,9 @@ static void on_settings(struct tp_shard *sh, struct tp_h2c_conn *c)
         stream_free(sh, st);
         ux_start(sh, r);
     }
-    c_deadline(sh, c, 0);
+    c_idle_check(sh, c);
+    if (c->state != HC_CLOSING)
+        c_deadline(sh, c, 0);
 }
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user)
@@ -1229,6 +1344,8 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
     struct h2c_stream *st;
     bool end = f->hd.flags & NGHTTP2_FLAG_END_STREAM;
 
+    if (c->state == HC_CLOSING)
+        return 0; /* closed from inside this mem_recv: nothing more to do */
     switch (f->hd.type) {
     case NGHTTP2_SETTINGS:
         if (!(f->hd.flags & NGHTTP2_FLAG_ACK))
@@ -1298,7 +1415,7 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *f, int li
     struct tp_shard *sh = tp_self;
 
     (void)ng;
-    if (f->hd.type != NGHTTP2_HEADERS)
+    if (f->hd.type != NGHTTP2_HEADERS || c->state == HC_CLOSING)
         return 0;
     for (struct h2c_stream *st = c->streams; st; st = st->next) {
         if (st->id != f->hd.stream_id)
@@ -1397,81 +1514,12 @@ static ssize_t send_cb(nghttp2_session *ng, const uint8_t *data, size_t len, int
 }
 
 /* The request body's data source: as much as queued, sent without a copy. */
-/* The request's trailer fields as nghttp2_nv (names lowercased), built in one block. */
-struct tr_build {
-    nghttp2_nv *nv;
-    uint32_t n, cap;
-    char *txt;
-    size_t used, size;
-    bool over;
-};
-
-static void trb_name(void *ctx, const char *p, size_t n)
-{
-    struct tr_build *t = ctx;
-
-    if (t->n == t->cap || t->used + n > t->size) {
-        t->over = true;
-        return;
-    }
-    char *d = t->txt + t->used;
-    for (size_t i = 0; i < n; i++)
-        d[i] = p[i] >= 'A' && p[i] <= 'Z' ? (char)(p[i] | 0x20) : p[i];
-    t->nv[t->n] = (nghttp2_nv){.name = (uint8_t *)d, .namelen = n, .value = (uint8_t *)d + n, .valuelen = 0};
-    t->used += n;
-}
-
-static void trb_value(void *ctx, const char *p, size_t n)
-{
-    struct tr_build *t = ctx;
-
-    if (t->over || t->used + n > t->size) {
-        t->over = true;
-        return;
-    }
-    memcpy(t->txt + t->used, p, n);
-    t->used += n;
-    t->nv[t->n].valuelen += n;
-}
-
-static void trb_end(void *ctx)
-{
-    struct tr_build *t = ctx;
-
-    if (!t->over)
-        t->n++;
-}
-
-static const struct tp_hdr_sink trb_sink = {trb_name, trb_value, trb_end};
-
-/* Submits the request's trailer section (inside the data source, which
- * nghttp2 allows). 1: submitted, 0: nothing to send, -1: out of memory. */
-static int submit_req_trailers(nghttp2_session *ng, struct h2c_stream *st)
-{
-    const struct tp_head *h = st->r->req_trailers;
-    struct tp_shard *sh = tp_self;
-    size_t nvb = sizeof(nghttp2_nv) * h->n_hdrs + _Alignof(nghttp2_nv);
-    struct tp_block *b = tp_block_get(sh, nvb + h->len);
-    int rv;
-
-    if (!b)
-        return -1;
-    uintptr_t a = ((uintptr_t)b->data + _Alignof(nghttp2_nv) - 1) & ~(uintptr_t)(_Alignof(nghttp2_nv) - 1);
-    struct tr_build t = {.nv = (nghttp2_nv *)a, .cap = h->n_hdrs, .txt = b->data + nvb, .size = h->len};
-    tp_req_trailer_fields(h, &trb_sink, &t);
-    rv = t.over ? -1 : t.n == 0 ? 0 : nghttp2_submit_trailer(ng, st->id, t.nv, t.n) == 0 ? 1 : -1;
-    tp_block_put(sh, b);
-    return rv;
-}
-
 static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *dflags,
                             nghttp2_data_source *src, void *user)
 {
     struct h2c_stream *st = src->ptr;
     size_t n = 0;
 
-    (void)ng;
-    (void)id;
     (void)buf;
     (void)user;
     if (!st->r) {
@@ -1491,13 +1539,18 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
         *dflags |= NGHTTP2_DATA_FLAG_NO_COPY;
     if (st->body_end && n == st->queued) {
         *dflags |= NGHTTP2_DATA_FLAG_EOF;
-        /* the client's trailer section, if any, ends the stream instead */
-        if (st->r->req_trailers) {
-            int rv = submit_req_trailers(ng, st);
-            if (rv < 0)
-                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-            if (rv > 0)
+        if (st->rtr) {
+            /* the trailers end the stream instead (nghttp2 copies the fields) */
+            struct uh *u = uh_of(st->rtr);
+            int rv = 0;
+            if (u->n) {
                 *dflags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+                rv = nghttp2_submit_trailer(ng, id, uh_nv(u), u->n);
+            }
+            tp_block_put(tp_self, st->rtr);
+            st->rtr = NULL;
+            if (rv != 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
     }
     return (ssize_t)n;
@@ -1700,7 +1753,7 @@ static void h2c_on_timeout(struct tp_shard *sh, struct tp_transport *t)
         c_fail(sh, c, TP_FAIL_CONNECT_TIMEOUT, TP_ETIMEOUT);
         return;
     }
-    if (!c->n_streams) {
+    if (!c->n_attached) {
         if (c->idle_ms && sh->now_ms >= c->idle_ms + H2C_POOL_IDLE_MS)
             c_close(sh, c); /* pooled too long */
         else
@@ -1709,7 +1762,7 @@ static void h2c_on_timeout(struct tp_shard *sh, struct tp_transport *t)
     }
     /* the streams whose upstream_response passed fail alone (504) */
     struct h2c_stream *st = c->streams, *next;
-    for (; st; st = next) {
+    for (; st && c->state != HC_CLOSING; st = next) {
         next = st->next;
         if (st->r && sh->now_ms >= st->deadline_ms)
             stream_fail(sh, st, TP_FAIL_TIMEOUT, TP_ETIMEOUT, NGHTTP2_CANCEL);
@@ -1805,7 +1858,7 @@ void tp_h2c_close_all(struct tp_shard *sh, bool all)
             continue;
         if (all)
             c_fail(sh, c, TP_FAIL_RESET, TP_ECLOSED);
-        else if (!c->n_streams)
+        else if (!c->n_attached)
             c_close(sh, c);
     }
 }

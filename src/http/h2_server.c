@@ -728,6 +728,13 @@ static void pump_body(struct tp_shard *sh, struct tp_h2_stream *st)
         st->last_ms = sh->now_ms;
     }
     if (st->req_ended && !st->body_staged) {
+        /* the client's trailer section, for an exchange that can carry it */
+        if (st->req_tr && st->req_tr->n_hdrs && r->ux->trailers && !r->ux->trailers(sh, r, st->req_tr)) {
+            r->body_state = TP_BODY_DISCARD;
+            stream_reset(st, NGHTTP2_INTERNAL_ERROR);
+            s_kick(sh, s);
+            return;
+        }
         if (!r->ux->body_end(sh, r)) {
             r->body_state = TP_BODY_DISCARD;
             stream_reset(st, NGHTTP2_INTERNAL_ERROR);
@@ -803,10 +810,8 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
             on_request_head(sh, st, end);
             return 0;
         }
-        /* trailers: the end of the request; the exchange sends them after the body */
+        /* trailers: the end of the request; handed to the exchange after the body (pump_body) */
         if (end) {
-            if (st->req_tr && st->req_tr->n_hdrs)
-                st->r->req_trailers = st->req_tr;
             st->req_ended = true;
             if (st->r->body_state == TP_BODY_STREAM)
                 pump_body(sh, st);

@@ -155,6 +155,15 @@ struct tp_ux_ops {
     bool (*body_ready)(const struct tp_req *r);
     /** Queues request body content (slice of a received buffer, no copy). false: out of memory. */
     bool (*body)(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, const char *p, uint32_t len);
+    /**
+     * Trailer fields of the request (<h>), after the last body call and
+     * before body_end; the exchange copies what it keeps, as
+     * tp_req_trailer_fields emits them. HTTP/1: the last chunk of a chunked
+     * body (a body sent with Content-Length has no room: dropped); HTTP/2:
+     * HEADERS ending the stream. NULL: the protocol cannot carry them.
+     * false: out of memory.
+     */
+    bool (*trailers)(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h);
     /** The request body is complete (after the last body call). false: out of memory. */
     bool (*body_end)(struct tp_shard *sh, struct tp_req *r);
     /** Body bytes were queued, or a pause ended: send them. */
@@ -244,20 +253,18 @@ struct tp_req {
     bool aborted;        /* the upstream side failed after the response started */
     bool force_fresh;    /* next attempt on a new connection, not a pooled one */
     bool fresh_retry_done;
-    bool head_cl_seen;    /* the client sent Content-Length */
-    bool head_parsed;     /* the request head was complete and parsed */
-    bool head_unflushed;  /* the response head is the last thing queued, not handed to the kernel */
-    bool uhead_open;      /* uhead lacks Host and its end: each attempt adds the endpoint's */
-    bool upgrade_req;     /* the client asked to switch protocols (Upgrade + Connection: upgrade) */
-    bool counted;         /* metrics recorded already (a tunnel's, at its 101) */
-    bool grpc;            /* content-type application/grpc: gateway answers in gRPC form */
-    bool h2;              /* the client speaks HTTP/2 (http_minor is then meaningless) */
-    uint8_t grpc_status;  /* gRPC calls: the response's grpc-status (0..16, TP_GRPC_OTHER), TP_GRPC_NONE */
-    uint64_t deadline_ms; /* [ms] the call's deadline from its grpc-timeout; 0: none */
-    const struct tp_head *req_trailers; /* the request's trailer section (the downstream session's), given
-                                           before ux->body_end; NULL: none */
-    uint8_t upg_len;                    /* bytes in upg */
-    char upg[63];                       /* Upgrade tokens offered to the upstream (the route allows them) */
+    bool head_cl_seen;      /* the client sent Content-Length */
+    bool head_parsed;       /* the request head was complete and parsed */
+    bool head_unflushed;    /* the response head is the last thing queued, not handed to the kernel */
+    bool uhead_open;        /* uhead lacks Host and its end: each attempt adds the endpoint's */
+    bool upgrade_req;       /* the client asked to switch protocols (Upgrade + Connection: upgrade) */
+    bool counted;           /* metrics recorded already (a tunnel's, at its 101) */
+    bool grpc;              /* content-type application/grpc: gateway answers in gRPC form */
+    bool h2;                /* the client speaks HTTP/2 (http_minor is then meaningless) */
+    uint8_t grpc_status;    /* gRPC calls: the response's grpc-status (0..16, TP_GRPC_OTHER), TP_GRPC_NONE */
+    uint64_t deadline_ms;   /* [ms] the call's deadline from its grpc-timeout; 0: none */
+    uint8_t upg_len;        /* bytes in upg */
+    char upg[63];           /* Upgrade tokens offered to the upstream (the route allows them) */
     struct tp_block *names; /* a tunnel's route, upstream, endpoint and subject names for its log line */
     struct tp_jwt_claims *claims;          /* the JWT's claims (routes with auth), one reference */
     const struct tp_apikey *apikey;        /* the API key (routes with auth), in r->snap's table */
