@@ -29,7 +29,8 @@ ROUTES = [{"match": {"path_prefix": "/"}, "upstream": "u"}]
 class Resp:
     """What the test upstream answers to one request."""
 
-    def __init__(self, status=200, body=b"", headers=None, trailers=None, hold=None, reset=None, length=True):
+    def __init__(self, status=200, body=b"", headers=None, trailers=None, hold=None, reset=None, length=True,
+                 cut_after=None, close_after=None):
         self.status = status
         self.body = body
         self.headers = list(headers or [])
@@ -37,6 +38,8 @@ class Resp:
         self.hold = hold  # threading.Event: answer once it is set
         self.reset = reset  # RST_STREAM with this code instead of an answer
         self.length = length  # send content-length
+        self.cut_after = cut_after  # RST_STREAM INTERNAL_ERROR once this much body is sent
+        self.close_after = close_after  # close the whole connection once this much body is sent
 
 
 def default_handler(req):
@@ -180,13 +183,21 @@ class H2Upstream:
                     if end:
                         out.remove(o)
                         continue
-                while off < len(resp.body):
-                    room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                limit = min(x for x in (len(resp.body), resp.cut_after, resp.close_after) if x is not None)
+                while off < limit:
+                    room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size, limit - off)
                     if room <= 0:
                         break
                     conn.send_data(sid, resp.body[off:off + room])
                     off += room
                 o[2] = off
+                if off >= limit and resp.close_after is not None:
+                    s.sendall(conn.data_to_send())
+                    return
+                if off >= limit and resp.cut_after is not None:
+                    conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.INTERNAL_ERROR)
+                    out.remove(o)
+                    continue
                 if off >= len(resp.body):
                     if resp.trailers is not None:
                         conn.send_headers(sid, resp.trailers, end_stream=True)
@@ -693,3 +704,37 @@ def test_no_settings_is_a_connect_timeout(h):
         assert m.value("turnpike_upstream_connect_failures_total", upstream="u", endpoint=addr) == 1
     finally:
         ls.close()
+
+
+def test_upstream_fails_mid_response(h, ups):
+    """After the head and part of the body: a reset stream cuts that response short (the
+    HTTP/2 client's stream is reset, the HTTP/1.1 client's connection closed); a closed
+    connection does the same to every response on it; the next request succeeds."""
+    big = payload(300000)
+
+    def handler(req):
+        if req["path"] == "/cut":
+            return Resp(200, big, cut_after=100000)
+        if req["path"] == "/die":
+            return Resp(200, big, close_after=50000)
+        return Resp(200, b"ok")
+
+    up = ups(handler)
+    tp = start(h, cfg(up))
+    c = H2Client(tp.port)
+    st = c.response(c.request("/cut"))
+    assert st["headers"][":status"] == "200" and st["reset"] is not None and len(st["data"]) < len(big), st["reset"]
+    assert c.get("/fine")[0] == 200
+    st = c.response(c.request("/die"))
+    assert st["reset"] is not None and len(st["data"]) < len(big)
+    assert c.get("/fine2")[0] == 200
+    c.close()
+    cl = Client(tp.port)
+    cl.send(b"GET /cut HTTP/1.1\r\nHost: test.local\r\n\r\n")
+    head = cl.read_until(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    rest = cl.read_to_eof()
+    assert len(rest) < len(big), len(rest)
+    cl.close()
+    assert get(tp.port, "/after").status == 200
+    assert up.conns >= 2  # the connection that died was replaced
