@@ -575,13 +575,20 @@ def test_h2_over_tls_with_alpn(h, ups, pki):
         return Resp(200, big)
 
     up = ups(handler, tls=tls_ctx(pki, ["h2"]))
-    tp = start(h, cfg(up, "h2", upstream={"tls": {"ca": str(pki / "ca.pem"), "sni": "a.test"}}))
+    hc = {"path": "/hc", "interval": "100ms", "unhealthy_after": 1}
+    tp = start(h, cfg(up, "h2", upstream={"tls": {"ca": str(pki / "ca.pem"), "sni": "a.test"}, "health_check": hc}))
+    # the health check speaks HTTP/2 over TLS too
+    wait_until(lambda: any(dict(rq["headers"]).get("user-agent") == "turnpike-health-check" for rq in up.requests),
+               T(10), what="an HTTP/2 health check over TLS")
+    assert metrics(tp).value("turnpike_endpoint_healthy", upstream="u", endpoint=up.addr) == 1
+    conns0 = up.conns
     r = get(tp.port, "/x")
     assert r.status == 200 and r.body == big
     assert dict(up.requests[-1]["headers"])[":scheme"] == "https"
     res = parallel(lambda i: get(tp.port, "/p", method="POST", body=big[: 100000 + i]), 4)
     assert all(r.status == 200 for r in res), res
-    assert up.conns == 1, up.conns
+    # one connection for the requests (the health checks open their own)
+    assert len({rq["conn"] for rq in up.requests if rq["path"] != "/hc"}) == 1, conns0
 
 
 def test_h2_without_alpn_h2_is_502(h, ups, pki):
