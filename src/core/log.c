@@ -16,7 +16,9 @@
 
 #include <turnpike/log.h>
 
-static int log_journal = -1; /* -1 unknown, 0 no, 1 stderr is the journal */
+/* -1 unknown, 0 no, 1 stderr is the journal; found out by whichever thread logs first
+ * (every thread finds the same answer, so a race only repeats the check) */
+static atomic_int log_journal = -1;
 static __thread char log_thread[24] = "main";
 
 static const char *const level_word[TP_LOG_LEVEL_COUNT] = {"error", "warn", "notice", "info", "debug"};
@@ -52,9 +54,13 @@ static void log_write(enum tp_log_level level, const char *suffix, const char *f
     size_t n = 0;
     int r;
 
-    if (log_journal < 0)
-        log_journal = detect_journal();
-    if (log_journal) {
+    int journal = atomic_load_explicit(&log_journal, memory_order_relaxed);
+
+    if (journal < 0) {
+        journal = detect_journal();
+        atomic_store_explicit(&log_journal, journal, memory_order_relaxed);
+    }
+    if (journal) {
         r = snprintf(line, sizeof(line), "<%d>[%s] ", level_prio[level], log_thread);
     } else {
         struct timespec ts;
