@@ -16,9 +16,9 @@
 
 #include <turnpike/log.h>
 
-/* -1 unknown, 0 no, 1 stderr is the journal; found by whichever thread logs
- * first (each finds the same answer, hence relaxed) */
-static _Atomic int log_journal = -1;
+/* -1 unknown, 0 no, 1 stderr is the journal; found out by whichever thread logs first
+ * (every thread finds the same answer, so a race only repeats the check) */
+static atomic_int log_journal = -1;
 static __thread char log_thread[24] = "main";
 
 static const char *const level_word[TP_LOG_LEVEL_COUNT] = {"error", "warn", "notice", "info", "debug"};

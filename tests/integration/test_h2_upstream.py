@@ -29,7 +29,8 @@ ROUTES = [{"match": {"path_prefix": "/"}, "upstream": "u"}]
 class Resp:
     """What the test upstream answers to one request."""
 
-    def __init__(self, status=200, body=b"", headers=None, trailers=None, hold=None, reset=None, length=True):
+    def __init__(self, status=200, body=b"", headers=None, trailers=None, hold=None, reset=None, length=True,
+                 cut_after=None, close_after=None):
         self.status = status
         self.body = body
         self.headers = list(headers or [])
@@ -37,6 +38,8 @@ class Resp:
         self.hold = hold  # threading.Event: answer once it is set
         self.reset = reset  # RST_STREAM with this code instead of an answer
         self.length = length  # send content-length
+        self.cut_after = cut_after  # RST_STREAM INTERNAL_ERROR once this much body is sent
+        self.close_after = close_after  # close the whole connection once this much body is sent
 
 
 def default_handler(req):
@@ -180,13 +183,21 @@ class H2Upstream:
                     if end:
                         out.remove(o)
                         continue
-                while off < len(resp.body):
-                    room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                limit = min(x for x in (len(resp.body), resp.cut_after, resp.close_after) if x is not None)
+                while off < limit:
+                    room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size, limit - off)
                     if room <= 0:
                         break
                     conn.send_data(sid, resp.body[off:off + room])
                     off += room
                 o[2] = off
+                if off >= limit and resp.close_after is not None:
+                    s.sendall(conn.data_to_send())
+                    return
+                if off >= limit and resp.cut_after is not None:
+                    conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.INTERNAL_ERROR)
+                    out.remove(o)
+                    continue
                 if off >= len(resp.body):
                     if resp.trailers is not None:
                         conn.send_headers(sid, resp.trailers, end_stream=True)
@@ -564,13 +575,20 @@ def test_h2_over_tls_with_alpn(h, ups, pki):
         return Resp(200, big)
 
     up = ups(handler, tls=tls_ctx(pki, ["h2"]))
-    tp = start(h, cfg(up, "h2", upstream={"tls": {"ca": str(pki / "ca.pem"), "sni": "a.test"}}))
+    hc = {"path": "/hc", "interval": "100ms", "unhealthy_after": 1}
+    tp = start(h, cfg(up, "h2", upstream={"tls": {"ca": str(pki / "ca.pem"), "sni": "a.test"}, "health_check": hc}))
+    # the health check speaks HTTP/2 over TLS too
+    wait_until(lambda: any(dict(rq["headers"]).get("user-agent") == "turnpike-health-check" for rq in up.requests),
+               T(10), what="an HTTP/2 health check over TLS")
+    assert metrics(tp).value("turnpike_endpoint_healthy", upstream="u", endpoint=up.addr) == 1
+    conns0 = up.conns
     r = get(tp.port, "/x")
     assert r.status == 200 and r.body == big
     assert dict(up.requests[-1]["headers"])[":scheme"] == "https"
     res = parallel(lambda i: get(tp.port, "/p", method="POST", body=big[: 100000 + i]), 4)
     assert all(r.status == 200 for r in res), res
-    assert up.conns == 1, up.conns
+    # one connection for the requests (the health checks open their own)
+    assert len({rq["conn"] for rq in up.requests if rq["path"] != "/hc"}) == 1, conns0
 
 
 def test_h2_without_alpn_h2_is_502(h, ups, pki):
@@ -693,3 +711,37 @@ def test_no_settings_is_a_connect_timeout(h):
         assert m.value("turnpike_upstream_connect_failures_total", upstream="u", endpoint=addr) == 1
     finally:
         ls.close()
+
+
+def test_upstream_fails_mid_response(h, ups):
+    """After the head and part of the body: a reset stream cuts that response short (the
+    HTTP/2 client's stream is reset, the HTTP/1.1 client's connection closed); a closed
+    connection does the same to every response on it; the next request succeeds."""
+    big = payload(300000)
+
+    def handler(req):
+        if req["path"] == "/cut":
+            return Resp(200, big, cut_after=100000)
+        if req["path"] == "/die":
+            return Resp(200, big, close_after=50000)
+        return Resp(200, b"ok")
+
+    up = ups(handler)
+    tp = start(h, cfg(up))
+    c = H2Client(tp.port)
+    st = c.response(c.request("/cut"))
+    assert st["headers"][":status"] == "200" and st["reset"] is not None and len(st["data"]) < len(big), st["reset"]
+    assert c.get("/fine")[0] == 200
+    st = c.response(c.request("/die"))
+    assert st["reset"] is not None and len(st["data"]) < len(big)
+    assert c.get("/fine2")[0] == 200
+    c.close()
+    cl = Client(tp.port)
+    cl.send(b"GET /cut HTTP/1.1\r\nHost: test.local\r\n\r\n")
+    head = cl.read_until(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    rest = cl.read_to_eof()
+    assert len(rest) < len(big), len(rest)
+    cl.close()
+    assert get(tp.port, "/after").status == 200
+    assert up.conns >= 2  # the connection that died was replaced
