@@ -82,6 +82,23 @@ def test_h1_upstream_trailers_reach_h2_client_as_trailing_headers(h):
     c.close()
 
 
+def test_route_header_rules_apply_to_heads_not_trailers(h):
+    """response_headers remove/set act on the head; a trailer of the same name passes."""
+    def handler(req, conn):
+        return chunked_with_trailers(frame(b"x"), [("grpc-status", "0"), ("x-internal", "trailer")],
+                                     headers=[("X-Internal", "head")])
+
+    up = h.upstream(handler)
+    tp = start(h, {"upstreams": [upstream_cfg("u", up)],
+                   "routes": [{"name": "g", "upstream": "u",
+                               "response_headers": {"remove": ["x-internal"], "set": {"grpc-status": "13"}}}]})
+    c = H2Client(tp.port)
+    st = c.response(c.request("/pkg.Svc/M", method="POST", body=frame(b""), headers=GRPC_HEADERS))
+    assert "x-internal" not in st["headers"] and st["headers"].get("grpc-status") == "13", st
+    assert st.get("trailers") == {"grpc-status": "0", "x-internal": "trailer"}, st
+    c.close()
+
+
 def test_h1_upstream_trailers_without_body_data(h):
     """A chunked response with no data, only trailers: HEADERS, then trailing HEADERS, no DATA payload."""
     up = h.upstream(lambda req, conn: chunked_with_trailers(b"", [("grpc-status", "5"),
