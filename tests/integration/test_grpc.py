@@ -7,17 +7,16 @@ Two parts:
     grpc-timeout, the grpc-status metric and access-log field. These need
     nothing but downstream HTTP/2.
   - python3-grpcio end to end: a real gRPC server (generic handlers, bytes in
-    and out, no protoc) behind an upstream with `protocol: h2c`, and a
-    grpc.insecure_channel to the gateway: the four call kinds, deadlines,
-    statuses, metadata, large messages, gateway-made errors.
+    and out, no protoc) behind an upstream with `protocol: h2c` (and `h2`), and
+    a grpcio channel to the gateway (plain h2c, and TLS with ALPN h2): the four
+    call kinds, deadlines, statuses, metadata, large messages, gateway-made
+    errors; plus a python3-h2 upstream for request trailers and the gateway's
+    own deadline on an HTTP/2 upstream stream.
 """
 import hashlib
 import json
-import os
 import socket
 import struct
-import subprocess
-import tempfile
 import threading
 import time
 from concurrent import futures
@@ -243,23 +242,6 @@ def ident(b):
     return b
 
 
-def h2c_upstreams_supported():
-    """Does this turnpike accept `protocol: h2c` (upstream HTTP/2)?"""
-    binary = os.environ.get("TURNPIKE_BIN")
-    if not binary:
-        return False
-    cfg = ('{"listeners": [{"name": "p", "address": "127.0.0.1:1"}], "upstreams": [{"name": "g", '
-           '"protocol": "h2c", "endpoints": [{"address": "127.0.0.1:2"}]}], "routes": [{"upstream": "g"}]}')
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        f.write(cfg)
-        f.flush()
-        return subprocess.run([binary, "-t", "-c", f.name], capture_output=True, timeout=60).returncode == 0
-
-
-needs_h2c = pytest.mark.skipif(not h2c_upstreams_supported(),
-                               reason="this turnpike has no HTTP/2 upstreams (upstreams[].protocol: h2c)")
-
-
 class GrpcServer:
     """A grpcio server with generic handlers (bytes in, bytes out) on 127.0.0.1:<ephemeral>."""
 
@@ -373,7 +355,6 @@ def rpc_error(fn, *args, **kw):
     return ei.value
 
 
-@needs_h2c
 def test_four_kinds_of_call(h, gsrv):
     tp = gateway(h, gsrv)
     with channel(tp) as ch:
@@ -391,7 +372,6 @@ def test_four_kinds_of_call(h, gsrv):
     wait_until(lambda: grpc_count(tp, 0, route="echo") == 68, T(10), what="68 OK calls counted")
 
 
-@needs_h2c
 def test_statuses_and_metadata_are_relayed(h, gsrv):
     tp = gateway(h, gsrv)
     with channel(tp) as ch:
@@ -410,7 +390,6 @@ def test_statuses_and_metadata_are_relayed(h, gsrv):
     assert grpc_count(tp, 0, route="echo") == 1
 
 
-@needs_h2c
 def test_large_messages_both_ways(h, gsrv):
     tp = gateway(h, gsrv)
     big = bytes(range(256)) * (12 << 10)  # 3 MiB
@@ -419,7 +398,6 @@ def test_large_messages_both_ways(h, gsrv):
     assert out == bytes(reversed(big)) + b"!" * (3 << 20)
 
 
-@needs_h2c
 def test_client_deadline_reaches_the_upstream(h, gsrv):
     tp = gateway(h, gsrv)
     with channel(tp) as ch:
@@ -431,7 +409,6 @@ def test_client_deadline_reaches_the_upstream(h, gsrv):
     assert name == "Slow" and remaining is not None and remaining <= 0.5, gsrv.seen
 
 
-@needs_h2c
 def test_gateway_timeout_shorter_than_the_call(h, gsrv):
     tp = gateway(h, gsrv, timeouts={"upstream_response": "300ms"})
     with channel(tp) as ch:
@@ -440,7 +417,6 @@ def test_gateway_timeout_shorter_than_the_call(h, gsrv):
     wait_until(lambda: grpc_count(tp, 4, route="echo") == 1, T(10), what="DEADLINE_EXCEEDED counted")
 
 
-@needs_h2c
 def test_gateway_made_errors_in_grpc_form(h, gsrv):
     tp = gateway(h, gsrv)
     with channel(tp) as ch:
@@ -461,7 +437,6 @@ def test_gateway_made_errors_in_grpc_form(h, gsrv):
             (route, code, m.grep("grpc_responses"))
 
 
-@needs_h2c
 def test_grpc_over_tls_listener_with_alpn_h2(h, gsrv, cert):
     tls = {"certificates": [{"cert": str(cert / "c.pem"), "key": str(cert / "k.pem")}],
            "alpn": ["h2", "http/1.1"]}
@@ -477,7 +452,6 @@ def test_grpc_over_tls_listener_with_alpn_h2(h, gsrv, cert):
     assert md.get("x-forwarded-proto") == "https", md
 
 
-@needs_h2c
 def test_http1_client_gets_the_grpc_trailers_in_the_last_chunk(h, gsrv):
     """An HTTP/2 upstream's trailers reach an HTTP/1.1 client in the last chunk of a
     response the gateway chunks itself."""
@@ -560,7 +534,6 @@ class RawH2Upstream:
         self.lsock.close()
 
 
-@needs_h2c
 def test_request_trailers_reach_an_h2c_upstream(h):
     """HTTP/2 client request trailers end the upstream HTTP/2 stream as trailing HEADERS, and
     HTTP/1.1 client chunked trailers too (names lowercased)."""
@@ -589,7 +562,6 @@ def test_request_trailers_reach_an_h2c_upstream(h):
         up.close()
 
 
-@needs_h2c
 def test_grpc_timeout_bounds_a_call_to_an_h2c_upstream(h):
     """The gateway's own deadline on an HTTP/2 upstream stream: DEADLINE_EXCEEDED in gRPC form,
     the upstream stream cancelled, the connection kept for the next call."""
@@ -612,7 +584,6 @@ def test_grpc_timeout_bounds_a_call_to_an_h2c_upstream(h):
         up.close()
 
 
-@needs_h2c
 def test_grpc_to_a_tls_upstream_with_alpn_h2(h, cert):
     """protocol: h2: the gateway speaks HTTP/2 over TLS (ALPN h2) to a grpcio server with TLS."""
     srv = GrpcServer(tls=cert)
