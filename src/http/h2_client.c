@@ -149,7 +149,7 @@ struct tp_h2c_conn {
     uint32_t n_open;            /* submitted to nghttp2 and not closed */
     uint32_t n_queued;          /* waiting for SETTINGS (id 0) */
     uint32_t max_streams;       /* the upstream's SETTINGS_MAX_CONCURRENT_STREAMS (capped) */
-    uint32_t keepalive;         /* upstreams[].keepalive when the connection opened: 0 = no idle reuse */
+    uint32_t keepalive;         /* upstreams[].keepalive when it opened: connections without a stream kept */
     uint64_t idle_ms;           /* [ms] since when it has no stream (0: has some) */
     struct tp_block *wbuf;      /* frames being gathered (send_cb) */
     struct tp_bref cur;         /* the received buffer nghttp2 is reading */
@@ -608,14 +608,16 @@ static void c_close(struct tp_shard *sh, struct tp_h2c_conn *c)
 }
 
 /* <c> may have lost its last request: it closes when it takes no new ones
- * (GOAWAY, retired endpoint, drain, keepalive 0), else it waits in the pool
+ * (GOAWAY, retired endpoint, drain, the pool full), else it waits in the pool
  * (streams it reset may still be finishing). */
 static void c_idle_check(struct tp_shard *sh, struct tp_h2c_conn *c)
 {
     if (c->state == HC_CLOSING || c->n_attached)
         return;
-    if (c->goaway || sh->draining || c->keepalive == 0 ||
-        atomic_load_explicit(&c->eps->retired, memory_order_relaxed)) {
+    /* keepalive bounds the connections without a stream, as it bounds HTTP/1 pools */
+    if (c->goaway || sh->draining || atomic_load_explicit(&c->eps->retired, memory_order_relaxed) ||
+        (!c->idle_counted && c->state == HC_READY &&
+         tp_stat_get(&ep_shard(sh, c->eps)->idle_count) >= c->keepalive)) {
         c_close(sh, c);
         return;
     }

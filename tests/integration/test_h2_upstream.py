@@ -745,3 +745,22 @@ def test_upstream_fails_mid_response(h, ups):
     cl.close()
     assert get(tp.port, "/after").status == 200
     assert up.conns >= 2  # the connection that died was replaced
+
+
+def test_keepalive_bounds_idle_connections(h, ups):
+    """keepalive: 1 keeps one connection without a stream per endpoint; the others
+    opened for a burst close once their streams are done."""
+    hold = threading.Event()
+    up = ups(lambda req: Resp(200, req["path"].encode(), hold=hold), max_streams=1)
+    tp = start(h, cfg(up, upstream={"keepalive": 1}))
+    res = []
+    t = threading.Thread(target=lambda: res.extend(parallel(lambda i: get(tp.port, f"/k/{i}"), 3)), daemon=True)
+    t.start()
+    up.wait_requests(3)
+    assert up.conns == 3
+    hold.set()
+    t.join(T(20))
+    assert [r.status for r in res] == [200] * 3, res
+    wait_until(lambda: up.closed == 2, T(10), what="two connections to close")
+    assert metrics(tp).value("turnpike_upstream_pool_idle_connections", upstream="u", endpoint=up.addr) == 1
+    assert get(tp.port, "/again").status == 200 and up.conns == 3
