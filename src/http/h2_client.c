@@ -1740,16 +1740,10 @@ static void h2c_on_closed(struct tp_shard *sh, struct tp_transport *t)
     struct tp_h2c_conn *c = conn_of(t);
     struct tp_http_shard *hs = tp_http_shard(sh);
 
-    c->state = HC_CLOSING;
-    idle_count(sh, c, false);
-    list_unlink(sh, c);
-    while (c->streams) {
-        struct h2c_stream *st = c->streams;
-        struct tp_req *r = detach(st);
-        stream_free(sh, st);
-        if (r)
-            tp_proxy_failed(sh, r, TP_FAIL_RESET, TP_ECLOSED);
-    }
+    /* closed by the transport itself (out of memory): as a connection error */
+    if (c->state != HC_CLOSING)
+        c_fail(sh, c, TP_FAIL_RESET, TP_ECLOSED);
+    TP_BUG_ON(c->streams || c->listed || c->idle_counted);
     if (c->ng)
         nghttp2_session_del(c->ng);
     c->ng = NULL;
