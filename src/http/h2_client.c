@@ -927,7 +927,8 @@ static bool ux_body_end(struct tp_shard *sh, struct tp_req *r)
     struct h2c_stream *st = r->att.conn;
 
     (void)sh;
-    st->body_end = true;
+    if (st)
+        st->body_end = true;
     return true;
 }
 
