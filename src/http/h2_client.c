@@ -149,7 +149,7 @@ struct tp_h2c_conn {
     uint32_t n_open;            /* submitted to nghttp2 and not closed */
     uint32_t n_queued;          /* waiting for SETTINGS (id 0) */
     uint32_t max_streams;       /* the upstream's SETTINGS_MAX_CONCURRENT_STREAMS (capped) */
-    uint32_t keepalive;         /* upstreams[].keepalive when the connection opened: 0 = no idle reuse */
+    uint32_t keepalive;         /* upstreams[].keepalive when it opened: connections without a stream kept */
     uint64_t idle_ms;           /* [ms] since when it has no stream (0: has some) */
     struct tp_block *wbuf;      /* frames being gathered (send_cb) */
     struct tp_bref cur;         /* the received buffer nghttp2 is reading */
@@ -609,14 +609,16 @@ static void c_close(struct tp_shard *sh, struct tp_h2c_conn *c)
 }
 
 /* <c> may have lost its last request: it closes when it takes no new ones
- * (GOAWAY, retired endpoint, drain, keepalive 0), else it waits in the pool
+ * (GOAWAY, retired endpoint, drain, the pool full), else it waits in the pool
  * (streams it reset may still be finishing). */
 static void c_idle_check(struct tp_shard *sh, struct tp_h2c_conn *c)
 {
     if (c->state == HC_CLOSING || c->n_attached)
         return;
-    if (c->goaway || sh->draining || c->keepalive == 0 ||
-        atomic_load_explicit(&c->eps->retired, memory_order_relaxed)) {
+    /* keepalive bounds the connections without a stream, as it bounds HTTP/1 pools */
+    if (c->goaway || sh->draining || atomic_load_explicit(&c->eps->retired, memory_order_relaxed) ||
+        (!c->idle_counted && c->state == HC_READY &&
+         tp_stat_get(&ep_shard(sh, c->eps)->idle_count) >= c->keepalive)) {
         c_close(sh, c);
         return;
     }
@@ -968,7 +970,8 @@ static bool ux_body_end(struct tp_shard *sh, struct tp_req *r)
     struct h2c_stream *st = r->att.conn;
 
     (void)sh;
-    st->body_end = true;
+    if (st)
+        st->body_end = true;
     return true;
 }
 
@@ -1781,16 +1784,10 @@ static void h2c_on_closed(struct tp_shard *sh, struct tp_transport *t)
     struct tp_h2c_conn *c = conn_of(t);
     struct tp_http_shard *hs = tp_http_shard(sh);
 
-    c->state = HC_CLOSING;
-    idle_count(sh, c, false);
-    list_unlink(sh, c);
-    while (c->streams) {
-        struct h2c_stream *st = c->streams;
-        struct tp_req *r = detach(st);
-        stream_free(sh, st);
-        if (r)
-            tp_proxy_failed(sh, r, TP_FAIL_RESET, TP_ECLOSED);
-    }
+    /* closed by the transport itself (out of memory): as a connection error */
+    if (c->state != HC_CLOSING)
+        c_fail(sh, c, TP_FAIL_RESET, TP_ECLOSED);
+    TP_BUG_ON(c->streams || c->listed || c->idle_counted);
     if (c->ng)
         nghttp2_session_del(c->ng);
     c->ng = NULL;

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The HTTP/1 sessions as the rest of the HTTP layer sees them: the server
- * side (h1_server.c, a downstream session) and the upstream client side
- * (h1_client.c, an upstream exchange with keepalive pools), and what the
- * layer's shard hooks (http.c) ask of them. [shard]
+ * The sessions as the rest of the HTTP layer sees them: the server sides
+ * (h1_server.c, h2_server.c: downstream sessions) and the upstream client
+ * sides (h1_client.c, h2_client.c: upstream exchanges with their connection
+ * pools), and what the layer's shard hooks (http.c) ask of them. [shard]
  */
 #pragma once
 

@@ -3,6 +3,7 @@
 to with prior knowledge (h2c) or over TLS with ALPN h2, by HTTP/1.1 and HTTP/2
 clients. The upstream is a python3-h2 server on raw sockets that records every
 connection, request and reset, so the tests see what the gateway sent."""
+import shutil
 import signal
 import socket
 import ssl
@@ -745,3 +746,43 @@ def test_upstream_fails_mid_response(h, ups):
     cl.close()
     assert get(tp.port, "/after").status == 200
     assert up.conns >= 2  # the connection that died was replaced
+
+
+def test_keepalive_bounds_idle_connections(h, ups):
+    """keepalive: 1 keeps one connection without a stream per endpoint; the others
+    opened for a burst close once their streams are done."""
+    hold = threading.Event()
+    up = ups(lambda req: Resp(200, req["path"].encode(), hold=hold), max_streams=1)
+    tp = start(h, cfg(up, upstream={"keepalive": 1}))
+    res = []
+    t = threading.Thread(target=lambda: res.extend(parallel(lambda i: get(tp.port, f"/k/{i}"), 3)), daemon=True)
+    t.start()
+    up.wait_requests(3)
+    assert up.conns == 3
+    hold.set()
+    t.join(T(20))
+    assert [r.status for r in res] == [200] * 3, res
+    wait_until(lambda: up.closed == 2, T(10), what="two connections to close")
+    assert metrics(tp).value("turnpike_upstream_pool_idle_connections", upstream="u", endpoint=up.addr) == 1
+    assert get(tp.port, "/again").status == 200 and up.conns == 3
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) not installed")
+def test_many_clients_both_protocols(h, ups):
+    """h2load (4 connections x 20 streams) and an HTTP/1.1 client at once, through two
+    workers, to an upstream that allows 5 streams per connection: every request succeeds."""
+    up = ups(lambda req: Resp(200, payload(20000) if req["path"].endswith("big") else b"ok"), max_streams=5)
+    tp = start(h, cfg(up, workers=2))
+    res = {}
+
+    def h1():
+        res["h1"] = [get(tp.port, f"/h1/{i}{'big' if i % 3 == 0 else ''}").status for i in range(60)]
+
+    t = threading.Thread(target=h1)
+    t.start()
+    p = subprocess.run(["h2load", "-n", "1000", "-c", "4", "-m", "20", f"http://127.0.0.1:{tp.port}/load/big"],
+                       capture_output=True, timeout=T(120), text=True)
+    t.join(T(60))
+    assert "1000 succeeded" in p.stdout, p.stdout[-800:]
+    assert res["h1"] == [200] * 60
+    assert up.conns >= 2
