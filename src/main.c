@@ -13,6 +13,7 @@
 
 #include <llhttp.h>
 #include <openssl/crypto.h>
+#include <hiredis/hiredis.h>
 #include <xxhash.h>
 #ifdef TP_WITH_JEMALLOC
 #include <jemalloc/jemalloc.h>
@@ -25,6 +26,7 @@
 #include "http/request.h"
 #include "rt/runtime.h"
 #include "rt/snapshot.h"
+#include "store/rlstore.h"
 #include "upstream/health.h"
 
 #define TP_DEFAULT_CONFIG "/etc/turnpike/turnpike.yaml"
@@ -46,6 +48,7 @@ static void print_version(void)
     printf("xxHash %u.%u.%u\n", xv / 10000, (xv / 100) % 100, xv % 100);
     printf("liburcu %s\n", TP_URCU_VERSION);
     printf("libfyaml %s\n", TP_FYAML_VERSION);
+    printf("hiredis %d.%d.%d\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
 }
 
 static void usage(FILE *f)
@@ -120,7 +123,8 @@ int main(int argc, char **argv)
         return 0;
     }
     /* the modules hook into the reactor and the control thread before anything runs */
-    if (tp_http_register() < 0 || tp_admin_register() < 0 || tp_health_register() < 0) {
+    if (tp_http_register() < 0 || tp_admin_register() < 0 || tp_health_register() < 0 ||
+        tp_rlstore_register() < 0) {
         fprintf(stderr, "turnpike: cannot register the runtime's modules\n");
         tp_config_destroy(cfg);
         return 1;

@@ -16,6 +16,7 @@
 
 #include <turnpike/hash.h>
 #include <turnpike/log.h>
+#include <turnpike/lease.h>
 #include <turnpike/ratelimit.h>
 #include <turnpike/router.h>
 
@@ -328,7 +329,24 @@ static bool rate_admit(struct tp_shard *sh, struct tp_req *r)
     default:
         break;
     }
-    bool ok = tp_ratelimit_take(r->route->rl, key, sh->now_ns, &res);
+    bool ok;
+    if (r->route->lease) {
+        /* scope: global: a leased token, or on_failure while the store is down */
+        enum tp_lease_verdict v = tp_lease_take(r->route->lease, key, sh->now_ns, &res);
+        ok = v == TP_LEASE_ADMIT;
+        if (v == TP_LEASE_FALLBACK) {
+            const struct tp_cfg_rl_store *store = r->snap->cfg->rl_store;
+            tp_stat_add(&r->route->st->stats[sh->id].rl_fallback, 1);
+            if (store && store->on_failure == TP_STORE_FAIL_ALLOW) {
+                ok = true;
+                res.retry_after_s = 0;
+            } else {
+                ok = tp_ratelimit_take(r->route->rl, key, sh->now_ns, &res);
+            }
+        }
+    } else {
+        ok = tp_ratelimit_take(r->route->rl, key, sh->now_ns, &res);
+    }
     char *x = r->extra_hdrs;
     int n = snprintf(x, sizeof(r->extra_hdrs),
                      "RateLimit-Limit: %llu\r\nRateLimit-Remaining: %llu\r\nRateLimit-Reset: %llu\r\n",
