@@ -36,9 +36,10 @@
 
 /** What tp_lease_take decided. */
 enum tp_lease_verdict {
-    TP_LEASE_DENY = 0,     /* no token in the pool: 429 */
+    TP_LEASE_DENY = 0,     /* no token in the pool, and the store said none is there yet: 429 */
     TP_LEASE_ADMIT = 1,    /* a leased token was taken */
     TP_LEASE_FALLBACK = 2, /* the store is down and the pool is empty: rate_limit_store.on_failure decides */
+    TP_LEASE_WAIT = 3,     /* no token in the pool, a lease is asked for or in flight: take again later */
 };
 
 struct tp_lease_table;
@@ -63,12 +64,14 @@ int tp_lease_update(struct tp_lease_table *t, const struct tp_cfg_rate_limit *cf
 
 /**
  * Takes a token for <key_hash> at monotonic time <now_ns>: from the pool when
- * it holds an unexpired one (ADMIT), else DENY while the store is up and
- * FALLBACK while it is down. A pool under its low-water mark asks for a lease
- * (at most one request queued or in flight per pool). <out> (may be NULL)
- * receives the RateLimit-* values of the global bucket as far as this
- * instance knows: the store's level at the last lease plus this pool.
- * Lock-free: a few loads and one CAS. [any]
+ * it holds an unexpired one (ADMIT). An empty pool: FALLBACK while the store
+ * is down; DENY while the store's last answer for the pool (a short lease)
+ * said no whole token is in the bucket before now; WAIT otherwise (a lease
+ * is asked for or in flight: the caller takes again a little later, and
+ * applies on_failure when the store did not answer within its timeout). A pool under its low-water mark asks
+ * for a lease (at most one request queued or in flight per pool). <out> (may be NULL) receives the
+ * RateLimit-* values of the global bucket as far as this instance knows: the store's level at the last lease
+ * plus this pool. Lock-free: a few loads and one CAS. [any]
  */
 enum tp_lease_verdict tp_lease_take(struct tp_lease_table *t, uint64_t key_hash, uint64_t now_ns,
                                     struct tp_rl_result *out);

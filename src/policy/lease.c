@@ -92,6 +92,7 @@ struct tp_lease_table {
     size_t n; /* pools; the last is the route's pool or the overflow pool */
     struct pool *pools;
     struct pool_ctl *ctl;
+    _Atomic uint64_t *dry; /* per pool: [ns] until then the store said its bucket has no token */
 
     uint64_t tokens, period_ms;
     _Atomic uint64_t burst;
@@ -238,7 +239,8 @@ struct tp_lease_table *tp_lease_create(const char *name, const struct tp_cfg_rat
     t->ctl = calloc(t->n, sizeof(*t->ctl));
     t->deferred = calloc(t->n, sizeof(*t->deferred));
     t->q = aligned_alloc(CACHELINE, QCAP * sizeof(*t->q));
-    if (!t->name || !t->pools || !t->ctl || !t->deferred || !t->q)
+    t->dry = calloc(t->n, sizeof(*t->dry));
+    if (!t->name || !t->pools || !t->ctl || !t->deferred || !t->q || !t->dry)
         goto fail;
     for (size_t i = 0; i < t->n; i++) {
         struct pool *p = &t->pools[i];
@@ -250,6 +252,7 @@ struct tp_lease_table *tp_lease_create(const char *name, const struct tp_cfg_rat
         atomic_init(&p->g_remaining, 0);
         atomic_init(&p->g_reset_s, 0);
         atomic_init(&p->g_retry_s, 1);
+        atomic_init(&t->dry[i], 0);
     }
     for (uint32_t i = 0; i < QCAP; i++) {
         atomic_init(&t->q[i].seq, i);
@@ -265,6 +268,7 @@ fail:
         free(t->ctl);
         free(t->deferred);
         free(t->q);
+        free(t->dry);
         free(t);
     }
     if (err)
@@ -286,6 +290,7 @@ void tp_lease_unref(struct tp_lease_table *t)
     free(t->ctl);
     free(t->deferred);
     free(t->q);
+    free(t->dry);
     free(t);
 }
 
@@ -405,7 +410,12 @@ enum tp_lease_verdict tp_lease_take(struct tp_lease_table *t, uint64_t key_hash,
     }
     if (admitted)
         return TP_LEASE_ADMIT;
-    return tp_lease_store_up() ? TP_LEASE_DENY : TP_LEASE_FALLBACK;
+    if (!tp_lease_store_up())
+        return TP_LEASE_FALLBACK;
+    /* empty: a 429 only on the store's word; else the lease asked for above
+     * (or one in flight, or a deferred one) is worth waiting for. The slot
+     * array is off the pool's line: this path is read only when dry. */
+    return now_ns < atomic_load_explicit(&t->dry[slot], memory_order_relaxed) ? TP_LEASE_DENY : TP_LEASE_WAIT;
 }
 
 /* ---- the control side ---- */
@@ -537,8 +547,10 @@ void tp_lease_grant(struct tp_lease_table *t, uint32_t slot, uint64_t sent_ns, u
          * there, and not more often than eight times per token life */
         uint64_t wait = next_ms * 1000000ull, min = t->ttl_ns / 8;
         c->not_before_ns = now_ns + (wait > min ? wait : min);
+        atomic_store_explicit(&t->dry[slot], now_ns + wait, memory_order_relaxed);
     } else {
         c->not_before_ns = 0;
+        atomic_store_explicit(&t->dry[slot], 0, memory_order_relaxed);
     }
     atomic_store_explicit(&p->g_remaining, remaining > UINT32_MAX ? UINT32_MAX : (uint32_t)remaining,
                           memory_order_relaxed);

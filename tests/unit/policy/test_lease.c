@@ -44,7 +44,8 @@ static void test_basic(void)
     tp_lease_set_store_up(false);
     is_int(tp_lease_take(t, 0, now, NULL), TP_LEASE_FALLBACK, "store down, empty pool: fallback");
     tp_lease_set_store_up(true);
-    is_int(tp_lease_take(t, 0, now, &res), TP_LEASE_DENY, "store up, empty pool: 429");
+    is_int(tp_lease_take(t, 0, now, &res), TP_LEASE_WAIT,
+           "store up, empty pool, nothing heard: wait for the lease");
     ok(res.retry_after_s >= 1 && res.limit == 100, "429 values: limit %llu retry %llu",
        (unsigned long long)res.limit, (unsigned long long)res.retry_after_s);
     ok(tp_lease_next(t, now, &a), "the empty pool asked once");
@@ -54,7 +55,7 @@ static void test_basic(void)
     tp_lease_grant(t, a.slot, now, now + MS, 3, 50, 500, 0);
     for (int i = 0; i < 3; i++)
         is_int(tp_lease_take(t, 0, now + 2 * MS, &res), TP_LEASE_ADMIT, "leased token %d", i);
-    is_int(tp_lease_take(t, 0, now + 2 * MS, NULL), TP_LEASE_DENY, "three granted, three served");
+    is_int(tp_lease_take(t, 0, now + 2 * MS, NULL), TP_LEASE_WAIT, "three granted, three served");
 
     /* tokens expire a life after the ask was sent */
     ok(tp_lease_next(t, now + 3 * MS, &a), "ran low: asked again");
@@ -62,7 +63,7 @@ static void test_basic(void)
     is_int(tp_lease_take(t, 0, now + 200 * MS, &res), TP_LEASE_ADMIT, "within its life");
     is_int(res.remaining, 49, "remaining: the store's level plus the pool");
     is_int(res.reset_s, 1, "reset: the store's, rounded up");
-    is_int(tp_lease_take(t, 0, now + 3 * MS + 250 * MS, NULL), TP_LEASE_DENY, "expired at its life");
+    is_int(tp_lease_take(t, 0, now + 3 * MS + 250 * MS, NULL), TP_LEASE_WAIT, "expired at its life");
     tp_lease_unref(t);
 }
 
@@ -90,17 +91,24 @@ static void test_sizing(void)
     ok(want >= 40 && want <= 60, "lease sized to half a life at the seen rate: %u (400/s x 125 ms = 50)",
        want);
     /* another key has its own pool */
-    is_int(tp_lease_take(t, 7, now, NULL), TP_LEASE_DENY, "a new key starts empty");
+    is_int(tp_lease_take(t, 7, now, NULL), TP_LEASE_WAIT,
+           "a new key starts empty: waits for its first lease");
     ok(tp_lease_next(t, now, &a) && a.key_hash == 7, "and asks for itself");
     tp_lease_failed(t, a.slot);
     /* a short lease holds the pool back until the store expects a token */
     tp_lease_take(t, 7, now, NULL);
     ok(tp_lease_next(t, now, &a), "asked again after a failure");
     tp_lease_grant(t, a.slot, now, now, 0, 0, 1000, 40);
-    tp_lease_take(t, 7, now, NULL);
+    is_int(tp_lease_take(t, 7, now, NULL), TP_LEASE_DENY, "the store said no token: 429");
+    is_int(tp_lease_take(t, 7, now + 39 * MS, NULL), TP_LEASE_DENY, "until the store expects one");
+    is_int(tp_lease_take(t, 7, now + 40 * MS, NULL), TP_LEASE_WAIT, "then the next lease is awaited");
     ok(!tp_lease_next(t, now + 10 * MS, &a),
        "nothing granted: not asked again before the store expects a token");
     ok(tp_lease_next(t, now + 41 * MS, &a) && a.key_hash == 7, "asked again after that");
+    tp_lease_grant(t, a.slot, now + 41 * MS, now + 42 * MS, 1, 0, 1000, 0);
+    is_int(tp_lease_take(t, 7, now + 43 * MS, NULL), TP_LEASE_ADMIT, "a token again");
+    is_int(tp_lease_take(t, 7, now + 43 * MS, NULL), TP_LEASE_WAIT,
+           "empty again, the store expects tokens: wait");
     tp_lease_unref(t);
 }
 
