@@ -32,6 +32,7 @@ static int http_create(struct tp_shard *sh, unsigned idx)
         return -ENOMEM;
     hs->slab_conn = slab_conn;
     hs->slab_uconn = slab_uconn;
+    tp_timer_init(&hs->park_timer, tp_req_park_timer);
     int err = 0;
     if (!(hs->jwt_cache = tp_jwt_cache_create(0, &err))) {
         free(hs);

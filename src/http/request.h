@@ -250,7 +250,12 @@ struct tp_req {
     char extra_hdrs[160]; /* RateLimit-* / Retry-After lines for the response */
     char id[65];          /* X-Request-Id */
     uint8_t id_len;
-    char trace[56];      /* traceparent forwarded */
+    char trace[56]; /* traceparent forwarded */
+    /* waiting for a lease (scope: global, empty pool): on the shard's park list */
+    struct tp_req *park_prev, *park_next;
+    uint64_t park_until_ns; /* then rate_limit_store.on_failure decides */
+    uint64_t rl_key;        /* the rate limit key's hash */
+    bool parked;
     struct tp_head head; /* request head */
 };
 
@@ -266,6 +271,11 @@ struct tp_http_shard {
     struct tp_tunnel *tunnels;      /* the shard's tunnels */
     struct tp_jwt_cache *jwt_cache; /* verified tokens (routes with a JWT provider) */
     uint32_t n_tunnels;
+    /* requests waiting for a lease, oldest first (request.c), and the timer that looks at them */
+    struct tp_req *park_head, *park_tail;
+    uint32_t n_parked;
+    struct tp_req *park_cur; /* the request being resumed; cleared when it ends meanwhile */
+    struct tp_timer park_timer;
 };
 
 /** The HTTP layer's state of shard <sh>. [any: counters are read by the control thread] */
@@ -292,6 +302,9 @@ void tp_req_end(struct tp_shard *sh, struct tp_req *r);
  * gateway-made one, the direct_response, or the proxy.
  */
 void tp_req_dispatch(struct tp_shard *sh, struct tp_req *r, const char *path, size_t path_len);
+
+/** Shard <sh>'s timer over requests waiting for a lease (set up by the HTTP layer's create hook). */
+void tp_req_park_timer(struct tp_timer *t, uint64_t now_ms);
 
 /** Answers <r> with a gateway-made error (the downstream session writes it). */
 void tp_req_error(struct tp_shard *sh, struct tp_req *r, unsigned status, const char *reason, bool close);
