@@ -36,8 +36,10 @@
  * the previous one (tokens held then + granted since - tokens held now) over
  * the time between them, and averages it with the previous estimate. A lease
  * is what that rate uses in half a token life, H = E / 2; the low-water mark
- * what it uses in a quarter, E / 4, so a new lease is asked for well before
- * the pool runs dry and before its tokens would expire. A first ask for a
+ * what it uses in a quarter, E / 4 (rounded: 0 for a sparse key, which then
+ * asks only when a request finds the pool empty and waits for the lease), so
+ * a busy key asks for a new lease well before the pool runs dry and before
+ * its tokens would expire. A first ask for a
  * pool uses an eighth of the configured rate as its guess. A lease never
  * exceeds half the store bucket's capacity, so one instance cannot take
  * all of it in one go.
@@ -390,7 +392,7 @@ enum tp_lease_verdict tp_lease_take(struct tp_lease_table *t, uint64_t key_hash,
             break;
         }
     }
-    if (held < atomic_load_explicit(&p->low, memory_order_relaxed) &&
+    if ((!admitted || held < atomic_load_explicit(&p->low, memory_order_relaxed)) &&
         atomic_load_explicit(&p->asked, memory_order_relaxed) == 0) {
         uint32_t zero = 0;
         if (atomic_compare_exchange_strong_explicit(&p->asked, &zero, 1, memory_order_relaxed,
@@ -440,7 +442,10 @@ static void plan(struct tp_lease_table *t, uint32_t slot, uint64_t now_ns, struc
     c->held = held;
     rate = c->rate > 0 ? c->rate : t->rate_ns / 8;
     want = ceil(rate * (double)t->ttl_ns / 2);
-    low = ceil(rate * (double)t->ttl_ns / 4);
+    /* rounded, not up: a key that uses under two tokens per token life asks
+     * only when a request finds its pool empty (and waits for the lease)
+     * instead of holding a token that would mostly expire unused */
+    low = floor(rate * (double)t->ttl_ns / 4 + 0.5);
     max = floor(t->capacity / 2);
     if (max > TP_LEASE_MAX)
         max = TP_LEASE_MAX;
@@ -450,8 +455,6 @@ static void plan(struct tp_lease_table *t, uint32_t slot, uint64_t now_ns, struc
         want = 1;
     if (low > want)
         low = want;
-    if (low < 1)
-        low = 1;
     atomic_store_explicit(&p->low, (uint32_t)low, memory_order_relaxed);
     c->want = (uint32_t)want;
     atomic_fetch_add_explicit(&t->n_asks, 1, memory_order_relaxed);

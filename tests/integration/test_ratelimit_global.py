@@ -221,3 +221,49 @@ def test_reload_keeps_leases(h, redis):
         assert get(tp.port, "/other/x", headers=[("X-Tenant", "k")]).status == 200
     warm(tp, "/g/x", "k")
     assert metrics(tp).value("turnpike_ratelimit_store_errors_total") == 0
+
+
+def test_first_request_of_a_key_waits_for_its_lease(h, redis):
+    """A key's first request on an instance finds its pool empty: it waits for
+    the lease rather than being refused (docs/policies.md "Waiting for a lease")."""
+    up = h.upstream(name="U")
+    tps = [gateway(h, up, redis, [global_route("100/s", 200)]) for _ in range(2)]
+    for tp in tps:
+        wait_store(tp, 1)
+    for i in range(5):
+        for tp in tps:
+            assert get(tp.port, "/g/x", headers=[("X-Tenant", f"new{i}")]).status == 200, (tp.port, i)
+    for tp in tps:
+        m = metrics(tp)
+        assert m.value("turnpike_ratelimit_fallback_total", route="g") == 0
+        assert m.value("turnpike_ratelimit_store_errors_total") == 0
+
+
+def test_sparse_key_is_admitted(h, redis):
+    """One request per second per instance to a key whose bucket has plenty of
+    tokens: every pool is empty or expired by the next request, and every one
+    is admitted all the same."""
+    up = h.upstream(name="U")
+    tps = [gateway(h, up, redis, [global_route("10/s", 20)]) for _ in range(2)]
+    for tp in tps:
+        wait_store(tp, 1)
+    codes = []
+    for _ in range(4):
+        for tp in tps:
+            codes.append(get(tp.port, "/g/x", headers=[("X-Tenant", "sparse")]).status)
+        time.sleep(1.0)
+    assert codes == [200] * len(codes), codes
+    for tp in tps:
+        assert metrics(tp).value("turnpike_ratelimit_fallback_total", route="g") == 0
+
+
+def test_empty_bucket_still_refuses(h, redis):
+    """Waiting does not admit beyond the bucket: once the store said it is
+    empty, requests are refused with 429 and Retry-After."""
+    up = h.upstream(name="U")
+    tp = gateway(h, up, redis, [global_route("1/m", 3)])
+    wait_store(tp, 1)
+    codes = [get(tp.port, "/g/x", headers=[("X-Tenant", "z")]).status for _ in range(10)]
+    assert codes[0] == 200, codes
+    assert set(codes) <= {200, 429} and codes.count(200) <= 3 and codes[-1] == 429, codes
+    assert metrics(tp).value("turnpike_ratelimit_fallback_total", route="g") == 0
