@@ -42,8 +42,8 @@ def wait_store(tp, want):
 
 
 def warm(tp, path, tenant):
-    """A key's first request on an instance finds its pool empty (429, and the
-    pool asks for a lease); waits until the tenant is admitted."""
+    """Waits until the tenant is admitted on the instance (its first request
+    normally is: it waits for the pool's first lease)."""
     wait_until(lambda: get(tp.port, path, headers=[("X-Tenant", tenant)]).status == 200, T(20),
                what=f"tenant {tenant} admitted on :{tp.port}")
 
