@@ -22,34 +22,12 @@
 #include <turnpike/auth.h>
 #include <turnpike/clock.h>
 
+#include "auth/auth_int.h"
+
 #define NOW 1900000000
 
 static double seconds = 0.5;
 static volatile uint64_t sink;
-
-static void b64url(const unsigned char *in, size_t n, char *out)
-{
-    static const char al[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0, i = 0;
-
-    for (; i + 3 <= n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        out[o++] = al[v >> 18];
-        out[o++] = al[(v >> 12) & 63];
-        out[o++] = al[(v >> 6) & 63];
-        out[o++] = al[v & 63];
-    }
-    if (n - i == 1) {
-        out[o++] = al[in[i] >> 2];
-        out[o++] = al[(in[i] & 3) << 4];
-    } else if (n - i == 2) {
-        uint32_t v = (uint32_t)in[i] << 8 | in[i + 1];
-        out[o++] = al[v >> 10];
-        out[o++] = al[(v >> 4) & 63];
-        out[o++] = al[(v & 15) << 2];
-    }
-    out[o] = '\0';
-}
 
 static void die(const char *what)
 {
@@ -76,7 +54,7 @@ static void sign(const struct alg *a, const char *in, char *out)
         if (!EVP_Q_mac(NULL, "HMAC", NULL, a->md, NULL, secret, sizeof(secret), (const unsigned char *)in,
                        strlen(in), sig, sizeof(sig), &n))
             die("HMAC");
-        b64url(sig, n, out);
+        auth_b64url_encode(sig, n, out);
         return;
     }
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -100,7 +78,7 @@ static void sign(const struct alg *a, const char *in, char *out)
         memcpy(sig, raw, 2 * a->ec_size);
         n = 2 * a->ec_size;
     }
-    b64url(sig, n, out);
+    auth_b64url_encode(sig, n, out);
 }
 
 static char *make_token(const struct alg *a, int serial)
@@ -113,10 +91,10 @@ static char *make_token(const struct alg *a, int serial)
              "{\"sub\":\"user-%d\",\"iss\":\"https://id.example\",\"aud\":\"orders\",\"tenant\":\"acme\","
              "\"scope\":\"orders:read orders:write\",\"iat\":%d,\"exp\":%d}",
              serial, NOW - 10, NOW + 3600);
-    b64url((const unsigned char *)hdr, strlen(hdr), t);
+    auth_b64url_encode((const unsigned char *)hdr, strlen(hdr), t);
     n = strlen(t);
     t[n++] = '.';
-    b64url((const unsigned char *)pay, strlen(pay), t + n);
+    auth_b64url_encode((const unsigned char *)pay, strlen(pay), t + n);
     sign(a, t, t + strlen(t) + 1);
     t[strlen(t)] = '.';
     return t;
@@ -131,28 +109,28 @@ static void jwk(const struct alg *a, char *out, size_t cap)
     BIGNUM *bn = NULL;
 
     if (!a->key) {
-        b64url(secret, sizeof(secret), x);
+        auth_b64url_encode(secret, sizeof(secret), x);
         snprintf(out, cap, "{\"kty\":\"oct\",\"kid\":\"%s\",\"k\":\"%s\"}", a->kid, x);
     } else if (a->ec_size) {
         if (!EVP_PKEY_get_octet_string_param(a->key, OSSL_PKEY_PARAM_PUB_KEY, buf, sizeof(buf), &n) ||
             n != 1 + 2 * a->ec_size)
             die("EC export");
-        b64url(buf + 1, a->ec_size, x);
-        b64url(buf + 1 + a->ec_size, a->ec_size, y);
+        auth_b64url_encode(buf + 1, a->ec_size, x);
+        auth_b64url_encode(buf + 1 + a->ec_size, a->ec_size, y);
         snprintf(out, cap, "{\"kty\":\"EC\",\"kid\":\"%s\",\"crv\":\"%s\",\"x\":\"%s\",\"y\":\"%s\"}", a->kid,
                  a->ec_size == 32 ? "P-256" : "P-384", x, y);
     } else if (!a->md) {
         n = sizeof(buf);
         if (!EVP_PKEY_get_raw_public_key(a->key, buf, &n))
             die("Ed25519 export");
-        b64url(buf, n, x);
+        auth_b64url_encode(buf, n, x);
         snprintf(out, cap, "{\"kty\":\"OKP\",\"kid\":\"%s\",\"crv\":\"Ed25519\",\"x\":\"%s\"}", a->kid, x);
     } else {
         if (!EVP_PKEY_get_bn_param(a->key, OSSL_PKEY_PARAM_RSA_N, &bn))
             die("RSA export");
         n = (size_t)BN_bn2bin(bn, buf);
         BN_free(bn);
-        b64url(buf, n, x);
+        auth_b64url_encode(buf, n, x);
         snprintf(out, cap, "{\"kty\":\"RSA\",\"kid\":\"%s\",\"e\":\"AQAB\",\"n\":\"%s\"}", a->kid, x);
     }
 }

@@ -72,7 +72,7 @@ case " $SCENARIOS " in
 		tpb_die "auth_tokens.py failed"
 	export TPB_TOKENS=$AUTH_DIR/tokens.txt
 	AUTH_HDR="Authorization: Bearer $(head -1 "$TPB_TOKENS")"
-	tpb_log "auth: $USERS RS256 tokens in $TPB_TOKENS; each worker caches 4096 verified tokens," \
+	tpb_log "auth: $USERS RS256 tokens in $TPB_TOKENS; each worker caches 16384 verified tokens," \
 		"so with more users than that some requests pay a full verification"
 	;;
 esac

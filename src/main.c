@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include <llhttp.h>
+#include <ares.h>
 #include <openssl/crypto.h>
 #include <hiredis/hiredis.h>
 #include <xxhash.h>
@@ -27,6 +28,7 @@
 #include "rt/runtime.h"
 #include "rt/snapshot.h"
 #include "store/rlstore.h"
+#include "upstream/dns.h"
 #include "upstream/health.h"
 
 #define TP_DEFAULT_CONFIG "/etc/turnpike/turnpike.yaml"
@@ -48,6 +50,7 @@ static void print_version(void)
     printf("xxHash %u.%u.%u\n", xv / 10000, (xv / 100) % 100, xv % 100);
     printf("liburcu %s\n", TP_URCU_VERSION);
     printf("libfyaml %s\n", TP_FYAML_VERSION);
+    printf("c-ares %s\n", ares_version(NULL));
     printf("hiredis %d.%d.%d\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
 }
 
@@ -124,7 +127,7 @@ int main(int argc, char **argv)
     }
     /* the modules hook into the reactor and the control thread before anything runs */
     if (tp_http_register() < 0 || tp_admin_register() < 0 || tp_health_register() < 0 ||
-        tp_rlstore_register() < 0) {
+        tp_dns_register() < 0 || tp_rlstore_register() < 0) {
         fprintf(stderr, "turnpike: cannot register the runtime's modules\n");
         tp_config_destroy(cfg);
         return 1;

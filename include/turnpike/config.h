@@ -102,7 +102,7 @@ struct tp_cfg_tls_server {
     struct tp_cfg_cert *certs; /* chosen by SNI; certs[0] is the default */
     size_t n_certs;
     unsigned protocols; /* TP_TLS_* bits; default both */
-    char **alpn;        /* protocol ids; default {"http/1.1"} */
+    char **alpn;        /* protocol ids ("h2", "http/1.1", "http/1.0"); default {"http/1.1"} */
     size_t n_alpn;
     struct tp_pos pos;
 };
@@ -111,14 +111,20 @@ struct tp_cfg_listener {
     char *name; /* default "listeners[i]" */
     struct tp_addr addr;
     struct tp_cfg_tls_server *tls; /* NULL = plain HTTP */
+    bool h2c;                      /* plain listener: HTTP/2 with prior knowledge too (default false) */
     struct tp_pos pos;             /* of the list item */
     struct tp_pos addr_pos;
 };
 
 struct tp_cfg_endpoint {
-    struct tp_addr addr; /* addr.text is the metric label `endpoint` */
+    struct tp_addr addr; /* addr.text is the metric label `endpoint`; unset (family 0) for a name */
     uint32_t weight;     /* 1..1000, default 1 */
     struct tp_pos pos;
+    /* address: host:port with a DNS name: resolved at run time, every A and AAAA
+     * record an endpoint of this weight (src/upstream/dns.c); NULL for an address */
+    char *name;    /* "host:port" as written */
+    char *host;    /* the host, lowercased */
+    uint16_t port; /* 1..65535 */
 };
 
 struct tp_cfg_upstream_tls {
@@ -162,7 +168,15 @@ struct tp_cfg_upstream {
     struct tp_cfg_circuit_breaker *circuit_breaker; /* NULL = none */
     uint32_t max_concurrent_requests;               /* 0 = unlimited */
     struct tp_cfg_retries *retries;                 /* NULL = none */
+    uint64_t resolve_every_ms; /* names re-resolved this often (shorter TTLs win); 30 s */
     struct tp_pos pos;
+};
+
+/** resolver: how endpoint names are resolved. */
+struct tp_cfg_resolver {
+    struct tp_addr *servers; /* NULL = the servers of /etc/resolv.conf */
+    size_t n_servers;
+    uint64_t timeout_ms; /* per query try; default 1 s */
 };
 
 /** A header name and value; name as written (case kept), compared case-insensitively. */
@@ -315,9 +329,11 @@ struct tp_config {
     char *access_log_path;                   /* NULL = off; "-" = stdout */
     enum tp_access_format access_log_format; /* default json */
 
-    uint64_t max_connections;  /* default 100000 */
-    uint64_t max_header_bytes; /* default 16 KiB; 1 KiB .. 1 MiB */
-    uint64_t max_body_bytes;   /* default 10 MiB */
+    uint64_t max_connections;           /* default 100000 */
+    uint64_t max_header_bytes;          /* default 16 KiB; 1 KiB .. 1 MiB */
+    uint64_t max_body_bytes;            /* default 10 MiB */
+    uint32_t h2_max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS; default 100, 1..2^31-1 */
+    uint32_t h2_max_resets_per_s;       /* client resets per connection and second; default 100 */
 
     uint64_t client_header_ms;     /* default 10 s */
     uint64_t client_idle_ms;       /* default 60 s */
@@ -325,6 +341,8 @@ struct tp_config {
     uint64_t upstream_response_ms; /* default 30 s */
     uint64_t tunnel_idle_ms;       /* default 1 h: a tunnel with no byte either way this long is closed */
     uint64_t drain_timeout_ms;     /* default 30 s */
+
+    struct tp_cfg_resolver resolver;
 
     struct tp_cfg_upstream *upstreams;
     size_t n_upstreams;

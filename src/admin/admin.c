@@ -207,11 +207,13 @@ static void handle(struct admin_conn *a)
     if (strcmp(path, "/healthz") == 0) {
         tp_abuf_printf(&body, "ok\n");
     } else if (strcmp(path, "/readyz") == 0) {
-        if (tp_ctl.ready && !tp_ctl.draining) {
+        if (tp_ctl.ready && !tp_ctl.starting && !tp_ctl.draining) {
             tp_abuf_printf(&body, "ready\n");
         } else {
             status = 503;
-            tp_abuf_printf(&body, tp_ctl.draining ? "draining\n" : "not ready\n");
+            tp_abuf_printf(&body, tp_ctl.draining   ? "draining\n"
+                                  : tp_ctl.starting ? "starting\n"
+                                                    : "not ready\n");
         }
     } else if (strcmp(path, "/metrics") == 0) {
         ctype = "text/plain; version=0.0.4; charset=utf-8";

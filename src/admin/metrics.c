@@ -308,6 +308,30 @@ void tp_metrics_render(struct tp_abuf *b)
             labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
             sample(b, "turnpike_endpoint_healthy", &lb, atomic_load(&st->healthy) ? 1 : 0);
         }
+    family(b, "turnpike_dns_endpoint_info", "gauge",
+           "Endpoints resolved from a name: the name each address came from (always 1).");
+    for (size_t u = 0; u < s->n_ups; u++)
+        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
+            const struct tp_rt_endpoint *ep = &s->ups[u].eps[e];
+            if (!ep->cfg->name)
+                continue;
+            labels_of(&lb, "upstream", ep->st->upstream, "endpoint", ep->st->addr.text);
+            tp_abuf_printf(b, "turnpike_dns_endpoint_info{%sname=\"", lb.data);
+            label(b, ep->cfg->name);
+            tp_abuf_printf(b, "\"} 1\n");
+        }
+    family(
+        b, "turnpike_dns_failures_total", "counter",
+        "Failed or empty DNS answers for the endpoint names of an upstream (the last good addresses stay).");
+    for (size_t u = 0; u < s->n_ups; u++) {
+        bool names = false;
+        for (size_t e = 0; e < s->ups[u].cfg->n_endpoints; e++)
+            names |= s->ups[u].cfg->endpoints[e].name != NULL;
+        if (!names)
+            continue;
+        labels_of(&lb, "upstream", s->ups[u].st->name, NULL, NULL);
+        sample(b, "turnpike_dns_failures_total", &lb, (unsigned long long)s->ups[u].st->dns_failures);
+    }
     family(b, "turnpike_upstream_inflight_requests", "gauge",
            "Requests in flight per upstream (counted when max_concurrent_requests is set).");
     for (size_t u = 0; u < s->n_ups; u++) {
@@ -333,6 +357,39 @@ void tp_metrics_render(struct tp_abuf *b)
         labels_of(&lb, "listener", ls->name, NULL, NULL);
         sample(b, "turnpike_connections_total", &lb, (unsigned long long)(v));
     }
+    /* ---- HTTP/2 ---- */
+    static const char *const goaway_reasons[TP_H2_GOAWAY_REASONS] = {
+        "no_error",          "protocol_error",    "flow_control_error",
+        "compression_error", "enhance_your_calm", "internal_error",
+    };
+    family(b, "turnpike_h2_streams_active", "gauge",
+           "Open HTTP/2 streams of client connections, by listener.");
+    for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next) {
+        uint64_t v = 0;
+        for (unsigned sh = 0; sh < ns; sh++)
+            v += atomic_load_explicit(&ls->shard[sh].h2_streams, memory_order_relaxed);
+        labels_of(&lb, "listener", ls->name, NULL, NULL);
+        sample(b, "turnpike_h2_streams_active", &lb, (unsigned long long)(v));
+    }
+    family(b, "turnpike_h2_resets_total", "counter",
+           "HTTP/2 streams reset by clients or refused for excess, by listener.");
+    for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next) {
+        uint64_t v = 0;
+        for (unsigned sh = 0; sh < ns; sh++)
+            v += atomic_load_explicit(&ls->shard[sh].h2_resets, memory_order_relaxed);
+        labels_of(&lb, "listener", ls->name, NULL, NULL);
+        sample(b, "turnpike_h2_resets_total", &lb, (unsigned long long)(v));
+    }
+    family(b, "turnpike_h2_goaway_total", "counter",
+           "GOAWAY frames sent to HTTP/2 clients, by listener and error code (reason).");
+    for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next)
+        for (unsigned k = 0; k < TP_H2_GOAWAY_REASONS; k++) {
+            uint64_t v = 0;
+            for (unsigned sh = 0; sh < ns; sh++)
+                v += atomic_load_explicit(&ls->shard[sh].h2_goaway[k], memory_order_relaxed);
+            labels_of(&lb, "listener", ls->name, "reason", goaway_reasons[k]);
+            sample(b, "turnpike_h2_goaway_total", &lb, (unsigned long long)(v));
+        }
     uint64_t rejected = 0, enobufs = 0, active = 0, paused = 0;
     for (unsigned sh = 0; sh < ns; sh++) {
         rejected += tp_stat_get(&tp_rt.shards[sh]->rejected_conns);
@@ -490,6 +547,10 @@ void tp_config_render(struct tp_abuf *b)
             int cs = ep->breaker ? tp_breaker_state(ep->breaker, now_ms) : 0;
             tp_abuf_printf(b, "%s{\"address\":", e ? "," : "");
             tp_abuf_json_str(b, ep->cfg->addr.text);
+            if (ep->cfg->name) {
+                tp_abuf_printf(b, ",\"name\":");
+                tp_abuf_json_str(b, ep->cfg->name);
+            }
             tp_abuf_printf(b, ",\"weight\":%u,\"healthy\":%s,\"circuit\":\"%s\"}", ep->cfg->weight,
                            atomic_load(&ep->st->healthy) ? "true" : "false",
                            cs == 1   ? "open"

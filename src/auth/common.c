@@ -119,6 +119,30 @@ static bool b64_member(unsigned char c)
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
 }
 
+void auth_b64url_encode(const unsigned char *in, size_t n, char *out)
+{
+    static const char al[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t o = 0, i = 0;
+
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = al[v >> 18];
+        out[o++] = al[(v >> 12) & 63];
+        out[o++] = al[(v >> 6) & 63];
+        out[o++] = al[v & 63];
+    }
+    if (n - i == 1) {
+        out[o++] = al[in[i] >> 2];
+        out[o++] = al[(in[i] & 3) << 4];
+    } else if (n - i == 2) {
+        uint32_t v = (uint32_t)in[i] << 8 | in[i + 1];
+        out[o++] = al[v >> 10];
+        out[o++] = al[(v >> 4) & 63];
+        out[o++] = al[(v & 15) << 2];
+    }
+    out[o] = '\0';
+}
+
 long auth_b64url_decode(const char *in, size_t len, unsigned char *out)
 {
     const unsigned char *p = (const unsigned char *)in;

@@ -26,6 +26,7 @@
  * Called by the control thread at startup and on SIGHUP, and by `turnpike -t`.
  * [control]
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -826,6 +827,32 @@ static bool parse_host(struct cctx *c, const struct field *fd, const struct tp_y
     return (*(char **)((char *)obj + fd->off) = lower_dup(c, s, v->len)) != NULL;
 }
 
+/* resolver.servers: a list of addresses (DNS servers, port included). */
+static bool parse_servers(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
+                          void *obj, struct walk *w)
+{
+    char ip[PATH_MAX_LEN];
+    struct tp_addr *a;
+    bool ok = true;
+
+    (void)w;
+    if (!is_seq(c, v, path))
+        return false;
+    if (v->n == 0) {
+        err(c, v, "%s: at least one server is required (leave the key out to use /etc/resolv.conf)", path);
+        return false;
+    }
+    if (!(a = tp_cfg_arena_calloc(c->a, v->n, sizeof(*a)))) {
+        oom(c);
+        return false;
+    }
+    for (size_t i = 0; i < v->n; i++)
+        ok &= get_addr(c, v->items[i], ipath(ip, path, i), &a[i]);
+    *(struct tp_addr **)((char *)obj + fd->off) = a;
+    *(size_t *)((char *)obj + fd->count_off) = v->n;
+    return ok;
+}
+
 /* health_check.path: a request target, query string allowed. */
 static bool parse_target(struct cctx *c, const struct field *fd, const struct tp_ynode *v, const char *path,
                          void *obj, struct walk *w)
@@ -884,10 +911,9 @@ static bool parse_alpn(struct cctx *c, const struct field *fd, const struct tp_y
             ok = false;
             continue;
         }
-        /* turnpike speaks HTTP/1.x: announcing h2 would break every client that picks it */
-        if (strcmp(s, "http/1.1") != 0 && strcmp(s, "http/1.0") != 0) {
-            err(c, it, "%s: invalid value \"%s\" (expected http/1.1 or http/1.0: turnpike speaks HTTP/1.x)",
-                ip, quote(q, it));
+        /* the protocols turnpike speaks to clients; h2c is never negotiated by ALPN (RFC 9113 3.2) */
+        if (strcmp(s, "h2") != 0 && strcmp(s, "http/1.1") != 0 && strcmp(s, "http/1.0") != 0) {
+            err(c, it, "%s: invalid value \"%s\" (expected h2, http/1.1 or http/1.0)", ip, quote(q, it));
             ok = false;
             continue;
         }
@@ -1702,10 +1728,16 @@ static void listener_end(struct cctx *c, struct walk *w)
 {
     struct tp_cfg_listener *l = w->obj;
     const struct tp_ynode *a = wval(w, "address");
+    const struct tp_ynode *h2c = wval(w, "h2c");
 
-    (void)c;
     if (a)
         l->addr_pos = (struct tp_pos){a->line, a->col};
+    if (h2c && l->h2c && l->tls) {
+        /* a TLS client asks for HTTP/2 by ALPN; "h2" in tls.alpn is what turns it on */
+        char p[PATH_MAX_LEN];
+        warn(c, h2c, "%s: has no effect on a TLS listener (list h2 in tls.alpn)", kpath(p, w->path, "h2c"));
+        l->h2c = false;
+    }
 }
 
 static const struct table listener_table;
@@ -1740,6 +1772,78 @@ static void cert_end(struct cctx *c, struct walk *w)
         err(c, wval(w, "cert"), "%s: %s", kpath(p, w->path, "cert"), e);
 }
 
+/*
+ * endpoints[].address: IPv4:port, [IPv6]:port, or host:port with a DNS name,
+ * which the control thread resolves at run time (src/upstream/dns.c). Only
+ * the syntax of a name is checked here: `-t` sends no DNS query. A host whose
+ * last label is all digits is a broken IPv4 address, not a name.
+ */
+static bool parse_endpoint_addr(struct cctx *c, const struct field *fd, const struct tp_ynode *v,
+                                const char *path, void *obj, struct walk *w)
+{
+    struct tp_cfg_endpoint *e = obj;
+    char q[QUOTE_LEN], hq[QUOTE_LEN];
+    const char *s = scalar(c, v, path, "an address");
+    const char *colon, *why, *last;
+    size_t hlen;
+    uint32_t port = 0;
+
+    (void)fd;
+    (void)w;
+    if (!s)
+        return false;
+    int r = tp_parse_addr(s, &e->addr);
+    if (r == 0)
+        return true;
+    if (r == -ERANGE) {
+        err(c, v, "%s: invalid port in \"%s\" (expected 1..65535)", path, quote(q, v));
+        return false;
+    }
+    colon = memrchr(s, ':', v->len);
+    if (s[0] == '[' || !colon || colon == s || memchr(s, ':', (size_t)(colon - s)))
+        goto bad;
+    hlen = (size_t)(colon - s);
+    for (last = colon; last > s && last[-1] != '.'; last--)
+        ;
+    if (strspn(last, "0123456789") == (size_t)(colon - last))
+        goto bad; /* 10.0.0.300, 1.2.3 */
+    why = s[0] == '*' ? "a name, not a wildcard" : tp_cfg_check_host(s, hlen);
+    if (why) {
+        snprintf(hq, sizeof(hq), "%.*s", (int)(hlen < 64 ? hlen : 64), s);
+        err(c, v, "%s: invalid host \"%s\" in \"%s\" (%s)", path, hq, quote(q, v), why);
+        return false;
+    }
+    const char *ps = colon + 1;
+    size_t pl = strlen(ps);
+    if (pl == 0 || pl > 5 || strspn(ps, "0123456789") != pl)
+        goto bad;
+    for (size_t i = 0; i < pl; i++)
+        port = port * 10 + (uint32_t)(ps[i] - '0');
+    if (port == 0 || port > 65535) {
+        err(c, v, "%s: invalid port in \"%s\" (expected 1..65535)", path, quote(q, v));
+        return false;
+    }
+    e->port = (uint16_t)port;
+    if (!(e->name = tp_cfg_arena_strndup(c->a, s, v->len)) || !(e->host = lower_dup(c, s, hlen))) {
+        oom(c);
+        return false;
+    }
+    for (char *p = e->name; p < e->name + hlen; p++)
+        *p = (char)tolower((unsigned char)*p);
+    return true;
+bad:
+    err(c, v, "%s: invalid address \"%s\" (expected IPv4:port, [IPv6]:port or host:port)", path, quote(q, v));
+    return false;
+}
+
+/* The same endpoint twice: equal addresses, or equal names (case-insensitive). */
+static bool endpoint_equal(const struct tp_cfg_endpoint *a, const struct tp_cfg_endpoint *b)
+{
+    if (a->name || b->name)
+        return a->name && b->name && strcmp(a->name, b->name) == 0;
+    return addr_equal(&a->addr, &b->addr);
+}
+
 static const struct table endpoint_table;
 
 static void endpoints_end(struct cctx *c, const struct tp_ynode *list, const char *path, void *items,
@@ -1752,9 +1856,9 @@ static void endpoints_end(struct cctx *c, const struct tp_ynode *list, const cha
         const struct tp_ynode *at = item_val(&endpoint_table, list->items[i], &st[i], "address");
         for (size_t j = 0; at && j < i; j++) {
             if (item_val(&endpoint_table, list->items[j], &st[j], "address") &&
-                addr_equal(&e[i].addr, &e[j].addr)) {
+                endpoint_equal(&e[i], &e[j])) {
                 err(c, at, "%s: %s is already listed as endpoints[%zu]",
-                    kpath(kp, ipath(ip, path, i), "address"), e[i].addr.text, j);
+                    kpath(kp, ipath(ip, path, i), "address"), e[i].name ? e[i].name : e[i].addr.text, j);
                 break;
             }
         }
@@ -2044,6 +2148,7 @@ static const struct field listener_fields[] = {
     {"name", T_NAME, AT(LISTENER, name), .flags = F_DEFAULT_PATH},
     {"address", T_ADDR, AT(LISTENER, addr), .flags = F_REQUIRED},
     {"tls", T_OBJ, AT(LISTENER, tls), SUB(listener_tls_table)},
+    {"h2c", T_BOOL, AT(LISTENER, h2c), DEF_U(false)},
 };
 static const struct table listener_table = {FIELDS(listener_fields), .size = sizeof(LISTENER),
                                             POS(LISTENER, pos), .end = listener_end,
@@ -2051,7 +2156,7 @@ static const struct table listener_table = {FIELDS(listener_fields), .size = siz
 
 /* upstreams[].endpoints[] */
 static const struct field endpoint_fields[] = {
-    {"address", T_ADDR, AT(ENDPOINT, addr), .flags = F_REQUIRED},
+    {"address", T_CUSTOM, AT(ENDPOINT, addr), CUSTOM(parse_endpoint_addr), .flags = F_REQUIRED},
     {"weight", T_UINT, AT(ENDPOINT, weight), RANGE(1, 1000), DEF_U(1)},
 };
 static const struct table endpoint_table = {FIELDS(endpoint_fields), .size = sizeof(ENDPOINT),
@@ -2109,6 +2214,8 @@ static const struct field upstream_fields[] = {
     {"circuit_breaker", T_OBJ, AT(UPSTREAM, circuit_breaker), SUB(breaker_table)},
     {"max_concurrent_requests", T_UINT, AT(UPSTREAM, max_concurrent_requests), RANGE(1, 10000000)},
     {"retries", T_OBJ, AT(UPSTREAM, retries), SUB(retries_table)},
+    {"resolve_every", T_DURATION, AT(UPSTREAM, resolve_every_ms), RANGE(100, 24 * MS_PER_H),
+     DEF_U(30 * MS_PER_S)},
 };
 static const struct table upstream_table = {FIELDS(upstream_fields), .size = sizeof(UPSTREAM),
                                             POS(UPSTREAM, pos), .end = upstream_end,
@@ -2252,6 +2359,9 @@ static const struct field limits_fields[] = {
     {"max_connections", T_UINT, AT(CONFIG, max_connections), RANGE(1, 10000000), DEF_U(100000)},
     {"max_header_bytes", T_SIZE, AT(CONFIG, max_header_bytes), RANGE(1024, 1024 * 1024), DEF_U(16 * 1024)},
     {"max_body_bytes", T_SIZE, AT(CONFIG, max_body_bytes), RANGE(0, 1ull << 40), DEF_U(10 * 1024 * 1024)},
+    {"h2_max_concurrent_streams", T_UINT, AT(CONFIG, h2_max_concurrent_streams), RANGE(1, 0x7fffffff),
+     DEF_U(100)},
+    {"h2_max_resets_per_s", T_UINT, AT(CONFIG, h2_max_resets_per_s), RANGE(1, 1000000), DEF_U(100)},
 };
 static const struct table limits_table = {FIELDS(limits_fields)};
 
@@ -2266,6 +2376,14 @@ static const struct field timeouts_fields[] = {
     {"tunnel_idle", T_DURATION, AT(CONFIG, tunnel_idle_ms), RANGE(1, 7 * 24 * MS_PER_H), DEF_U(MS_PER_H)},
 };
 static const struct table timeouts_table = {FIELDS(timeouts_fields)};
+
+/* resolver: embedded in struct tp_config */
+static const struct field resolver_fields[] = {
+    {"servers", T_CUSTOM, AT(CONFIG, resolver.servers), COUNT(CONFIG, resolver.n_servers),
+     CUSTOM(parse_servers)},
+    {"timeout", T_DURATION, AT(CONFIG, resolver.timeout_ms), RANGE(10, 60 * MS_PER_S), DEF_U(MS_PER_S)},
+};
+static const struct table resolver_table = {FIELDS(resolver_fields)};
 
 static const struct field shutdown_fields[] = {
     {"drain_timeout", T_DURATION, AT(CONFIG, drain_timeout_ms), RANGE(0, 24 * MS_PER_H),
@@ -2283,6 +2401,7 @@ static const struct field root_fields[] = {
     {"limits", T_MAP, .off = 0, SUB(limits_table)},
     {"timeouts", T_MAP, .off = 0, SUB(timeouts_table)},
     {"shutdown", T_MAP, .off = 0, SUB(shutdown_table)},
+    {"resolver", T_MAP, .off = 0, SUB(resolver_table)},
     {"upstreams", T_LIST, AT(CONFIG, upstreams), COUNT(CONFIG, n_upstreams), SUB(upstream_table)},
     {"auth", T_LIST, AT(CONFIG, auth), COUNT(CONFIG, n_auth), SUB(auth_table)},
     {"rate_limit_store", T_OBJ, AT(CONFIG, rl_store), SUB(rl_store_table)},

@@ -364,6 +364,15 @@ static void format_json(struct line *l, struct alog_shard *a, const struct tp_ac
     put_json_or_null(l, r->host_len ? r->host : NULL, r->host_len);
     PUTS(l, ",\"path\":");
     put_json_or_null(l, r->path, r->path_len);
+    PUTS(l, ",\"protocol\":");
+    if (!r->method)
+        PUTS(l, "null");
+    else if (r->h2)
+        PUTS(l, "\"HTTP/2\"");
+    else if (r->http_minor)
+        PUTS(l, "\"HTTP/1.1\"");
+    else
+        PUTS(l, "\"HTTP/1.0\"");
     PUTS(l, ",\"status\":");
     put_u64(l, r->status);
     PUTS(l, ",\"bytes_in\":");
@@ -420,7 +429,9 @@ static void format_combined(struct line *l, const struct tp_access_record *r, st
         put_clf(l, r->method, r->method_len);
         PUTS(l, " ");
         put_clf(l, r->target, r->target_len);
-        if (r->http_minor)
+        if (r->h2)
+            PUTS(l, " HTTP/2.0"); /* the request line's form; the json format says "HTTP/2" */
+        else if (r->http_minor)
             PUTS(l, " HTTP/1.1");
         else
             PUTS(l, " HTTP/1.0");

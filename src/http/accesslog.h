@@ -33,6 +33,7 @@ struct tp_access_record {
     const char *method, *host, *path, *target, *referer, *user_agent; /* NULL: no parsed request line */
     size_t method_len, host_len, path_len, target_len, referer_len, user_agent_len;
     uint8_t http_minor; /* HTTP/1.<minor> */
+    bool h2;            /* HTTP/2 (http_minor is then meaningless) */
     unsigned status;
     uint64_t bytes_in, bytes_out;
     uint64_t body_out;    /* response body bytes (combined format) */

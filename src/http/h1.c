@@ -620,15 +620,65 @@ void tp_h1_random_hex(struct tp_shard *sh, char *out, size_t n)
     }
 }
 
+/* The end of a gateway-made answer's head, after its last own field (the
+ * line is still open): X-Request-Id, Date, the <extra> lines, Connection:
+ * close when <close>, and the empty line. */
+static void error_head_end(struct tp_block *b, const char *id, size_t id_len, const char *extra,
+                           size_t extra_len, bool close)
+{
+    tp_blk_lit(b, "\r\nX-Request-Id: ");
+    tp_blk_put(b, id, id_len);
+    tp_blk_lit(b, "\r\nDate: ");
+    tp_blk_put(b, tp_h1_date(), 29);
+    tp_blk_lit(b, "\r\n");
+    if (extra_len)
+        tp_blk_put(b, extra, extra_len);
+    if (close)
+        tp_blk_lit(b, "Connection: close\r\n");
+    tp_blk_lit(b, "\r\n");
+}
+
+size_t tp_error_json_len(const char *reason, size_t id_len)
+{
+    /* {"error":"<reason>","status":NNN,"request_id":"<id>"}: the status is always three digits */
+    return 10 + strlen(reason) + 11 + 3 + 15 + id_len + 2;
+}
+
+void tp_blk_error_json(struct tp_block *b, unsigned status, const char *reason, const char *id, size_t id_len)
+{
+    /* reason and id are JSON-safe by construction (fixed strings; ids are
+     * visible ASCII without quotes or backslashes) */
+    tp_blk_lit(b, "{\"error\":\"");
+    tp_blk_put(b, reason, strlen(reason));
+    tp_blk_lit(b, "\",\"status\":");
+    tp_blk_u64(b, status);
+    tp_blk_lit(b, ",\"request_id\":\"");
+    tp_blk_put(b, id, id_len);
+    tp_blk_lit(b, "\"}");
+}
+
+void tp_blk_grpc_message(struct tp_block *b, const char *reason)
+{
+    static const char hx[] = "0123456789ABCDEF";
+
+    /* gRPC's percent-encoding: printable ASCII except '%' goes as it is */
+    for (const char *p = reason; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch >= 0x20 && ch <= 0x7e && ch != '%') {
+            tp_blk_put(b, p, 1);
+        } else {
+            char e[3] = {'%', hx[ch >> 4], hx[ch & 15]};
+            tp_blk_put(b, e, 3);
+        }
+    }
+}
+
 struct tp_block *tp_h1_error_response(struct tp_shard *sh, unsigned status, const char *reason,
                                       const char *id, size_t id_len, const char *extra, size_t extra_len,
                                       bool close, bool head_only)
 {
     size_t rlen = strlen(reason);
-    /* body: {"error":"<reason>","status":N,"request_id":"<id>"}; reason and id are
-     * JSON-safe by construction (fixed strings; ids are visible ASCII without
-     * quotes or backslashes) */
-    size_t body_len = 10 + rlen + 11 + 3 + 15 + id_len + 2;
+    size_t body_len = tp_error_json_len(reason, id_len);
     size_t need = 256 + extra_len + id_len + 2 * rlen + body_len;
     struct tp_block *b = tp_block_get(sh, need);
 
@@ -641,26 +691,10 @@ struct tp_block *tp_h1_error_response(struct tp_shard *sh, unsigned status, cons
     tp_blk_put(b, tp_h1_reason(status), strlen(tp_h1_reason(status)));
     tp_blk_lit(b, "\r\nContent-Type: application/json\r\nContent-Length: ");
     tp_blk_u64(b, body_len);
-    tp_blk_lit(b, "\r\nX-Request-Id: ");
-    tp_blk_put(b, id, id_len);
-    tp_blk_lit(b, "\r\nDate: ");
-    tp_blk_put(b, tp_h1_date(), 29);
-    tp_blk_lit(b, "\r\n");
-    if (extra_len)
-        tp_blk_put(b, extra, extra_len);
-    if (close)
-        tp_blk_lit(b, "Connection: close\r\n");
-    tp_blk_lit(b, "\r\n");
+    error_head_end(b, id, id_len, extra, extra_len, close);
     if (!head_only) {
         uint32_t before = b->len;
-        tp_blk_lit(b, "{\"error\":\"");
-        tp_blk_put(b, reason, rlen);
-        tp_blk_lit(b, "\",\"status\":");
-        tp_blk_u64(b, status);
-        tp_blk_lit(b, ",\"request_id\":\"");
-        tp_blk_put(b, id, id_len);
-        tp_blk_lit(b, "\"}");
-        /* the status is always three digits, so body_len was exact */
+        tp_blk_error_json(b, status, reason, id, id_len);
         TP_BUG_ON(b->len - before != body_len);
     }
     TP_BUG_ON(b->len > b->size);
@@ -696,7 +730,6 @@ struct tp_block *tp_h1_grpc_error_response(struct tp_shard *sh, unsigned status,
                                            const char *id, size_t id_len, const char *extra, size_t extra_len,
                                            bool close)
 {
-    static const char hx[] = "0123456789ABCDEF";
     size_t rlen = strlen(reason);
     struct tp_block *b = tp_block_get(sh, 256 + extra_len + id_len + 3 * rlen);
 
@@ -706,26 +739,9 @@ struct tp_block *tp_h1_grpc_error_response(struct tp_shard *sh, unsigned status,
     tp_blk_lit(b, "HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\ngrpc-status: ");
     tp_blk_u64(b, tp_grpc_status(status));
     tp_blk_lit(b, "\r\ngrpc-message: ");
-    /* gRPC's percent-encoding: printable ASCII except '%' goes as it is */
-    for (size_t i = 0; i < rlen; i++) {
-        unsigned char ch = (unsigned char)reason[i];
-        if (ch >= 0x20 && ch <= 0x7e && ch != '%') {
-            tp_blk_put(b, &reason[i], 1);
-        } else {
-            char e[3] = {'%', hx[ch >> 4], hx[ch & 15]};
-            tp_blk_put(b, e, 3);
-        }
-    }
-    tp_blk_lit(b, "\r\nContent-Length: 0\r\nX-Request-Id: ");
-    tp_blk_put(b, id, id_len);
-    tp_blk_lit(b, "\r\nDate: ");
-    tp_blk_put(b, tp_h1_date(), 29);
-    tp_blk_lit(b, "\r\n");
-    if (extra_len)
-        tp_blk_put(b, extra, extra_len);
-    if (close)
-        tp_blk_lit(b, "Connection: close\r\n");
-    tp_blk_lit(b, "\r\n");
+    tp_blk_grpc_message(b, reason);
+    tp_blk_lit(b, "\r\nContent-Length: 0");
+    error_head_end(b, id, id_len, extra, extra_len, close);
     TP_BUG_ON(b->len > b->size);
     return b;
 }

@@ -180,6 +180,17 @@ struct tp_block *tp_h1_error_response(struct tp_shard *sh, unsigned status, cons
                                       const char *id, size_t id_len, const char *extra, size_t extra_len,
                                       bool close, bool head_only);
 
+/** Bytes of the JSON body of a gateway-made error (tp_blk_error_json). */
+size_t tp_error_json_len(const char *reason, size_t id_len);
+/**
+ * Appends the JSON body of a gateway-made error, {"error","status","request_id"},
+ * the same for every protocol. <reason> and <id> are JSON-safe by construction.
+ */
+void tp_blk_error_json(struct tp_block *b, unsigned status, const char *reason, const char *id,
+                       size_t id_len);
+/** Appends <reason> percent-encoded as grpc-message wants it (3 bytes per byte at most). */
+void tp_blk_grpc_message(struct tp_block *b, const char *reason);
+
 /** The grpc-status of a gateway-made answer of HTTP <status> (404 -> 12 UNIMPLEMENTED, ...). */
 unsigned tp_grpc_status(unsigned status);
 

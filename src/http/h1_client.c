@@ -432,7 +432,8 @@ static void ux_abort(struct tp_shard *sh, struct tp_req *r)
 static bool ux_body_ready(const struct tp_req *r)
 {
     const struct tp_uconn *uc = r->att.conn;
-    return uc && uc->state == UC_ACTIVE && tp_transport_pending(&uc->t) < TP_OUTQ_BUDGET &&
+    return uc && uc->state == UC_ACTIVE &&
+           tp_transport_pending(&uc->t) < tp_queue_budget(tp_self, TP_OUTQ_BUDGET) &&
            !tp_outq_full(uc->t.out, 12);
 }
 

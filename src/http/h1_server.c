@@ -8,6 +8,10 @@
  *
  * States and what moves between them:
  *
+ * A connection that starts with the HTTP/2 preface on an h2c listener, or
+ * whose TLS handshake chose h2 by ALPN, is handed to the HTTP/2 session
+ * (h2_server.c) before any request, the way a tunnel takes one over (CS_H2).
+ *
  *            accept                 first byte              head complete
  *   (new) ──────────▶ IDLE ───────────────────────▶ HEAD ─────────────────▶ ACTIVE
  *                      ▲  client_idle: close         │ client_header: 408    │
@@ -55,6 +59,7 @@ enum conn_state {
     CS_ACTIVE,   /* a request is being served */
     CS_LINGER,   /* final response queued: flush, shutdown, drain input, close */
     CS_TUNNEL,   /* switched protocols: the transport belongs to a tunnel */
+    CS_H2,       /* HTTP/2 (ALPN h2 or the h2c preface): the transport belongs to an h2 session */
     CS_CLOSING,  /* the transport is closing */
 };
 
@@ -72,6 +77,7 @@ struct tp_conn {
     bool drain;       /* close after the current request (shutdown, listener removed) */
     bool linger;      /* closing must drain unread input first (lingering close) */
     bool in_process;  /* inside process_input (no recursion) */
+    bool h2c;         /* the listener takes HTTP/2 with prior knowledge */
     struct tp_req *req;
     struct tp_h1_parser hp;  /* request parser; its head is req->head */
     struct tp_bref exec_ref; /* buffer being parsed (body slices point into it) */
@@ -501,7 +507,9 @@ static bool ds_unqueue_head(struct tp_shard *sh, struct tp_req *r)
 static bool ds_congested(const struct tp_req *r)
 {
     const struct tp_conn *c = conn_of_req(r);
-    return tp_transport_pending(&c->t) >= TP_OUTQ_BUDGET || tp_outq_full(c->t.out, 6);
+    /* relayed body slices hold receive buffers until sent: less of them while the pool is pressed */
+    return tp_transport_pending(&c->t) >= tp_queue_budget(tp_self, TP_OUTQ_BUDGET) ||
+           tp_outq_full(c->t.out, 6);
 }
 
 static void ds_flush(struct tp_shard *sh, struct tp_req *r)
@@ -665,6 +673,40 @@ static void on_request_head(struct tp_shard *sh, struct tp_conn *c)
 }
 
 /* ------------------------------------------------------------------ */
+/* HTTP/2                                                              */
+/* ------------------------------------------------------------------ */
+
+/* Does the connection start with the HTTP/2 preface? 1 yes, 0 no, -1 not
+ * enough bytes yet to tell. */
+static int h2_preface(struct tp_shard *sh, struct tp_inq *q)
+{
+    uint32_t seen = 0;
+
+    for (uint16_t i = 0; i < q->n && seen < TP_H2_PREFACE_LEN; i++) {
+        const struct tp_rbuf *e = &q->e[(q->head + i) & (q->cap - 1)];
+        uint32_t n = e->len < TP_H2_PREFACE_LEN - seen ? e->len : TP_H2_PREFACE_LEN - seen;
+        if (memcmp(tp_rbuf_data(sh, e), &TP_H2_PREFACE[seen], n) != 0)
+            return 0;
+        seen += n;
+    }
+    return seen == TP_H2_PREFACE_LEN ? 1 : -1;
+}
+
+/* The connection speaks HTTP/2 from here: its transport goes to an h2
+ * session; this object stays allocated (the transport lives in it) until
+ * the session hands on_closed back. */
+static void h2_takeover(struct tp_shard *sh, struct tp_conn *c)
+{
+    c->state = CS_H2;
+    if (!tp_h2_start(sh, &c->t, &c->ds)) {
+        TP_LOG_RL(TP_LOG_ERR, "out of memory for an HTTP/2 connection");
+        c->state = CS_IDLE;
+        c->t.rst = true;
+        conn_close(sh, c);
+    }
+}
+
+/* ------------------------------------------------------------------ */
 /* the input loop                                                      */
 /* ------------------------------------------------------------------ */
 
@@ -749,6 +791,17 @@ static void process_input(struct tp_shard *sh, struct tp_conn *c)
         if (c->state == CS_IDLE) {
             if (t->in.n == 0)
                 break;
+            if (c->h2c && c->requests == 0) {
+                int pre = h2_preface(sh, &t->in);
+                if (pre < 0)
+                    break; /* a prefix of the preface: wait for the rest */
+                c->h2c = false;
+                if (pre) {
+                    h2_takeover(sh, c);
+                    c->in_process = false;
+                    return;
+                }
+            }
             if (!start_request(sh, c)) {
                 conn_close(sh, c);
                 break;
@@ -852,18 +905,27 @@ static void conn_on_sent(struct tp_shard *sh, struct tp_transport *t, int res)
         return;
     }
     /* room again towards the client: let the upstream side continue */
-    if (c->req && c->req->att.conn && tp_transport_pending(t) < TP_OUTQ_BUDGET / 2)
+    if (c->req && c->req->att.conn && tp_transport_pending(t) < tp_queue_budget(sh, TP_OUTQ_BUDGET) / 2)
         c->req->ux->resume(sh, c->req);
 }
 
 /* Server-side TLS: the handshake completed. It counted as part of the first
- * request's head; the connection now waits for that request as an idle one. */
+ * request's head; the connection now waits for that request as an idle one,
+ * or speaks HTTP/2 when ALPN chose h2. */
 static void conn_on_connected(struct tp_shard *sh, struct tp_transport *t, int err)
 {
     struct tp_conn *c = conn_of(t);
 
-    if (!err && c->state == CS_IDLE)
-        tp_transport_deadline(sh, t, sh->now_ms + shard_limits(sh)->client_idle_ms);
+    const char *alpn;
+    unsigned alpn_len;
+
+    if (err || c->state != CS_IDLE)
+        return;
+    if (tp_transport_alpn(t, &alpn, &alpn_len) && alpn_len == 2 && memcmp(alpn, "h2", 2) == 0) {
+        h2_takeover(sh, c);
+        return;
+    }
+    tp_transport_deadline(sh, t, sh->now_ms + shard_limits(sh)->client_idle_ms);
 }
 
 static void conn_on_timeout(struct tp_shard *sh, struct tp_transport *t)
@@ -915,6 +977,15 @@ static const struct tp_transport_ops conn_proto = {
 /* accept, drain                                                       */
 /* ------------------------------------------------------------------ */
 
+/* listeners[].h2c of the listener named <name> in <cfg>. */
+static bool listener_h2c(const struct tp_config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->n_listeners; i++)
+        if (strcmp(cfg->listeners[i].name, name) == 0)
+            return cfg->listeners[i].h2c;
+    return false;
+}
+
 void tp_h1s_accept(struct tp_shard *sh, int fd, unsigned listener, const struct sockaddr_storage *peer)
 {
     struct tp_conn *c = tp_slab_alloc(sh, (unsigned)tp_http_shard(sh)->slab_conn);
@@ -946,6 +1017,7 @@ void tp_h1s_accept(struct tp_shard *sh, int fd, unsigned listener, const struct 
     c->ds.listener = (uint8_t)listener;
     c->ds.tls = tls != NULL;
     c->state = CS_IDLE;
+    c->h2c = !tls && listener_h2c(sh->snap->cfg, sh->lis[listener].name);
     if (peer->ss_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)peer;
         inet_ntop(AF_INET, &a->sin_addr, c->ds.peer, sizeof(c->ds.peer));
@@ -967,8 +1039,8 @@ void tp_h1s_accept(struct tp_shard *sh, int fd, unsigned listener, const struct 
 /* Drain: an idle connection closes now; one serving a request closes after its response. */
 static void conn_drain(struct tp_shard *sh, struct tp_conn *c)
 {
-    if (c->state == CS_TUNNEL)
-        return; /* a tunnel is closed when drain_timeout ends, by the tunnel */
+    if (c->state == CS_TUNNEL || c->state == CS_H2)
+        return; /* tunnels and HTTP/2 sessions drain on their own */
     c->drain = true;
     if (c->state == CS_IDLE && c->t.in.n == 0) {
         conn_close(sh, c);
@@ -985,7 +1057,7 @@ void tp_h1s_drain(struct tp_shard *sh, bool now)
 
     for (uint32_t i = 0; (o = tp_slab_at(sh, id, i)); i++) {
         struct tp_conn *c = (struct tp_conn *)o;
-        if (o->in_free || c->state == CS_CLOSING || c->state == CS_TUNNEL)
+        if (o->in_free || c->state == CS_CLOSING || c->state == CS_TUNNEL || c->state == CS_H2)
             continue;
         if (now)
             conn_close(sh, c);
@@ -1001,7 +1073,7 @@ void tp_h1s_listener_closed(struct tp_shard *sh, unsigned idx)
 
     for (uint32_t i = 0; (o = tp_slab_at(sh, id, i)); i++) {
         struct tp_conn *c = (struct tp_conn *)o;
-        if (!o->in_free && c->ds.listener == idx && c->state != CS_CLOSING)
+        if (!o->in_free && c->ds.listener == idx && c->state != CS_CLOSING && c->state != CS_H2)
             conn_drain(sh, c);
     }
 }

@@ -49,6 +49,7 @@ static void http_destroy(struct tp_shard *sh)
     if (!hs)
         return;
     tp_jwt_cache_destroy(hs->jwt_cache);
+    tp_h2_shard_free(hs);
     while (hs->req_free) {
         struct tp_req *r = hs->req_free;
         hs->req_free = r->next_free;
@@ -72,6 +73,8 @@ static void http_on_snapshot(struct tp_shard *sh, struct tp_snapshot *old)
     hs->limits.upstream_connect_ms = cfg->upstream_connect_ms;
     hs->limits.upstream_response_ms = cfg->upstream_response_ms;
     hs->limits.tunnel_idle_ms = cfg->tunnel_idle_ms;
+    hs->limits.h2_max_streams = cfg->h2_max_concurrent_streams;
+    hs->limits.h2_max_resets_per_s = cfg->h2_max_resets_per_s;
     if (!old)
         return;
     tp_tunnel_on_snapshot(sh);
@@ -81,12 +84,20 @@ static void http_on_snapshot(struct tp_shard *sh, struct tp_snapshot *old)
                 tp_h1c_pool_close(sh, old->ups[u].eps[e].st);
 }
 
+/* A listener was removed: its connections finish what they serve, then close. */
+static void http_listener_closed(struct tp_shard *sh, unsigned idx)
+{
+    tp_h2_listener_closed(sh, idx);
+    tp_h1s_listener_closed(sh, idx);
+}
+
 /* Drain: connections finish their request and close; tunnels live on until
  * drain_timeout is over (<now>). */
 static void http_drain(struct tp_shard *sh, bool now)
 {
     if (now)
         tp_tunnel_close_all(sh);
+    tp_h2_drain(sh, now);
     tp_h1s_drain(sh, now);
     tp_h1c_close_all(sh, now);
 }
@@ -94,6 +105,7 @@ static void http_drain(struct tp_shard *sh, bool now)
 /* A drained shard: once no client connection is left, the upstream ones go too. */
 static void http_tick(struct tp_shard *sh)
 {
+    tp_h2_tick(sh);
     if (sh->draining && tp_h1s_count(sh) == 0 && tp_h1c_count(sh))
         tp_h1c_close_all(sh, true);
 }
@@ -106,7 +118,7 @@ static bool http_busy(struct tp_shard *sh)
 static const struct tp_shard_hooks http_hooks = {
     .create = http_create,
     .on_snapshot = http_on_snapshot,
-    .on_listener_closed = tp_h1s_listener_closed,
+    .on_listener_closed = http_listener_closed,
     .drain = http_drain,
     .tick = http_tick,
     .busy = http_busy,

@@ -235,7 +235,8 @@ static void attempt(struct tp_shard *sh, struct tp_req *r)
     }
     if (!attempt_begin(sh, r)) {
         upstream_release(r);
-        tp_req_error(sh, r, 503, "no healthy endpoint", false);
+        /* an upstream whose names never resolved has no endpoint at all */
+        tp_req_error(sh, r, 503, r->up->n_eps ? "no healthy endpoint" : "no resolved endpoint", false);
         return;
     }
     r->ux->start(sh, r);

@@ -732,6 +732,32 @@ bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s
     return r->host_len || host_set;
 }
 
+void tp_req_extra_fields(const struct tp_req *r, tp_field_fn field, void *ctx)
+{
+    /* RateLimit-* lines are kept preformatted: split them back into fields */
+    const char *p = r->extra_hdrs, *end = r->extra_hdrs + r->extra_len;
+
+    while (p < end) {
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        const char *eol = memchr(p, '\r', (size_t)(end - p));
+        if (!colon || !eol || colon > eol)
+            break;
+        field(ctx, p, (size_t)(colon - p), colon + 2, (size_t)(eol - colon - 2));
+        p = eol + 2;
+    }
+}
+
+struct sink_ctx {
+    const struct tp_hdr_sink *s;
+    void *ctx;
+};
+
+static void sink_field(void *ctx, const char *name, size_t nlen, const char *v, size_t vlen)
+{
+    const struct sink_ctx *sc = ctx;
+    emit(sc->s, sc->ctx, name, nlen, v, vlen);
+}
+
 bool tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const struct tp_hdr_sink *s,
                              void *ctx)
 {
@@ -749,16 +775,8 @@ bool tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const st
         emit(s, ctx, name, hd->name.len, h->base + hd->value.off, hd->value.len);
     }
     emit_set(rw, s, ctx);
-    /* RateLimit-* lines are kept preformatted: split them back into fields */
-    const char *p = r->extra_hdrs, *end = r->extra_hdrs + r->extra_len;
-    while (p < end) {
-        const char *colon = memchr(p, ':', (size_t)(end - p));
-        const char *eol = memchr(p, '\r', (size_t)(end - p));
-        if (!colon || !eol || colon > eol)
-            break;
-        emit(s, ctx, p, (size_t)(colon - p), colon + 2, (size_t)(eol - colon - 2));
-        p = eol + 2;
-    }
+    struct sink_ctx sc = {s, ctx};
+    tp_req_extra_fields(r, sink_field, &sc);
     emit(s, ctx, "X-Request-Id", 12, r->id, r->id_len);
     return date;
 }
@@ -795,6 +813,7 @@ static void req_record(struct tp_shard *sh, struct tp_req *r)
         .id_len = r->id_len,
         .trace_id = r->trace + 3,
         .http_minor = r->http_minor,
+        .h2 = r->h2,
         .status = r->status,
         .bytes_in = r->bytes_in,
         .bytes_out = r->bytes_out,

@@ -8,7 +8,7 @@
  *
  * Two seams connect it to protocols:
  *   - a downstream session (struct tp_ds + struct tp_ds_ops) is the client
- *     side: HTTP/1 today (h1_server.c); an HTTP/2 stream plugs in the same way;
+ *     side: an HTTP/1 connection (h1_server.c) or an HTTP/2 stream (h2_server.c);
  *   - an upstream exchange (struct tp_ux_ops) is the upstream side of one
  *     attempt: HTTP/1 with keepalive pools today (h1_client.c).
  * Sessions parse and frame; the request layer decides.
@@ -30,6 +30,8 @@
 
 struct tp_req;
 struct tp_transport;
+struct tp_h2_session;
+struct tp_h2_stream;
 struct tp_jwt_claims;
 struct tp_apikey;
 
@@ -43,6 +45,8 @@ struct tp_limits {
     uint64_t upstream_connect_ms;
     uint64_t upstream_response_ms;
     uint64_t tunnel_idle_ms;
+    uint32_t h2_max_streams;      /* SETTINGS_MAX_CONCURRENT_STREAMS of new HTTP/2 connections */
+    uint32_t h2_max_resets_per_s; /* client resets per HTTP/2 connection and second */
 };
 
 /* ---- the downstream seam ---- */
@@ -234,6 +238,7 @@ struct tp_req {
     bool upgrade_req;       /* the client asked to switch protocols (Upgrade + Connection: upgrade) */
     bool counted;           /* metrics recorded already (a tunnel's, at its 101) */
     bool grpc;              /* content-type application/grpc: gateway answers in gRPC form */
+    bool h2;                /* the client speaks HTTP/2 (http_minor is then meaningless) */
     uint8_t upg_len;        /* bytes in upg */
     char upg[63];           /* Upgrade tokens offered to the upstream (the route allows them) */
     struct tp_block *names; /* a tunnel's route, upstream, endpoint and subject names for its log line */
@@ -267,10 +272,13 @@ struct tp_http_shard {
     tp_stat_t active_requests;
     struct tp_req *req_free;
     uint32_t n_req_free;
-    int slab_conn, slab_uconn;      /* slab ids of client and upstream connections */
-    struct tp_tunnel *tunnels;      /* the shard's tunnels */
-    struct tp_jwt_cache *jwt_cache; /* verified tokens (routes with a JWT provider) */
-    uint32_t n_tunnels;
+    int slab_conn, slab_uconn;         /* slab ids of client and upstream connections */
+    struct tp_tunnel *tunnels;         /* the shard's tunnels */
+    struct tp_jwt_cache *jwt_cache;    /* verified tokens (routes with a JWT provider) */
+    struct tp_h2_session *h2_sessions; /* the shard's HTTP/2 client connections */
+    struct tp_h2_session *h2_kick;     /* HTTP/2 connections with output to write this iteration */
+    struct tp_h2_stream *h2_free;      /* free HTTP/2 stream objects */
+    uint32_t n_h2_free;
     /* requests waiting for a lease, oldest first (request.c), and the timer that looks at them */
     struct tp_req *park_head, *park_tail;
     uint32_t n_parked;
@@ -324,6 +332,12 @@ void tp_req_ids(struct tp_shard *sh, struct tp_req *r, bool from_head);
  * then names the endpoint it connects to. Framing headers are the exchange's.
  */
 bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s, void *ctx);
+
+/** Receives one header field (name, value). */
+typedef void (*tp_field_fn)(void *ctx, const char *name, size_t nlen, const char *v, size_t vlen);
+
+/** The answer's own fields kept preformatted in r->extra_hdrs (RateLimit-*, Retry-After, ...), one by one. */
+void tp_req_extra_fields(const struct tp_req *r, tp_field_fn field, void *ctx);
 
 /**
  * Emits the header fields of the upstream's response head <h> as the client

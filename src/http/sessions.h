@@ -25,6 +25,29 @@ void tp_h1s_listener_closed(struct tp_shard *sh, unsigned idx);
 /** Open client connections of the shard. */
 uint32_t tp_h1s_count(struct tp_shard *sh);
 
+/* ---- HTTP/2 server (h2_server.c) ---- */
+
+/** The 24 bytes every HTTP/2 connection starts with (RFC 9113 3.4). */
+#define TP_H2_PREFACE     "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define TP_H2_PREFACE_LEN 24
+
+/**
+ * Takes transport <t> of an HTTP/1 client connection over for HTTP/2 (ALPN
+ * h2, or the h2c preface in t->in): <conn> is the connection's downstream
+ * identity (peer, listener, TLS), copied into each stream. The HTTP/1
+ * session keeps its object and gets its on_closed back once the transport
+ * has closed. false: out of memory (the caller closes the connection).
+ */
+bool tp_h2_start(struct tp_shard *sh, struct tp_transport *t, const struct tp_ds *conn);
+/** Drain: GOAWAY with the last stream id, open streams finish (<now>: every connection closes now). */
+void tp_h2_drain(struct tp_shard *sh, bool now);
+/** Connections of listener <idx>: GOAWAY, then close once their streams finished. */
+void tp_h2_listener_closed(struct tp_shard *sh, unsigned idx);
+/** End of the loop iteration: HTTP/2 connections write what their streams queued. */
+void tp_h2_tick(struct tp_shard *sh);
+/** Frees the shard's free list of streams (shard destruction). */
+void tp_h2_shard_free(struct tp_http_shard *hs);
+
 /* ---- HTTP/1 upstream exchange (h1_client.c) ---- */
 
 /** Size of an upstream connection object (its slab). */

@@ -17,8 +17,7 @@
  *
  * Relay: received bytes move from one side's receive queue to the other's
  * send queue as slices of the buffers they arrived in (no copy), while that
- * send queue holds less than TUN_BUDGET (TUN_BUDGET_TIGHT while the shard's
- * receive-buffer pool is over half held). Past it the receiving side stops
+ * send queue holds less than TUN_BUDGET. Past it the receiving side stops
  * reading, and resumes once its queue has moved on: a slow reader stops the
  * fast writer, and a tunnel holds at most TUN_BUDGET plus what one receive
  * batch brought per direction.
@@ -40,8 +39,7 @@
 #include "http/request.h"
 #include "transport/transport.h"
 
-#define TUN_BUDGET       (64u * 1024u) /* [bytes] queued towards one side before the other stops reading */
-#define TUN_BUDGET_TIGHT (16u * 1024u) /* [bytes] the same while over half the receive buffers are held */
+#define TUN_BUDGET (64u * 1024u) /* [bytes] queued towards one side before the other stops reading */
 
 struct tp_tunnel {
     struct tp_transport *t[2];             /* 0: client, 1: upstream; NULL once closed */
@@ -132,9 +130,6 @@ static bool relay(struct tp_shard *sh, struct tp_tunnel *tun, int i)
     struct tp_transport *src = tun->t[i], *dst = tun->t[!i];
     struct tp_rbuf *e;
     uint64_t moved = 0;
-    /* queued slices hold receive buffers: when many tunnels have stalled
-     * readers the shard's pool runs low for everyone, so each gets less */
-    uint32_t budget = sh->bufs.held > sh->bufs.count / 2 ? TUN_BUDGET_TIGHT : TUN_BUDGET;
 
     if (tun->ending)
         return false;
@@ -144,7 +139,7 @@ static bool relay(struct tp_shard *sh, struct tp_tunnel *tun, int i)
         return false;
     }
     while ((e = tp_inq_front(&src->in))) {
-        if (tp_transport_pending(dst) >= budget || tp_outq_full(dst->out, 2))
+        if (tp_transport_pending(dst) >= TUN_BUDGET || tp_outq_full(dst->out, 2))
             break;
         uint32_t len = e->len;
         if (!tp_outq_push_slice(sh, &dst->out, tp_rbuf_ref(e), tp_rbuf_data(sh, e), len)) {
@@ -259,7 +254,6 @@ static void tunnel_free(struct tp_shard *sh, struct tp_tunnel *tun)
         hs->tunnels = tun->next;
     if (tun->next)
         tun->next->prev = tun->prev;
-    hs->n_tunnels--;
     if (tun->r)
         tp_req_end(sh, tun->r);
     free(tun);
@@ -359,7 +353,6 @@ void tp_tunnel_start(struct tp_shard *sh, struct tp_req *r, struct tp_transport 
     if (hs->tunnels)
         hs->tunnels->prev = tun;
     hs->tunnels = tun;
-    hs->n_tunnels++;
 
     /* the request is counted now (status 101, time to the switch); its log
      * line waits for the end */

@@ -71,7 +71,11 @@ static struct {
     uint64_t drain_deadline_ms;
     uint64_t stop_deadline_ms;
     bool stop_sent;
+    uint64_t start_deadline_ms; /* READY=1 at the latest then, services ready or not */
+    unsigned n_listeners_cfg;
 } ctl = {.sig_fd = -1};
+
+#define START_WAIT_MS 10000 /* [ms] longest READY=1 waits for the services' start-up work */
 
 static struct tp_lis_stats *lis_stats;
 
@@ -390,6 +394,31 @@ fail:
     tp_ctl.reloads_failed++;
 }
 
+int tp_ctl_republish(const char *why)
+{
+    struct tp_diag diag = {0};
+    struct tp_snapshot *s;
+
+    if (!tp_ctl.ready || tp_ctl.draining || !tp_snapshot_current)
+        return -EAGAIN;
+    s = tp_snapshot_rebuild(tp_ctl.generation + 1, &diag);
+    if (!s) {
+        log_diag(&diag);
+        tp_diag_dispose(&diag);
+        tp_err("%s: cannot rebuild the runtime configuration; generation %llu stays", why,
+               (unsigned long long)tp_ctl.generation);
+        return -ENOMEM;
+    }
+    /* endpoints that went are retired here: their pools close, requests on
+     * them finish on the old snapshot */
+    tp_snapshot_publish(s);
+    for (unsigned i = 0; i < tp_rt.n_shards; i++)
+        tp_shard_post(tp_rt.shards[i], TP_MSG_RELOAD);
+    tp_ctl.generation = s->generation;
+    tp_info("configuration generation %llu: %s", (unsigned long long)s->generation, why);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* the loop                                                            */
 /* ------------------------------------------------------------------ */
@@ -454,6 +483,26 @@ static void on_signal(int res)
     arm_signal();
 }
 
+/* Start-up ends once every service with a ready hook says so (or after
+ * START_WAIT_MS): then /readyz says ready and systemd hears READY=1. */
+static void announce_when_ready(void)
+{
+    bool all = true;
+
+    for (unsigned k = 0; k < n_services && all; k++)
+        all = !services[k]->ready || services[k]->ready();
+    if (!all && ctl.now_ms < ctl.start_deadline_ms)
+        return;
+    if (!all)
+        tp_warn("start-up work of the services is not done after %d ms (DNS answers?); ready anyway",
+                START_WAIT_MS);
+    tp_ctl.starting = false;
+    tp_notice("turnpike %s running: %u shard%s, %u listener%s, configuration %s", TP_VERSION, tp_rt.n_shards,
+              tp_rt.n_shards == 1 ? "" : "s", ctl.n_listeners_cfg, ctl.n_listeners_cfg == 1 ? "" : "s",
+              tp_ctl.source);
+    sd_notify("READY=1\nSTATUS=generation 1");
+}
+
 static void control_loop(void)
 {
     arm_signal();
@@ -481,6 +530,8 @@ static void control_loop(void)
 
         tp_snapshot_collect();
         EACH_SERVICE(tick, ctl.now_ms, tp_ctl.draining);
+        if (tp_ctl.starting)
+            announce_when_ready();
         if (tp_ctl.draining) {
             if (atomic_load(&tp_rt.shards_done) == tp_rt.n_shards) {
                 ctl.stop = true;
@@ -698,10 +749,11 @@ int tp_runtime_run(struct tp_config *cfg, const char *path)
     tp_ctl.source = s->cfg->source;
     memcpy(tp_ctl.sha256, s->cfg->sha256, sizeof(tp_ctl.sha256));
     tp_ctl.ready = true;
-    tp_notice("turnpike %s running: %u shard%s, %zu listener%s, configuration %s", TP_VERSION, tp_rt.n_shards,
-              tp_rt.n_shards == 1 ? "" : "s", s->cfg->n_listeners, s->cfg->n_listeners == 1 ? "" : "s",
-              s->cfg->source);
-    sd_notify("READY=1\nSTATUS=generation 1");
+    tp_ctl.starting = true;
+    ctl.n_listeners_cfg = (unsigned)s->cfg->n_listeners;
+    ctl.now_ms = tp_clock_ms();
+    ctl.start_deadline_ms = ctl.now_ms + START_WAIT_MS;
+    announce_when_ready(); /* at once when no service has start-up work */
     control_loop();
     exit_code = 0;
     goto join;

@@ -36,6 +36,12 @@ struct tp_ctl_service {
     void (*reopen)(void);
     /** The process is stopping: close what is open. */
     void (*stop)(void);
+    /**
+     * Optional: true once the service's start-up work is done (DNS: every
+     * endpoint name answered once). READY=1 and /readyz wait for every
+     * service to say so, at most START_WAIT_MS.
+     */
+    bool (*ready)(void);
 };
 
 #define TP_CTL_SERVICES 8
@@ -49,6 +55,16 @@ int tp_ctl_service_register(const struct tp_ctl_service *s);
  */
 struct io_uring_sqe *tp_ctl_sqe(int svc, unsigned op, uint32_t slot);
 
+/**
+ * Publishes a snapshot rebuilt from the current configuration with the
+ * resolved address sets as they are now (a DNS answer changed one), through
+ * the same RCU exchange as a reload, without reading any file; the
+ * generation goes up by one. -EAGAIN before the shards run or while
+ * draining (the caller tries again later), -ENOMEM when the build failed
+ * (logged; the current snapshot stays). [control]
+ */
+int tp_ctl_republish(const char *why);
+
 /** [ms] monotonic time of the current control loop iteration. */
 uint64_t tp_ctl_now_ms(void);
 
@@ -61,7 +77,8 @@ struct tp_ctl_info {
     uint64_t loaded_at_real_ns;
     const char *source;
     uint8_t sha256[32];
-    bool ready; /* listening with a valid configuration */
+    bool ready;    /* listening with a valid configuration */
+    bool starting; /* ready, but services still finish their start-up work (/readyz says 503) */
     bool draining;
     uint64_t started_real_ns;
 };

@@ -181,6 +181,17 @@ bool tp_outq_push_slice(struct tp_shard *sh, struct tp_outq **qp, struct tp_bref
             return true;
         }
     }
+    /* While the shard's receive buffers run low, a slice that would hold one
+     * until a (maybe slow) peer takes it is copied out: the buffer goes back
+     * to the kernel now, the bytes wait in ordinary memory. */
+    if (!r.blk && tp_bufs_pressed(sh)) {
+        struct tp_block *b = tp_block_get(sh, len);
+        if (b) {
+            memcpy(b->data, p, len);
+            b->len = len;
+            return tp_outq_push_block(sh, qp, b);
+        }
+    }
     struct tp_seg s = {
         .p = p, .len = len, .kind = r.blk ? TP_SEG_BLOCK : TP_SEG_RBUF, .bid = r.bid, .blk = r.blk};
     if (!tp_outq_push(sh, qp, &s))

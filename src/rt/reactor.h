@@ -242,6 +242,23 @@ uint64_t tp_rand64(struct tp_shard *sh);
 
 /** The single place a provided buffer goes back to the kernel once its last reference is dropped. */
 void tp_buf_release(struct tp_shard *sh, uint16_t bid);
+/**
+ * True while more than half of the shard's provided buffers are held (queued
+ * received bytes, relayed slices not yet sent). Queues then take less before
+ * their connection stops reading, so slow readers cannot drain the pool that
+ * every connection of the shard receives into.
+ */
+static inline bool tp_bufs_pressed(const struct tp_shard *sh)
+{
+    return sh->bufs.held > sh->bufs.count / 2;
+}
+
+/** <normal> bytes, or an eighth of it while the buffer pool is pressed. */
+static inline uint32_t tp_queue_budget(const struct tp_shard *sh, uint32_t normal)
+{
+    return tp_bufs_pressed(sh) ? normal / 8 : normal;
+}
+
 static inline uint8_t *tp_buf_ptr(struct tp_shard *sh, uint16_t bid)
 {
     return sh->bufs.mem + (size_t)bid * sh->bufs.size;

@@ -33,14 +33,28 @@ struct tp_lis_msg {
 #define TP_LIS_MSGS          128
 #define TP_MAX_LISTENERS_CTL 64
 
+/** Reasons of turnpike_h2_goaway_total (the HTTP/2 error code sent, RFC 9113 7). */
+enum tp_h2_goaway_reason {
+    TP_H2_GOAWAY_NO_ERROR = 0,      /* drain, listener removed, idle */
+    TP_H2_GOAWAY_PROTOCOL,          /* PROTOCOL_ERROR and other framing errors */
+    TP_H2_GOAWAY_FLOW_CONTROL,      /* FLOW_CONTROL_ERROR */
+    TP_H2_GOAWAY_COMPRESSION,       /* COMPRESSION_ERROR */
+    TP_H2_GOAWAY_ENHANCE_YOUR_CALM, /* resets, floods, header bombs */
+    TP_H2_GOAWAY_INTERNAL,          /* INTERNAL_ERROR and anything else */
+    TP_H2_GOAWAY_REASONS
+};
+
 /** Counters of one listener, by name; owned by the control thread, kept for the process's life. */
 struct tp_lis_stats {
     struct tp_lis_stats *next;
     char name[64];
     struct {
-        _Atomic uint64_t accepted; /* turnpike_connections_total */
-        _Atomic uint64_t active;   /* turnpike_connections_active (sum over shards, may wrap per shard) */
-    } __attribute__((aligned(64))) shard[]; /* [n_shards] */
+        _Atomic uint64_t accepted;   /* turnpike_connections_total */
+        _Atomic uint64_t active;     /* turnpike_connections_active (sum over shards, may wrap per shard) */
+        _Atomic uint64_t h2_streams; /* turnpike_h2_streams_active (the same) */
+        _Atomic uint64_t h2_resets;  /* turnpike_h2_resets_total */
+        _Atomic uint64_t h2_goaway[TP_H2_GOAWAY_REASONS]; /* turnpike_h2_goaway_total by reason */
+    } __attribute__((aligned(64))) shard[];               /* [n_shards] */
 };
 
 /** First of the list of every listener's stats. [control] */

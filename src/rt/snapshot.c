@@ -298,16 +298,85 @@ static char *render_set(const struct tp_header_rewrite *rw, size_t *len)
     return buf;
 }
 
-/* Loads the JWKS and key files of <cfg>'s auth providers into <out>
- * (cfg->n_auth entries, zeroed). false: a file did not load; <diag> says
- * which, at the position of its `keys` value, and what is wrong with it. */
-static bool auths_build(const struct tp_config *cfg, struct tp_rt_auth *out, struct tp_diag *diag)
+/*
+ * What one load of the file made: the configuration and what was built from
+ * it and the files it names (listeners' TLS contexts, upstreams' TLS clients,
+ * auth providers). A reload makes a new base; a snapshot rebuilt for a DNS
+ * answer shares the current one, so no file is read again and a certificate
+ * replaced on disk is not picked up by a DNS change. [control refcount]
+ */
+struct tp_gen_base {
+    int refs;
+    struct tp_config *cfg;
+    struct tp_rt_listener *lis;
+    size_t n_lis;
+    struct tp_rt_auth *auths;
+    size_t n_auths;
+    struct tp_tls_client **up_tls; /* [cfg->n_upstreams] */
+};
+
+/* Frees <b> with what it built, and its cfg unless <keep_cfg>. */
+static void base_free(struct tp_gen_base *b, bool keep_cfg)
 {
+    for (size_t i = 0; b->lis && i < b->n_lis; i++)
+        tp_tls_server_destroy(b->lis[i].tls);
+    free(b->lis);
+    for (size_t i = 0; b->auths && i < b->n_auths; i++) {
+        tp_jwt_verifier_destroy(b->auths[i].jwt);
+        tp_apikeys_destroy(b->auths[i].keys);
+    }
+    free(b->auths);
+    for (size_t i = 0; b->up_tls && b->cfg && i < b->cfg->n_upstreams; i++)
+        tp_tls_client_destroy(b->up_tls[i]);
+    free(b->up_tls);
+    if (!keep_cfg)
+        tp_config_destroy(b->cfg);
+    free(b);
+}
+
+static void base_put(struct tp_gen_base *b)
+{
+    if (b && --b->refs == 0)
+        base_free(b, false);
+}
+
+/* Builds the base of <cfg>: TLS contexts and auth providers, reading the
+ * files they name. NULL on failure, with <diag> saying why; <cfg> stays the
+ * caller's then. The base returned holds one reference (the builder's). */
+static struct tp_gen_base *base_build(struct tp_config *cfg, struct tp_diag *diag)
+{
+    struct tp_gen_base *b = calloc(1, sizeof(*b));
+    char e[512];
+
+    if (!b)
+        goto oom;
+    b->refs = 1;
+    b->cfg = cfg;
+    b->lis = calloc(cfg->n_listeners ? cfg->n_listeners : 1, sizeof(*b->lis));
+    b->auths = calloc(cfg->n_auth ? cfg->n_auth : 1, sizeof(*b->auths));
+    b->up_tls = calloc(cfg->n_upstreams ? cfg->n_upstreams : 1, sizeof(*b->up_tls));
+    if (!b->lis || !b->auths || !b->up_tls)
+        goto oom;
+
+    /* listeners: TLS contexts, certificates read again at every load */
+    b->n_lis = cfg->n_listeners;
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        b->lis[i].cfg = &cfg->listeners[i];
+        if (cfg->listeners[i].tls &&
+            !(b->lis[i].tls = tp_tls_server_create(cfg->listeners[i].tls, e, sizeof(e)))) {
+            tp_diag_add(diag, "%s:%u:%u: listeners[%zu].tls: %s", cfg->source,
+                        cfg->listeners[i].tls->pos.line, cfg->listeners[i].tls->pos.col, i, e);
+            goto fail;
+        }
+    }
+
+    /* auth providers: key files read again at every load; one that does not
+     * load fails the load (a reload keeps the old keys) */
+    b->n_auths = cfg->n_auth;
     for (size_t i = 0; i < cfg->n_auth; i++) {
         const struct tp_cfg_auth *ac = &cfg->auth[i];
-        char e[512];
         int aerr = 0;
-        out[i].cfg = ac;
+        b->auths[i].cfg = ac;
         if (ac->jwt) {
             const struct tp_cfg_jwt *j = ac->jwt;
             struct tp_jwks *ks = tp_jwks_load_file(j->keys, e, sizeof(e), &aerr);
@@ -321,46 +390,144 @@ static bool auths_build(const struct tp_config *cfg, struct tp_rt_auth *out, str
                 };
                 for (size_t k = 0; tp_jwks_note(ks, k); k++)
                     tp_warn("auth[%zu].jwt.keys: %s", i, tp_jwks_note(ks, k));
-                out[i].jwt = tp_jwt_verifier_create(ks, &o, &aerr);
+                b->auths[i].jwt = tp_jwt_verifier_create(ks, &o, &aerr);
                 tp_jwks_put(ks); /* the verifier holds its own reference */
-                if (!out[i].jwt)
+                if (!b->auths[i].jwt)
                     snprintf(e, sizeof(e), "%s", strerror(-aerr));
             }
-            if (!out[i].jwt) {
+            if (!b->auths[i].jwt) {
                 tp_diag_add(diag, "%s:%u:%u: auth[%zu].jwt.keys: %s", cfg->source, j->keys_pos.line,
                             j->keys_pos.col, i, e);
-                return false;
+                goto fail;
             }
         } else if (ac->api_key) {
             const struct tp_cfg_api_key *k = ac->api_key;
-            if (!(out[i].keys = tp_apikeys_load_file(k->keys, e, sizeof(e), &aerr))) {
+            if (!(b->auths[i].keys = tp_apikeys_load_file(k->keys, e, sizeof(e), &aerr))) {
                 tp_diag_add(diag, "%s:%u:%u: auth[%zu].api_key.keys: %s", cfg->source, k->keys_pos.line,
                             k->keys_pos.col, i, e);
-                return false;
+                goto fail;
             }
         }
     }
-    return true;
+
+    /* upstreams' TLS clients */
+    for (size_t i = 0; i < cfg->n_upstreams; i++) {
+        const struct tp_cfg_upstream *uc = &cfg->upstreams[i];
+        if (uc->tls && !(b->up_tls[i] = tp_tls_client_create(uc->tls, e, sizeof(e)))) {
+            tp_diag_add(diag, "%s:%u:%u: upstreams[%zu].tls: %s", cfg->source, uc->tls->pos.line,
+                        uc->tls->pos.col, i, e);
+            goto fail;
+        }
+    }
+    return b;
+
+oom:
+    tp_diag_add(diag, "%s: cannot build the runtime configuration: %s", cfg->source, strerror(ENOMEM));
+fail:
+    if (b)
+        base_free(b, true); /* cfg stays the caller's */
+    return NULL;
 }
 
-static void auths_free(struct tp_rt_auth *a, size_t n)
+/* ---- resolved address sets ---- */
+
+struct resolved {
+    struct resolved *next;
+    char *upstream, *name;
+    struct tp_addr *addrs;
+    size_t n;
+};
+
+static struct resolved *resolved_sets;
+
+static struct resolved *resolved_find(const char *upstream, const char *name)
 {
-    for (size_t i = 0; a && i < n; i++) {
-        tp_jwt_verifier_destroy(a[i].jwt);
-        tp_apikeys_destroy(a[i].keys);
+    for (struct resolved *r = resolved_sets; r; r = r->next)
+        if (strcmp(r->upstream, upstream) == 0 && strcmp(r->name, name) == 0)
+            return r;
+    return NULL;
+}
+
+int tp_resolved_update(const char *upstream, const char *name, const struct tp_addr *addrs, size_t n)
+{
+    struct resolved *r = resolved_find(upstream, name);
+    struct tp_addr *copy;
+
+    if (r && r->n == n) {
+        size_t i = 0;
+        while (i < n && strcmp(r->addrs[i].text, addrs[i].text) == 0)
+            i++;
+        if (i == n)
+            return 0;
     }
-    free(a);
+    if (!(copy = malloc(sizeof(*copy) * (n ? n : 1))))
+        return -ENOMEM;
+    memcpy(copy, addrs, sizeof(*copy) * n);
+    if (!r) {
+        if (!(r = calloc(1, sizeof(*r))) || !(r->upstream = strdup(upstream)) || !(r->name = strdup(name))) {
+            if (r)
+                free(r->upstream);
+            free(r);
+            free(copy);
+            return -ENOMEM;
+        }
+        r->next = resolved_sets;
+        resolved_sets = r;
+    }
+    free(r->addrs);
+    r->addrs = copy;
+    r->n = n;
+    return 1;
+}
+
+const struct tp_addr *tp_resolved_get(const char *upstream, const char *name, size_t *n)
+{
+    struct resolved *r = resolved_find(upstream, name);
+    *n = r ? r->n : 0;
+    return r ? r->addrs : NULL;
+}
+
+static void resolved_free(struct resolved *r)
+{
+    free(r->addrs);
+    free(r->upstream);
+    free(r->name);
+    free(r);
+}
+
+void tp_resolved_prune(const struct tp_config *cfg)
+{
+    struct resolved **pp = &resolved_sets;
+
+    while (*pp) {
+        struct resolved *r = *pp;
+        bool keep = false;
+        for (size_t u = 0; cfg && !keep && u < cfg->n_upstreams; u++) {
+            if (strcmp(cfg->upstreams[u].name, r->upstream) != 0)
+                continue;
+            for (size_t e = 0; !keep && e < cfg->upstreams[u].n_endpoints; e++)
+                keep = cfg->upstreams[u].endpoints[e].name &&
+                       strcmp(cfg->upstreams[u].endpoints[e].name, r->name) == 0;
+        }
+        if (keep) {
+            pp = &r->next;
+        } else {
+            *pp = r->next;
+            resolved_free(r);
+        }
+    }
 }
 
 bool tp_snapshot_check_files(const struct tp_config *cfg, struct tp_diag *diag)
 {
-    struct tp_rt_auth *a = calloc(cfg->n_auth ? cfg->n_auth : 1, sizeof(*a));
-    bool ok = a && auths_build(cfg, a, diag);
+    /* the base of a load reads every file the configuration names; -t builds
+     * it and drops it again (the configuration stays the caller's) */
+    struct tp_gen_base *b = base_build((struct tp_config *)cfg, diag);
 
-    if (!a)
-        tp_diag_add(diag, "%s: out of memory", cfg->source);
-    auths_free(a, cfg->n_auth);
-    return ok;
+    if (!b)
+        return false;
+    base_free(b, true);
+    return true;
 }
 
 static void snapshot_free(struct tp_snapshot *s)
@@ -387,37 +554,52 @@ static void snapshot_free(struct tp_snapshot *s)
         free(up->eps);
         free(up->weights);
         free(up->swrr);
+        free(up->resolved);
         if (up->maglev)
             tp_maglev_destroy(up->maglev);
-        tp_tls_client_destroy(up->tls);
         if (up->st)
             upstream_state_put(up->st);
     }
     free(s->ups);
-    for (size_t i = 0; s->lis && i < s->n_lis; i++)
-        tp_tls_server_destroy(s->lis[i].tls);
-    free(s->lis);
-    auths_free(s->auths, s->n_auths);
     free(s->shard_inflight);
-    tp_config_destroy(s->cfg);
+    base_put(s->base);
     free(s);
 }
 
-struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, uint64_t generation,
-                                      struct tp_diag *diag)
+/* Is <text> the address of one of the first <n> endpoints of <up>? */
+static bool has_endpoint(const struct tp_rt_upstream *up, size_t n, const char *text)
+{
+    for (size_t e = 0; e < n; e++)
+        if (strcmp(up->eps[e].cfg->addr.text, text) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * A snapshot on <base> (taking a reference on it) with the resolved address
+ * sets as they are now, adopting registry objects by name from the current
+ * snapshot. NULL and <diag> on failure (the base's reference is given back).
+ */
+static struct tp_snapshot *build_on(struct tp_gen_base *base, uint64_t generation, struct tp_diag *diag)
 {
     struct tp_snapshot *old = tp_snapshot_current; /* control thread: the writer reads its own pointer */
+    const struct tp_config *cfg = base->cfg;
     struct name_index rix = {0}, uix = {0}, eix = {0};
     struct tp_snapshot *s;
     void **targets = NULL;
     int err = -ENOMEM;
     char key[512];
 
-    if (!reg.n_shards)
-        reg.n_shards = n_shards;
     s = calloc(1, sizeof(*s));
     if (!s)
         goto fail;
+    s->base = base;
+    base->refs++;
+    s->cfg = base->cfg;
+    s->lis = base->lis;
+    s->n_lis = base->n_lis;
+    s->auths = base->auths;
+    s->n_auths = base->n_auths;
     s->generation = generation;
     s->loaded_at_real_ns = tp_clock_real_ns();
     s->n_shards = reg.n_shards;
@@ -444,84 +626,78 @@ struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, 
             index_put(&eix, old->ups[i].eps[e].st->key, old->ups[i].eps[e].st);
     }
 
-    /* listeners: TLS contexts, certificates read again at every load */
-    s->lis = calloc(cfg->n_listeners ? cfg->n_listeners : 1, sizeof(*s->lis));
-    if (!s->lis)
-        goto fail;
-    s->n_lis = cfg->n_listeners;
-    for (size_t i = 0; i < cfg->n_listeners; i++) {
-        char e[512];
-        s->lis[i].cfg = &cfg->listeners[i];
-        if (cfg->listeners[i].tls &&
-            !(s->lis[i].tls = tp_tls_server_create(cfg->listeners[i].tls, e, sizeof(e)))) {
-            tp_diag_add(diag, "%s:%u:%u: listeners[%zu].tls: %s", cfg->source,
-                        cfg->listeners[i].tls->pos.line, cfg->listeners[i].tls->pos.col, i, e);
-            err = TP_ECONFIG;
-            goto fail_quiet;
-        }
-    }
-
-    /* auth providers: key files read again at every load; one that does not
-     * load fails the load (a reload keeps the old keys) */
-    s->auths = calloc(cfg->n_auth ? cfg->n_auth : 1, sizeof(*s->auths));
-    if (!s->auths)
-        goto fail;
-    s->n_auths = cfg->n_auth;
-    if (!auths_build(cfg, s->auths, diag)) {
-        err = TP_ECONFIG;
-        goto fail_quiet;
-    }
-
-    /* upstreams and endpoints */
+    /* upstreams and endpoints: an address is one endpoint, a name one per
+     * address of its last good answer (none before the first); an address
+     * listed twice that way is used once */
     s->n_ups = cfg->n_upstreams;
     for (size_t i = 0; i < cfg->n_upstreams; i++) {
         const struct tp_cfg_upstream *uc = &cfg->upstreams[i];
         struct tp_rt_upstream *up = &s->ups[i];
+        size_t max_eps = 0, n_res = 0, k;
         up->cfg = uc;
+        up->tls = base->up_tls[i];
         up->st = index_get(&uix, uc->name);
         if (!up->st && !(up->st = upstream_state_new(uc->name)))
             goto fail;
         up->st->refs++;
-        up->n_eps = uc->n_endpoints;
-        up->eps = calloc(up->n_eps, sizeof(*up->eps));
-        up->weights = calloc(up->n_eps, sizeof(*up->weights));
+        for (size_t e = 0; e < uc->n_endpoints; e++) {
+            if (uc->endpoints[e].name) {
+                tp_resolved_get(uc->name, uc->endpoints[e].name, &k);
+                n_res += k;
+                max_eps += k;
+            } else {
+                max_eps++;
+            }
+        }
+        up->eps = calloc(max_eps ? max_eps : 1, sizeof(*up->eps));
+        up->weights = calloc(max_eps ? max_eps : 1, sizeof(*up->weights));
+        up->resolved = calloc(n_res ? n_res : 1, sizeof(*up->resolved));
         /* smooth WRR state: one row per shard, each row on its own cache lines */
-        up->swrr_stride = (up->n_eps + 7) & ~(size_t)7;
+        up->swrr_stride = (max_eps + 7) & ~(size_t)7;
         up->swrr = aligned_array(up->swrr_stride * reg.n_shards, sizeof(int64_t));
-        if (!up->eps || !up->weights || !up->swrr)
+        if (!up->eps || !up->weights || !up->resolved || !up->swrr)
             goto fail;
-        for (size_t e = 0; e < up->n_eps; e++) {
+        n_res = 0;
+        for (size_t e = 0; e < uc->n_endpoints; e++) {
             const struct tp_cfg_endpoint *ec = &uc->endpoints[e];
-            struct tp_rt_endpoint *ep = &up->eps[e];
-            snprintf(key, sizeof(key), "%s/%s", uc->name, ec->addr.text);
-            ep->cfg = ec;
-            ep->st = index_get(&eix, key);
-            if (!ep->st && !(ep->st = endpoint_state_new(key, uc->name, &ec->addr)))
-                goto fail;
-            ep->st->refs++;
-            up->weights[e] = ec->weight;
-            /* breaker state carries over; its new settings apply at publish */
-            if (uc->circuit_breaker) {
-                if (!ep->st->breaker && !(ep->st->breaker = tp_breaker_create(uc->circuit_breaker, &err)))
+            const struct tp_addr *addrs = &ec->addr;
+            size_t n_addrs = 1;
+            if (ec->name)
+                addrs = tp_resolved_get(uc->name, ec->name, &n_addrs);
+            for (size_t a = 0; a < n_addrs; a++) {
+                const struct tp_cfg_endpoint *epc = ec;
+                if (has_endpoint(up, up->n_eps, addrs[a].text))
+                    continue;
+                if (ec->name) {
+                    struct tp_cfg_endpoint *rc = &up->resolved[n_res++];
+                    *rc = *ec;
+                    rc->addr = addrs[a];
+                    epc = rc;
+                }
+                struct tp_rt_endpoint *ep = &up->eps[up->n_eps];
+                snprintf(key, sizeof(key), "%s/%s", uc->name, epc->addr.text);
+                ep->cfg = epc;
+                ep->st = index_get(&eix, key);
+                if (!ep->st && !(ep->st = endpoint_state_new(key, uc->name, &epc->addr)))
                     goto fail;
-                ep->breaker = ep->st->breaker;
+                ep->st->refs++;
+                up->weights[up->n_eps++] = epc->weight;
+                /* breaker state carries over; its new settings apply at publish */
+                if (uc->circuit_breaker) {
+                    if (!ep->st->breaker && !(ep->st->breaker = tp_breaker_create(uc->circuit_breaker, &err)))
+                        goto fail;
+                    ep->breaker = ep->st->breaker;
+                }
             }
         }
-        if (uc->tls) {
-            char e[512];
-            if (!(up->tls = tp_tls_client_create(uc->tls, e, sizeof(e)))) {
-                tp_diag_add(diag, "%s:%u:%u: upstreams[%zu].tls: %s", cfg->source, uc->tls->pos.line,
-                            uc->tls->pos.col, i, e);
-                err = TP_ECONFIG;
-                goto fail_quiet;
-            }
-        }
-        if (uc->balance == TP_BALANCE_HASH) {
+        if (uc->balance == TP_BALANCE_HASH && up->n_eps) {
+            /* the table is keyed by address: an address that stays keeps its
+             * slots, so a changed answer moves only the keys it must */
             const char **names = calloc(up->n_eps, sizeof(*names));
             if (!names)
                 goto fail;
             for (size_t e = 0; e < up->n_eps; e++)
-                names[e] = uc->endpoints[e].addr.text;
+                names[e] = up->eps[e].cfg->addr.text;
             up->maglev = tp_maglev_create(names, up->weights, up->n_eps, 0, &err);
             free(names);
             if (!up->maglev)
@@ -579,21 +755,42 @@ struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, 
     index_dispose(&rix);
     index_dispose(&uix);
     index_dispose(&eix);
-    s->cfg = cfg;
     return s;
 
 fail:
     tp_diag_add(diag, "%s: cannot build the runtime configuration: %s", cfg->source, strerror(-err));
-fail_quiet:
     free(targets);
     index_dispose(&rix);
     index_dispose(&uix);
     index_dispose(&eix);
-    if (s) {
-        s->cfg = NULL; /* stays the caller's */
-        snapshot_free(s);
-    }
+    snapshot_free(s);
     return NULL;
+}
+
+struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, uint64_t generation,
+                                      struct tp_diag *diag)
+{
+    struct tp_gen_base *base;
+    struct tp_snapshot *s;
+
+    if (!reg.n_shards)
+        reg.n_shards = n_shards;
+    if (!(base = base_build(cfg, diag)))
+        return NULL;
+    s = build_on(base, generation, diag);
+    if (!s) {
+        base_free(base, true); /* only the builder's reference was left; cfg stays the caller's */
+        return NULL;
+    }
+    base->refs--; /* the snapshot's reference remains */
+    return s;
+}
+
+struct tp_snapshot *tp_snapshot_rebuild(uint64_t generation, struct tp_diag *diag)
+{
+    struct tp_snapshot *cur = tp_snapshot_current;
+
+    return cur ? build_on(cur->base, generation, diag) : NULL;
 }
 
 void tp_snapshot_publish(struct tp_snapshot *s)
@@ -684,6 +881,7 @@ void tp_snapshot_shutdown(void)
         snapshot_free(reg.retired[i]);
     free(reg.retired);
     memset(&reg, 0, sizeof(reg));
+    tp_resolved_prune(NULL);
 }
 
 struct tp_tls_server *tp_snapshot_listener_tls(const struct tp_snapshot *s, const char *name)

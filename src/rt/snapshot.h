@@ -126,6 +126,7 @@ struct tp_route_state {
 struct tp_upstream_state {
     char *name;
     int refs;
+    uint64_t dns_failures; /* failed or empty answers for its endpoint names [control] */
     _Atomic uint64_t inflight __attribute__((aligned(TP_CACHELINE)));
 };
 
@@ -152,7 +153,7 @@ struct tp_endpoint_state {
 };
 
 struct tp_rt_endpoint {
-    const struct tp_cfg_endpoint *cfg;
+    const struct tp_cfg_endpoint *cfg; /* a resolved endpoint's own: cfg->name is the name it came from */
     struct tp_endpoint_state *st;
     struct tp_breaker *breaker; /* st->breaker when this generation's upstream has a circuit_breaker */
 };
@@ -163,11 +164,12 @@ struct tp_rt_upstream {
     struct tp_upstream_state *st;
     struct tp_rt_endpoint *eps;
     size_t n_eps;
-    uint32_t *weights;         /* [n_eps] */
-    struct tp_maglev *maglev;  /* balance: hash */
-    int64_t *swrr;             /* [n_shards][swrr_stride] smooth WRR state per shard */
-    size_t swrr_stride;        /* entries per shard, padded to a cache line */
-    struct tp_tls_client *tls; /* upstreams[].tls; NULL = plain */
+    uint32_t *weights;                /* [n_eps] */
+    struct tp_maglev *maglev;         /* balance: hash */
+    int64_t *swrr;                    /* [n_shards][swrr_stride] smooth WRR state per shard */
+    size_t swrr_stride;               /* entries per shard, padded to a cache line */
+    struct tp_tls_client *tls;        /* upstreams[].tls; NULL = plain (owned by the snapshot's base) */
+    struct tp_cfg_endpoint *resolved; /* settings of the endpoints resolved from names (owned) */
 };
 
 struct tp_tls_server;
@@ -212,10 +214,12 @@ struct tp_rt_auth {
 };
 
 struct tp_router;
+struct tp_gen_base;
 struct tp_snapshot {
     uint64_t generation;
     uint64_t loaded_at_real_ns;
-    struct tp_config *cfg;
+    struct tp_config *cfg;    /* base's */
+    struct tp_gen_base *base; /* what the load of cfg made (shared by rebuilds, refcounted) */
     struct tp_router *router;
     struct tp_rt_route *routes;
     size_t n_routes;
@@ -248,6 +252,30 @@ struct tp_snapshot *tp_snapshot_build(struct tp_config *cfg, unsigned n_shards, 
  * beyond the YAML. false: <diag> has the errors, as a load would report them.
  */
 bool tp_snapshot_check_files(const struct tp_config *cfg, struct tp_diag *diag);
+
+/**
+ * Builds a snapshot from the current one's configuration (no file is read:
+ * the configuration, TLS contexts and auth providers are shared with it)
+ * with the resolved address sets as they are now. For a change of a resolved
+ * set. NULL (and <diag>) on failure; nothing changes then. [control]
+ */
+struct tp_snapshot *tp_snapshot_rebuild(uint64_t generation, struct tp_diag *diag);
+
+/*
+ * Resolved address sets, keyed by upstream and endpoint name: the last good
+ * answer for each name (src/upstream/dns.c writes them), which every build
+ * expands into endpoints, one per address, with the name's weight. A name
+ * without a set has no endpoints. They outlive generations. [control]
+ */
+
+/** Sets the addresses of <name> in <upstream> (sorted by the caller). 1 changed, 0 same, -ENOMEM. */
+int tp_resolved_update(const char *upstream, const char *name, const struct tp_addr *addrs, size_t n);
+
+/** The addresses of <name> in <upstream>: NULL (never resolved) or the set, <*n> of them. */
+const struct tp_addr *tp_resolved_get(const char *upstream, const char *name, size_t *n);
+
+/** Forgets the sets of names <cfg> no longer has (after a reload). */
+void tp_resolved_prune(const struct tp_config *cfg);
 
 /** Publishes <s> as current and retires the previous one (synchronize_rcu inside). [control] */
 void tp_snapshot_publish(struct tp_snapshot *s);

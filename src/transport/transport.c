@@ -119,7 +119,12 @@ void tp_transport_recv(struct tp_shard *sh, struct tp_transport *t)
         (t->connecting && !t->tls))
         return;
     sqe = tp_sqe(sh);
-    io_uring_prep_recv_multishot(sqe, t->fd, NULL, 0, 0);
+    /* while the buffer pool is pressed, one buffer per arm: a multishot
+     * receive resumed after backpressure would take a burst of them first */
+    if (tp_bufs_pressed(sh))
+        io_uring_prep_recv(sqe, t->fd, NULL, 0, 0);
+    else
+        io_uring_prep_recv_multishot(sqe, t->fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = TP_BGID;
     io_uring_sqe_set_data64(sqe, tp_ud((unsigned)op_recv, t->slot.slot, t->slot.gen));
@@ -152,9 +157,12 @@ void tp_transport_backpressure(struct tp_shard *sh, struct tp_transport *t)
 {
     if (t->closing)
         return;
-    if (t->in.n >= TP_INQ_STOP)
+    /* under buffer pressure a queue holds two buffers, not TP_INQ_STOP */
+    unsigned stop = tp_bufs_pressed(sh) ? 2 : TP_INQ_STOP;
+
+    if (t->in.n >= stop)
         tp_transport_stop_recv(sh, t);
-    else if (t->recv_stopped && t->in.n <= TP_INQ_STOP / 2)
+    else if (t->recv_stopped && t->in.n <= stop / 2)
         tp_transport_resume_recv(sh, t);
 }
 
@@ -532,4 +540,15 @@ int tp_transport_register(void)
         ext_idx < 0)
         return -1;
     return 0;
+}
+
+bool tp_transport_alpn(const struct tp_transport *t, const char **proto, unsigned *len)
+{
+    const unsigned char *p = NULL;
+
+    *len = 0;
+    if (t->tls)
+        SSL_get0_alpn_selected(t->tls->ssl, &p, len);
+    *proto = (const char *)p;
+    return p && *len;
 }

@@ -94,7 +94,10 @@ void tp_transport_recv(struct tp_shard *sh, struct tp_transport *t);
 void tp_transport_stop_recv(struct tp_shard *sh, struct tp_transport *t);
 /** Resumes reading after tp_transport_stop_recv. [shard] */
 void tp_transport_resume_recv(struct tp_shard *sh, struct tp_transport *t);
-/** Stops reading while TP_INQ_STOP buffers wait, resumes below half of it. [shard] */
+/**
+ * Stops reading while TP_INQ_STOP buffers wait (2 while the shard's buffer
+ * pool is pressed), resumes at half of that. [shard]
+ */
 void tp_transport_backpressure(struct tp_shard *sh, struct tp_transport *t);
 
 /**
@@ -118,6 +121,9 @@ void tp_transport_deadline(struct tp_shard *sh, struct tp_transport *t, uint64_t
  * and calls on_closed. Safe to call more than once. [shard]
  */
 void tp_transport_close(struct tp_shard *sh, struct tp_transport *t);
+
+/** The protocol ALPN selected on a TLS transport (after the handshake); false when none. [shard] */
+bool tp_transport_alpn(const struct tp_transport *t, const char **proto, unsigned *len);
 
 static inline bool tp_transport_is_tls(const struct tp_transport *t)
 {

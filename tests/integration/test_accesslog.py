@@ -12,7 +12,7 @@ import struct
 from tp_harness import T, Client, build_request, free_port, upstream_cfg, wait_until
 from tp_more import Gate, metrics
 
-FIELDS = {"time", "request_id", "trace_id", "client", "method", "host", "path", "status", "bytes_in",
+FIELDS = {"time", "request_id", "trace_id", "client", "method", "host", "path", "protocol", "status", "bytes_in",
           "bytes_out", "duration_ms", "route", "upstream", "endpoint", "upstream_ms", "subject"}
 TIME_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)")
 HEX32 = re.compile(r"[0-9a-f]{32}")

@@ -48,8 +48,8 @@ def test_every_error_in_file_order():
         f'{path}:12:13: routes[0].upstream: no upstream named "userz"',
         f"{path}:13:3: routes[1]: needs one of upstream, split or direct_response",
         f'{path}:13:17: routes[1].match.path: invalid path "nope" (must start with /)',
-        f'{path}:17:18: upstreams[0].endpoints[0].address: invalid address "localhost:1" '
-        "(expected IPv4:port or [IPv6]:port)",
+        f'{path}:17:18: upstreams[0].endpoints[0].address: invalid host "local_host" in "local_host:1" '
+        "(expected letters, digits, '-' and '.')",
         f"{path}:19:5: upstreams[0].balance: duplicate key",
     ]
 

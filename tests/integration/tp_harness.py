@@ -344,7 +344,9 @@ def echo_handler(req, conn):
 
 
 class Upstream:
-    """An HTTP/1.1 server on 127.0.0.1:<ephemeral port>, one thread per connection.
+    """An HTTP/1.1 server on 127.0.0.1:<ephemeral port>, one thread per connection
+    (host and port pick another address, "::1" an IPv6 one: endpoints of a DNS name
+    share one port on several loopback addresses).
 
     handler(req, conn) -> bytes to send, or None when it sent (or closed) itself.
     on_head(req, conn) runs after the head, before the body is read (e.g. to send
@@ -358,7 +360,7 @@ class Upstream:
     """
 
     def __init__(self, handler=None, name="up", on_head=None, read_body=True, recv_size=65536,
-                 recv_delay=0.0, rcvbuf=None):
+                 recv_delay=0.0, rcvbuf=None, host="127.0.0.1", port=0):
         self.handler = handler or echo_handler
         self.name = name
         self.on_head = on_head
@@ -377,14 +379,19 @@ class Upstream:
         self.allow_errors = False  # else the harness teardown fails on anything in .errors
         self.release = threading.Event()  # handlers that block wait on this; teardown sets it
         self.got_head = threading.Event()  # set whenever a head arrives
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        v6 = ":" in host
+        self.lsock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if rcvbuf:
             self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.lsock.bind(("127.0.0.1", 0))
+        try:
+            self.lsock.bind((host, port))
+        except OSError:
+            self.lsock.close()
+            raise
         self.lsock.listen(512)
         self.port = self.lsock.getsockname()[1]
-        self.addr = f"127.0.0.1:{self.port}"
+        self.addr = f"[{host}]:{self.port}" if v6 else f"{host}:{self.port}"
         self.stopping = False
         self.thread = threading.Thread(target=self._accept_loop, daemon=True)
         self.thread.start()

@@ -78,30 +78,6 @@ static const char ed_token[] =
 
 /* ---- helpers ---- */
 
-static void b64url(const unsigned char *in, size_t n, char *out)
-{
-    static const char al[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0, i = 0;
-
-    for (; i + 3 <= n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        out[o++] = al[v >> 18];
-        out[o++] = al[(v >> 12) & 63];
-        out[o++] = al[(v >> 6) & 63];
-        out[o++] = al[v & 63];
-    }
-    if (n - i == 1) {
-        out[o++] = al[in[i] >> 2];
-        out[o++] = al[(in[i] & 3) << 4];
-    } else if (n - i == 2) {
-        uint32_t v = (uint32_t)in[i] << 8 | in[i + 1];
-        out[o++] = al[v >> 10];
-        out[o++] = al[(v >> 4) & 63];
-        out[o++] = al[(v & 15) << 2];
-    }
-    out[o] = '\0';
-}
-
 static unsigned char a1_key[64];
 
 /* A token with header <hdr> and payload <pay> (JSON text), HMAC-SHA256 with the A.1 key. */
@@ -113,14 +89,14 @@ static char *hs256(const char *hdr, const char *pay)
     unsigned int ml = 32;
     size_t n;
 
-    b64url((const unsigned char *)hdr, hl, t);
+    auth_b64url_encode((const unsigned char *)hdr, hl, t);
     n = strlen(t);
     t[n++] = '.';
-    b64url((const unsigned char *)pay, pl, t + n);
+    auth_b64url_encode((const unsigned char *)pay, pl, t + n);
     n = strlen(t);
     HMAC(EVP_sha256(), a1_key, sizeof(a1_key), (unsigned char *)t, n, mac, &ml);
     t[n++] = '.';
-    b64url(mac, ml, t + n);
+    auth_b64url_encode(mac, ml, t + n);
     return t;
 }
 
@@ -364,7 +340,7 @@ static void test_refusals(void)
         }
         der[1] = (unsigned char)(dl - 2);
         char derb[120];
-        b64url(der, dl, derb);
+        auth_b64url_encode(der, dl, derb);
         snprintf(es, sizeof(es), "%.*s%s", (int)(strrchr(a3_token, '.') + 1 - a3_token), a3_token, derb);
         refused(ev, es, TP_AUTH_INVALID, "signature length wrong for the alg", "ES256 signature in DER form");
         /* r || s swapped */
@@ -372,12 +348,12 @@ static void test_refusals(void)
         char swb[100];
         memcpy(sw, raw + 32, 32);
         memcpy(sw + 32, raw, 32);
-        b64url(sw, 64, swb);
+        auth_b64url_encode(sw, 64, swb);
         snprintf(es, sizeof(es), "%.*s%s", (int)(strrchr(a3_token, '.') + 1 - a3_token), a3_token, swb);
         refused(ev, es, TP_AUTH_INVALID, "signature does not verify", "ES256 with r and s swapped");
         /* r = s = 0 (the "psychic signature") */
         memset(sw, 0, sizeof(sw));
-        b64url(sw, 64, swb);
+        auth_b64url_encode(sw, 64, swb);
         snprintf(es, sizeof(es), "%.*s%s", (int)(strrchr(a3_token, '.') + 1 - a3_token), a3_token, swb);
         refused(ev, es, TP_AUTH_INVALID, "signature does not verify", "ES256 with r = s = 0");
         /* RS256 signature one byte short */
@@ -488,7 +464,7 @@ static void test_jwks(void)
     jwks_refused("{\"keys\":[{\"kty\":\"RSA\",\"n\":\"" A2_N "\",\"e\":\"AQ\"}]}", "exponent", "e = 1");
     jwks_refused("{\"keys\":[{\"kty\":\"RSA\",\"n\":\"" A2_N "\",\"e\":\"AQAA\"}]}", "exponent", "even e");
     memset(n1024, 0xc5, sizeof(n1024));
-    b64url(n1024, sizeof(n1024), err);
+    auth_b64url_encode(n1024, sizeof(n1024), err);
     snprintf(big, sizeof(big), "{\"keys\":[{\"kty\":\"RSA\",\"n\":\"%s\",\"e\":\"AQAB\"}]}", err);
     jwks_refused(big, "modulus of 1024 bits", "RSA 1024");
     jwks_refused("{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-256\",\"x\":\"" A3_X "\",\"y\":\"" A3_X "\"}]}",

@@ -332,6 +332,9 @@ static void test_minimal_defaults(void)
     is_int(cfg->max_connections, 100000, "max_connections default");
     is_int(cfg->max_header_bytes, 16384, "max_header_bytes default");
     is_int(cfg->max_body_bytes, 10485760, "max_body_bytes default");
+    is_int(cfg->h2_max_concurrent_streams, 100, "h2_max_concurrent_streams default");
+    is_int(cfg->h2_max_resets_per_s, 100, "h2_max_resets_per_s default");
+    ok(!cfg->listeners[0].h2c, "h2c default false");
     is_int(cfg->client_header_ms, 10000, "client_header default");
     is_int(cfg->client_idle_ms, 60000, "client_idle default");
     is_int(cfg->upstream_connect_ms, 2000, "upstream_connect default");
@@ -456,12 +459,10 @@ static void test_key_errors(void)
            "file or directory",
            "t.yaml:4:52: listeners[0].tls.certificates[0].key: cannot read \"/x.key\": No such file or "
            "directory");
-    EXPECT("listeners tls alpn h2",
-           "listeners:\n  - address: 0.0.0.0:443\n    tls: {alpn: [h2], certificates: []}\n",
-           "t.yaml:3:18: listeners[0].tls.alpn[0]: invalid value \"h2\" (expected http/1.1 or http/1.0: "
-           "turnpike "
-           "speaks HTTP/1.x)",
-           "t.yaml:3:37: listeners[0].tls.certificates: at least one certificate is required");
+    EXPECT("listeners tls alpn h2c",
+           "listeners:\n  - address: 0.0.0.0:443\n    tls: {alpn: [h2, h2c], certificates: []}\n",
+           "t.yaml:3:22: listeners[0].tls.alpn[1]: invalid value \"h2c\" (expected h2, http/1.1 or http/1.0)",
+           "t.yaml:3:42: listeners[0].tls.certificates: at least one certificate is required");
     EXPECT("upstream tls verify is a boolean",
            LST "upstreams:\n  - name: u\n    endpoints: [{address: 127.0.0.1:1}]\n    tls: {verify: yes}\n",
            "t.yaml:6:19: upstreams[0].tls.verify: invalid value \"yes\" (expected true or false)");
@@ -846,9 +847,8 @@ static void test_many_errors_in_order(void)
         DATA "bad_many.yaml:12:13: routes[0].upstream: no upstream named \"userz\"",
         DATA "bad_many.yaml:13:3: routes[1]: needs one of upstream, split or direct_response",
         DATA "bad_many.yaml:13:17: routes[1].match.path: invalid path \"nope\" (must start with /)",
-        DATA
-        "bad_many.yaml:17:18: upstreams[0].endpoints[0].address: invalid address \"localhost:1\" (expected "
-        "IPv4:port or [IPv6]:port)",
+        DATA "bad_many.yaml:17:18: upstreams[0].endpoints[0].address: invalid host \"local_host\" in "
+             "\"local_host:1\" (expected letters, digits, '-' and '.')",
         DATA "bad_many.yaml:19:5: upstreams[0].balance: duplicate key",
     };
 
@@ -1397,6 +1397,118 @@ static void test_rl_store(void)
            "t.yaml:10:19: rate_limit_store: expected a mapping, got \"127.0.0.1:6379\"");
 }
 
+/* Endpoint names (host:port), resolve_every and the resolver section: syntax only, no DNS query. */
+static void test_dns_names(void)
+{
+    struct tp_config *cfg;
+
+    cfg = parse_ok("endpoint names",
+                   "resolver:\n  servers: [127.0.0.1:5353, \"[::1]:53\"]\n  timeout: 250ms\n" LST
+                   "upstreams:\n  - name: u\n    endpoints:\n"
+                   "      - address: Users.Default.svc.cluster.local:8080\n        weight: 3\n"
+                   "      - address: 127.0.0.1:9001\n"
+                   "      - address: localhost:9002\n"
+                   "    resolve_every: 5s\n");
+    if (cfg) {
+        const struct tp_cfg_upstream *u = &cfg->upstreams[0];
+        is_int(cfg->resolver.n_servers, 2, "two resolver servers");
+        is_str(cfg->resolver.servers[0].text, "127.0.0.1:5353", "resolver server 0");
+        is_int(port_of(&cfg->resolver.servers[1]), 53, "resolver server 1 port");
+        is_int(cfg->resolver.timeout_ms, 250, "resolver timeout");
+        is_int(u->n_endpoints, 3, "three endpoints");
+        is_str(u->endpoints[0].name, "users.default.svc.cluster.local:8080", "name lowercased with port");
+        is_str(u->endpoints[0].host, "users.default.svc.cluster.local", "host");
+        is_int(u->endpoints[0].port, 8080, "port");
+        is_int(u->endpoints[0].weight, 3, "weight of a name");
+        is_int(u->endpoints[0].addr.ss.ss_family, 0, "a name has no address yet");
+        ok(u->endpoints[1].name == NULL, "an address is not a name");
+        is_str(u->endpoints[1].addr.text, "127.0.0.1:9001", "address kept");
+        is_str(u->endpoints[2].host, "localhost", "single-label name");
+        is_int(u->resolve_every_ms, 5000, "resolve_every");
+        tp_config_destroy(cfg);
+    }
+    cfg = parse_ok("resolver defaults",
+                   LST "upstreams:\n  - name: u\n    endpoints: [{address: a.example:1}]\n");
+    if (cfg) {
+        is_int(cfg->resolver.n_servers, 0, "no servers: /etc/resolv.conf");
+        ok(cfg->resolver.servers == NULL, "servers NULL");
+        is_int(cfg->resolver.timeout_ms, 1000, "resolver timeout default 1s");
+        is_int(cfg->upstreams[0].resolve_every_ms, 30000, "resolve_every default 30s");
+        tp_config_destroy(cfg);
+    }
+
+#define UPN(addr) LST "upstreams:\n  - name: u\n    endpoints: [{address: " addr "}]\n" /* lines 1-5 */
+    EXPECT(
+        "name with underscore", UPN("a_b.example:80"),
+        "t.yaml:5:27: upstreams[0].endpoints[0].address: invalid host \"a_b.example\" in \"a_b.example:80\" "
+        "(expected letters, digits, '-' and '.')");
+    EXPECT("name with empty label", UPN("a..example:80"),
+           "t.yaml:5:27: upstreams[0].endpoints[0].address: invalid host \"a..example\" in \"a..example:80\" "
+           "(empty label)");
+    EXPECT(
+        "wildcard name", UPN("\"*.example:80\""),
+        "t.yaml:5:27: upstreams[0].endpoints[0].address: invalid host \"*.example\" in \"*.example:80\" (a "
+        "name, not a wildcard)");
+    EXPECT("name without port", UPN("users.example"),
+           "t.yaml:5:27: upstreams[0].endpoints[0].address: invalid address \"users.example\" (expected "
+           "IPv4:port, [IPv6]:port or host:port)");
+    EXPECT("name with port 0", UPN("users.example:0"),
+           "t.yaml:5:27: upstreams[0].endpoints[0].address: invalid port in \"users.example:0\" (expected "
+           "1..65535)");
+    EXPECT(
+        "name with port too large", UPN("users.example:70000"),
+        "t.yaml:5:27: upstreams[0].endpoints[0].address: invalid port in \"users.example:70000\" (expected "
+        "1..65535)");
+    EXPECT("broken IPv4 is not a name", UPN("10.0.0.300:80"),
+           "t.yaml:5:27: upstreams[0].endpoints[0].address: invalid address \"10.0.0.300:80\" (expected "
+           "IPv4:port, [IPv6]:port or host:port)");
+    EXPECT("label too long",
+           UPN("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example:80"),
+           "t.yaml:5:27: upstreams[0].endpoints[0].address: invalid host "
+           "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\" in "
+           "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\" (label longer than 63 "
+           "characters)");
+#undef UPN
+    EXPECT("same name twice",
+           LST "upstreams:\n  - name: u\n    endpoints:\n      - address: a.example:1\n"
+               "      - address: A.example:1\n",
+           "t.yaml:7:18: upstreams[0].endpoints[1].address: a.example:1 is already listed as endpoints[0]");
+    EXPECT("resolve_every too short",
+           LST "upstreams:\n  - name: u\n    endpoints: [{address: a.example:1}]\n    resolve_every: 10ms\n",
+           "t.yaml:6:20: upstreams[0].resolve_every: 10ms is out of range (100ms..24h)");
+    EXPECT("resolver servers empty", "resolver: {servers: []}\n" LST,
+           "t.yaml:1:21: resolver.servers: at least one server is required (leave the key out to use "
+           "/etc/resolv.conf)");
+    EXPECT("resolver server is a name", "resolver: {servers: [dns.example:53]}\n" LST,
+           "t.yaml:1:22: resolver.servers[0]: invalid address \"dns.example:53\" (expected IPv4:port or "
+           "[IPv6]:port)");
+    EXPECT("resolver servers not a list", "resolver: {servers: 10.0.0.2:53}\n" LST,
+           "t.yaml:1:21: resolver.servers: expected a list, got \"10.0.0.2:53\"");
+    EXPECT("resolver unknown key", "resolver: {server: [10.0.0.2:53]}\n" LST,
+           "t.yaml:1:12: resolver.server: unknown key");
+}
+
+static void test_h2(void)
+{
+    struct tp_config *cfg = parse_ok("h2 keys", "listeners:\n  - address: 127.0.0.1:8080\n    h2c: true\n"
+                                                "limits: {h2_max_concurrent_streams: 2147483647, "
+                                                "h2_max_resets_per_s: 7}\n");
+    if (cfg) {
+        ok(cfg->listeners[0].h2c, "h2c true");
+        is_int(cfg->h2_max_concurrent_streams, 2147483647, "h2_max_concurrent_streams");
+        is_int(cfg->h2_max_resets_per_s, 7, "h2_max_resets_per_s");
+    }
+    tp_config_destroy(cfg);
+    EXPECT("h2c is a boolean", "listeners:\n  - address: 127.0.0.1:8080\n    h2c: yes\n",
+           "t.yaml:3:10: listeners[0].h2c: invalid value \"yes\" (expected true or false)");
+    EXPECT("h2_max_concurrent_streams 0", LST "limits: {h2_max_concurrent_streams: 0}\n",
+           "t.yaml:3:37: limits.h2_max_concurrent_streams: 0 is out of range (1..2147483647)");
+    EXPECT("h2_max_concurrent_streams 2^31", LST "limits: {h2_max_concurrent_streams: 2147483648}\n",
+           "t.yaml:3:37: limits.h2_max_concurrent_streams: 2147483648 is out of range (1..2147483647)");
+    EXPECT("h2_max_resets_per_s 0", LST "limits: {h2_max_resets_per_s: 0}\n",
+           "t.yaml:3:31: limits.h2_max_resets_per_s: 0 is out of range (1..1000000)");
+}
+
 int main(void)
 {
     test_full();
@@ -1423,5 +1535,7 @@ int main(void)
     test_auth_claim_map_errors();
     test_route_auth_errors();
     test_rl_store();
+    test_dns_names();
+    test_h2();
     return tap_done();
 }

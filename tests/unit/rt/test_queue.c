@@ -522,6 +522,37 @@ static void test_outq_clear_all(struct tp_shard *sh)
     ok(fake_returned_is(sh, 2, 20) && fake_returned_is(sh, 1, 21), "buffers returned in queue order");
 }
 
+/* Over half of the pool held: a slice is copied into a block and takes no
+ * reference, so its receive buffer can go back at once. */
+static void test_outq_pressed_copies(struct tp_shard *sh)
+{
+    struct tp_outq *q = NULL;
+    char text[64];
+    uint32_t pressure = sh->bufs.count / 2 + 1;
+
+    fake_recv(sh, 40, "0123456789", 10);
+    sh->bufs.held += pressure;
+    ok(tp_outq_push_rbuf(sh, &q, 40, (const char *)tp_buf_ptr(sh, 40) + 3, 5), "pressed: a slice");
+    sh->bufs.held -= pressure;
+    is_int(q->n, 1, "pressed: one segment");
+    is_int(q->seg[q->head].kind, TP_SEG_BLOCK, "pressed: the slice became a block");
+    is_int(sh->bufs.refs[40], 1, "pressed: no reference taken on the buffer");
+    tp_buf_release(sh, 40);
+    is_int(sh->bufs.held, 0, "pressed: the receive buffer went back");
+    is_int(tp_outq_prepare(q), 5, "pressed: 5 bytes to send");
+    iov_text(q, text, sizeof(text));
+    is_str(text, "34567", "pressed: the bytes were copied");
+    tp_outq_clear(sh, &q);
+
+    fake_recv(sh, 41, "abcdef", 6);
+    ok(tp_outq_push_rbuf(sh, &q, 41, (const char *)tp_buf_ptr(sh, 41), 6), "unpressed: a slice");
+    is_int(q->seg[q->head].kind, TP_SEG_RBUF, "unpressed: the slice refers to the buffer");
+    is_int(sh->bufs.refs[41], 2, "unpressed: holding a reference");
+    tp_buf_release(sh, 41);
+    tp_outq_clear(sh, &q);
+    is_int(fake_refs_total(sh), 0, "unpressed: clear released the slice");
+}
+
 int main(void)
 {
     struct tp_shard *sh = fake_shard_create(256, 4096);
@@ -533,6 +564,7 @@ int main(void)
     test_outq_zero_len(sh);
     test_outq_iov_limit_and_wrap(sh);
     test_outq_coalesce(sh);
+    test_outq_pressed_copies(sh);
     test_outq_clear_all(sh);
     is_int(fake_bufs_in_use(sh), sh->bufs.held, "held matches the buffers in use");
     is_int(fake_refs_total(sh), 0, "no reference left at the end");

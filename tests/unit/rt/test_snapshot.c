@@ -486,9 +486,101 @@ static void test_concurrent(void)
     ok(tp_snapshot_current == NULL, "shutdown");
 }
 
+/* ---- (d) endpoint names: resolved sets expanded, rebuilt without the file ---- */
+
+static struct tp_addr addr_of(const char *text)
+{
+    struct tp_addr a;
+    if (tp_parse_addr(text, &a) != 0) {
+        printf("Bail out! bad address %s\n", text);
+        exit(1);
+    }
+    return a;
+}
+
+static const struct tp_rt_endpoint *ep_at(const struct tp_snapshot *s, const char *addr)
+{
+    for (size_t e = 0; e < s->ups[0].n_eps; e++)
+        if (strcmp(s->ups[0].eps[e].cfg->addr.text, addr) == 0)
+            return &s->ups[0].eps[e];
+    return NULL;
+}
+
+static void test_resolved(void)
+{
+    static const char yaml[] = "listeners: [{address: 127.0.0.1:8080}]\n"
+                               "upstreams:\n"
+                               "  - name: u\n"
+                               "    balance: hash\n"
+                               "    hash_key: path\n"
+                               "    endpoints:\n"
+                               "      - {address: api.test:80, weight: 7}\n"
+                               "      - {address: 10.0.0.9:80}\n"
+                               "routes: [{upstream: u}]\n";
+    struct tp_diag d = {0};
+    struct tp_config *cfg = tp_config_parse("r.yaml", yaml, strlen(yaml), &d);
+    struct tp_snapshot *s1, *s2, *s3, *s4;
+
+    ok(cfg != NULL, "config with a name");
+    tp_diag_dispose(&d);
+    if (!cfg)
+        return;
+    s1 = tp_snapshot_build(cfg, SHARDS, 1, &d);
+    ok(s1 != NULL, "built before any answer");
+    publish(s1);
+    is_int(s1->ups[0].n_eps, 1, "a name without answer has no endpoint");
+    ok(ep_at(s1, "10.0.0.9:80") != NULL, "the address is there");
+
+    struct tp_addr set[3] = {addr_of("10.0.0.1:80"), addr_of("10.0.0.2:80"), addr_of("10.0.0.9:80")};
+    is_int(tp_resolved_update("u", "api.test:80", set, 2), 1, "a first answer is a change");
+    is_int(tp_resolved_update("u", "api.test:80", set, 2), 0, "the same answer is not");
+    s2 = tp_snapshot_rebuild(2, &d);
+    ok(s2 != NULL, "rebuilt");
+    ok(s2->cfg == s1->cfg && s2->base == s1->base, "the rebuild shares the configuration, not a copy");
+    is_int(s2->ups[0].n_eps, 3, "two resolved + one address");
+    const struct tp_rt_endpoint *e1 = ep_at(s2, "10.0.0.1:80");
+    ok(e1 && e1->cfg->weight == 7 && strcmp(e1->cfg->name, "api.test:80") == 0,
+       "weight and name of the name");
+    ok(ep_at(s2, "10.0.0.9:80")->st == ep_at(s1, "10.0.0.9:80")->st, "the address keeps its state");
+    ok(s2->ups[0].maglev != NULL, "hash table rebuilt");
+    publish(s2);
+    struct tp_endpoint_state *kept = ep_at(s2, "10.0.0.2:80")->st, *gone = e1->st;
+    atomic_store(&kept->healthy, 0);
+    tp_stat_add(&kept->shard[0].requests[1], 5);
+
+    /* 10.0.0.1 goes, 10.0.0.9 (also a numeric endpoint) appears: used once */
+    is_int(tp_resolved_update("u", "api.test:80", set + 1, 2), 1, "a changed answer");
+    s3 = tp_snapshot_rebuild(3, &d);
+    ok(s3 != NULL, "rebuilt again");
+    is_int(s3->ups[0].n_eps, 2, "an address reached twice is one endpoint");
+    ok(ep_at(s3, "10.0.0.1:80") == NULL, "the address that went is gone");
+    ok(ep_at(s3, "10.0.0.2:80")->st == kept, "an address that stays keeps its state object");
+    tp_endpoint_state_get(gone); /* look at it after the publish */
+    publish(s3);
+    ok(atomic_load(&gone->retired), "the address that went is retired (its pools close)");
+    ok(!atomic_load(&kept->retired), "the one that stays is not");
+    is_int(atomic_load(&kept->healthy), 0, "health kept");
+    is_int(tp_stat_get(&kept->shard[0].requests[1]), 5, "counters kept");
+    tp_endpoint_state_put(gone);
+
+    /* a reload of the same names keeps the stored sets; prune forgets names that left */
+    tp_resolved_prune(s3->cfg);
+    size_t n;
+    ok(tp_resolved_get("u", "api.test:80", &n) && n == 2, "prune keeps the names in use");
+    tp_resolved_prune(NULL);
+    ok(tp_resolved_get("u", "api.test:80", &n) == NULL, "and forgets the others");
+    s4 = tp_snapshot_rebuild(4, &d);
+    ok(s4 && s4->ups[0].n_eps == 1 && s4->ups[0].eps[0].st == ep_at(s3, "10.0.0.9:80")->st,
+       "without a set, only the address is left");
+    publish(s4);
+    tp_diag_dispose(&d);
+    tp_snapshot_shutdown();
+}
+
 int main(void)
 {
     test_adoption();
+    test_resolved();
     test_concurrent();
     return tap_done();
 }

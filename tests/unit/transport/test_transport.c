@@ -751,6 +751,61 @@ static void test_backpressure(void)
     fake_reactor_destroy(sh);
 }
 
+static bool in_has_two(struct tp_shard *sh, struct w *x)
+{
+    return x->c[0]->t.in.n >= 2 && x->p[0]->out_off == x->p[0]->out_len;
+}
+
+/* While more than half of the pool is held, two waiting buffers stop the
+ * receive (instead of TP_INQ_STOP), and it resumes at one. */
+static void test_backpressure_pressed(void)
+{
+    struct tp_shard *sh = reactor();
+    struct peer p;
+    struct rec r;
+    struct w x;
+    int sv[2];
+    size_t len = 2 * BUFSZ;
+    char *data = malloc(len);
+    uint32_t pressure = sh->bufs.count / 2 + 1;
+
+    fill_pattern(data, len, 7);
+    pair(sv);
+    peer_init(&p, sv[1]);
+    p.out = data;
+    p.out_len = len;
+    struct tconn *c = tconn_new(sh, sv[0], &r, M_HOLD, NULL);
+    tp_transport_recv(sh, &c->t);
+    w_init(&x);
+    x.p[0] = &p;
+    x.c[0] = c;
+    x.r[0] = &r;
+    ok(wait_for(sh, &x, in_has_two), "pressed: two buffers queued");
+    ok(!tp_bufs_pressed(sh), "pressed: not yet");
+    tp_transport_backpressure(sh, &c->t);
+    ok(!c->t.recv_stopped, "pressed: two buffers do not stop an unpressed receive");
+    ok(tp_queue_budget(sh, 1024) == 1024, "pressed: the full budget while unpressed");
+
+    sh->bufs.held += pressure; /* as if other connections held most of the pool */
+    ok(tp_bufs_pressed(sh), "pressed: over half of the pool held");
+    ok(tp_queue_budget(sh, 1024) == 128, "pressed: an eighth of the budget");
+    tp_transport_backpressure(sh, &c->t);
+    ok(c->t.recv_stopped, "pressed: two buffers stop the receive");
+    tp_inq_consume(sh, &c->t.in, tp_inq_front(&c->t.in)->len);
+    if (c->t.in.n == 1) {
+        tp_transport_backpressure(sh, &c->t);
+        ok(!c->t.recv_stopped, "pressed: one buffer left: reading resumes");
+    }
+    sh->bufs.held -= pressure;
+
+    take_all(sh, c);
+    close_and_wait(sh, c, &r);
+    check_clean(sh, "pressed");
+    peer_dispose(&p);
+    free(data);
+    fake_reactor_destroy(sh);
+}
+
 static struct tconn *starve_conn;
 static bool starve_fired;
 
@@ -1214,6 +1269,7 @@ int main(void)
     test_send_segments();
     test_send_large_queue();
     test_backpressure();
+    test_backpressure_pressed();
     test_starvation();
     test_deadline();
     test_close_inflight();
