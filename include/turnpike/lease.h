@@ -9,9 +9,10 @@
  * key: route), each pool a handful of lease words {expiry, tokens} that the
  * shards decrement with a CAS. A pool that falls under its low-water mark
  * queues itself (a lock-free MPSC ring) for the control thread, which asks
- * the store for the next lease (tp_lease_plan), and hands the answer back
- * (tp_lease_grant / tp_lease_failed). Nothing here does I/O, allocates
- * after creation, or reads a clock. docs/policies.md "Global rate limits"
+ * the store for the next lease (tp_lease_next), and hands the answer back
+ * (tp_lease_grant / tp_lease_failed), which name the shards with a request
+ * waiting for that pool so that the caller wakes them. Nothing here does
+ * I/O, allocates after creation, or reads a clock. docs/policies.md "Global rate limits"
  * states the bound and why it holds.
  *
  * Owner: process; the reload machinery keeps a table across generations by
@@ -66,15 +67,25 @@ int tp_lease_update(struct tp_lease_table *t, const struct tp_cfg_rate_limit *cf
  * Takes a token for <key_hash> at monotonic time <now_ns>: from the pool when
  * it holds an unexpired one (ADMIT). An empty pool: FALLBACK while the store
  * is down; DENY while the store's last answer for the pool (a short lease)
- * said no whole token is in the bucket before now; WAIT otherwise (a lease
- * is asked for or in flight: the caller takes again a little later, and
- * applies on_failure when the store did not answer within its timeout). A pool under its low-water mark asks
- * for a lease (at most one request queued or in flight per pool). <out> (may be NULL) receives the
- * RateLimit-* values of the global bucket as far as this instance knows: the store's level at the last lease
- * plus this pool. Lock-free: a few loads and one CAS. [any]
+ * said no whole token is in the bucket yet; WAIT otherwise (a lease is asked
+ * for or in flight). On WAIT with <waiter> set (the caller's bit, 1 << (shard
+ * id % 64)) the pool remembers the caller: the answer to its ask returns that
+ * bit (tp_lease_grant, tp_lease_failed) and the caller, woken, takes again;
+ * it applies on_failure when no answer came within the store's timeout. A
+ * pool under its low-water mark asks for a lease (at most one ask queued or in
+ * flight per pool) and calls the notify hook. <out> (may be NULL) receives the
+ * RateLimit-* values of the global bucket as far as this instance knows: the
+ * store's level at the last lease plus this pool. Lock-free: a few loads and
+ * one CAS. [any]
  */
 enum tp_lease_verdict tp_lease_take(struct tp_lease_table *t, uint64_t key_hash, uint64_t now_ns,
-                                    struct tp_rl_result *out);
+                                    uint64_t waiter, struct tp_rl_result *out);
+
+/**
+ * <fn> is called (on the taking thread) when a pool queued an ask, to wake
+ * whoever sends asks; NULL for none. Set before the shards run. [control]
+ */
+void tp_lease_set_notify(void (*fn)(void));
 
 /** Tells every table whether the store answers (the fallback switch). [control] */
 void tp_lease_set_store_up(bool up);
@@ -101,17 +112,21 @@ struct tp_lease_ask {
  */
 bool tp_lease_next(struct tp_lease_table *t, uint64_t now_ns, struct tp_lease_ask *ask);
 
+/** True while pools are held back after a short lease (tp_lease_next has asks due later). */
+bool tp_lease_deferred(const struct tp_lease_table *t);
+
 /**
  * The store's answer to the ask of <slot> sent at <sent_ns>: <granted> tokens
  * (they expire at sent_ns + lifetime), the bucket's level after it
  * (<remaining>, whole tokens), [ms] until it is full (<full_ms>) and until it
- * holds a whole token (<next_ms>). <now_ns>: when the answer came.
+ * holds a whole token (<next_ms>). <now_ns>: when the answer came. Returns the
+ * waiter bits of the shards with a request waiting for the pool (to wake).
  */
-void tp_lease_grant(struct tp_lease_table *t, uint32_t slot, uint64_t sent_ns, uint64_t now_ns,
-                    uint32_t granted, uint64_t remaining, uint64_t full_ms, uint64_t next_ms);
+uint64_t tp_lease_grant(struct tp_lease_table *t, uint32_t slot, uint64_t sent_ns, uint64_t now_ns,
+                        uint32_t granted, uint64_t remaining, uint64_t full_ms, uint64_t next_ms);
 
-/** The ask of <slot> failed (no answer, an error): the pool may ask again. */
-void tp_lease_failed(struct tp_lease_table *t, uint32_t slot);
+/** The ask of <slot> failed (no answer, an error): the pool may ask again. Returns the waiters, as grant. */
+uint64_t tp_lease_failed(struct tp_lease_table *t, uint32_t slot);
 
 /** The route name the table was created for. */
 const char *tp_lease_name(const struct tp_lease_table *t);

@@ -366,52 +366,81 @@ static bool rate_answer(struct tp_shard *sh, struct tp_req *r, bool ok, const st
     return false;
 }
 
+/* The shard's lists of waiting requests: <park> waits for a lease; <run> is
+ * being taken from again (tp_req_park_wake). r->parked says which. */
+static void list_push(struct tp_req_list *l, struct tp_req *r)
+{
+    r->park_next = NULL;
+    r->park_prev = l->tail;
+    if (l->tail)
+        l->tail->park_next = r;
+    else
+        l->head = r;
+    l->tail = r;
+}
+
+static void list_del(struct tp_req_list *l, struct tp_req *r)
+{
+    if (r->park_prev)
+        r->park_prev->park_next = r->park_next;
+    else
+        l->head = r->park_next;
+    if (r->park_next)
+        r->park_next->park_prev = r->park_prev;
+    else
+        l->tail = r->park_prev;
+    r->park_prev = r->park_next = NULL;
+}
+
+/* The backstop: the timer fires when the first waiting request's time is up
+ * (the store's answer normally wakes them long before). */
+static void park_timer_at(struct tp_shard *sh, uint64_t until_ns)
+{
+    struct tp_http_shard *hs = tp_http_shard(sh);
+    uint64_t ms = (until_ns + 999999) / 1000000;
+
+    if (!tp_timer_armed(&hs->park_timer) || ms < hs->park_timer.deadline_ms)
+        tp_timer_arm(&sh->wheel, &hs->park_timer, ms);
+}
+
 static void park(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_http_shard *hs = tp_http_shard(sh);
     const struct tp_cfg_rl_store *store = r->snap->cfg->rl_store;
     uint64_t timeout_ms = store && store->timeout_ms ? store->timeout_ms : 5;
 
-    r->parked = true;
     r->park_until_ns = sh->now_ns + timeout_ms * 1000000ull;
-    r->park_next = NULL;
-    r->park_prev = hs->park_tail;
-    if (hs->park_tail)
-        hs->park_tail->park_next = r;
-    else
-        hs->park_head = r;
-    hs->park_tail = r;
+    r->parked = TP_PARK_WAIT;
+    list_push(&hs->park, r);
     hs->n_parked++;
-    if (!tp_timer_armed(&hs->park_timer))
-        tp_timer_arm(&sh->wheel, &hs->park_timer, sh->now_ms + TP_WHEEL_TICK_MS);
+    park_timer_at(sh, r->park_until_ns);
 }
 
 static void unpark(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_http_shard *hs = tp_http_shard(sh);
 
-    if (r->park_prev)
-        r->park_prev->park_next = r->park_next;
-    else
-        hs->park_head = r->park_next;
-    if (r->park_next)
-        r->park_next->park_prev = r->park_prev;
-    else
-        hs->park_tail = r->park_prev;
-    r->park_prev = r->park_next = NULL;
-    r->parked = false;
+    list_del(r->parked == TP_PARK_RUN ? &hs->park_run : &hs->park, r);
+    r->parked = TP_PARK_NONE;
     hs->n_parked--;
-    if (!hs->park_head)
+    if (!hs->n_parked)
         tp_timer_cancel(&sh->wheel, &hs->park_timer);
+}
+
+/* This shard's bit in the pools' waiter marks. */
+static inline uint64_t waiter_bit(const struct tp_shard *sh)
+{
+    return 1ull << (sh->id & 63);
 }
 
 enum admit { ADMIT_NO, ADMIT_YES, ADMIT_PARKED };
 
 /*
  * The route's rate limit. scope: global takes a leased token; an empty pool
- * whose lease is asked for or in flight parks the request (the shard's park
- * timer takes again every tick) rather than refusing it: 429 only on the
- * store's word that the bucket is empty, on_failure when it is down.
+ * whose lease is asked for or in flight parks the request rather than
+ * refusing it (the store's answer wakes the shard: tp_req_park_wake): 429
+ * only on the store's word that the bucket is empty, on_failure when it is
+ * down or does not answer in time.
  */
 static enum admit rate_admit(struct tp_shard *sh, struct tp_req *r)
 {
@@ -423,8 +452,10 @@ static enum admit rate_admit(struct tp_shard *sh, struct tp_req *r)
         ok = tp_ratelimit_take(r->route->rl, r->rl_key, sh->now_ns, &res);
         return rate_answer(sh, r, ok, &res) ? ADMIT_YES : ADMIT_NO;
     }
-    enum tp_lease_verdict v = tp_lease_take(r->route->lease, r->rl_key, sh->now_ns, &res);
-    if (v == TP_LEASE_WAIT && tp_http_shard(sh)->n_parked < PARK_MAX) {
+    bool room = tp_http_shard(sh)->n_parked < PARK_MAX;
+    enum tp_lease_verdict v =
+        tp_lease_take(r->route->lease, r->rl_key, sh->now_ns, room ? waiter_bit(sh) : 0, &res);
+    if (v == TP_LEASE_WAIT && room) {
         park(sh, r);
         return ADMIT_PARKED;
     }
@@ -434,27 +465,41 @@ static enum admit rate_admit(struct tp_shard *sh, struct tp_req *r)
 
 static void dispatch_admitted(struct tp_shard *sh, struct tp_req *r);
 
-/* Takes again for every waiting request, oldest first: a token goes on, the
- * store's no is a 429, no answer within the store's timeout is on_failure. */
-void tp_req_park_timer(struct tp_timer *t, uint64_t now_ms)
+/*
+ * Takes again for every waiting request, oldest first: a token goes on, the
+ * store's no is a 429, still no answer after the store's timeout is
+ * on_failure; the others wait on. The list is moved aside first, so that what
+ * an answer does (a request of the list ending, another one parking) cannot
+ * pull the walk's next request away.
+ */
+void tp_req_park_wake(struct tp_shard *sh)
 {
-    struct tp_shard *sh = tp_self;
     struct tp_http_shard *hs = tp_http_shard(sh);
-    struct tp_req *r, *next;
+    struct tp_req *r;
 
-    (void)t;
-    for (r = hs->park_head; r; r = next) {
+    if (!hs->park.head)
+        return;
+    for (r = hs->park.head; r; r = r->park_next)
+        r->parked = TP_PARK_RUN;
+    hs->park_run = hs->park;
+    hs->park.head = hs->park.tail = NULL;
+    tp_timer_cancel(&sh->wheel, &hs->park_timer);
+    while ((r = hs->park_run.head)) {
         struct tp_rl_result res;
         bool ok;
 
-        next = r->park_next;
         if (r->status) { /* answered meanwhile (a timeout): only the end is left */
             unpark(sh, r);
             continue;
         }
-        enum tp_lease_verdict v = tp_lease_take(r->route->lease, r->rl_key, sh->now_ns, &res);
-        if (v == TP_LEASE_WAIT && sh->now_ns < r->park_until_ns)
+        enum tp_lease_verdict v = tp_lease_take(r->route->lease, r->rl_key, sh->now_ns, waiter_bit(sh), &res);
+        if (v == TP_LEASE_WAIT && sh->now_ns < r->park_until_ns) {
+            list_del(&hs->park_run, r);
+            r->parked = TP_PARK_WAIT;
+            list_push(&hs->park, r);
+            park_timer_at(sh, r->park_until_ns);
             continue;
+        }
         unpark(sh, r);
         ok = v == TP_LEASE_ADMIT || (v != TP_LEASE_DENY && rate_fallback(sh, r, &res));
         /* the session kept the head for us: release it once the answer or the
@@ -466,8 +511,13 @@ void tp_req_park_timer(struct tp_timer *t, uint64_t now_ms)
             tp_head_release(sh, &r->head);
         hs->park_cur = NULL;
     }
-    if (hs->park_head)
-        tp_timer_arm(&sh->wheel, &hs->park_timer, now_ms + TP_WHEEL_TICK_MS);
+}
+
+void tp_req_park_timer(struct tp_timer *t, uint64_t now_ms)
+{
+    (void)t;
+    (void)now_ms;
+    tp_req_park_wake(tp_self);
 }
 
 static bool upgrade_allowed(const struct tp_cfg_route *rc, const char *tok, size_t len)

@@ -94,7 +94,8 @@ struct tp_lease_table {
     size_t n; /* pools; the last is the route's pool or the overflow pool */
     struct pool *pools;
     struct pool_ctl *ctl;
-    _Atomic uint64_t *dry; /* per pool: [ns] until then the store said its bucket has no token */
+    _Atomic uint64_t *dry;     /* per pool: [ns] until then the store said its bucket has no token */
+    _Atomic uint64_t *waiters; /* per pool: shards (bit id % 64) with a request waiting for its lease */
 
     uint64_t tokens, period_ms;
     _Atomic uint64_t burst;
@@ -114,6 +115,12 @@ struct tp_lease_table {
 };
 
 static _Atomic bool store_up;
+static void (*ask_notify)(void);
+
+void tp_lease_set_notify(void (*fn)(void))
+{
+    ask_notify = fn;
+}
 
 void tp_lease_set_store_up(bool up)
 {
@@ -242,7 +249,8 @@ struct tp_lease_table *tp_lease_create(const char *name, const struct tp_cfg_rat
     t->deferred = calloc(t->n, sizeof(*t->deferred));
     t->q = aligned_alloc(CACHELINE, QCAP * sizeof(*t->q));
     t->dry = calloc(t->n, sizeof(*t->dry));
-    if (!t->name || !t->pools || !t->ctl || !t->deferred || !t->q || !t->dry)
+    t->waiters = calloc(t->n, sizeof(*t->waiters));
+    if (!t->name || !t->pools || !t->ctl || !t->deferred || !t->q || !t->dry || !t->waiters)
         goto fail;
     for (size_t i = 0; i < t->n; i++) {
         struct pool *p = &t->pools[i];
@@ -255,6 +263,7 @@ struct tp_lease_table *tp_lease_create(const char *name, const struct tp_cfg_rat
         atomic_init(&p->g_reset_s, 0);
         atomic_init(&p->g_retry_s, 1);
         atomic_init(&t->dry[i], 0);
+        atomic_init(&t->waiters[i], 0);
     }
     for (uint32_t i = 0; i < QCAP; i++) {
         atomic_init(&t->q[i].seq, i);
@@ -271,6 +280,7 @@ fail:
         free(t->deferred);
         free(t->q);
         free(t->dry);
+        free(t->waiters);
         free(t);
     }
     if (err)
@@ -293,6 +303,7 @@ void tp_lease_unref(struct tp_lease_table *t)
     free(t->deferred);
     free(t->q);
     free(t->dry);
+    free(t->waiters);
     free(t);
 }
 
@@ -362,62 +373,99 @@ static uint32_t pool_lookup(struct tp_lease_table *t, uint64_t h, uint64_t now_u
     return (uint32_t)(t->n - 1);
 }
 
-enum tp_lease_verdict tp_lease_take(struct tp_lease_table *t, uint64_t key_hash, uint64_t now_ns,
-                                    struct tp_rl_result *out)
+/* Takes a token from the unexpired word of <p> that expires first: true when
+ * one was taken. *<held>: the unexpired tokens left. */
+static inline bool pool_take(struct pool *p, uint64_t now_u, uint64_t *held)
 {
-    uint64_t now_u = now_ns >> UNIT_SHIFT, held;
-    uint32_t slot = t->keyed ? pool_lookup(t, key_hash, now_u) : 0;
-    struct pool *p = &t->pools[slot];
-    bool admitted = false;
-
     for (;;) {
-        uint64_t w[TP_LEASE_WORDS];
+        uint64_t w[TP_LEASE_WORDS], n = 0;
         int best = -1;
 
-        held = 0;
         for (unsigned k = 0; k < TP_LEASE_WORDS; k++) {
             w[k] = atomic_load_explicit(&p->w[k], memory_order_acquire);
             if (w_tokens(w[k]) && now_u < w_exp(w[k])) {
-                held += w_tokens(w[k]);
+                n += w_tokens(w[k]);
                 if (best < 0 || w_exp(w[k]) < w_exp(w[best]))
                     best = (int)k;
             }
         }
+        *held = n;
         if (best < 0)
-            break;
+            return false;
         if (atomic_compare_exchange_weak_explicit(&p->w[best], &w[best], w[best] - 1, memory_order_acq_rel,
                                                   memory_order_relaxed)) {
-            admitted = true;
-            held--;
-            break;
+            *held = n - 1;
+            return true;
         }
     }
+}
+
+static void take_result(struct tp_lease_table *t, struct pool *p, uint64_t held, bool admitted,
+                        struct tp_rl_result *out)
+{
+    uint64_t burst = atomic_load_explicit(&t->burst, memory_order_relaxed);
+    uint64_t rem = atomic_load_explicit(&p->g_remaining, memory_order_relaxed) + held;
+
+    out->limit = burst;
+    out->remaining = rem < burst ? rem : burst;
+    out->reset_s = atomic_load_explicit(&p->g_reset_s, memory_order_relaxed);
+    out->retry_after_s = admitted ? 0 : atomic_load_explicit(&p->g_retry_s, memory_order_relaxed);
+    if (!admitted && out->retry_after_s == 0)
+        out->retry_after_s = 1;
+}
+
+enum tp_lease_verdict tp_lease_take(struct tp_lease_table *t, uint64_t key_hash, uint64_t now_ns,
+                                    uint64_t waiter, struct tp_rl_result *out)
+{
+    uint64_t now_u = now_ns >> UNIT_SHIFT, held;
+    uint32_t slot = t->keyed ? pool_lookup(t, key_hash, now_u) : 0;
+    struct pool *p = &t->pools[slot];
+    bool admitted = pool_take(p, now_u, &held);
+    enum tp_lease_verdict v = TP_LEASE_ADMIT;
+
     if ((!admitted || held < atomic_load_explicit(&p->low, memory_order_relaxed)) &&
         atomic_load_explicit(&p->asked, memory_order_relaxed) == 0) {
         uint32_t zero = 0;
         if (atomic_compare_exchange_strong_explicit(&p->asked, &zero, 1, memory_order_relaxed,
-                                                    memory_order_relaxed) &&
-            !q_push(t, slot))
-            atomic_store_explicit(&p->asked, 0, memory_order_relaxed);
+                                                    memory_order_relaxed)) {
+            if (!q_push(t, slot))
+                atomic_store_explicit(&p->asked, 0, memory_order_relaxed);
+            else if (ask_notify)
+                ask_notify();
+        }
     }
-    if (out) {
-        uint64_t burst = atomic_load_explicit(&t->burst, memory_order_relaxed);
-        uint64_t rem = atomic_load_explicit(&p->g_remaining, memory_order_relaxed) + held;
-        out->limit = burst;
-        out->remaining = rem < burst ? rem : burst;
-        out->reset_s = atomic_load_explicit(&p->g_reset_s, memory_order_relaxed);
-        out->retry_after_s = admitted ? 0 : atomic_load_explicit(&p->g_retry_s, memory_order_relaxed);
-        if (!admitted && out->retry_after_s == 0)
-            out->retry_after_s = 1;
+    if (!admitted) {
+        if (!tp_lease_store_up())
+            v = TP_LEASE_FALLBACK;
+        /* empty: a 429 only on the store's word; else the lease asked for above
+         * (or one in flight, or a deferred one) is worth waiting for. The slot
+         * arrays are off the pool's line: read only when dry. */
+        else if (now_ns < atomic_load_explicit(&t->dry[slot], memory_order_relaxed))
+            v = TP_LEASE_DENY;
+        else
+            v = TP_LEASE_WAIT;
     }
-    if (admitted)
-        return TP_LEASE_ADMIT;
-    if (!tp_lease_store_up())
-        return TP_LEASE_FALLBACK;
-    /* empty: a 429 only on the store's word; else the lease asked for above
-     * (or one in flight, or a deferred one) is worth waiting for. The slot
-     * array is off the pool's line: this path is read only when dry. */
-    return now_ns < atomic_load_explicit(&t->dry[slot], memory_order_relaxed) ? TP_LEASE_DENY : TP_LEASE_WAIT;
+    if (v == TP_LEASE_WAIT && waiter) {
+        /* the caller waits: the grant wakes it. The mark, then a second look:
+         * either that look sees a lease placed meanwhile or the grant (which
+         * places, then collects the marks) sees the mark. */
+        atomic_fetch_or_explicit(&t->waiters[slot], waiter, memory_order_seq_cst);
+        atomic_thread_fence(memory_order_seq_cst);
+        if ((admitted = pool_take(p, now_u, &held)))
+            v = TP_LEASE_ADMIT;
+    }
+    if (out)
+        take_result(t, p, held, admitted, out);
+    return v;
+}
+
+/* The shards waiting for a lease of <slot>, forgotten: the caller wakes them. */
+static uint64_t waiters_take(struct tp_lease_table *t, uint32_t slot)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&t->waiters[slot], memory_order_relaxed) == 0)
+        return 0;
+    return atomic_exchange_explicit(&t->waiters[slot], 0, memory_order_seq_cst);
 }
 
 /* ---- the control side ---- */
@@ -468,6 +516,11 @@ static void plan(struct tp_lease_table *t, uint32_t slot, uint64_t now_ns, struc
     ask->period_ms = t->period_ms;
 }
 
+bool tp_lease_deferred(const struct tp_lease_table *t)
+{
+    return t->n_deferred != 0;
+}
+
 bool tp_lease_next(struct tp_lease_table *t, uint64_t now_ns, struct tp_lease_ask *ask)
 {
     uint32_t slot;
@@ -498,8 +551,8 @@ bool tp_lease_next(struct tp_lease_table *t, uint64_t now_ns, struct tp_lease_as
     return false;
 }
 
-void tp_lease_grant(struct tp_lease_table *t, uint32_t slot, uint64_t sent_ns, uint64_t now_ns,
-                    uint32_t granted, uint64_t remaining, uint64_t full_ms, uint64_t next_ms)
+uint64_t tp_lease_grant(struct tp_lease_table *t, uint32_t slot, uint64_t sent_ns, uint64_t now_ns,
+                        uint32_t granted, uint64_t remaining, uint64_t full_ms, uint64_t next_ms)
 {
     struct pool *p = &t->pools[slot];
     struct pool_ctl *c = &t->ctl[slot];
@@ -550,7 +603,9 @@ void tp_lease_grant(struct tp_lease_table *t, uint32_t slot, uint64_t sent_ns, u
          * there, and not more often than eight times per token life */
         uint64_t wait = next_ms * 1000000ull, min = t->ttl_ns / 8;
         c->not_before_ns = now_ns + (wait > min ? wait : min);
-        atomic_store_explicit(&t->dry[slot], now_ns + wait, memory_order_relaxed);
+        /* until the next ask the pool is dry: waiting longer than the store's
+         * timeout would end in on_failure, not in a lease */
+        atomic_store_explicit(&t->dry[slot], c->not_before_ns, memory_order_relaxed);
     } else {
         c->not_before_ns = 0;
         atomic_store_explicit(&t->dry[slot], 0, memory_order_relaxed);
@@ -561,9 +616,11 @@ void tp_lease_grant(struct tp_lease_table *t, uint32_t slot, uint64_t sent_ns, u
     atomic_store_explicit(&p->g_retry_s, next_ms ? (uint32_t)((next_ms + 999) / 1000) : 1,
                           memory_order_relaxed);
     atomic_store_explicit(&p->asked, 0, memory_order_release);
+    return waiters_take(t, slot);
 }
 
-void tp_lease_failed(struct tp_lease_table *t, uint32_t slot)
+uint64_t tp_lease_failed(struct tp_lease_table *t, uint32_t slot)
 {
     atomic_store_explicit(&t->pools[slot].asked, 0, memory_order_release);
+    return waiters_take(t, slot);
 }

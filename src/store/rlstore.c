@@ -13,9 +13,13 @@
  *     doubling to 1 s,
  *   - takes the pools that asked for tokens from every global limiter of the
  *     current configuration (tp_lease_next) and sends one lease call each:
- *     EVALSHA of the lease script, or EVAL when the server answers NOSCRIPT,
- *   - keeps a 2 ms timeout armed on the ring while global limits exist, so
- *     the loop runs often enough for asks and timeouts.
+ *     EVALSHA of the lease script, or EVAL when the server answers NOSCRIPT;
+ *     the calls of one tick go out pipelined in one write.
+ * A shard that queues an ask wakes the control thread (the eventfd of
+ * tp_shard_post, at most once per loop iteration), so an ask goes out at
+ * once; a 2 ms timeout is armed on the ring only while something is timed
+ * (answers due, pools held back after a short lease, a reconnect). The
+ * answer of a pool some requests wait for wakes their shards (TP_MSG_LEASE).
  * A call holds a reference on its table until the answer (or the failure)
  * arrives. While the store does not answer, the pools say FALLBACK to the
  * shards and `on_failure` decides there. [control]
@@ -38,6 +42,7 @@
 #include <turnpike/log.h>
 
 #include "rt/control.h"
+#include "rt/runtime.h"
 #include "rt/snapshot.h"
 #include "store/rlstore.h"
 
@@ -114,8 +119,13 @@ static struct {
     struct call calls[MAX_CALLS];
     unsigned n_calls;
 
+    uint64_t wake; /* waiter bits of shards to wake: their leases landed or failed */
+
     _Atomic uint64_t errors, answered;
 } st = {.svc = -1};
+
+/* a shard queued an ask: the control thread runs its loop (and this tick) now */
+static _Atomic bool poked;
 
 static struct __kernel_timespec tick_ts = {.tv_sec = 0, .tv_nsec = TICK_NS};
 
@@ -187,6 +197,29 @@ static void ev_cleanup(void *p)
     st.gen++;
 }
 
+/* ---- waking ---- */
+
+/* [any] A pool queued an ask (lease.c's notify hook): wake the control thread
+ * unless a wake is already on its way. The fence pairs with the one in
+ * store_tick: either this sees the flag cleared or the tick sees the ask. */
+static void ask_notify(void)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (!atomic_exchange_explicit(&poked, true, memory_order_relaxed))
+        tp_shard_post(NULL, 0);
+}
+
+/* The shards whose waiting requests' leases landed or failed take again. */
+static void wake_flush(void)
+{
+    uint64_t m = st.wake;
+
+    st.wake = 0;
+    for (unsigned i = 0; m && tp_rt.shards && i < tp_rt.n_shards; i++)
+        if ((m & (1ull << (i & 63))) && tp_rt.shards[i])
+            tp_shard_post(tp_rt.shards[i], TP_MSG_LEASE);
+}
+
 /* ---- connection ---- */
 
 static void store_down(const char *why)
@@ -197,6 +230,7 @@ static void store_down(const char *why)
     if (tp_lease_store_up())
         tp_warn("rate_limit_store %s:%d: %s; global rate limits fall back", st.host, st.port, why);
     tp_lease_set_store_up(false);
+    st.wake = ~0ull; /* whoever waits for a lease decides by on_failure now */
     st.next_connect_ms = now_ms + st.backoff_ms;
     st.backoff_ms = st.backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : st.backoff_ms * 2;
 }
@@ -291,7 +325,7 @@ static void on_lease(redisAsyncContext *ac, void *r, void *priv)
 
     (void)ac;
     if (!reply) {
-        tp_lease_failed(c->t, c->slot);
+        st.wake |= tp_lease_failed(c->t, c->slot);
         call_end(c);
         return;
     }
@@ -305,13 +339,13 @@ static void on_lease(redisAsyncContext *ac, void *r, void *priv)
         tp_err("rate_limit_store %s:%d: lease for route %s: %s", st.host, st.port, tp_lease_name(c->t),
                reply->str);
         atomic_fetch_add_explicit(&st.errors, 1, memory_order_relaxed);
-        tp_lease_failed(c->t, c->slot);
+        st.wake |= tp_lease_failed(c->t, c->slot);
         call_end(c);
         return;
     }
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4) {
         atomic_fetch_add_explicit(&st.errors, 1, memory_order_relaxed);
-        tp_lease_failed(c->t, c->slot);
+        st.wake |= tp_lease_failed(c->t, c->slot);
         call_end(c);
         return;
     }
@@ -321,8 +355,9 @@ static void on_lease(redisAsyncContext *ac, void *r, void *priv)
                    ? reply->element[i]->integer
                    : 0;
     atomic_fetch_add_explicit(&st.answered, 1, memory_order_relaxed);
-    tp_lease_grant(c->t, c->slot, c->sent_ns, now, (uint32_t)(v[0] > TP_LEASE_MAX ? TP_LEASE_MAX : v[0]),
-                   (uint64_t)v[1], (uint64_t)v[2], (uint64_t)v[3]);
+    st.wake |=
+        tp_lease_grant(c->t, c->slot, c->sent_ns, now, (uint32_t)(v[0] > TP_LEASE_MAX ? TP_LEASE_MAX : v[0]),
+                       (uint64_t)v[1], (uint64_t)v[2], (uint64_t)v[3]);
     call_end(c);
     store_up();
 }
@@ -388,7 +423,7 @@ static void lease_send(struct tp_lease_table *t, const struct tp_lease_ask *a, u
     struct call *c = call_new();
 
     if (!c) {
-        tp_lease_failed(t, a->slot);
+        st.wake |= tp_lease_failed(t, a->slot);
         return;
     }
     tp_lease_ref(t);
@@ -407,7 +442,7 @@ static void lease_send(struct tp_lease_table *t, const struct tp_lease_ask *a, u
     snprintf(c->period, sizeof(c->period), "%" PRIu64, a->period_ms * 1000);
     snprintf(c->want, sizeof(c->want), "%u", a->want);
     if (!send_lease(c)) {
-        tp_lease_failed(t, a->slot);
+        st.wake |= tp_lease_failed(t, a->slot);
         call_end(c);
     }
 }
@@ -426,26 +461,33 @@ static void store_tick(uint64_t now_ms, bool draining)
 {
     struct tp_snapshot *s = tp_snapshot_current;
     uint64_t now = tp_clock_ns();
-    bool global = st.configured && has_global(s);
+    bool global = st.configured && has_global(s), held_back = false;
 
     (void)draining;
+    atomic_store_explicit(&poked, false, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
     for (unsigned i = 0; st.ac && st.n_calls && i < MAX_CALLS; i++)
         if (st.calls[i].used && now > st.calls[i].deadline_ns) {
             conn_drop(st.calls[i].load ? "no answer to connecting in time" : "timeout");
             break;
         }
-    if (!global || st.stopping)
-        return;
-    if (!st.ac && now_ms >= st.next_connect_ms)
-        conn_start();
-    if (st.ac && tp_lease_store_up())
-        for (size_t i = 0; i < s->n_routes && st.ac; i++) {
-            struct tp_lease_table *t = s->routes[i].lease;
-            struct tp_lease_ask a;
-            while (t && st.ac && st.n_calls < MAX_CALLS && tp_lease_next(t, now, &a))
-                lease_send(t, &a, now);
-        }
-    if (!st.timer_armed) {
+    if (global && !st.stopping) {
+        if (!st.ac && now_ms >= st.next_connect_ms)
+            conn_start();
+        if (st.ac && tp_lease_store_up())
+            for (size_t i = 0; i < s->n_routes && st.ac; i++) {
+                struct tp_lease_table *t = s->routes[i].lease;
+                struct tp_lease_ask a;
+                while (t && st.ac && st.n_calls < MAX_CALLS && tp_lease_next(t, now, &a))
+                    lease_send(t, &a, now);
+                held_back = held_back || (t && tp_lease_deferred(t));
+            }
+    }
+    wake_flush();
+    /* the timer runs this tick while something is timed: an answer's
+     * deadline, a pool held back after a short lease, a reconnect. Asks need
+     * none: a shard queueing one wakes the control thread (ask_notify). */
+    if (!st.timer_armed && (st.n_calls || held_back || (global && !st.ac && !st.stopping))) {
         struct io_uring_sqe *sqe = tp_ctl_sqe(st.svc, OP_TIMER, 0);
         io_uring_prep_timeout(sqe, &tick_ts, 0, 0);
         st.timer_armed = true;
@@ -470,6 +512,7 @@ static void store_cqe(unsigned op, uint32_t slot, int res)
             redisAsyncHandleWrite(st.ac);
     }
     arm();
+    wake_flush();
 }
 
 static void store_configure(const struct tp_config *cfg)
@@ -499,6 +542,7 @@ static void store_configure(const struct tp_config *cfg)
         st.next_connect_ms = 0;
         st.backoff_ms = BACKOFF_MIN_MS;
     }
+    wake_flush();
     st.configured = c != NULL;
     if (!c)
         return;
@@ -544,5 +588,8 @@ static const struct tp_ctl_service store_service = {
 int tp_rlstore_register(void)
 {
     st.svc = tp_ctl_service_register(&store_service);
-    return st.svc < 0 ? -1 : 0;
+    if (st.svc < 0)
+        return -1;
+    tp_lease_set_notify(ask_notify);
+    return 0;
 }

@@ -5,13 +5,16 @@ redis-server admit no more than burst + rate x t together; per-tenant keys
 are separate buckets; Redis killed and restarted, or too slow, makes
 on_failure decide and the gateway recover by itself with /readyz 200; a
 reload keeps the leased pools. The assertions are about counts."""
+import base64
+import json
+import os
 import threading
 import time
 
 import pytest
 
 from tp_harness import T, get, upstream_cfg, wait_until
-from tp_more import derive, metrics, reload
+from tp_more import derive, metrics, reload, write_text_atomic
 from tp_redis import Redis
 
 
@@ -48,10 +51,12 @@ def warm(tp, path, tenant):
                what=f"tenant {tenant} admitted on :{tp.port}")
 
 
-def hammer(tps, path, tenant, seconds, threads_per_tp=3):
+def hammer(tps, path, tenant, seconds, threads_per_tp=3, headers=None):
     """Sends requests for <seconds> from several threads per instance, as fast
-    as they come back. Returns (admitted, refused, other, elapsed) where elapsed
-    spans from before the first request to after the last answer."""
+    as they come back (with X-Tenant: <tenant>, or <headers>). Returns
+    (admitted, refused, other, elapsed) where elapsed spans from before the
+    first request to after the last answer."""
+    hdrs = headers if headers is not None else [("X-Tenant", tenant)]
     counts = {"200": 0, "429": 0, "other": 0}
     lock = threading.Lock()
     errors = []
@@ -62,7 +67,7 @@ def hammer(tps, path, tenant, seconds, threads_per_tp=3):
         mine = {"200": 0, "429": 0, "other": 0}
         try:
             while time.monotonic() < stop_at:
-                st = get(tp.port, path, headers=[("X-Tenant", tenant)]).status
+                st = get(tp.port, path, headers=hdrs).status
                 mine[str(st) if st in (200, 429) else "other"] += 1
         except Exception as e:  # noqa: BLE001
             errors.append(e)
@@ -267,3 +272,130 @@ def test_empty_bucket_still_refuses(h, redis):
     assert codes[0] == 200, codes
     assert set(codes) <= {200, 429} and codes.count(200) <= 3 and codes[-1] == 429, codes
     assert metrics(tp).value("turnpike_ratelimit_fallback_total", route="g") == 0
+
+
+def test_parked_request_times_out_into_on_failure(h, redis):
+    """A request waiting for its pool's first lease while Redis does not answer
+    (CLIENT PAUSE) is decided by on_failure once the store's timeout is over,
+    before Redis ran the lease call: it does not wait for Redis."""
+    up = h.upstream(name="U")
+    tp = gateway(h, up, redis, [global_route("10/s", 20)], timeout="200ms", on_failure="allow")
+    wait_store(tp, 1)
+    m0 = metrics(tp)
+    # WRITE: EVALSHA waits while INFO and CLIENT still answer
+    calls0 = redis.commandstats().get("evalsha", 0)
+    assert redis.cmd("CLIENT", "PAUSE", int(T(20) * 1000), "WRITE") == "OK"
+    try:
+        r = get(tp.port, "/g/x", headers=[("X-Tenant", "paused")])
+        assert r.status == 200, r.status
+        # no lease call ran meanwhile: the answer did not come from Redis
+        assert redis.commandstats().get("evalsha", 0) == calls0
+    finally:
+        assert redis.cmd("CLIENT", "UNPAUSE") == "OK"
+    m = metrics(tp)
+    assert m.value("turnpike_ratelimit_fallback_total", route="g") == \
+        m0.value("turnpike_ratelimit_fallback_total", route="g") + 1
+    assert m.value("turnpike_ratelimit_store_errors_total") > m0.value("turnpike_ratelimit_store_errors_total")
+    assert tp.admin_get("/readyz")[0] == 200
+    # and the store is used again afterwards
+    wait_store(tp, 1)
+    warm(tp, "/g/w", "after")
+
+
+def test_parked_requests_over_http2(h, redis):
+    """HTTP/2 streams wait for their pools' leases like HTTP/1 requests (the
+    stream's head is kept meanwhile): several new keys on one connection."""
+    from test_h2 import H2Client
+    from test_h2 import start as h2_start
+
+    up = h.upstream(name="U")
+    tp = h2_start(h, {"upstreams": [upstream_cfg("u", up)],
+                      "rate_limit_store": {"redis": redis.addr, "timeout": "2s", "on_failure": "local"},
+                      "routes": [global_route("100/s", 200)]})
+    wait_store(tp, 1)
+    c = H2Client(tp.port)
+    try:
+        sids = [c.request(f"/g/h2/{i}", headers=[("x-tenant", f"h2-{i}")]) for i in range(8)]
+        for sid in sids:
+            st = c.response(sid)
+            assert st["reset"] is None and st["headers"][":status"] == "200", st
+        seen = [r.target for r in up.requests]
+        assert sorted(seen) == sorted(f"/g/h2/{i}" for i in range(8)), seen
+    finally:
+        c.close()
+    m = metrics(tp)
+    assert m.value("turnpike_ratelimit_fallback_total", route="g") == 0
+    assert m.value("turnpike_ratelimit_store_errors_total") == 0
+
+
+def _b64u(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_claim_keys_share_a_bucket(h, redis):
+    """key: claim:tenant with JWT auth: the tenant claim of a verified token
+    keys the global bucket, across instances and whatever else the tokens say."""
+    jwt = pytest.importorskip("jwt")
+    secret = os.urandom(32)
+    jwks = h.tmp_path / "jwks.json"
+    write_text_atomic(jwks, json.dumps({"keys": [{"kty": "oct", "kid": "k", "k": _b64u(secret), "use": "sig"}]}))
+
+    def bearer(tenant, sub):
+        now = int(time.time())
+        tok = jwt.encode({"sub": sub, "tenant": tenant, "iat": now, "exp": now + 600}, secret, algorithm="HS256",
+                         headers={"kid": "k"})
+        return [("Authorization", f"Bearer {tok}")]
+
+    up = h.upstream(name="U")
+    rate, burst = 5, 10
+    route = dict(global_route(f"{rate}/s", burst, key="claim:tenant"), auth={"provider": "tenants"})
+    tps = [h.turnpike({"auth": [{"name": "tenants", "jwt": {"keys": str(jwks)}}],
+                       "upstreams": [upstream_cfg("u", up)],
+                       "rate_limit_store": {"redis": redis.addr, "timeout": "100ms"},
+                       "routes": [route]}) for _ in range(2)]
+    for tp in tps:
+        wait_store(tp, 1)
+    assert get(tps[0].port, "/g/x").status == 401  # no token: auth refuses before the limit
+    t0 = time.monotonic()
+    # users of one tenant on both instances: one bucket
+    ok, refused, other, _ = hammer(tps, "/g/x", None, 1.5, threads_per_tp=2, headers=bearer("acme", "user-1"))
+    ok2, refused2, other2, _ = hammer(tps, "/g/x", None, 0.5, threads_per_tp=1, headers=bearer("acme", "user-2"))
+    elapsed = time.monotonic() - t0
+    assert other == 0 and other2 == 0
+    assert refused + refused2 > 0, (ok, refused, ok2, refused2)
+    assert ok + ok2 <= burst + rate * elapsed + 1, (ok, ok2, elapsed)
+    # another tenant has its own bucket, on either instance
+    for tp in tps:
+        wait_until(lambda: get(tp.port, "/g/y", headers=bearer("globex", "user-1")).status == 200, T(20),
+                   what="tenant globex admitted")
+    keys = sorted(k.decode() for k in redis.cmd("KEYS", "turnpike:rl:g:*"))
+    assert len(keys) == 2, keys
+    for tp in tps:
+        assert metrics(tp).value("turnpike_ratelimit_fallback_total", route="g") == 0
+
+
+def test_reload_moves_to_another_store(h, redis, tmp_path):
+    """A reload that names another store: the gateway leases from the new one,
+    closes its connection to the old one, and serves throughout."""
+    other = Redis(tmp_path, name="redis2")
+    try:
+        up = h.upstream(name="U")
+        tp = gateway(h, up, redis, [global_route("100/s", 200)])
+        wait_store(tp, 1)
+        warm(tp, "/g/w", "k")
+        assert redis.cmd("KEYS", "turnpike:rl:g:*")
+        assert other.cmd("KEYS", "turnpike:rl:g:*") == []
+        errors0 = metrics(tp).value("turnpike_ratelimit_store_errors_total")
+        cfg = derive(tp, rate_limit_store={"redis": other.addr, "timeout": "100ms", "on_failure": "local"})
+        reload(tp, cfg)
+        wait_store(tp, 1)
+        warm(tp, "/g/w", "k2")
+        assert other.cmd("KEYS", "turnpike:rl:g:*"), "leases come from the new store"
+        # only this test's own INFO connection is left on the old store
+        wait_until(lambda: b"connected_clients:1\r\n" in redis.cmd("INFO", "clients"), T(10),
+                   what="the old store's connection closed")
+        assert metrics(tp).value("turnpike_ratelimit_store_errors_total") == errors0, "a change is no failure"
+        assert tp.admin_get("/readyz")[0] == 200
+        assert get(tp.port, "/g/x", headers=[("X-Tenant", "k")]).status == 200
+    finally:
+        other.stop()

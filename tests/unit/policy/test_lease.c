@@ -42,9 +42,9 @@ static void test_basic(void)
     ok(t != NULL, "created");
     is_int(tp_lease_ttl_ns(t), 250 * MS, "token life: burst / (4 rate), at most 250 ms");
     tp_lease_set_store_up(false);
-    is_int(tp_lease_take(t, 0, now, NULL), TP_LEASE_FALLBACK, "store down, empty pool: fallback");
+    is_int(tp_lease_take(t, 0, now, 0, NULL), TP_LEASE_FALLBACK, "store down, empty pool: fallback");
     tp_lease_set_store_up(true);
-    is_int(tp_lease_take(t, 0, now, &res), TP_LEASE_WAIT,
+    is_int(tp_lease_take(t, 0, now, 0, &res), TP_LEASE_WAIT,
            "store up, empty pool, nothing heard: wait for the lease");
     ok(res.retry_after_s >= 1 && res.limit == 100, "429 values: limit %llu retry %llu",
        (unsigned long long)res.limit, (unsigned long long)res.retry_after_s);
@@ -54,16 +54,16 @@ static void test_basic(void)
     ok(a.want >= 1 && a.want <= 37, "first lease: a guess under half the capacity (%u)", a.want);
     tp_lease_grant(t, a.slot, now, now + MS, 3, 50, 500, 0);
     for (int i = 0; i < 3; i++)
-        is_int(tp_lease_take(t, 0, now + 2 * MS, &res), TP_LEASE_ADMIT, "leased token %d", i);
-    is_int(tp_lease_take(t, 0, now + 2 * MS, NULL), TP_LEASE_WAIT, "three granted, three served");
+        is_int(tp_lease_take(t, 0, now + 2 * MS, 0, &res), TP_LEASE_ADMIT, "leased token %d", i);
+    is_int(tp_lease_take(t, 0, now + 2 * MS, 0, NULL), TP_LEASE_WAIT, "three granted, three served");
 
     /* tokens expire a life after the ask was sent */
     ok(tp_lease_next(t, now + 3 * MS, &a), "ran low: asked again");
     tp_lease_grant(t, a.slot, now + 3 * MS, now + 4 * MS, 10, 40, 600, 0);
-    is_int(tp_lease_take(t, 0, now + 200 * MS, &res), TP_LEASE_ADMIT, "within its life");
+    is_int(tp_lease_take(t, 0, now + 200 * MS, 0, &res), TP_LEASE_ADMIT, "within its life");
     is_int(res.remaining, 49, "remaining: the store's level plus the pool");
     is_int(res.reset_s, 1, "reset: the store's, rounded up");
-    is_int(tp_lease_take(t, 0, now + 3 * MS + 250 * MS, NULL), TP_LEASE_WAIT, "expired at its life");
+    is_int(tp_lease_take(t, 0, now + 3 * MS + 250 * MS, 0, NULL), TP_LEASE_WAIT, "expired at its life");
     tp_lease_unref(t);
 }
 
@@ -77,7 +77,7 @@ static void test_sizing(void)
 
     tp_lease_set_store_up(true);
     /* one key taking 400 tokens per second, a lease per 50 ms */
-    tp_lease_take(t, 42, now, NULL);
+    tp_lease_take(t, 42, now, 0, NULL);
     for (int round = 0; round < 20; round++) {
         while (tp_lease_next(t, now, &a)) {
             ok(a.key_hash == 42 && !a.overflow, "round %d: key 42 asked", round);
@@ -85,30 +85,35 @@ static void test_sizing(void)
             tp_lease_grant(t, a.slot, now, now, a.want, 500, 500, 0);
         }
         for (int i = 0; i < 20; i++)
-            tp_lease_take(t, 42, now + (uint64_t)i * 2500000ull, NULL);
+            tp_lease_take(t, 42, now + (uint64_t)i * 2500000ull, 0, NULL);
         now += 50 * MS;
     }
     ok(want >= 40 && want <= 60, "lease sized to half a life at the seen rate: %u (400/s x 125 ms = 50)",
        want);
     /* another key has its own pool */
-    is_int(tp_lease_take(t, 7, now, NULL), TP_LEASE_WAIT,
+    is_int(tp_lease_take(t, 7, now, 0, NULL), TP_LEASE_WAIT,
            "a new key starts empty: waits for its first lease");
     ok(tp_lease_next(t, now, &a) && a.key_hash == 7, "and asks for itself");
     tp_lease_failed(t, a.slot);
     /* a short lease holds the pool back until the store expects a token */
-    tp_lease_take(t, 7, now, NULL);
+    tp_lease_take(t, 7, now, 0, NULL);
     ok(tp_lease_next(t, now, &a), "asked again after a failure");
     tp_lease_grant(t, a.slot, now, now, 0, 0, 1000, 40);
-    is_int(tp_lease_take(t, 7, now, NULL), TP_LEASE_DENY, "the store said no token: 429");
-    is_int(tp_lease_take(t, 7, now + 39 * MS, NULL), TP_LEASE_DENY, "until the store expects one");
-    is_int(tp_lease_take(t, 7, now + 40 * MS, NULL), TP_LEASE_WAIT, "then the next lease is awaited");
+    is_int(tp_lease_take(t, 7, now, 0, NULL), TP_LEASE_DENY, "the store said no token: 429");
+    is_int(tp_lease_take(t, 7, now + 39 * MS, 0, NULL), TP_LEASE_DENY, "until the store expects one");
+    is_int(tp_lease_take(t, 7, now + 40 * MS, 0, NULL), TP_LEASE_WAIT, "then the next lease is awaited");
     ok(!tp_lease_next(t, now + 10 * MS, &a),
        "nothing granted: not asked again before the store expects a token");
     ok(tp_lease_next(t, now + 41 * MS, &a) && a.key_hash == 7, "asked again after that");
     tp_lease_grant(t, a.slot, now + 41 * MS, now + 42 * MS, 1, 0, 1000, 0);
-    is_int(tp_lease_take(t, 7, now + 43 * MS, NULL), TP_LEASE_ADMIT, "a token again");
-    is_int(tp_lease_take(t, 7, now + 43 * MS, NULL), TP_LEASE_WAIT,
-           "empty again, the store expects tokens: wait");
+    is_int(tp_lease_take(t, 7, now + 43 * MS, 0, NULL), TP_LEASE_ADMIT, "a token again");
+    is_int(tp_lease_take(t, 7, now + 43 * MS, 0, NULL), TP_LEASE_DENY,
+           "a short lease holds the pool back for an eighth of a life: 429 meanwhile, not a wait "
+           "longer than the store's timeout");
+    ok(!tp_lease_next(t, now + 60 * MS, &a), "not asked again yet");
+    ok(tp_lease_next(t, now + 42 * MS + 250 * MS / 8, &a) && a.key_hash == 7, "then asked");
+    tp_lease_grant(t, a.slot, now + 80 * MS, now + 81 * MS, a.want, 500, 500, 0);
+    is_int(tp_lease_take(t, 7, now + 82 * MS, 0, NULL), TP_LEASE_ADMIT, "and served");
     tp_lease_unref(t);
 }
 
@@ -127,7 +132,7 @@ static void *race_thread(void *arg)
 
     for (;;) {
         bool done = atomic_load(&race_done);
-        int r = tp_lease_take(race_t, key, 5 * S, NULL);
+        int r = tp_lease_take(race_t, key, 5 * S, 0, NULL);
         if (r == TP_LEASE_ADMIT)
             n++;
         else if (done)
@@ -167,10 +172,53 @@ static void test_race(void)
     tp_lease_unref(race_t);
 }
 
+/* ---- waiting for a lease: who is woken ---- */
+
+static int notified;
+
+static void count_notify(void)
+{
+    notified++;
+}
+
+static void test_waiters(void)
+{
+    struct tp_cfg_rate_limit c = cfg_of(100, 100, TP_KEY_HEADER);
+    struct tp_lease_table *t = tp_lease_create("r", &c, 64, NULL);
+    struct tp_lease_ask a;
+    struct tp_rl_result res;
+    uint64_t now = 20 * S;
+
+    tp_lease_set_store_up(true);
+    tp_lease_set_notify(count_notify);
+    is_int(tp_lease_take(t, 5, now, 1u << 2, &res), TP_LEASE_WAIT, "shard 2 waits for key 5");
+    is_int(notified, 1, "the ask woke the sender");
+    is_int(tp_lease_take(t, 5, now, 1u << 0, NULL), TP_LEASE_WAIT, "shard 0 too");
+    is_int(notified, 1, "one ask in flight: no second one, no second wake");
+    is_int(tp_lease_take(t, 9, now, 0, NULL), TP_LEASE_WAIT, "key 9: a caller that does not wait");
+    ok(tp_lease_next(t, now, &a) && a.key_hash == 5, "key 5 asked");
+    is_int(tp_lease_grant(t, a.slot, now, now + MS, 2, 10, 100, 0), (1u << 2) | (1u << 0),
+           "its grant names both waiting shards");
+    is_int(tp_lease_take(t, 5, now + MS, 1u << 2, NULL), TP_LEASE_ADMIT, "shard 2 takes");
+    is_int(tp_lease_take(t, 5, now + MS, 1u << 0, NULL), TP_LEASE_ADMIT, "shard 0 takes");
+    ok(tp_lease_next(t, now, &a) && a.key_hash == 9, "key 9 asked");
+    is_int(tp_lease_failed(t, a.slot), 0, "nobody waits for key 9: nobody to wake");
+    ok(tp_lease_next(t, now, &a) && a.key_hash == 5, "key 5 ran low again: asked");
+    is_int(tp_lease_failed(t, a.slot), 0, "nobody waits for it");
+    /* a failed ask wakes its waiters too: they take again (and fall back, or ask again) */
+    tp_lease_take(t, 9, now, 1u << 3, NULL);
+    ok(tp_lease_next(t, now, &a) && a.key_hash == 9, "key 9 asked again");
+    is_int(tp_lease_failed(t, a.slot), 1u << 3, "the failure wakes shard 3");
+    is_int(tp_lease_failed(t, a.slot), 0, "once");
+    tp_lease_set_notify(NULL);
+    tp_lease_unref(t);
+}
+
 int main(void)
 {
     test_basic();
     test_sizing();
+    test_waiters();
     test_race();
     return tap_done();
 }
