@@ -7,9 +7,11 @@
 # limit high enough that (almost) nothing is refused; in alternating rounds
 # the limit is scope: local (each instance alone) and scope: global (leased
 # from one redis-server started here on a free port). Per variant: requests/s
-# of both together, CPU microseconds per request of both turnpikes together,
-# the worse p99 of the two wrk runs, and for global the Redis commands per
-# 1,000 requests (INFO commandstats before and after the measured run).
+# of both together, CPU microseconds per request of both turnpikes together
+# and of their control threads alone (where the store client runs), the worse
+# p99 of the two wrk runs, and for global the Redis commands per 1,000
+# requests (INFO commandstats before and after the measured run): the lease
+# calls turnpike sent, and every command Redis ran, the script's own included.
 #
 # usage: bench/global_ratelimit.sh [-r ROUNDS] [-d SECONDS] [-c CONNS] [-t TENANTS] [-R RATE]
 # env: ROUNDS (3), DURATION (10), CONNS (32 per instance), WRK_THREADS (1), WARMUP (2),
@@ -74,12 +76,22 @@ export TPB_TENANTS=$TENANTS
 TPB_WRK_SCRIPT=$TPB_BENCH/wrk/tenants.lua
 
 # "CALLS ALL": the commands turnpike sent (EVALSHA, EVAL, SCRIPT) and every
-# command Redis executed, those run inside the script (TIME, HMGET, HSET,
-# PEXPIRE) included; INFO itself is left out.
+# command Redis executed, those run inside the script (TIME, GET, SET) included;
+# INFO itself is left out.
 redis_calls() {
 	redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' |
 		awk -F'[:=,]' '/^cmdstat_/ && $1 != "cmdstat_info" { n += $3 }
 			/^cmdstat_(evalsha|eval|script)/ { top += $3 } END { print top + 0, n + 0 }'
+}
+
+# ctl_ticks PID: CPU ticks of the process's main thread, the control thread.
+ctl_ticks() {
+	local st
+	local -a f
+	{ st=$(<"/proc/$1/task/$1/stat"); } 2>/dev/null || { TPB_TICKS=0; return; }
+	st=${st##*) }
+	read -r -a f <<<"$st"
+	TPB_TICKS=$((f[11] + f[12]))
 }
 
 # start_pair SCOPE: two turnpikes; PIDS, PORTS.
@@ -131,8 +143,8 @@ run_pair() {
 	return 0
 }
 
-echo "round,scope,requests,rps,cpu_us_per_req,p99_us,non2xx,sockerr,redis_calls,redis_calls_per_1000,redis_cmds,redis_cmds_per_1000" >"$CSV"
-declare -A RPS CPU P99 CMDS CALLS
+echo "round,scope,requests,rps,cpu_us_per_req,ctl_us_per_req,p99_us,non2xx,sockerr,redis_calls,redis_calls_per_1000,redis_cmds,redis_cmds_per_1000" >"$CSV"
+declare -A RPS CPU CTL P99 CMDS CALLS
 for ((r = 1; r <= ROUNDS; r++)); do
 	order="local global"
 	[ $((r % 2)) = 0 ] && order="global local"
@@ -142,16 +154,22 @@ for ((r = 1; r <= ROUNDS; r++)); do
 		read -r k0 c0 < <(redis_calls)
 		tpb_cpu_ticks "${PIDS[0]}"; t0=$TPB_TICKS
 		tpb_cpu_ticks "${PIDS[1]}"; t0=$((t0 + TPB_TICKS))
+		ctl_ticks "${PIDS[0]}"; x0=$TPB_TICKS
+		ctl_ticks "${PIDS[1]}"; x0=$((x0 + TPB_TICKS))
 		if run_pair "$DURATION" "$RESULTS_DIR/wrk-$r-$scope"; then
 			tpb_cpu_ticks "${PIDS[0]}"; t1=$TPB_TICKS
 			tpb_cpu_ticks "${PIDS[1]}"; t1=$((t1 + TPB_TICKS))
+			ctl_ticks "${PIDS[0]}"; x1=$TPB_TICKS
+			ctl_ticks "${PIDS[1]}"; x1=$((x1 + TPB_TICKS))
 			read -r k1 c1 < <(redis_calls)
-			read -r rps cpu kper per < <(awk -v n="$W_REQ" -v us="$W_DUR" -v t="$((t1 - t0))" -v hz="$TPB_CLK_TCK" \
-				-v k="$((k1 - k0))" -v c="$((c1 - c0))" 'BEGIN { printf "%.1f %.2f %.2f %.2f\n", n / (us / 1e6),
-					(n > 0 ? t / hz * 1e6 / n : 0), (n > 0 ? k * 1000 / n : 0), (n > 0 ? c * 1000 / n : 0) }')
-			echo "$r,$scope,$W_REQ,$rps,$cpu,$W_P99,$W_NON2XX,$W_SOCKERR,$((k1 - k0)),$kper,$((c1 - c0)),$per" >>"$CSV"
-			RPS[$scope]+="$rps " CPU[$scope]+="$cpu " P99[$scope]+="$W_P99 " CMDS[$scope]+="$per " CALLS[$scope]+="$kper "
-			tpb_log "round $r $scope: $rps rps, $cpu us/req, p99 ${W_P99}us, non2xx $W_NON2XX," \
+			read -r rps cpu ctl kper per < <(awk -v n="$W_REQ" -v us="$W_DUR" -v t="$((t1 - t0))" -v hz="$TPB_CLK_TCK" \
+				-v x="$((x1 - x0))" -v k="$((k1 - k0))" -v c="$((c1 - c0))" 'BEGIN {
+					printf "%.1f %.2f %.2f %.2f %.2f\n", n / (us / 1e6), (n > 0 ? t / hz * 1e6 / n : 0),
+					(n > 0 ? x / hz * 1e6 / n : 0), (n > 0 ? k * 1000 / n : 0), (n > 0 ? c * 1000 / n : 0) }')
+			echo "$r,$scope,$W_REQ,$rps,$cpu,$ctl,$W_P99,$W_NON2XX,$W_SOCKERR,$((k1 - k0)),$kper,$((c1 - c0)),$per" >>"$CSV"
+			RPS[$scope]+="$rps " CPU[$scope]+="$cpu " CTL[$scope]+="$ctl " P99[$scope]+="$W_P99 " CMDS[$scope]+="$per "
+			CALLS[$scope]+="$kper "
+			tpb_log "round $r $scope: $rps rps, $cpu us/req (control thread $ctl), p99 ${W_P99}us, non2xx $W_NON2XX," \
 				"sockerr $W_SOCKERR, redis: $((k1 - k0)) calls ($kper per 1000 requests), $((c1 - c0)) commands ($per)"
 		fi
 		tpb_stop "${PIDS[0]}" 50
@@ -160,12 +178,14 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 echo
-printf '%-8s %12s %12s %10s %16s %16s\n' scope rps cpu_us/req p99_us calls/1000req cmds/1000req
+printf '%-8s %12s %12s %12s %10s %16s %16s\n' scope rps cpu_us/req ctl_us/req p99_us calls/1000req cmds/1000req
 for scope in local global; do
 	# shellcheck disable=SC2086
-	printf '%-8s %12s %12s %10s %16s %16s\n' "$scope" "$(tpb_median ${RPS[$scope]:-})" "$(tpb_median ${CPU[$scope]:-})" \
-		"$(tpb_median ${P99[$scope]:-})" "$(tpb_median ${CALLS[$scope]:-})" "$(tpb_median ${CMDS[$scope]:-})"
+	printf '%-8s %12s %12s %12s %10s %16s %16s\n' "$scope" "$(tpb_median ${RPS[$scope]:-})" \
+		"$(tpb_median ${CPU[$scope]:-})" "$(tpb_median ${CTL[$scope]:-})" "$(tpb_median ${P99[$scope]:-})" \
+		"$(tpb_median ${CALLS[$scope]:-})" "$(tpb_median ${CMDS[$scope]:-})"
 done
+echo "redis: calls = lease calls turnpike sent (EVALSHA, EVAL, SCRIPT); cmds = every command Redis ran, the script's own included"
 # shellcheck disable=SC2086
 echo "cpu global/local: $(tpb_ratio "$(tpb_median ${CPU[global]:-})" "$(tpb_median ${CPU[local]:-})")"
 echo "medians over $ROUNDS round(s) of ${DURATION}s, 2 instances x $CONNS connections, $TENANTS tenants; raw rows: $CSV"

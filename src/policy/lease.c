@@ -34,15 +34,18 @@
  *
  * Sizing (control thread). Each ask measures what the pool handed out since
  * the previous one (tokens held then + granted since - tokens held now) over
- * the time between them, and averages it with the previous estimate. A lease
- * is what that rate uses in half a token life, H = E / 2; the low-water mark
- * what it uses in a quarter, E / 4 (rounded: 0 for a sparse key, which then
- * asks only when a request finds the pool empty and waits for the lease), so
- * a busy key asks for a new lease well before the pool runs dry and before
- * its tokens would expire. A first ask for a
- * pool uses an eighth of the configured rate as its guess. A lease never
- * exceeds half the store bucket's capacity, so one instance cannot take
- * all of it in one go.
+ * the time between them, and averages it with the previous estimate; L is
+ * what that rate uses in a token life E. A busy key (L >= 64) gets leases of
+ * 3/4 L and asks again when it holds under L / 8: a lease arrives with an
+ * eighth of a life of tokens still in the pool and its last token goes about
+ * 7/8 of a life after the ask, before it expires, and the key asks about
+ * every 3/4 E (5.3 asks per second at E = 250 ms, whatever its rate). A
+ * quieter key gets L / 2 with a low-water mark of L / 4 (rounded: 0 for a
+ * sparse key, which then asks only when a request finds the pool empty and
+ * waits for the lease), which wastes fewer tokens to expiry when its rate
+ * moves. A first ask for a pool uses an eighth of the configured rate as its
+ * guess. A lease never exceeds half the store bucket's capacity, so one
+ * instance cannot take all of it in one go.
  */
 #include <errno.h>
 #include <math.h>
@@ -59,6 +62,7 @@
 #define QCAP       4096u
 #define MIN_SLOTS  16u
 #define PROBE      16u
+#define BUSY_LIFE  64.0 /* tokens per token life from which a key counts as busy */
 
 struct pool {
     _Atomic uint64_t key; /* XXH3 of the key; 0 = never used */
@@ -476,7 +480,7 @@ static void plan(struct tp_lease_table *t, uint32_t slot, uint64_t now_ns, struc
     struct pool_ctl *c = &t->ctl[slot];
     uint64_t key = atomic_load_explicit(&p->key, memory_order_relaxed);
     uint64_t held = pool_held(p, now_ns >> UNIT_SHIFT);
-    double rate, want, low, max;
+    double rate, life, want, low, max;
 
     if (c->key != key || c->last_ns == 0) {
         c->key = key;
@@ -489,11 +493,19 @@ static void plan(struct tp_lease_table *t, uint32_t slot, uint64_t now_ns, struc
     c->last_ns = now_ns;
     c->held = held;
     rate = c->rate > 0 ? c->rate : t->rate_ns / 8;
-    want = ceil(rate * (double)t->ttl_ns / 2);
-    /* rounded, not up: a key that uses under two tokens per token life asks
-     * only when a request finds its pool empty (and waits for the lease)
-     * instead of holding a token that would mostly expire unused */
-    low = floor(rate * (double)t->ttl_ns / 4 + 0.5);
+    life = rate * (double)t->ttl_ns; /* tokens the key uses in a token life */
+    if (life >= BUSY_LIFE) {
+        /* busy: three quarters of a life per lease, asked for an eighth of a
+         * life ahead; the lease's last token goes at 7/8 of its life */
+        want = ceil(life * 3 / 4);
+        low = floor(life / 8 + 0.5);
+    } else {
+        want = ceil(life / 2);
+        /* rounded, not up: a key that uses under two tokens per token life
+         * asks only when a request finds its pool empty (and waits for the
+         * lease) instead of holding a token that would mostly expire unused */
+        low = floor(life / 4 + 0.5);
+    }
     max = floor(t->capacity / 2);
     if (max > TP_LEASE_MAX)
         max = TP_LEASE_MAX;

@@ -55,11 +55,14 @@ enum { OP_POLL_R = 1, OP_POLL_W, OP_TIMER };
 #define CONNECT_MIN_MS 250 /* connecting and loading the script may take this long at least */
 
 /*
- * The lease script. KEYS[1] is the bucket: a hash {l = level in tokens,
- * t = Redis TIME of that level in us}. ARGV: capacity, tokens, period [us],
- * tokens wanted. The level refills at tokens / period from Redis's clock (a
- * clock going back refills nothing), is capped at the capacity, and gives
- * out whole tokens. The key expires when it would be full anyway. Returns
+ * The lease script. KEYS[1] is the bucket: a string "LEVEL LAST", the level
+ * in tokens (6 decimals, rounded down) at Redis TIME LAST [us]. ARGV:
+ * capacity, tokens, period [us], tokens wanted. The level refills at tokens /
+ * period from Redis's clock (a clock going back refills nothing), is capped
+ * at the capacity, and gives out whole tokens. Three commands inside: TIME,
+ * GET, and SET with PX (the key expires a second after it would be full
+ * anyway) only when tokens were granted; a call that grants none leaves the
+ * stored pair as it is (the level it implies later is the same). Returns
  * {granted, whole tokens left, ms until full, ms until a whole token}.
  */
 static const char script[] =
@@ -68,20 +71,24 @@ static const char script[] =
     "local cap = tonumber(ARGV[1])\n"
     "local rate = tonumber(ARGV[2]) / tonumber(ARGV[3])\n"
     "local want = tonumber(ARGV[4])\n"
-    "local v = redis.call('HMGET', KEYS[1], 'l', 't')\n"
-    "local lvl = tonumber(v[1])\n"
-    "local last = tonumber(v[2])\n"
-    "if lvl == nil or last == nil then lvl = cap; last = now end\n"
-    "if now > last then lvl = lvl + (now - last) * rate; last = now end\n"
-    "if lvl > cap then lvl = cap end\n"
+    "local lvl, last = cap, now\n"
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v then\n"
+    "  local sp = string.find(v, ' ', 1, true)\n"
+    "  if sp then lvl = tonumber(string.sub(v, 1, sp - 1)); last = tonumber(string.sub(v, sp + 1)) end\n"
+    "  if lvl == nil or last == nil then lvl = cap; last = now end\n"
+    "  if now > last then lvl = lvl + (now - last) * rate; last = now end\n"
+    "  if lvl > cap then lvl = cap end\n"
+    "end\n"
     "local g = math.floor(lvl)\n"
     "if g > want then g = want end\n"
     "if g < 0 then g = 0 end\n"
     "lvl = lvl - g\n"
-    "redis.call('HSET', KEYS[1], 'l', string.format('%.6f', math.floor(lvl * 1000000) / 1000000),"
-    " 't', string.format('%d', last))\n"
     "local full = math.ceil((cap - lvl) / rate / 1000)\n"
-    "redis.call('PEXPIRE', KEYS[1], full + 1000)\n"
+    "if g > 0 then\n"
+    "  redis.call('SET', KEYS[1], string.format('%.6f %d', math.floor(lvl * 1000000) / 1000000, last),"
+    " 'PX', full + 1000)\n"
+    "end\n"
     "local nxt = 0\n"
     "if lvl < 1 then nxt = math.ceil((1 - lvl) / rate / 1000) end\n"
     "return {g, math.floor(lvl), full, nxt}\n";
@@ -113,6 +120,9 @@ static struct {
     bool freeing;        /* we are freeing ac: its callbacks are no news */
     uint64_t next_connect_ms, backoff_ms;
     bool timer_armed;
+    uint64_t ud_t;     /* user_data of the armed timeout, to remove it */
+    uint64_t timer_at; /* [ns] when it fires */
+    struct __kernel_timespec timer_ts;
     bool stopping;
     char sha[41];
 
@@ -126,8 +136,6 @@ static struct {
 
 /* a shard queued an ask: the control thread runs its loop (and this tick) now */
 static _Atomic bool poked;
-
-static struct __kernel_timespec tick_ts = {.tv_sec = 0, .tv_nsec = TICK_NS};
 
 void tp_rlstore_stats(struct tp_rlstore_stats *out)
 {
@@ -172,11 +180,14 @@ static void ev_del_read(void *p)
     st.want_r = false;
 }
 
+/* Output waits for flush_out at the end of the tick or completion (which
+ * writes at once), except while connecting: then POLLOUT says connected. */
 static void ev_add_write(void *p)
 {
     (void)p;
     st.want_w = true;
-    arm();
+    if (st.ac && !(st.ac->c.flags & REDIS_CONNECTED))
+        arm();
 }
 
 static void ev_del_write(void *p)
@@ -218,6 +229,48 @@ static void wake_flush(void)
     for (unsigned i = 0; m && tp_rt.shards && i < tp_rt.n_shards; i++)
         if ((m & (1ull << (i & 63))) && tp_rt.shards[i])
             tp_shard_post(tp_rt.shards[i], TP_MSG_LEASE);
+}
+
+/* Writes what hiredis holds now, on a connected socket (it is writable but
+ * for a full send buffer: then, and for the connect, a POLLOUT waits), and
+ * arms the polls still wanted. Saves a poll and a loop iteration per batch. */
+static void flush_out(void)
+{
+    if (st.ac && !st.freeing && st.want_w && !st.armed_w && (st.ac->c.flags & REDIS_CONNECTED))
+        redisAsyncHandleWrite(st.ac);
+    arm();
+}
+
+/* ---- timing ---- */
+
+/* One timeout on the ring at <at_ns> (now + <in_ns>), or earlier: it wakes the
+ * loop so the tick sees an answer's deadline pass, a held-back pool come due
+ * or a reconnect. */
+static void timer_at(uint64_t now_ns, uint64_t in_ns)
+{
+    struct io_uring_sqe *sqe;
+
+    if (st.timer_armed && st.timer_at <= now_ns + in_ns)
+        return;
+    if (st.timer_armed)
+        io_uring_prep_timeout_remove(tp_ctl_sqe(-1, 0, 0), st.ud_t, 0);
+    st.timer_ts.tv_sec = (long long)(in_ns / 1000000000ull);
+    st.timer_ts.tv_nsec = (long long)(in_ns % 1000000000ull);
+    sqe = tp_ctl_sqe(st.svc, OP_TIMER, 0);
+    io_uring_prep_timeout(sqe, &st.timer_ts, 0, 0);
+    st.ud_t = sqe->user_data;
+    st.timer_at = now_ns + in_ns;
+    st.timer_armed = true;
+}
+
+/* Nothing timed is left: the armed timeout goes (its -ECANCELED completion
+ * comes with the next submit, without a wait). */
+static void timer_drop(void)
+{
+    if (!st.timer_armed)
+        return;
+    io_uring_prep_timeout_remove(tp_ctl_sqe(-1, 0, 0), st.ud_t, 0);
+    st.timer_armed = false;
 }
 
 /* ---- connection ---- */
@@ -457,6 +510,25 @@ static bool has_global(const struct tp_snapshot *s)
     return false;
 }
 
+/* The timeout runs the tick while something is timed: the first answer's
+ * deadline, a pool held back after a short lease, a reconnect (every 2 ms
+ * for those two). Asks need none: a shard queueing one wakes the control
+ * thread (ask_notify); answers arrive as poll completions. */
+static void store_timer(uint64_t now, bool held_back, bool reconnect)
+{
+    uint64_t first = UINT64_MAX;
+
+    for (unsigned i = 0; st.n_calls && i < MAX_CALLS; i++)
+        if (st.calls[i].used && st.calls[i].deadline_ns < first)
+            first = st.calls[i].deadline_ns;
+    if (held_back || reconnect)
+        first = first < now + TICK_NS ? first : now + TICK_NS;
+    if (first == UINT64_MAX)
+        timer_drop();
+    else
+        timer_at(now, first > now ? first - now + 100000 : 100000);
+}
+
 static void store_tick(uint64_t now_ms, bool draining)
 {
     struct tp_snapshot *s = tp_snapshot_current;
@@ -484,20 +556,15 @@ static void store_tick(uint64_t now_ms, bool draining)
             }
     }
     wake_flush();
-    /* the timer runs this tick while something is timed: an answer's
-     * deadline, a pool held back after a short lease, a reconnect. Asks need
-     * none: a shard queueing one wakes the control thread (ask_notify). */
-    if (!st.timer_armed && (st.n_calls || held_back || (global && !st.ac && !st.stopping))) {
-        struct io_uring_sqe *sqe = tp_ctl_sqe(st.svc, OP_TIMER, 0);
-        io_uring_prep_timeout(sqe, &tick_ts, 0, 0);
-        st.timer_armed = true;
-    }
+    flush_out();
+    store_timer(now, held_back, global && !st.ac && !st.stopping);
 }
 
 static void store_cqe(unsigned op, uint32_t slot, int res)
 {
     if (op == OP_TIMER) {
-        st.timer_armed = false;
+        if (res != -ECANCELED)
+            st.timer_armed = false; /* fired (a removed one was forgotten when removed) */
         return;
     }
     if (slot != st.gen)
@@ -511,7 +578,7 @@ static void store_cqe(unsigned op, uint32_t slot, int res)
         if (st.ac && st.want_w && res != -ECANCELED)
             redisAsyncHandleWrite(st.ac);
     }
-    arm();
+    flush_out();
     wake_flush();
 }
 
