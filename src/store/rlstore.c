@@ -243,9 +243,11 @@ static void flush_out(void)
 
 /* ---- timing ---- */
 
-/* One timeout on the ring at <at_ns> (now + <in_ns>), or earlier: it wakes the
- * loop so the tick sees an answer's deadline pass, a held-back pool come due
- * or a reconnect. */
+/* One timeout on the ring at now + <in_ns>, or earlier: it wakes the loop so
+ * the tick sees an answer's deadline pass, a held-back pool come due or a
+ * reconnect. It also completes with the ring's next completion (count 1),
+ * normally the answer itself: then it costs neither a wake-up nor a removal,
+ * and the tick that follows arms it again if calls are still out. */
 static void timer_at(uint64_t now_ns, uint64_t in_ns)
 {
     struct io_uring_sqe *sqe;
@@ -257,20 +259,10 @@ static void timer_at(uint64_t now_ns, uint64_t in_ns)
     st.timer_ts.tv_sec = (long long)(in_ns / 1000000000ull);
     st.timer_ts.tv_nsec = (long long)(in_ns % 1000000000ull);
     sqe = tp_ctl_sqe(st.svc, OP_TIMER, 0);
-    io_uring_prep_timeout(sqe, &st.timer_ts, 0, 0);
+    io_uring_prep_timeout(sqe, &st.timer_ts, 1, 0);
     st.ud_t = sqe->user_data;
     st.timer_at = now_ns + in_ns;
     st.timer_armed = true;
-}
-
-/* Nothing timed is left: the armed timeout goes (its -ECANCELED completion
- * comes with the next submit, without a wait). */
-static void timer_drop(void)
-{
-    if (!st.timer_armed)
-        return;
-    io_uring_prep_timeout_remove(tp_ctl_sqe(-1, 0, 0), st.ud_t, 0);
-    st.timer_armed = false;
 }
 
 /* ---- connection ---- */
@@ -523,9 +515,8 @@ static void store_timer(uint64_t now, bool held_back, bool reconnect)
             first = st.calls[i].deadline_ns;
     if (held_back || reconnect)
         first = first < now + TICK_NS ? first : now + TICK_NS;
-    if (first == UINT64_MAX)
-        timer_drop();
-    else
+    /* nothing timed: an armed timeout is left to end with the next completion */
+    if (first != UINT64_MAX)
         timer_at(now, first > now ? first - now + 100000 : 100000);
 }
 
@@ -564,7 +555,7 @@ static void store_cqe(unsigned op, uint32_t slot, int res)
 {
     if (op == OP_TIMER) {
         if (res != -ECANCELED)
-            st.timer_armed = false; /* fired (a removed one was forgotten when removed) */
+            st.timer_armed = false; /* fired or completed by count (a removed one is replaced) */
         return;
     }
     if (slot != st.gen)
