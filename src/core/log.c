@@ -16,7 +16,9 @@
 
 #include <turnpike/log.h>
 
-static int log_journal = -1; /* -1 unknown, 0 no, 1 stderr is the journal */
+/* -1 unknown, 0 no, 1 stderr is the journal; any thread may find out first
+ * (they find the same): relaxed atomics keep that benign race defined */
+static _Atomic int log_journal = -1;
 static __thread char log_thread[24] = "main";
 
 static const char *const level_word[TP_LOG_LEVEL_COUNT] = {"error", "warn", "notice", "info", "debug"};
@@ -50,11 +52,13 @@ static void log_write(enum tp_log_level level, const char *suffix, const char *f
 {
     char line[2048];
     size_t n = 0;
-    int r;
+    int r, journal = atomic_load_explicit(&log_journal, memory_order_relaxed);
 
-    if (log_journal < 0)
-        log_journal = detect_journal();
-    if (log_journal) {
+    if (journal < 0) {
+        journal = detect_journal();
+        atomic_store_explicit(&log_journal, journal, memory_order_relaxed);
+    }
+    if (journal) {
         r = snprintf(line, sizeof(line), "<%d>[%s] ", level_prio[level], log_thread);
     } else {
         struct timespec ts;
