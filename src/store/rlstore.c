@@ -17,9 +17,10 @@
  *     the calls of one tick go out pipelined in one write.
  * A shard that queues an ask wakes the control thread (the eventfd of
  * tp_shard_post, at most once per loop iteration), so an ask goes out at
- * once; a 2 ms timeout is armed on the ring only while something is timed
- * (answers due, pools held back after a short lease, a reconnect). The
- * answer of a pool some requests wait for wakes their shards (TP_MSG_LEASE).
+ * once. A timeout is armed on the ring only while something is timed: the
+ * first answer's deadline (store_timer), and every 2 ms while pools are held
+ * back after a short lease or a reconnect is due. The answer of a pool some
+ * requests wait for wakes their shards (TP_MSG_LEASE).
  * A call holds a reference on its table until the answer (or the failure)
  * arrives. While the store does not answer, the pools say FALLBACK to the
  * shards and `on_failure` decides there. [control]
