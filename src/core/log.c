@@ -16,9 +16,9 @@
 
 #include <turnpike/log.h>
 
-/* -1 unknown, 0 no, 1 stderr is the journal; any thread may find out first
- * (they find the same): relaxed atomics keep that benign race defined */
-static _Atomic int log_journal = -1;
+/* -1 unknown, 0 no, 1 stderr is the journal; found out by whichever thread logs first
+ * (every thread finds the same answer, so a race only repeats the check) */
+static atomic_int log_journal = -1;
 static __thread char log_thread[24] = "main";
 
 static const char *const level_word[TP_LOG_LEVEL_COUNT] = {"error", "warn", "notice", "info", "debug"};
@@ -52,7 +52,9 @@ static void log_write(enum tp_log_level level, const char *suffix, const char *f
 {
     char line[2048];
     size_t n = 0;
-    int r, journal = atomic_load_explicit(&log_journal, memory_order_relaxed);
+    int r;
+
+    int journal = atomic_load_explicit(&log_journal, memory_order_relaxed);
 
     if (journal < 0) {
         journal = detect_journal();

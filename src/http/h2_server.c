@@ -64,6 +64,8 @@
 #define H2_MAX_OUTBOUND_ACK 64            /* SETTINGS/PING acks queued before the client counts as flooding */
 #define H2_FREE_CAP         1024          /* stream objects kept on the shard's free list */
 #define H2_GOAWAY_LINGER_MS 1000          /* [ms] for a GOAWAY to leave before the connection closes */
+#define H2_GAPS             8  /* ranges of stream ids a client skipped, remembered per connection */
+#define H2_NG_STREAMS_SLACK 16 /* nghttp2's own stream limit over ours (see tp_h2_start) */
 
 _Static_assert(H2_BODY_BLOCKS *TP_BLOCK_SIZE > H2_STREAM_WINDOW + TP_BLOCK_SIZE,
                "a stream's window of request body fits its staged blocks");
@@ -123,15 +125,27 @@ struct tp_h2_session {
     struct tp_block *wbuf; /* control frames being gathered (send_cb) */
     uint64_t client_idle_ms;
     uint32_t max_header_bytes;
+    uint32_t max_streams; /* h2_max_concurrent_streams: more open streams are refused here */
+    uint32_t ng_streams;  /* the larger limit nghttp2 itself is given (the value patched in send_cb) */
+    uint32_t refused;     /* our REFUSED_STREAM resets not sent yet (counted when submitted) */
     uint32_t max_resets;
     uint64_t reset_window; /* [s] second the reset count is for */
     uint32_t resets;
-    bool in_ng;     /* inside nghttp2 (mem_recv or send): no re-entry */
-    bool want_send; /* output was asked for while in_ng */
-    bool goaway;    /* a graceful GOAWAY was submitted (drain, listener removed) */
-    bool closing;   /* the transport is closing (or closes once the GOAWAY left) */
-    bool linger;    /* close once the send queue is empty */
-    bool kicked;    /* on the shard's kick list */
+    /* stream ids (RFC 9113 5.1.1): the highest a HEADERS opened, and the ids
+     * skipped below it, which were never opened and may not be opened now */
+    int32_t max_sid;
+    struct {
+        int32_t lo, hi;
+    } gap[H2_GAPS];
+    uint8_t n_gaps, gap_next;
+    uint8_t out_seen;   /* bytes of output seen, up to the end of our SETTINGS' first entry */
+    uint32_t fail_code; /* a callback's connection error (logged there), or 0 */
+    bool in_ng;         /* inside nghttp2 (mem_recv or send): no re-entry */
+    bool want_send;     /* output was asked for while in_ng */
+    bool goaway;        /* a graceful GOAWAY was submitted (drain, listener removed) */
+    bool closing;       /* the transport is closing (or closes once the GOAWAY left) */
+    bool linger;        /* close once the send queue is empty */
+    bool kicked;        /* on the shard's kick list */
 };
 
 static const struct tp_transport_ops h2_proto;
@@ -433,6 +447,54 @@ static bool connection_specific(const uint8_t *name, size_t nlen, const uint8_t 
     }
 }
 
+/* Whether client stream id <id> lies in a range the client skipped (never opened). */
+static bool sid_skipped(const struct tp_h2_session *s, int32_t id)
+{
+    for (unsigned i = 0; i < s->n_gaps; i++)
+        if (id >= s->gap[i].lo && id <= s->gap[i].hi)
+            return true;
+    return false;
+}
+
+/*
+ * Stream-id bookkeeping nghttp2 leaves out: a HEADERS on an odd id below the
+ * highest one the client opened, for which nghttp2 holds no stream, is
+ * ignored by nghttp2 (it cannot tell a stream closed long ago from one never
+ * opened: with no_closed_streams it keeps neither). An id the client skipped
+ * was never opened, so such a HEADERS opens a new stream with a lower id than
+ * one already opened: a connection error PROTOCOL_ERROR (RFC 9113 5.1.1).
+ * A HEADERS for a stream that was opened and has closed stays ignored (late
+ * trailers after our RST_STREAM are legitimate). Skipped ranges are
+ * remembered per connection, the H2_GAPS newest; a client that opens its
+ * ids in order (every real one) has none. Even ids, DATA or WINDOW_UPDATE on
+ * idle streams and the rest of the stream state machine are nghttp2's.
+ */
+static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *user)
+{
+    struct tp_h2_session *s = user;
+    int32_t id = hd->stream_id;
+
+    if (hd->type != NGHTTP2_HEADERS || !(id & 1))
+        return 0;
+    if (id > s->max_sid) {
+        if (id > s->max_sid + 2) {
+            s->gap[s->gap_next].lo = s->max_sid + 1;
+            s->gap[s->gap_next].hi = id - 1;
+            s->gap_next = (uint8_t)((s->gap_next + 1) % H2_GAPS);
+            if (s->n_gaps < H2_GAPS)
+                s->n_gaps++;
+        }
+        s->max_sid = id;
+        return 0;
+    }
+    if (nghttp2_session_find_stream(ng, id) || !sid_skipped(s, id))
+        return 0;
+    TP_LOG_RL(TP_LOG_INFO, "client %.*s: HTTP/2: HEADERS opening stream %d after stream %d; closing",
+              s->conn.peer_len, s->conn.peer, id, s->max_sid);
+    s->fail_code = NGHTTP2_PROTOCOL_ERROR;
+    return NGHTTP2_ERR_CALLBACK_FAILURE; /* process_input answers GOAWAY(fail_code) */
+}
+
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *user)
 {
     struct tp_h2_session *s = user;
@@ -441,6 +503,16 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
 
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
+    if (s->n_streams >= s->max_streams) {
+        /* over h2_max_concurrent_streams, whether or not the client has
+         * acknowledged it: refused, and counted as a reset at once (a burst
+         * of them ends in ENHANCE_YOUR_CALM before nghttp2's wider limit) */
+        if (nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_REFUSED_STREAM) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        s->refused++;
+        count_reset(sh, s);
+        return 0; /* no stream object: the header block is decoded and dropped */
+    }
     st = stream_new(sh, s, f->hd.stream_id);
     if (!st)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* out of memory: nghttp2 resets the stream */
@@ -798,8 +870,11 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *f, void *user
         count_goaway(sh, s, f->goaway.error_code);
         return 0;
     case NGHTTP2_RST_STREAM:
-        if (f->rst_stream.error_code == NGHTTP2_REFUSED_STREAM)
+        /* ours were counted when submitted; nghttp2's own (past its wider limit) here */
+        if (f->rst_stream.error_code == NGHTTP2_REFUSED_STREAM && !s->refused)
             count_reset(sh, s);
+        else if (f->rst_stream.error_code == NGHTTP2_REFUSED_STREAM)
+            s->refused--;
         return 0;
     case NGHTTP2_HEADERS:
     case NGHTTP2_DATA:
@@ -851,6 +926,30 @@ static bool wbuf_flush(struct tp_shard *sh, struct tp_h2_session *s)
     return false;
 }
 
+/*
+ * SETTINGS_MAX_CONCURRENT_STREAMS: nghttp2 refuses streams over the limit it
+ * announced with REFUSED_STREAM only until the client acknowledged it, and
+ * treats them as a connection error after that. The contract wants
+ * REFUSED_STREAM (counted as resets) either way, so nghttp2 is given a wider
+ * limit (ng_streams: over max_streams by h2_max_resets_per_s and some slack)
+ * and on_begin_headers refuses past max_streams itself; the client is told
+ * max_streams: the first frame the session sends is our SETTINGS, whose first
+ * entry is MAX_CONCURRENT_STREAMS (tp_h2_start), and its value is rewritten
+ * as it is copied out. The first call carries that frame whole (nothing is
+ * queued yet, so it is never cut); anything else is a bug: the connection fails.
+ */
+#define SETTINGS_MCS_VALUE (9 + 2) /* offset of the first entry's value: frame header, entry id */
+#define SETTINGS_MCS_END   (SETTINGS_MCS_VALUE + 4)
+
+static bool settings_patch(struct tp_h2_session *s, const uint8_t *data, size_t len)
+{
+    const uint8_t *v = data + SETTINGS_MCS_VALUE;
+
+    return s->out_seen == 0 && len >= SETTINGS_MCS_END && data[3] == NGHTTP2_SETTINGS && !(data[4] & 1) &&
+           data[9] == 0 && data[10] == NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS &&
+           ((uint32_t)v[0] << 24 | (uint32_t)v[1] << 16 | (uint32_t)v[2] << 8 | v[3]) == s->ng_streams;
+}
+
 /* Frames other than DATA payloads, serialized by nghttp2: copied into blocks. */
 static ssize_t send_cb(nghttp2_session *ng, const uint8_t *data, size_t len, int flags, void *user)
 {
@@ -862,6 +961,8 @@ static ssize_t send_cb(nghttp2_session *ng, const uint8_t *data, size_t len, int
     (void)flags;
     if (over_budget(s, 2))
         return NGHTTP2_ERR_WOULDBLOCK;
+    if (s->out_seen < SETTINGS_MCS_END && !settings_patch(s, data, len))
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
     while (done < len) {
         struct tp_block *b = s->wbuf;
         if (!b || b->len == b->size) {
@@ -875,9 +976,20 @@ static ssize_t send_cb(nghttp2_session *ng, const uint8_t *data, size_t len, int
         }
         size_t n = b->size - b->len < len - done ? b->size - b->len : len - done;
         memcpy(b->data + b->len, data + done, n);
+        if (s->out_seen < SETTINGS_MCS_END && done == 0 && n >= SETTINGS_MCS_END) {
+            /* our first SETTINGS: the client is told h2_max_concurrent_streams */
+            uint8_t *v = (uint8_t *)b->data + b->len + SETTINGS_MCS_VALUE;
+            v[0] = (uint8_t)(s->max_streams >> 24);
+            v[1] = (uint8_t)(s->max_streams >> 16);
+            v[2] = (uint8_t)(s->max_streams >> 8);
+            v[3] = (uint8_t)s->max_streams;
+            s->out_seen = SETTINGS_MCS_END;
+        }
         b->len += (uint32_t)n;
         done += n;
     }
+    if (s->out_seen < SETTINGS_MCS_END)
+        return NGHTTP2_ERR_CALLBACK_FAILURE; /* not announced as it must be: never sent */
     return done ? (ssize_t)done : NGHTTP2_ERR_WOULDBLOCK;
 }
 
@@ -1546,10 +1658,14 @@ static void process_input(struct tp_shard *sh, struct tp_h2_session *s)
         ssize_t rv = nghttp2_session_mem_recv(s->ng, (const uint8_t *)data, len);
         s->in_ng = false;
         if (rv < 0) {
-            TP_LOG_RL(TP_LOG_INFO, "client %.*s: HTTP/2: %s", s->conn.peer_len, s->conn.peer,
-                      nghttp2_strerror((int)rv));
+            if (!s->fail_code)
+                TP_LOG_RL(TP_LOG_INFO, "client %.*s: HTTP/2: %s", s->conn.peer_len, s->conn.peer,
+                          nghttp2_strerror((int)rv));
             tp_inq_clear(sh, &t->in);
-            s_fail(sh, s, rv == NGHTTP2_ERR_FLOODED ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
+            s_fail(sh, s,
+                   s->fail_code                ? s->fail_code
+                   : rv == NGHTTP2_ERR_FLOODED ? NGHTTP2_ENHANCE_YOUR_CALM
+                                               : NGHTTP2_PROTOCOL_ERROR);
             return;
         }
         tp_inq_consume(sh, &t->in, len);
@@ -1706,6 +1822,7 @@ static void cbs_init(void)
         return;
     nghttp2_session_callbacks_set_send_callback(cbs, send_cb);
     nghttp2_session_callbacks_set_send_data_callback(cbs, send_data_cb);
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, on_begin_frame);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
@@ -1743,8 +1860,13 @@ bool tp_h2_start(struct tp_shard *sh, struct tp_transport *t, const struct tp_ds
         free(s);
         return false;
     }
+    s->max_streams = lim->h2_max_streams;
+    s->max_resets = lim->h2_max_resets_per_s;
+    uint64_t ngmax = (uint64_t)s->max_streams + s->max_resets + H2_NG_STREAMS_SLACK;
+    s->ng_streams = ngmax > INT32_MAX ? INT32_MAX : (uint32_t)ngmax;
     nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, lim->h2_max_streams},
+        /* first: send_cb tells the client max_streams instead (settings_patch) */
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, s->ng_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_STREAM_WINDOW},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)lim->max_header_bytes},
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
@@ -1761,7 +1883,6 @@ bool tp_h2_start(struct tp_shard *sh, struct tp_transport *t, const struct tp_ds
     s->conn = *conn;
     s->client_idle_ms = lim->client_idle_ms;
     s->max_header_bytes = (uint32_t)lim->max_header_bytes;
-    s->max_resets = lim->h2_max_resets_per_s;
     s->next = hs->h2_sessions;
     if (hs->h2_sessions)
         hs->h2_sessions->prev = s;

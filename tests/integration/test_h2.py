@@ -18,8 +18,8 @@ import h2.events
 import h2.settings
 import pytest
 
-from tp_harness import T, Turnpike, build_response, get, payload, sha256, upstream_cfg, wait_until
-from tp_more import metrics
+from tp_harness import T, Turnpike, build_response, free_port, get, payload, sha256, upstream_cfg, wait_until
+from tp_more import derive, metrics, reload
 
 ROUTES = [{"match": {"path_prefix": "/"}, "upstream": "u"}]
 
@@ -364,6 +364,78 @@ def test_drain_goaway_lets_streams_finish(h):
     assert b"finished" in raw, raw
     c.close()
     assert tp.wait(T(20)) == 0
+
+
+def test_reload_during_open_streams(h):
+    """A reload while streams are open: a stream keeps the rules it started with (the
+    snapshot it took), a new stream on the same connection gets the new ones."""
+    gate = threading.Event()
+
+    def handler(req, conn):
+        if req.target == "/slow":
+            gate.wait(T(20))
+        return build_response(200, req.target.encode())
+
+    up = h.upstream(handler)
+
+    def routes(tag):
+        return [{"name": "all", "match": {"path_prefix": "/"}, "upstream": "u",
+                 "response_headers": {"set": {"x-config": tag}}}]
+
+    tp = start(h, {"upstreams": [upstream_cfg("u", up)], "routes": routes("old")})
+    c = H2Client(tp.port)
+    status, hs, _ = c.get("/before")
+    assert status == 200 and hs["x-config"] == "old", hs
+    slow = c.request("/slow")
+    up.wait_heads(2)
+    reload(tp, derive(tp, routes=routes("new")))
+    status, hs, body = c.get("/after")
+    assert status == 200 and hs["x-config"] == "new" and body == b"/after", (status, hs, body)
+    assert not c.streams[slow]["ended"]
+    gate.set()
+    st = c.response(slow)
+    assert st["headers"][":status"] == "200" and st["headers"]["x-config"] == "old", st["headers"]
+    assert st["data"] == b"/slow"
+    c.close()
+
+
+def test_listener_removed_goaway_streams_finish(h):
+    """A reload that removes a listener: its HTTP/2 connections get GOAWAY NO_ERROR with
+    the last stream id, the open stream finishes, then the connection closes; the other
+    listener goes on serving."""
+    gate = threading.Event()
+
+    def handler(req, conn):
+        if req.target == "/slow":
+            gate.wait(T(20))
+        return build_response(200, b"done " + req.target.encode())
+
+    up = h.upstream(handler)
+    tp = start(h, cfg(up))
+    public = tp.config["listeners"][0]
+    p2 = free_port()
+    reload(tp, derive(tp, listeners=[public, {"name": "extra", "address": f"127.0.0.1:{p2}", "h2c": True}]))
+    c = H2Client(p2)
+    assert c.get("/first")[0] == 200
+    sid = c.request("/slow")
+    up.wait_heads(2)
+    reload(tp, derive(tp, listeners=[public]))
+    c.wait(lambda: c.goaway is not None, T(10), "GOAWAY")
+    assert c.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR and c.goaway.last_stream_id == sid, c.goaway
+    gate.set()
+    raw = b""  # python-h2 takes no frame after a GOAWAY: the rest is read raw up to the close
+    while True:
+        data = c.sock.recv(65536)
+        if not data:
+            break
+        raw += data
+    assert b"done /slow" in raw, raw
+    c.close()
+    c2 = H2Client(tp.port)
+    assert c2.get("/still")[2] == b"done /still"
+    c2.close()
+    wait_until(lambda: metrics(tp).value("turnpike_h2_streams_active", listener="extra") in (0, None), T(10),
+               what="no stream left on the removed listener")
 
 
 def test_metrics_and_access_log(h, tmp_path):
