@@ -16,6 +16,7 @@
 
 #include <turnpike/breaker.h>
 #include <turnpike/clock.h>
+#include <turnpike/lease.h>
 #include <turnpike/ratelimit.h>
 
 #include "admin/admin.h"
@@ -24,6 +25,7 @@
 #include "rt/control.h"
 #include "rt/runtime.h"
 #include "rt/snapshot.h"
+#include "store/rlstore.h"
 
 static const char *const class_label[5] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
 
@@ -198,6 +200,53 @@ void tp_metrics_render(struct tp_abuf *b)
         labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
         sample(b, "turnpike_ratelimit_table_full_total", &lb,
                (unsigned long long)(tp_ratelimit_table_full_total(s->routes[i].rl)));
+    }
+
+    family(b, "turnpike_ratelimit_fallback_total", "counter",
+           "Requests of a scope: global rate limit decided by rate_limit_store.on_failure (store down).");
+    for (size_t i = 0; i < s->n_routes; i++) {
+        uint64_t v = 0;
+        if (!s->routes[i].lease)
+            continue;
+        for (unsigned sh = 0; sh < ns; sh++)
+            v += tp_stat_get(&s->routes[i].st->stats[sh].rl_fallback);
+        labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
+        sample(b, "turnpike_ratelimit_fallback_total", &lb, v);
+    }
+    family(b, "turnpike_ratelimit_leases_total", "counter",
+           "Token leases a scope: global rate limit asked the store for.");
+    for (size_t i = 0; i < s->n_routes; i++) {
+        struct tp_lease_stats ls;
+        if (!s->routes[i].lease)
+            continue;
+        tp_lease_stats(s->routes[i].lease, &ls);
+        labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
+        sample(b, "turnpike_ratelimit_leases_total", &lb, ls.asks);
+    }
+    family(b, "turnpike_ratelimit_leased_tokens_total", "counter",
+           "Tokens a scope: global rate limit received from the store.");
+    for (size_t i = 0; i < s->n_routes; i++) {
+        struct tp_lease_stats ls;
+        if (!s->routes[i].lease)
+            continue;
+        tp_lease_stats(s->routes[i].lease, &ls);
+        labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
+        sample(b, "turnpike_ratelimit_leased_tokens_total", &lb, ls.granted);
+    }
+    {
+        struct tp_rlstore_stats ss;
+        tp_rlstore_stats(&ss);
+        if (ss.configured) {
+            family(b, "turnpike_ratelimit_store_up", "gauge",
+                   "1 while the rate_limit_store answers, 0 while global limits fall back to on_failure.");
+            tp_abuf_printf(b, "turnpike_ratelimit_store_up %d\n", ss.up ? 1 : 0);
+            family(b, "turnpike_ratelimit_store_errors_total", "counter",
+                   "Rate limit store failures: connections refused or lost, timeouts, error replies.");
+            tp_abuf_printf(b, "turnpike_ratelimit_store_errors_total %llu\n", (unsigned long long)ss.errors);
+            family(b, "turnpike_ratelimit_store_calls_total", "counter",
+                   "Lease calls the rate limit store answered.");
+            tp_abuf_printf(b, "turnpike_ratelimit_store_calls_total %llu\n", (unsigned long long)ss.calls);
+        }
     }
 
     /* ---- upstreams and endpoints ---- */

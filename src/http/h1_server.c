@@ -826,7 +826,7 @@ static void process_input(struct tp_shard *sh, struct tp_conn *c)
             t->deadline_ms = sh->now_ms + c->req->limits.client_idle_ms;
             llhttp_resume(&c->hp.p);
             on_request_head(sh, c);
-            if (c->req)
+            if (c->req && !c->req->parked) /* a parked request still needs its head */
                 tp_head_release(sh, &c->req->head);
             continue;
         }
