@@ -228,6 +228,9 @@ struct tp_shard {
     tp_stat_t rejected_conns;  /* over max_connections or the open-files limit */
     tp_stat_t accept_paused_n; /* accepts paused: out of descriptors or memory */
     tp_stat_t enobufs;         /* buffer ring exhaustion events */
+    tp_stat_t ring_sqes;       /* SQEs prepared (tp_sqe) */
+    tp_stat_t ring_cqes;       /* completions reaped */
+    tp_stat_t ring_waits;      /* loop iterations: one submit-and-wait each */
 };
 
 /** The shard running on this thread (NULL on other threads). */
