@@ -587,6 +587,24 @@ static int cpu_list(int **out)
     return n;
 }
 
+/* The control thread (reloads: parse and build; admin, health checks, DNS)
+ * moves to the CPUs no worker is pinned to, when there are any: a reload
+ * then does not take CPU time from a worker. The shards, created already,
+ * pin themselves. */
+static void keep_off_shard_cpus(void)
+{
+    cpu_set_t set;
+
+    if (tp_rt.n_shards >= ctl.n_cpus)
+        return;
+    CPU_ZERO(&set);
+    for (unsigned i = tp_rt.n_shards; i < ctl.n_cpus; i++)
+        CPU_SET(ctl.cpus[i], &set);
+    int ret = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    if (ret)
+        tp_warn("cannot move the control thread off the workers' CPUs: %s", strerror(ret));
+}
+
 /* Descriptors kept free of client connections: upstream connections of the
  * requests in flight, the admin listener's 64 connections, health checks,
  * log files, listeners. */
@@ -757,6 +775,7 @@ int tp_runtime_run(struct tp_config *cfg, const char *path)
         tp_err("shards did not start in time");
         goto stop;
     }
+    keep_off_shard_cpus();
     for (unsigned k = 0; k < n_services; k++)
         if (services[k]->started && services[k]->started() < 0)
             goto stop;
