@@ -5,13 +5,18 @@
  * every answer is in. wrk runs for a duration; bench/instr.sh needs a fixed
  * request count so that instructions per request do not depend on timing.
  *
- *   reqs HOST PORT CONNS TOTAL [PATH] [--hold]
+ *   reqs HOST PORT CONNS TOTAL [PATH] [--hold] [--spread[=K]]
  *
  * Prints one line: "REQS done=N ok=N non2xx=N errors=N conns=C us=T".
  * With --hold, after the last answer the connections stay open (idle, one
  * request served on each) until a line arrives on stdin or stdin closes:
  * bench/idle_memory.sh measures the gateway's memory meanwhile, and the line
  * "HELD n" is printed once every connection is idle.
+ *
+ * Connections beyond 20,000 need more than one source address (the
+ * ephemeral port range holds about 28,000): with --spread[=K], connection i
+ * is bound to 127.0.0.(2 + (K + i) / 20000) (IP_BIND_ADDRESS_NO_PORT, any
+ * port); K lets several reqs processes share the addresses.
  *
  * Responses must carry Content-Length (the bench upstream's do); chunked
  * bodies are not parsed. Epoll, one thread, no dependencies.
@@ -100,16 +105,18 @@ static int parse(struct conn *c)
 int main(int argc, char **argv)
 {
     if (argc < 5) {
-        fprintf(stderr, "usage: %s HOST PORT CONNS TOTAL [PATH] [--hold]\n", argv[0]);
+        fprintf(stderr, "usage: %s HOST PORT CONNS TOTAL [PATH] [--hold] [--spread[=K]]\n", argv[0]);
         return 2;
     }
     const char *host = argv[1], *path = "/";
     int port = atoi(argv[2]);
     unsigned nconn = (unsigned)atoi(argv[3]), total = (unsigned)atoi(argv[4]);
-    int hold = 0;
+    int hold = 0, spread = 0;
     for (int i = 5; i < argc; i++) {
         if (strcmp(argv[i], "--hold") == 0)
             hold = 1;
+        else if (strncmp(argv[i], "--spread", 8) == 0)
+            spread = 1 + (argv[i][8] == '=' ? atoi(argv[i] + 9) : 0);
         else
             path = argv[i];
     }
@@ -137,30 +144,48 @@ int main(int argc, char **argv)
         return 1;
     }
     long long t0 = now_us();
-    unsigned live = 0;
-    for (unsigned i = 0; i < nconn; i++) {
-        struct conn *c = &cs[i];
-        c->quota = total / nconn + (i < total % nconn ? 1 : 0);
-        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        int one = 1;
-        if (c->fd < 0) {
-            perror("socket");
-            return 1;
-        }
-        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || send_req(c) != 0) {
-            errors++;
-            close(c->fd);
-            c->fd = -1;
-            continue;
-        }
-        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i};
-        epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
-        live++;
-    }
-    unsigned idle = 0;
+    unsigned live = 0, idle = 0, next = 0, inflight = 0;
+    /* At most WINDOW connections wait for an answer at a time: a proxy
+     * opens an upstream connection per concurrent request, and 100,000 at
+     * once would need as many. Each connection sends its first request as
+     * soon as it is connected. */
+    const unsigned window = 512;
     struct epoll_event evs[256];
-    while (idle < live) {
+    for (;;) {
+        while (next < nconn && inflight < window) {
+            struct conn *c = &cs[next];
+            c->quota = total / nconn + (next < total % nconn ? 1 : 0);
+            c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            int one = 1;
+            if (c->fd < 0) {
+                perror("socket");
+                return 1;
+            }
+            setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            if (spread) {
+                struct sockaddr_in src = {.sin_family = AF_INET};
+                src.sin_addr.s_addr = htonl(0x7f000002u + (unsigned)(spread - 1 + (int)next) / 20000);
+                setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+                if (bind(c->fd, (struct sockaddr *)&src, sizeof(src)) != 0) {
+                    perror("bind");
+                    return 1;
+                }
+            }
+            if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || send_req(c) != 0) {
+                errors++;
+                close(c->fd);
+                c->fd = -1;
+                next++;
+                continue;
+            }
+            struct epoll_event ev = {.events = EPOLLIN, .data.u32 = next};
+            epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+            live++;
+            inflight++;
+            next++;
+        }
+        if (next == nconn && idle >= live)
+            break;
         int n = epoll_wait(ep, evs, 256, 10000);
         if (n == 0) {
             fprintf(stderr, "reqs: no progress for 10 s (%u of %u connections done)\n", idle, live);
@@ -176,6 +201,7 @@ int main(int argc, char **argv)
                 close(c->fd);
                 c->fd = -1;
                 live--;
+                inflight--;
                 continue;
             }
             if (done == 0 || c->got < c->sent)
@@ -187,10 +213,12 @@ int main(int argc, char **argv)
                     close(c->fd);
                     c->fd = -1;
                     live--;
+                    inflight--;
                 }
             } else {
                 epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
                 idle++;
+                inflight--;
             }
         }
     }
