@@ -377,14 +377,17 @@ static bool utf8_valid(const char *buf, size_t len, struct tp_cfg_errs *errs)
  * 5 s, "did not finish" (it is killed). A helper that had served before and
  * is found dead (killed from outside) is replaced and the text asked again.
  * Without the helper (programs other than turnpike linking the config
- * module, or no helper could be started) the check forks the caller, as
- * before.
+ * module, or no helper could be started, or one that never said hello:
+ * /proc/self/exe is not turnpike under valgrind) the check forks the
+ * caller, as before.
  */
 #define GUARD_TIMEOUT_MS 5000
 #define GUARD_FD         3
 
 enum { GUARD_OK = 0, GUARD_CRASHED = 1, GUARD_HUNG = 2, GUARD_UNKNOWN = 3, GUARD_RETRY = 4 };
-#define GUARD_LAST 0x80 /* in the helper's answer: it exits after this one */
+#define GUARD_LAST     0x80 /* in the helper's answer: it exits after this one */
+#define GUARD_HELLO    'R'  /* the helper's first byte: it runs */
+#define GUARD_HELLO_MS 5000
 
 static int guard_parse(const char *buf, size_t len)
 {
@@ -505,6 +508,11 @@ int tp_config_guard_helper_main(void)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() == 1)
         return 0;
+    /* ready: a helper that cannot run (wrong binary behind the path, e.g.
+     * under valgrind) never says so, and the gateway forks instead */
+    unsigned char hello = GUARD_HELLO;
+    if (!write_full(GUARD_FD, &hello, 1))
+        return 0;
     for (;;) {
         uint64_t len;
         if (!read_full(GUARD_FD, &len, sizeof(len)))
@@ -602,6 +610,18 @@ static bool guard_start(void)
         return false;
     }
     guard.fd = sv[0];
+    /* wait (bounded) for its hello */
+    struct pollfd pfd = {.fd = guard.fd, .events = POLLIN};
+    unsigned char hello = 0;
+    int r;
+    do
+        r = poll(&pfd, 1, GUARD_HELLO_MS);
+    while (r < 0 && errno == EINTR);
+    if (r != 1 || !read_full(guard.fd, &hello, 1) || hello != GUARD_HELLO) {
+        guard_stop();
+        guard.exe = NULL; /* it will not work better next time: fork from now on */
+        return false;
+    }
     return true;
 }
 
