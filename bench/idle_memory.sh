@@ -18,7 +18,7 @@ usage() {
 usage: bench/idle_memory.sh [options]
   -n, --counts "N..."   connection counts, increasing (env COUNTS, default "2000 10000 100000")
   -p, --proxies "P..."  turnpike and/or nginx (env PROXIES, default "turnpike nginx")
-other env: TURNPIKE_BIN, NGINX_BIN, CPU_PROXY, CPU_LOAD, SETTLE (s, default 1), KEEP_TMP=1
+other env: TURNPIKE_BIN, NGINX_BIN, CPU_PROXY, CPU_LOAD, SETTLE (s, default 3: turnpike gives parked buffer memory back after 1-2 s), KEEP_TMP=1
 EOF
 }
 
@@ -27,7 +27,7 @@ EOF
 
 COUNTS=${COUNTS:-2000 10000 100000}
 PROXIES=${PROXIES:-turnpike nginx}
-SETTLE=${SETTLE:-1}
+SETTLE=${SETTLE:-3}
 while [ $# -gt 0 ]; do
 	case $1 in
 	-n | --counts) COUNTS=$2; shift 2 ;;

@@ -32,6 +32,8 @@ other env: TURNPIKE_BIN, CPU_PROXY, CPU_LOAD, READY_TIMEOUT (s, default 60), KEE
 EOF
 }
 
+# valgrind starts slowly: a longer default than lib.sh's 10 s
+READY_TIMEOUT=${READY_TIMEOUT:-60}
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -41,7 +43,6 @@ CONNS=${CONNS:-64}
 WARM=${WARM:-4000}
 TOP=${TOP:-25}
 RESULTS_DIR=${RESULTS_DIR:-}
-READY_TIMEOUT=${READY_TIMEOUT:-60}
 
 while [ $# -gt 0 ]; do
 	case $1 in
