@@ -411,8 +411,12 @@ static void bufs_trim(struct tp_shard *sh)
          * take it back whole, by registering the group anew, and let the
          * next flush put a window in. Armed receives look the group up
          * when data arrives, so they take from the new ring; nothing can
-         * take from the ring between the two calls (no io_uring_enter). */
-        if (b->avail > 2 * b->want && io_uring_unregister_buf_ring(&sh->ring, TP_BGID) == 0) {
+         * take from the ring between the two calls (no io_uring_enter).
+         * Not while completions wait in the CQ: a receive completed inline
+         * by a submit from inside this iteration (SQ full) holds a buffer
+         * of the old ring whose CQE is not seen yet. */
+        if (b->avail > 2 * b->want && io_uring_cq_ready(&sh->ring) == 0 &&
+            io_uring_unregister_buf_ring(&sh->ring, TP_BGID) == 0) {
             /* ring buffers go under the parked ones: they are the coldest */
             uint32_t n = 0;
             for (uint32_t i = 0; i < b->count; i++)
@@ -488,7 +492,8 @@ static inline int cqe_buffer(struct tp_shard *sh, const struct io_uring_cqe *cqe
     uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
     b->held++;
     b->refs[bid] = 1;
-    b->avail--;
+    if (b->flags[bid] & TP_BUF_INRING)
+        b->avail--;
     b->taken++;
     if (!(b->flags[bid] & TP_BUF_DIRTY))
         b->dirty_n++;
