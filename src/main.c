@@ -84,6 +84,11 @@ int main(int argc, char **argv)
     const char *path = TP_DEFAULT_CONFIG;
     int test_only = 0, c;
 
+    /* the parser guard's helper (see tp_config_guard_use_helper) */
+    if (argc == 2 && strcmp(argv[1], TP_CONFIG_GUARD_ARG) == 0)
+        return tp_config_guard_helper_main();
+    tp_config_guard_use_helper("/proc/self/exe");
+
     while ((c = getopt_long(argc, argv, "c:thV", opts, NULL)) != -1) {
         switch (c) {
         case 'c':

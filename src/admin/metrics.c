@@ -390,8 +390,14 @@ void tp_metrics_render(struct tp_abuf *b)
             labels_of(&lb, "listener", ls->name, "reason", goaway_reasons[k]);
             sample(b, "turnpike_h2_goaway_total", &lb, (unsigned long long)(v));
         }
-    uint64_t rejected = 0, enobufs = 0, active = 0, paused = 0;
+    uint64_t rejected = 0, enobufs = 0, active = 0, paused = 0, sqes = 0, cqes = 0, waits = 0;
+    uint64_t window = 0, resident = 0;
     for (unsigned sh = 0; sh < ns; sh++) {
+        window += tp_stat_get(&tp_rt.shards[sh]->bufs_window);
+        resident += tp_stat_get(&tp_rt.shards[sh]->bufs_dirty) * tp_rt.shards[sh]->bufs.size;
+        sqes += tp_stat_get(&tp_rt.shards[sh]->ring_sqes);
+        cqes += tp_stat_get(&tp_rt.shards[sh]->ring_cqes);
+        waits += tp_stat_get(&tp_rt.shards[sh]->ring_waits);
         rejected += tp_stat_get(&tp_rt.shards[sh]->rejected_conns);
         paused += tp_stat_get(&tp_rt.shards[sh]->accept_paused_n);
         enobufs += tp_stat_get(&tp_rt.shards[sh]->enobufs);
@@ -411,6 +417,23 @@ void tp_metrics_render(struct tp_abuf *b)
     family(b, "turnpike_buffer_ring_exhausted_total", "counter",
            "Receives that found the provided-buffer ring empty (ENOBUFS) and waited for buffers.");
     tp_abuf_printf(b, "turnpike_buffer_ring_exhausted_total %llu\n", (unsigned long long)enobufs);
+    family(b, "turnpike_buffer_ring_window", "gauge",
+           "Receive buffers the workers keep in their kernel buffer rings (grows with load, shrinks when "
+           "quiet).");
+    tp_abuf_printf(b, "turnpike_buffer_ring_window %llu\n", (unsigned long long)window);
+    family(b, "turnpike_buffer_pool_resident_bytes", "gauge",
+           "Receive buffer memory that may be resident (buffers used since their memory was last given "
+           "back to the kernel), at most.");
+    tp_abuf_printf(b, "turnpike_buffer_pool_resident_bytes %llu\n", (unsigned long long)resident);
+    family(b, "turnpike_ring_sqes_total", "counter",
+           "Submission queue entries the workers prepared (every socket operation, cancel and close).");
+    tp_abuf_printf(b, "turnpike_ring_sqes_total %llu\n", (unsigned long long)sqes);
+    family(b, "turnpike_ring_cqes_total", "counter", "Completions the workers reaped.");
+    tp_abuf_printf(b, "turnpike_ring_cqes_total %llu\n", (unsigned long long)cqes);
+    family(b, "turnpike_ring_waits_total", "counter",
+           "Worker loop iterations: each submits what was prepared and waits for completions (one "
+           "io_uring_enter).");
+    tp_abuf_printf(b, "turnpike_ring_waits_total %llu\n", (unsigned long long)waits);
     family(b, "turnpike_access_log_dropped_total", "counter",
            "Access log lines dropped because the log could not keep up.");
     tp_abuf_printf(b, "turnpike_access_log_dropped_total %llu\n", (unsigned long long)tp_accesslog_dropped());

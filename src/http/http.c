@@ -143,7 +143,7 @@ int tp_http_register(void)
     slab_conn = tp_reactor_slab_register(tp_h1s_conn_size());
     slab_uconn = tp_reactor_slab_register(tp_h1c_conn_size());
     ext_idx = tp_shard_hooks_register(&http_hooks);
-    if (slab_conn < 0 || slab_uconn < 0 || ext_idx < 0)
+    if (slab_conn < 0 || slab_uconn < 0 || ext_idx < 0 || tp_h1s_register() < 0)
         return -1;
     tp_shard_set_acceptor(tp_h1s_accept);
     return 0;

@@ -71,6 +71,12 @@ static inline void tp_stat_add(tp_stat_t *c, uint64_t v)
     atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v, memory_order_relaxed);
 }
 
+/** A gauge of one writer. */
+static inline void tp_stat_set(tp_stat_t *c, uint64_t v)
+{
+    atomic_store_explicit(c, v, memory_order_relaxed);
+}
+
 static inline uint64_t tp_stat_get(const tp_stat_t *c)
 {
     return atomic_load_explicit((tp_stat_t *)c, memory_order_relaxed);
