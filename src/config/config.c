@@ -1958,14 +1958,6 @@ static void route_end(struct cctx *c, struct walk *w)
         err(c, scope, "%s: global needs a rate_limit_store (where the instances share the bucket)",
             kpath(kp, kpath(p, w->path, "rate_limit"), "scope"));
     }
-    /* instances lease tokens that live a while; with a bucket of one token the
-     * store could keep none back for them (docs/policies.md, the bound) */
-    if (r->rate_limit && r->rate_limit->global && r->rate_limit->burst < 2) {
-        const struct tp_ynode *n = map_get(rl, "burst");
-        err(c, n ? n : map_get(rl, "scope"),
-            "%s: a global bucket needs a burst of at least 2 (leased tokens must be able to live a while)",
-            kpath(kp, kpath(p, w->path, "rate_limit"), "burst"));
-    }
 }
 
 /* The key files' positions, for the runtime's messages about their contents;
