@@ -160,7 +160,7 @@ static int params_set(struct tp_lease_table *t, const struct tp_cfg_rate_limit *
     ttl_s = (double)TP_LEASE_TTL_NS / 1e9;
     if ((double)cfg->burst / (4.0 * rate_s) < ttl_s)
         ttl_s = (double)cfg->burst / (4.0 * rate_s);
-    if ((double)(cfg->burst - 1) / rate_s < ttl_s)
+    if (cfg->burst >= 2 && (double)(cfg->burst - 1) / rate_s < ttl_s)
         ttl_s = (double)(cfg->burst - 1) / rate_s;
     t->tokens = cfg->tokens;
     t->period_ms = cfg->period_ms;
@@ -169,7 +169,8 @@ static int params_set(struct tp_lease_table *t, const struct tp_cfg_rate_limit *
     t->ttl_ns = (uint64_t)(ttl_s * 1e9);
     t->capacity = (double)cfg->burst - rate_s * ((double)t->ttl_ns / 1e9);
     if (t->capacity < 1.0)
-        t->capacity = 1.0; /* burst 1: leases live 0 ns, i.e. never serve */
+        t->capacity = 1.0; /* burst 1: the store keeps its one token; the bound
+                            * loosens by rate x E (under a quarter of a token) */
     return 0;
 }
 

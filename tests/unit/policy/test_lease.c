@@ -67,6 +67,25 @@ static void test_basic(void)
     tp_lease_unref(t);
 }
 
+/* burst 1: tokens still live a while (the store keeps its one token), so a lease serves */
+static void test_burst_one(void)
+{
+    struct tp_cfg_rate_limit c = cfg_of(1, 1, TP_KEY_ROUTE);
+    struct tp_lease_table *t = tp_lease_create("r1", &c, 0, NULL);
+    struct tp_lease_ask a;
+    uint64_t now = 10 * S;
+
+    ok(t != NULL, "burst 1: created");
+    is_int(tp_lease_ttl_ns(t), 250 * MS, "burst 1: token life burst / (4 rate), at most 250 ms");
+    tp_lease_set_store_up(true);
+    is_int(tp_lease_take(t, 0, now, 0, NULL), TP_LEASE_WAIT, "burst 1: empty pool waits for the lease");
+    ok(tp_lease_next(t, now, &a), "burst 1: asked");
+    ok(a.capacity > 0.99 && a.capacity < 1.01, "burst 1: the store keeps its one token (%.2f)", a.capacity);
+    tp_lease_grant(t, a.slot, now, now + MS, 1, 0, 1000, 1000);
+    is_int(tp_lease_take(t, 0, now + 2 * MS, 0, NULL), TP_LEASE_ADMIT, "burst 1: the leased token admits");
+    tp_lease_unref(t);
+}
+
 static void test_sizing(void)
 {
     struct tp_cfg_rate_limit c = cfg_of(1000, 1000, TP_KEY_HEADER);
@@ -217,6 +236,7 @@ static void test_waiters(void)
 int main(void)
 {
     test_basic();
+    test_burst_one();
     test_sizing();
     test_waiters();
     test_race();
