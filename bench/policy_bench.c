@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Microbenchmark of the policy primitives: rate-limit takes (route bucket,
- * keyed table, with and without the 429 values), breaker admit/report and
+ * keyed table, with and without the 429 values), the take of a global limit
+ * from its leased pools beside the local take it replaces (10 busy keys, the
+ * RateLimit-* values filled, as request.c does), breaker admit/report and
  * the three balancers, single-threaded and with two threads contending on
  * the same state. Build in Release (-DCMAKE_BUILD_TYPE=Release) and run
  * `policy_bench [iterations]`. Prints ns per operation per thread.
@@ -18,6 +20,7 @@
 
 #include <turnpike/balance.h>
 #include <turnpike/breaker.h>
+#include <turnpike/lease.h>
 #include <turnpike/ratelimit.h>
 
 #define KEYS 10000
@@ -46,6 +49,8 @@ enum op {
     OP_RL_ROUTE_OUT,
     OP_RL_ROUTE_DENY,
     OP_RL_KEYED,
+    OP_RL_TENANTS,
+    OP_LEASE_TENANTS,
     OP_BR_ADMIT,
     OP_BR_ADMIT_REPORT,
     OP_SWRR,
@@ -55,10 +60,16 @@ enum op {
 };
 
 static const char *const op_name[OP_COUNT] = {
-    "ratelimit take, route bucket",  "ratelimit take, route, with 429 values",
-    "ratelimit take, route, denied", "ratelimit take, keyed (10k keys)",
-    "breaker admit (closed)",        "breaker admit + report(success)",
-    "swrr pick (10 endpoints)",      "p2c pick (10 endpoints)",
+    "ratelimit take, route bucket",
+    "ratelimit take, route, with 429 values",
+    "ratelimit take, route, denied",
+    "ratelimit take, keyed (10k keys)",
+    "ratelimit take, 10 keys, 429 values",
+    "lease take (global), 10 keys, 429 values",
+    "breaker admit (closed)",
+    "breaker admit + report(success)",
+    "swrr pick (10 endpoints)",
+    "p2c pick (10 endpoints)",
     "maglev pick (10 endpoints)",
 };
 
@@ -66,6 +77,7 @@ struct ctx {
     struct tp_ratelimit *rl_fast;  /* always has tokens */
     struct tp_ratelimit *rl_empty; /* always empty */
     struct tp_ratelimit *rl_keyed;
+    struct tp_lease_table *lease; /* 10 keys, each with more tokens than the runs take */
     struct tp_breaker *br;
     struct tp_maglev *mg;
     uint32_t weights[10];
@@ -110,6 +122,14 @@ static void *run(void *arg)
     case OP_RL_KEYED:
         for (uint64_t i = 0; i < iters; i++)
             acc += tp_ratelimit_take(c->rl_keyed, keys[i % KEYS], now++, NULL);
+        break;
+    case OP_RL_TENANTS:
+        for (uint64_t i = 0; i < iters; i++)
+            acc += tp_ratelimit_take(c->rl_keyed, keys[i % 10], now++, &r) + r.remaining;
+        break;
+    case OP_LEASE_TENANTS:
+        for (uint64_t i = 0; i < iters; i++)
+            acc += tp_lease_take(c->lease, keys[i % 10], now++, 1, &r) + r.remaining;
         break;
     case OP_BR_ADMIT:
         for (uint64_t i = 0; i < iters; i++)
@@ -191,6 +211,20 @@ int main(int argc, char **argv)
         return 1;
     }
     tp_ratelimit_take(c.rl_empty, 0, 0, NULL); /* empty it for good */
+    /* the pools of 10 keys filled as the store's answers would: 4 full words each */
+    keyed.key.kind = TP_KEY_HEADER;
+    keyed.global = true;
+    if (!(c.lease = tp_lease_create("bench", &keyed, 0, &err))) {
+        fprintf(stderr, "setup failed: %d\n", err);
+        return 1;
+    }
+    tp_lease_set_store_up(true);
+    uint64_t t_start = 3600ull * 1000000000ull;
+    for (int k = 0; k < 10; k++)
+        tp_lease_take(c.lease, keys[k], t_start, 0, NULL);
+    for (struct tp_lease_ask a; tp_lease_next(c.lease, t_start, &a);)
+        for (int w = 0; w < TP_LEASE_WORDS; w++)
+            tp_lease_grant(c.lease, a.slot, t_start, t_start, TP_LEASE_MAX, 1000000, 0, 0);
 
     printf("%-42s %12s %12s\n", "operation", "1 thread", "2 threads");
     for (int op = 0; op < OP_COUNT; op++) {
@@ -206,6 +240,7 @@ int main(int argc, char **argv)
 
     tp_maglev_destroy(c.mg);
     tp_breaker_destroy(c.br);
+    tp_lease_unref(c.lease);
     tp_ratelimit_destroy(c.rl_keyed);
     tp_ratelimit_destroy(c.rl_empty);
     tp_ratelimit_destroy(c.rl_fast);

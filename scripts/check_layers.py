@@ -22,7 +22,7 @@ LAYERS = [
     ["core"],
     ["policy", "config", "tls", "auth"],
     ["rt"],
-    ["transport", "upstream"],
+    ["transport", "upstream", "store"],
     ["http"],
     ["admin"],
 ]

@@ -14,6 +14,7 @@
 #include <llhttp.h>
 #include <ares.h>
 #include <openssl/crypto.h>
+#include <hiredis/hiredis.h>
 #include <xxhash.h>
 #ifdef TP_WITH_JEMALLOC
 #include <jemalloc/jemalloc.h>
@@ -26,6 +27,7 @@
 #include "http/request.h"
 #include "rt/runtime.h"
 #include "rt/snapshot.h"
+#include "store/rlstore.h"
 #include "upstream/dns.h"
 #include "upstream/health.h"
 
@@ -49,6 +51,7 @@ static void print_version(void)
     printf("liburcu %s\n", TP_URCU_VERSION);
     printf("libfyaml %s\n", TP_FYAML_VERSION);
     printf("c-ares %s\n", ares_version(NULL));
+    printf("hiredis %d.%d.%d\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
 }
 
 static void usage(FILE *f)
@@ -80,6 +83,11 @@ int main(int argc, char **argv)
     };
     const char *path = TP_DEFAULT_CONFIG;
     int test_only = 0, c;
+
+    /* the parser guard's helper (see tp_config_guard_use_helper) */
+    if (argc == 2 && strcmp(argv[1], TP_CONFIG_GUARD_ARG) == 0)
+        return tp_config_guard_helper_main();
+    tp_config_guard_use_helper("/proc/self/exe");
 
     while ((c = getopt_long(argc, argv, "c:thV", opts, NULL)) != -1) {
         switch (c) {
@@ -124,7 +132,7 @@ int main(int argc, char **argv)
     }
     /* the modules hook into the reactor and the control thread before anything runs */
     if (tp_http_register() < 0 || tp_admin_register() < 0 || tp_health_register() < 0 ||
-        tp_dns_register() < 0) {
+        tp_dns_register() < 0 || tp_rlstore_register() < 0) {
         fprintf(stderr, "turnpike: cannot register the runtime's modules\n");
         tp_config_destroy(cfg);
         return 1;

@@ -216,6 +216,23 @@ struct tp_cfg_rate_limit {
     uint64_t period_ms; /* 1000, 60000 or 3600000 */
     uint64_t burst;     /* bucket size, >= 1; default tokens */
     struct tp_key key;  /* default client_ip */
+    bool global;        /* scope: global (buckets shared through rate_limit_store); default local */
+};
+
+/** What a global limit does while the store cannot answer (rate_limit_store.on_failure). */
+enum tp_store_failure {
+    TP_STORE_FAIL_LOCAL = 0, /* each instance enforces the whole limit alone */
+    TP_STORE_FAIL_ALLOW,     /* admit */
+    TP_STORE_FAIL_COUNT
+};
+
+/** rate_limit_store: where `scope: global` buckets live. */
+struct tp_cfg_rl_store {
+    struct tp_addr redis;             /* a Redis server (or Redis-protocol endpoint), IP:port */
+    uint64_t timeout_ms;              /* a store answer slower than this is a failure; default 5 */
+    enum tp_store_failure on_failure; /* default local */
+    char *prefix;                     /* of the Redis keys; default "turnpike:rl:" */
+    struct tp_pos pos;
 };
 
 /* ---- authentication (auth providers, routes[].auth) ---- */
@@ -343,6 +360,7 @@ struct tp_config {
     size_t n_routes;
     struct tp_cfg_auth *auth; /* auth providers */
     size_t n_auth;
+    struct tp_cfg_rl_store *rl_store; /* rate_limit_store; NULL = none (no route may be scope: global) */
 
     void *_arena; /* private: owns every pointer above */
 };
@@ -362,6 +380,23 @@ struct tp_config *tp_config_parse(const char *name, const char *buf, size_t len,
 
 /** Frees <cfg> and everything it owns. NULL is fine. */
 void tp_config_destroy(struct tp_config *cfg);
+
+/* ---- the parser guard (libfyaml crashes on some malformed input) ---- */
+
+/** argv[1] that runs the turnpike binary as the parser guard's helper. */
+#define TP_CONFIG_GUARD_ARG "--yaml-guard-helper"
+/** Texts larger than this are checked by a fork of the caller instead. */
+#define TP_CONFIG_GUARD_MAX (64u << 20)
+
+/**
+ * From now on, loads check the text in a helper process started (once, and
+ * again if it dies) from <exe> with argv[1] TP_CONFIG_GUARD_ARG, instead of a
+ * fork of the calling process. <exe> must stay valid ("/proc/self/exe"). Call
+ * it from the thread that loads configurations (the helper dies with it).
+ */
+void tp_config_guard_use_helper(const char *exe);
+/** The helper's main loop (descriptor 3 is its socket); returns its exit status. */
+int tp_config_guard_helper_main(void);
 
 /* ---- value parsers, shared with tests and the admin API ---- */
 

@@ -16,6 +16,7 @@
 
 #include <turnpike/breaker.h>
 #include <turnpike/clock.h>
+#include <turnpike/lease.h>
 #include <turnpike/ratelimit.h>
 
 #include "admin/admin.h"
@@ -24,6 +25,7 @@
 #include "rt/control.h"
 #include "rt/runtime.h"
 #include "rt/snapshot.h"
+#include "store/rlstore.h"
 
 static const char *const class_label[5] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
 
@@ -220,6 +222,53 @@ void tp_metrics_render(struct tp_abuf *b)
                (unsigned long long)(tp_ratelimit_table_full_total(s->routes[i].rl)));
     }
 
+    family(b, "turnpike_ratelimit_fallback_total", "counter",
+           "Requests of a scope: global rate limit decided by rate_limit_store.on_failure (store down).");
+    for (size_t i = 0; i < s->n_routes; i++) {
+        uint64_t v = 0;
+        if (!s->routes[i].lease)
+            continue;
+        for (unsigned sh = 0; sh < ns; sh++)
+            v += tp_stat_get(&s->routes[i].st->stats[sh].rl_fallback);
+        labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
+        sample(b, "turnpike_ratelimit_fallback_total", &lb, v);
+    }
+    family(b, "turnpike_ratelimit_leases_total", "counter",
+           "Token leases a scope: global rate limit asked the store for.");
+    for (size_t i = 0; i < s->n_routes; i++) {
+        struct tp_lease_stats ls;
+        if (!s->routes[i].lease)
+            continue;
+        tp_lease_stats(s->routes[i].lease, &ls);
+        labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
+        sample(b, "turnpike_ratelimit_leases_total", &lb, ls.asks);
+    }
+    family(b, "turnpike_ratelimit_leased_tokens_total", "counter",
+           "Tokens a scope: global rate limit received from the store.");
+    for (size_t i = 0; i < s->n_routes; i++) {
+        struct tp_lease_stats ls;
+        if (!s->routes[i].lease)
+            continue;
+        tp_lease_stats(s->routes[i].lease, &ls);
+        labels_of(&lb, "route", s->routes[i].st->name, NULL, NULL);
+        sample(b, "turnpike_ratelimit_leased_tokens_total", &lb, ls.granted);
+    }
+    {
+        struct tp_rlstore_stats ss;
+        tp_rlstore_stats(&ss);
+        if (ss.configured) {
+            family(b, "turnpike_ratelimit_store_up", "gauge",
+                   "1 while the rate_limit_store answers, 0 while global limits fall back to on_failure.");
+            tp_abuf_printf(b, "turnpike_ratelimit_store_up %d\n", ss.up ? 1 : 0);
+            family(b, "turnpike_ratelimit_store_errors_total", "counter",
+                   "Rate limit store failures: connections refused or lost, timeouts, error replies.");
+            tp_abuf_printf(b, "turnpike_ratelimit_store_errors_total %llu\n", (unsigned long long)ss.errors);
+            family(b, "turnpike_ratelimit_store_calls_total", "counter",
+                   "Lease calls the rate limit store answered.");
+            tp_abuf_printf(b, "turnpike_ratelimit_store_calls_total %llu\n", (unsigned long long)ss.calls);
+        }
+    }
+
     /* ---- upstreams and endpoints ---- */
     family(b, "turnpike_upstream_requests_total", "counter",
            "Responses from upstream endpoints (every attempt, retries included), by status class.");
@@ -372,8 +421,14 @@ void tp_metrics_render(struct tp_abuf *b)
             labels_of(&lb, "listener", ls->name, "reason", goaway_reasons[k]);
             sample(b, "turnpike_h2_goaway_total", &lb, (unsigned long long)(v));
         }
-    uint64_t rejected = 0, enobufs = 0, active = 0, paused = 0;
+    uint64_t rejected = 0, enobufs = 0, active = 0, paused = 0, sqes = 0, cqes = 0, waits = 0;
+    uint64_t window = 0, resident = 0;
     for (unsigned sh = 0; sh < ns; sh++) {
+        window += tp_stat_get(&tp_rt.shards[sh]->bufs_window);
+        resident += tp_stat_get(&tp_rt.shards[sh]->bufs_dirty) * tp_rt.shards[sh]->bufs.size;
+        sqes += tp_stat_get(&tp_rt.shards[sh]->ring_sqes);
+        cqes += tp_stat_get(&tp_rt.shards[sh]->ring_cqes);
+        waits += tp_stat_get(&tp_rt.shards[sh]->ring_waits);
         rejected += tp_stat_get(&tp_rt.shards[sh]->rejected_conns);
         paused += tp_stat_get(&tp_rt.shards[sh]->accept_paused_n);
         enobufs += tp_stat_get(&tp_rt.shards[sh]->enobufs);
@@ -393,6 +448,23 @@ void tp_metrics_render(struct tp_abuf *b)
     family(b, "turnpike_buffer_ring_exhausted_total", "counter",
            "Receives that found the provided-buffer ring empty (ENOBUFS) and waited for buffers.");
     tp_abuf_printf(b, "turnpike_buffer_ring_exhausted_total %llu\n", (unsigned long long)enobufs);
+    family(b, "turnpike_buffer_ring_window", "gauge",
+           "Receive buffers the workers keep in their kernel buffer rings (grows with load, shrinks when "
+           "quiet).");
+    tp_abuf_printf(b, "turnpike_buffer_ring_window %llu\n", (unsigned long long)window);
+    family(b, "turnpike_buffer_pool_resident_bytes", "gauge",
+           "Receive buffer memory that may be resident (buffers used since their memory was last given "
+           "back to the kernel), at most.");
+    tp_abuf_printf(b, "turnpike_buffer_pool_resident_bytes %llu\n", (unsigned long long)resident);
+    family(b, "turnpike_ring_sqes_total", "counter",
+           "Submission queue entries the workers prepared (every socket operation, cancel and close).");
+    tp_abuf_printf(b, "turnpike_ring_sqes_total %llu\n", (unsigned long long)sqes);
+    family(b, "turnpike_ring_cqes_total", "counter", "Completions the workers reaped.");
+    tp_abuf_printf(b, "turnpike_ring_cqes_total %llu\n", (unsigned long long)cqes);
+    family(b, "turnpike_ring_waits_total", "counter",
+           "Worker loop iterations: each submits what was prepared and waits for completions (one "
+           "io_uring_enter).");
+    tp_abuf_printf(b, "turnpike_ring_waits_total %llu\n", (unsigned long long)waits);
     family(b, "turnpike_access_log_dropped_total", "counter",
            "Access log lines dropped because the log could not keep up.");
     tp_abuf_printf(b, "turnpike_access_log_dropped_total %llu\n", (unsigned long long)tp_accesslog_dropped());

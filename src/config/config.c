@@ -76,7 +76,8 @@ struct cctx {
     /* false when `upstreams` was unusable as a whole: route references are
      * then not checked, or every route would repeat that one mistake. */
     bool upstreams_ok;
-    bool auth_ok; /* the same for `auth` and routes[].auth.provider */
+    bool store_declared; /* rate_limit_store is in the file (maybe broken): scope: global may refer to it */
+    bool auth_ok;        /* the same for `auth` and routes[].auth.provider */
 };
 
 /* ---- messages ---- */
@@ -1981,6 +1982,12 @@ static void route_end(struct cctx *c, struct walk *w)
     if (key && r->rate_limit && r->rate_limit->key.kind == TP_KEY_CLAIM && !wkey(w, "auth"))
         err(c, key, "%s: %s needs auth on the route (without a credential there are no claims to key on)",
             kpath(kp, kpath(p, w->path, "rate_limit"), "key"), quote(q, key));
+    /* a global bucket lives in the store: without one there is nowhere to share it */
+    if (r->rate_limit && r->rate_limit->global && !c->store_declared) {
+        const struct tp_ynode *scope = map_get(rl, "scope");
+        err(c, scope, "%s: global needs a rate_limit_store (where the instances share the bucket)",
+            kpath(kp, kpath(p, w->path, "rate_limit"), "scope"));
+    }
 }
 
 /* The key files' positions, for the runtime's messages about their contents;
@@ -2067,6 +2074,7 @@ static void root_begin(struct cctx *c, struct walk *w)
     c->upstreams_ok = v ? v->kind == TP_Y_SEQ : !wkey(w, "upstreams");
     v = wval(w, "auth");
     c->auth_ok = v ? v->kind == TP_Y_SEQ : !wkey(w, "auth");
+    c->store_declared = wkey(w, "rate_limit_store") != NULL;
 }
 
 /* The admin listener may share no address with a data listener: the second
@@ -2122,6 +2130,7 @@ static void root_end(struct cctx *c, struct walk *w)
 #define API_KEY    struct tp_cfg_api_key
 #define ROUTE_AUTH struct tp_cfg_route_auth
 #define CONFIG     struct tp_config
+#define RL_STORE   struct tp_cfg_rl_store
 
 _Static_assert(offsetof(struct tp_key, kind) == 0, "rate_limit.key's default is written at the key");
 
@@ -2137,6 +2146,12 @@ _Static_assert(TP_UPROTO_H2 == 2 && TP_UPROTO_COUNT == 3, "protocols follows enu
 static const char *const retry_conditions[] = {"connect_failure", "reset", "502", "503", "504"};
 _Static_assert(TP_RETRY_CONNECT_FAILURE == 1u << 0 && TP_RETRY_504 == 1u << 4,
                "retry_conditions follows enum tp_retry_on");
+
+static const char *const rl_scopes[] = {"local", "global"};
+
+static const char *const store_failures[] = {"local", "allow"};
+_Static_assert(TP_STORE_FAIL_ALLOW == 1 && TP_STORE_FAIL_COUNT == 2,
+               "store_failures follows enum tp_store_failure");
 
 static const char *const access_formats[] = {"json", "combined"};
 _Static_assert(TP_ACCESS_COMBINED == 1 && TP_ACCESS_FORMAT_COUNT == 2,
@@ -2274,6 +2289,7 @@ static const struct field rate_limit_fields[] = {
     {"burst", T_UINT, AT(RATE, burst), RANGE(1, 1000000000)},
     /* the default is the key's kind, its first member; the parser fills the whole struct tp_key */
     {"key", T_CUSTOM, AT(RATE, key.kind), CUSTOM(parse_key), .arg = &key_for_rate, DEF_U(TP_KEY_CLIENT_IP)},
+    {"scope", T_ENUM, AT(RATE, global), NAMES(rl_scopes), DEF_U(false)},
 };
 static const struct table rate_limit_table = {FIELDS(rate_limit_fields), .size = sizeof(RATE),
                                               .end = rate_limit_end};
@@ -2351,6 +2367,16 @@ static const struct field auth_fields[] = {
 static const struct table auth_table = {FIELDS(auth_fields), .size = sizeof(AUTH), POS(AUTH, pos),
                                         .required_groups = 1u << 1, .list_end = auths_end};
 
+/* rate_limit_store: where scope: global buckets live */
+static const struct field rl_store_fields[] = {
+    {"redis", T_ADDR, AT(RL_STORE, redis), .flags = F_REQUIRED},
+    {"timeout", T_DURATION, AT(RL_STORE, timeout_ms), RANGE(1, 10 * MS_PER_S), DEF_U(5)},
+    {"on_failure", T_ENUM, AT(RL_STORE, on_failure), NAMES(store_failures), DEF_U(TP_STORE_FAIL_LOCAL)},
+    {"prefix", T_CUSTOM, AT(RL_STORE, prefix), CUSTOM(parse_text), .arg = "a string", DEF_S("turnpike:rl:")},
+};
+static const struct table rl_store_table = {FIELDS(rl_store_fields), .size = sizeof(RL_STORE),
+                                            POS(RL_STORE, pos)};
+
 /* admin, access_log, limits, timeouts, shutdown: embedded in struct tp_config */
 static const struct field admin_fields[] = {
     {"address", T_ADDR, AT(CONFIG, admin), .flags = F_REQUIRED},
@@ -2412,6 +2438,7 @@ static const struct field root_fields[] = {
     {"resolver", T_MAP, .off = 0, SUB(resolver_table)},
     {"upstreams", T_LIST, AT(CONFIG, upstreams), COUNT(CONFIG, n_upstreams), SUB(upstream_table)},
     {"auth", T_LIST, AT(CONFIG, auth), COUNT(CONFIG, n_auth), SUB(auth_table)},
+    {"rate_limit_store", T_OBJ, AT(CONFIG, rl_store), SUB(rl_store_table)},
     {"routes", T_LIST, AT(CONFIG, routes), COUNT(CONFIG, n_routes), SUB(route_table)},
 };
 static const struct table root_table = {FIELDS(root_fields), .begin = root_begin, .end = root_end};
@@ -2435,6 +2462,7 @@ static const struct table root_table = {FIELDS(root_fields), .begin = root_begin
 #undef API_KEY
 #undef ROUTE_AUTH
 #undef CONFIG
+#undef RL_STORE
 
 /* ---- the walker ---- */
 

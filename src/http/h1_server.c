@@ -80,10 +80,24 @@ struct tp_conn {
     bool h2c;         /* the listener takes HTTP/2 with prior knowledge */
     bool last_chunk;  /* OM_WRAP: the last chunk (with trailers) is queued, done adds none */
     struct tp_req *req;
+    struct h1s_rx *rx; /* request parsing state: only while bytes of a request are in */
+    uint32_t requests; /* served on this connection */
+};
+
+/*
+ * What a connection needs only while it reads a request: allocated (from
+ * its own slab) when the first bytes of a request arrive, given back once
+ * the connection is idle again with nothing queued. An idle keep-alive
+ * connection is the tp_conn alone (docs/internals.md, "Memory").
+ */
+struct h1s_rx {
+    struct tp_slot slot;     /* first: slab header */
     struct tp_h1_parser hp;  /* request parser; its head is req->head */
     struct tp_bref exec_ref; /* buffer being parsed (body slices point into it) */
-    uint32_t requests;       /* served on this connection */
+    struct tp_conn *c;
 };
+
+static int slab_rx = -1;
 
 static const struct tp_transport_ops conn_proto;
 static const struct tp_ds_ops h1_ds;
@@ -106,6 +120,39 @@ static inline struct tp_conn *conn_of_req(const struct tp_req *r)
 size_t tp_h1s_conn_size(void)
 {
     return sizeof(struct tp_conn);
+}
+
+int tp_h1s_register(void)
+{
+    if (slab_rx < 0)
+        slab_rx = tp_reactor_slab_register(sizeof(struct h1s_rx));
+    return slab_rx < 0 ? -1 : 0;
+}
+
+static int rq_on_body(struct tp_h1_parser *hp, const char *at, size_t len);
+
+/* The request parsing state, allocated when needed; NULL when out of memory. */
+static struct h1s_rx *rx_get(struct tp_shard *sh, struct tp_conn *c)
+{
+    if (!c->rx) {
+        struct h1s_rx *rx = tp_slab_alloc(sh, (unsigned)slab_rx);
+        if (!rx)
+            return NULL;
+        rx->c = c;
+        tp_h1_parser_init(&rx->hp, HTTP_REQUEST, NULL, rq_on_body);
+        c->rx = rx;
+    }
+    return c->rx;
+}
+
+/* An idle connection with nothing queued gives its parsing state back. */
+static void rx_put(struct tp_shard *sh, struct tp_conn *c)
+{
+    if (c->rx) {
+        tp_h1_parser_dispose(&c->rx->hp); /* a recorded trailer section */
+        tp_slab_free(sh, c->rx);
+        c->rx = NULL;
+    }
 }
 
 static inline struct tp_limits *shard_limits(struct tp_shard *sh)
@@ -135,8 +182,8 @@ static void conn_on_closed(struct tp_shard *sh, struct tp_transport *t)
 {
     struct tp_conn *c = conn_of(t);
 
+    rx_put(sh, c);
     tp_shard_conn_closed(sh, c->ds.listener);
-    tp_h1_parser_dispose(&c->hp);
     tp_slab_free(sh, c);
 }
 
@@ -176,15 +223,16 @@ static void conn_linger(struct tp_shard *sh, struct tp_conn *c)
 
 static bool start_request(struct tp_shard *sh, struct tp_conn *c)
 {
-    struct tp_req *r = tp_req_begin(sh, &c->ds);
+    struct h1s_rx *rx = rx_get(sh, c);
+    struct tp_req *r = rx ? tp_req_begin(sh, &c->ds) : NULL;
 
     if (!r)
         return false;
     r->resp_close = c->drain;
     c->req = r;
-    c->hp.head = &r->head; /* the parser's state carries over: pipelined requests follow each other */
-    c->hp.head_done = c->hp.msg_done = false;
-    tp_h1_parser_want_trailers(&c->hp, 0);
+    rx->hp.head = &r->head; /* the parser's state carries over: pipelined requests follow each other */
+    rx->hp.head_done = rx->hp.msg_done = false;
+    tp_h1_parser_want_trailers(&rx->hp, 0);
     c->state = CS_HEAD;
     tp_transport_deadline(sh, &c->t, sh->now_ms + r->limits.client_header_ms);
     return true;
@@ -215,8 +263,8 @@ static void req_finish(struct tp_shard *sh, struct tp_conn *c)
         return;
     }
     c->state = CS_IDLE;
-    llhttp_resume(&c->hp.p);
-    tp_h1_parser_decline_upgrade(&c->hp); /* an upgrade answered without 101: the connection stays HTTP */
+    llhttp_resume(&c->rx->hp.p);
+    tp_h1_parser_decline_upgrade(&c->rx->hp); /* an upgrade answered without 101: the connection stays HTTP */
     tp_transport_deadline(sh, &c->t, sh->now_ms + shard_limits(sh)->client_idle_ms);
     if (!c->in_process)
         process_input(sh, c);
@@ -265,7 +313,7 @@ static void ds_error(struct tp_shard *sh, struct tp_req *r, unsigned status, con
     if (r->body_state == TP_BODY_STREAM || r->body_state == TP_BODY_DISCARD) {
         /* unread body: small bodies are read and dropped to keep the connection, others close it */
         if (!close && !r->chunked && r->content_length - r->body_bytes <= DISCARD_MAX_BYTES &&
-            c->hp.head_done) {
+            c->rx->hp.head_done) {
             r->body_state = TP_BODY_DISCARD;
             r->body_left_ok = true;
         } else {
@@ -593,7 +641,7 @@ static void on_request_head(struct tp_shard *sh, struct tp_conn *c)
 {
     struct tp_req *r = c->req;
     struct tp_head *h = &r->head;
-    llhttp_t *p = &c->hp.p;
+    llhttp_t *p = &c->rx->hp.p;
     const char *host = NULL, *url, *path;
     size_t host_len = 0, url_len;
     unsigned n_host = 0, n_te = 0, n_upgrade = 0;
@@ -687,7 +735,7 @@ static void on_request_head(struct tp_shard *sh, struct tp_conn *c)
         r->chunked = true;
         r->body_state = TP_BODY_STREAM;
         /* its trailer section goes to the upstream in the last chunk */
-        tp_h1_parser_want_trailers(&c->hp, (uint32_t)r->limits.max_header_bytes);
+        tp_h1_parser_want_trailers(&c->rx->hp, (uint32_t)r->limits.max_header_bytes);
     } else if (p->flags & F_CONTENT_LENGTH) {
         r->content_length = p->content_length;
         if (r->content_length > r->limits.max_body_bytes) {
@@ -700,7 +748,7 @@ static void on_request_head(struct tp_shard *sh, struct tp_conn *c)
         r->body_state = TP_BODY_NONE;
     }
     if (r->body_state == TP_BODY_NONE)
-        tp_h1_parser_finish_message(&c->hp); /* the next pipelined request starts clean */
+        tp_h1_parser_finish_message(&c->rx->hp); /* the next pipelined request starts clean */
     tp_req_dispatch(sh, r, path, (size_t)(url + url_len - path));
 }
 
@@ -745,7 +793,8 @@ static void h2_takeover(struct tp_shard *sh, struct tp_conn *c)
 /* Request body bytes, decoded, as llhttp delivers them. */
 static int rq_on_body(struct tp_h1_parser *hp, const char *at, size_t len)
 {
-    struct tp_conn *c = (struct tp_conn *)((char *)hp - offsetof(struct tp_conn, hp));
+    struct h1s_rx *rx = (struct h1s_rx *)((char *)hp - offsetof(struct h1s_rx, hp));
+    struct tp_conn *c = rx->c;
     struct tp_req *r = c->req;
     struct tp_shard *sh = tp_self;
 
@@ -757,7 +806,7 @@ static int rq_on_body(struct tp_h1_parser *hp, const char *at, size_t len)
     if (r->body_state != TP_BODY_STREAM)
         return 0; /* discarded */
     r->body_fwd += len;
-    return r->ux->body(sh, r, c->exec_ref, at, (uint32_t)len) ? 0 : -1;
+    return r->ux->body(sh, r, rx->exec_ref, at, (uint32_t)len) ? 0 : -1;
 }
 
 /*
@@ -780,26 +829,26 @@ static bool pump_body(struct tp_shard *sh, struct tp_conn *c)
             break;
         const char *data = tp_rbuf_data(sh, e);
         uint32_t len = e->len, used;
-        c->exec_ref = tp_rbuf_ref(e);
-        llhttp_errno_t rc = tp_h1_execute(&c->hp, data, len);
+        c->rx->exec_ref = tp_rbuf_ref(e);
+        llhttp_errno_t rc = tp_h1_execute(&c->rx->hp, data, len);
         if (rc == HPE_PAUSED) {
-            used = (uint32_t)(llhttp_get_error_pos(&c->hp.p) - data);
+            used = (uint32_t)(llhttp_get_error_pos(&c->rx->hp.p) - data);
         } else if (rc == HPE_OK) {
             used = len;
         } else {
             if (r->body_too_large)
                 tp_req_error(sh, r, 413, "request body too large", true);
-            else if (c->hp.trailers && c->hp.trailers->reason_text)
-                tp_req_error(sh, r, 400, c->hp.trailers->reason_text, true);
+            else if (c->rx->hp.trailers && c->rx->hp.trailers->reason_text)
+                tp_req_error(sh, r, 400, c->rx->hp.trailers->reason_text, true);
             else
                 tp_req_error(sh, r, 400, tp_h1_llhttp_reason(rc), true);
             return c->state != CS_CLOSING;
         }
         r->bytes_in += used;
         tp_inq_consume(sh, &t->in, used);
-        if (c->hp.msg_done) {
+        if (c->rx->hp.msg_done) {
             /* the client's trailer section, for an exchange that can carry it */
-            const struct tp_head *tr = stream ? tp_h1_trailers(&c->hp) : NULL;
+            const struct tp_head *tr = stream ? tp_h1_trailers(&c->rx->hp) : NULL;
             if ((tr && r->ux->trailers && !r->ux->trailers(sh, r, tr)) ||
                 (stream && !r->ux->body_end(sh, r))) {
                 t->rst = true;
@@ -847,7 +896,7 @@ static void process_input(struct tp_shard *sh, struct tp_conn *c)
         if (c->state == CS_HEAD) {
             unsigned status = 400;
             enum tp_head_rc rc =
-                tp_head_parse(sh, &c->hp, &t->in, (uint32_t)c->req->limits.max_header_bytes, &status);
+                tp_head_parse(sh, &c->rx->hp, &t->in, (uint32_t)c->req->limits.max_header_bytes, &status);
             if (rc == TP_HEAD_MORE)
                 break;
             c->state = CS_ACTIVE;
@@ -861,9 +910,9 @@ static void process_input(struct tp_shard *sh, struct tp_conn *c)
                 break;
             }
             t->deadline_ms = sh->now_ms + c->req->limits.client_idle_ms;
-            llhttp_resume(&c->hp.p);
+            llhttp_resume(&c->rx->hp.p);
             on_request_head(sh, c);
-            if (c->req)
+            if (c->req && !c->req->parked) /* a parked request still needs its head */
                 tp_head_release(sh, &c->req->head);
             continue;
         }
@@ -885,6 +934,8 @@ static void process_input(struct tp_shard *sh, struct tp_conn *c)
         break;
     }
     c->in_process = false;
+    if (c->state == CS_IDLE && t->in.n == 0)
+        rx_put(sh, c); /* idle keep-alive: no request state held */
     if (c->state != CS_CLOSING)
         tp_transport_backpressure(sh, t);
 }
@@ -1065,7 +1116,6 @@ void tp_h1s_accept(struct tp_shard *sh, int fd, unsigned listener, const struct 
         snprintf(c->ds.peer, sizeof(c->ds.peer), "unknown");
     }
     c->ds.peer_len = (uint8_t)strlen(c->ds.peer);
-    tp_h1_parser_init(&c->hp, HTTP_REQUEST, NULL, rq_on_body);
     /* with TLS, the handshake counts as part of the first request's head */
     tp_transport_deadline(sh, &c->t,
                           sh->now_ms +

@@ -734,8 +734,9 @@ static void on_request_head(struct tp_shard *sh, struct tp_h2_stream *st, bool e
         return;
     }
     tp_req_dispatch(sh, r, h->base + h->url.off, h->url.len);
-    /* the request layer copied what it keeps (the upstream head, the log's fields) */
-    if (st->r)
+    /* the request layer copied what it keeps (the upstream head, the log's fields);
+     * a request waiting for a lease still needs its head: the request layer releases it */
+    if (st->r && !st->r->parked)
         tp_head_release(sh, &st->r->head);
 }
 

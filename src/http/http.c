@@ -14,6 +14,7 @@
 
 #include "http/accesslog.h"
 #include "http/sessions.h"
+#include "rt/runtime.h"
 #include "transport/transport.h"
 
 static int ext_idx = -1;
@@ -33,6 +34,7 @@ static int http_create(struct tp_shard *sh, unsigned idx)
     hs->slab_conn = slab_conn;
     hs->slab_uconn = slab_uconn;
     hs->slab_h2c = slab_h2c;
+    tp_timer_init(&hs->park_timer, tp_req_park_timer);
     int err = 0;
     if (!(hs->jwt_cache = tp_jwt_cache_create(0, &err))) {
         free(hs);
@@ -117,6 +119,13 @@ static void http_tick(struct tp_shard *sh)
         tp_h2c_close_all(sh, true);
 }
 
+/* The store's answer to an ask some request of this shard waits for. */
+static void http_msgs(struct tp_shard *sh, unsigned msgs)
+{
+    if (msgs & TP_MSG_LEASE)
+        tp_req_park_wake(sh);
+}
+
 static bool http_busy(struct tp_shard *sh)
 {
     return tp_h1s_count(sh) || tp_h1c_count(sh) || tp_h2c_count(sh);
@@ -125,6 +134,7 @@ static bool http_busy(struct tp_shard *sh)
 static const struct tp_shard_hooks http_hooks = {
     .create = http_create,
     .on_snapshot = http_on_snapshot,
+    .on_msgs = http_msgs,
     .on_listener_closed = http_listener_closed,
     .drain = http_drain,
     .tick = http_tick,
@@ -142,7 +152,8 @@ int tp_http_register(void)
     slab_uconn = tp_reactor_slab_register(tp_h1c_conn_size());
     slab_h2c = tp_reactor_slab_register(tp_h2c_conn_size());
     ext_idx = tp_shard_hooks_register(&http_hooks);
-    if (slab_conn < 0 || slab_uconn < 0 || slab_h2c < 0 || ext_idx < 0 || tp_h2c_init() < 0)
+    if (slab_conn < 0 || slab_uconn < 0 || slab_h2c < 0 || ext_idx < 0 || tp_h2c_init() < 0 ||
+        tp_h1s_register() < 0)
         return -1;
     tp_shard_set_acceptor(tp_h1s_accept);
     return 0;

@@ -6,6 +6,7 @@
  *   session parsed the head ─▶ tp_req_dispatch: ids, path check, route
  *        │                        ├─ no route ─────────────▶ 404 (ds->error)
  *        │                        ├─ rate limit refuses ────▶ 429 (ds->error)
+ *        │                        ├─ global limit, lease in flight ─▶ parked (tp_req_park_timer)
  *        │                        ├─ direct_response ──────▶ ds->direct
  *        │                        └─ proxy (proxy.c) ───────▶ upstream exchange
  *        ▼
@@ -16,6 +17,7 @@
 
 #include <turnpike/hash.h>
 #include <turnpike/log.h>
+#include <turnpike/lease.h>
 #include <turnpike/ratelimit.h>
 #include <turnpike/router.h>
 
@@ -54,11 +56,16 @@ struct tp_req *tp_req_begin(struct tp_shard *sh, struct tp_ds *ds)
 }
 
 static void req_record(struct tp_shard *sh, struct tp_req *r);
+static void unpark(struct tp_shard *sh, struct tp_req *r);
 
 void tp_req_end(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_http_shard *hs = tp_http_shard(sh);
 
+    if (r->parked)
+        unpark(sh, r);
+    if (hs->park_cur == r)
+        hs->park_cur = NULL;
     if (r->att.conn || r->att.ep || r->counted_up)
         tp_proxy_abort(sh, r);
     /* a request whose head was read but that got no response: the client
@@ -304,48 +311,216 @@ static const char *hdr_lookup(void *ctx, const char *name, size_t name_len, size
     return tp_head_value(ctx, name, name_len, value_len);
 }
 
-/* The route's rate limit: false when a 429 was sent. RateLimit headers ride on every answer of the route. */
-static bool rate_admit(struct tp_shard *sh, struct tp_req *r)
-{
-    const struct tp_cfg_rate_limit *cfg = r->route->cfg->rate_limit;
-    struct tp_rl_result res;
-    uint64_t key = 0;
+/* ---- rate limits ---- */
 
+#define PARK_MAX 1024 /* requests a shard keeps waiting for leases; more get the old answer, 429 */
+
+static uint64_t rate_key(struct tp_req *r, const struct tp_cfg_rate_limit *cfg)
+{
     switch (cfg->key.kind) {
     case TP_KEY_CLIENT_IP:
-        key = tp_hash_bytes(r->ds->peer, r->ds->peer_len);
-        break;
+        return tp_hash_bytes(r->ds->peer, r->ds->peer_len);
     case TP_KEY_HEADER: {
         size_t vl = 0;
         const char *v = tp_head_value(&r->head, cfg->key.name, cfg->key.name_len, &vl);
-        key = v ? tp_hash_bytes(v, vl) : 0;
-        break;
+        return v ? tp_hash_bytes(v, vl) : 0;
     }
     case TP_KEY_CLAIM: {
         /* requests without the claim share one bucket */
         size_t vl = 0;
         const char *v = tp_req_claim(r, cfg->key.name, &vl);
-        key = v ? tp_hash_bytes(v, vl) : 0;
-        break;
+        return v ? tp_hash_bytes(v, vl) : 0;
     }
     default:
-        break;
+        return 0;
     }
-    bool ok = tp_ratelimit_take(r->route->rl, key, sh->now_ns, &res);
+}
+
+/* The store did not give the pool a token in time (down, or slower than its
+ * timeout): rate_limit_store.on_failure decides. */
+static bool rate_fallback(struct tp_shard *sh, struct tp_req *r, struct tp_rl_result *res)
+{
+    const struct tp_cfg_rl_store *store = r->snap->cfg->rl_store;
+
+    tp_stat_add(&r->route->st->stats[sh->id].rl_fallback, 1);
+    if (store && store->on_failure == TP_STORE_FAIL_ALLOW) {
+        res->retry_after_s = 0;
+        return true;
+    }
+    return tp_ratelimit_take(r->route->rl, r->rl_key, sh->now_ns, res);
+}
+
+/* The decision made: RateLimit headers ride on every answer of the route; false when a 429 was sent. */
+static bool rate_answer(struct tp_shard *sh, struct tp_req *r, bool ok, const struct tp_rl_result *res)
+{
     char *x = r->extra_hdrs;
     int n = snprintf(x, sizeof(r->extra_hdrs),
                      "RateLimit-Limit: %llu\r\nRateLimit-Remaining: %llu\r\nRateLimit-Reset: %llu\r\n",
-                     (unsigned long long)res.limit, (unsigned long long)res.remaining,
-                     (unsigned long long)res.reset_s);
+                     (unsigned long long)res->limit, (unsigned long long)res->remaining,
+                     (unsigned long long)res->reset_s);
     if (!ok && n > 0 && (size_t)n < sizeof(r->extra_hdrs))
         n += snprintf(x + n, sizeof(r->extra_hdrs) - (size_t)n, "Retry-After: %llu\r\n",
-                      (unsigned long long)(res.retry_after_s ? res.retry_after_s : 1));
+                      (unsigned long long)(res->retry_after_s ? res->retry_after_s : 1));
     r->extra_len = n > 0 && (size_t)n < sizeof(r->extra_hdrs) ? (uint16_t)n : 0;
     if (ok)
         return true;
     tp_stat_add(&r->route->st->stats[sh->id].ratelimited, 1);
     tp_req_error(sh, r, 429, "rate limited", false);
     return false;
+}
+
+/* The shard's lists of waiting requests: <park> waits for a lease; <run> is
+ * being taken from again (tp_req_park_wake). r->parked says which. */
+static void list_push(struct tp_req_list *l, struct tp_req *r)
+{
+    r->park_next = NULL;
+    r->park_prev = l->tail;
+    if (l->tail)
+        l->tail->park_next = r;
+    else
+        l->head = r;
+    l->tail = r;
+}
+
+static void list_del(struct tp_req_list *l, struct tp_req *r)
+{
+    if (r->park_prev)
+        r->park_prev->park_next = r->park_next;
+    else
+        l->head = r->park_next;
+    if (r->park_next)
+        r->park_next->park_prev = r->park_prev;
+    else
+        l->tail = r->park_prev;
+    r->park_prev = r->park_next = NULL;
+}
+
+/* The backstop: the timer fires when the first waiting request's time is up
+ * (the store's answer normally wakes them long before). */
+static void park_timer_at(struct tp_shard *sh, uint64_t until_ns)
+{
+    struct tp_http_shard *hs = tp_http_shard(sh);
+    uint64_t ms = (until_ns + 999999) / 1000000;
+
+    if (!tp_timer_armed(&hs->park_timer) || ms < hs->park_timer.deadline_ms)
+        tp_timer_arm(&sh->wheel, &hs->park_timer, ms);
+}
+
+static void park(struct tp_shard *sh, struct tp_req *r)
+{
+    struct tp_http_shard *hs = tp_http_shard(sh);
+    const struct tp_cfg_rl_store *store = r->snap->cfg->rl_store;
+    uint64_t timeout_ms = store && store->timeout_ms ? store->timeout_ms : 5;
+
+    r->park_until_ns = sh->now_ns + timeout_ms * 1000000ull;
+    r->parked = TP_PARK_WAIT;
+    list_push(&hs->park, r);
+    hs->n_parked++;
+    park_timer_at(sh, r->park_until_ns);
+}
+
+static void unpark(struct tp_shard *sh, struct tp_req *r)
+{
+    struct tp_http_shard *hs = tp_http_shard(sh);
+
+    list_del(r->parked == TP_PARK_RUN ? &hs->park_run : &hs->park, r);
+    r->parked = TP_PARK_NONE;
+    hs->n_parked--;
+    if (!hs->n_parked)
+        tp_timer_cancel(&sh->wheel, &hs->park_timer);
+}
+
+/* This shard's bit in the pools' waiter marks. */
+static inline uint64_t waiter_bit(const struct tp_shard *sh)
+{
+    return 1ull << (sh->id & 63);
+}
+
+enum admit { ADMIT_NO, ADMIT_YES, ADMIT_PARKED };
+
+/*
+ * The route's rate limit. scope: global takes a leased token; an empty pool
+ * whose lease is asked for or in flight parks the request rather than
+ * refusing it (the store's answer wakes the shard: tp_req_park_wake): 429
+ * only on the store's word that the bucket is empty, on_failure when it is
+ * down or does not answer in time.
+ */
+static enum admit rate_admit(struct tp_shard *sh, struct tp_req *r)
+{
+    struct tp_rl_result res;
+    bool ok;
+
+    r->rl_key = rate_key(r, r->route->cfg->rate_limit);
+    if (!r->route->lease) {
+        ok = tp_ratelimit_take(r->route->rl, r->rl_key, sh->now_ns, &res);
+        return rate_answer(sh, r, ok, &res) ? ADMIT_YES : ADMIT_NO;
+    }
+    bool room = tp_http_shard(sh)->n_parked < PARK_MAX;
+    enum tp_lease_verdict v =
+        tp_lease_take(r->route->lease, r->rl_key, sh->now_ns, room ? waiter_bit(sh) : 0, &res);
+    if (v == TP_LEASE_WAIT && room) {
+        park(sh, r);
+        return ADMIT_PARKED;
+    }
+    ok = v == TP_LEASE_ADMIT || (v == TP_LEASE_FALLBACK && rate_fallback(sh, r, &res));
+    return rate_answer(sh, r, ok, &res) ? ADMIT_YES : ADMIT_NO;
+}
+
+static void dispatch_admitted(struct tp_shard *sh, struct tp_req *r);
+
+/*
+ * Takes again for every waiting request, oldest first: a token goes on, the
+ * store's no is a 429, still no answer after the store's timeout is
+ * on_failure; the others wait on. The list is moved aside first, so that what
+ * an answer does (a request of the list ending, another one parking) cannot
+ * pull the walk's next request away.
+ */
+void tp_req_park_wake(struct tp_shard *sh)
+{
+    struct tp_http_shard *hs = tp_http_shard(sh);
+    struct tp_req *r;
+
+    if (!hs->park.head)
+        return;
+    for (r = hs->park.head; r; r = r->park_next)
+        r->parked = TP_PARK_RUN;
+    hs->park_run = hs->park;
+    hs->park.head = hs->park.tail = NULL;
+    tp_timer_cancel(&sh->wheel, &hs->park_timer);
+    while ((r = hs->park_run.head)) {
+        struct tp_rl_result res;
+        bool ok;
+
+        if (r->status) { /* answered meanwhile (a timeout): only the end is left */
+            unpark(sh, r);
+            continue;
+        }
+        enum tp_lease_verdict v = tp_lease_take(r->route->lease, r->rl_key, sh->now_ns, waiter_bit(sh), &res);
+        if (v == TP_LEASE_WAIT && sh->now_ns < r->park_until_ns) {
+            list_del(&hs->park_run, r);
+            r->parked = TP_PARK_WAIT;
+            list_push(&hs->park, r);
+            park_timer_at(sh, r->park_until_ns);
+            continue;
+        }
+        unpark(sh, r);
+        ok = v == TP_LEASE_ADMIT || (v != TP_LEASE_DENY && rate_fallback(sh, r, &res));
+        /* the session kept the head for us: release it once the answer or the
+         * proxy started, as the session does, unless the request ended */
+        hs->park_cur = r;
+        if (rate_answer(sh, r, ok, &res))
+            dispatch_admitted(sh, r);
+        if (hs->park_cur == r)
+            tp_head_release(sh, &r->head);
+        hs->park_cur = NULL;
+    }
+}
+
+void tp_req_park_timer(struct tp_timer *t, uint64_t now_ms)
+{
+    (void)t;
+    (void)now_ms;
+    tp_req_park_wake(tp_self);
 }
 
 static bool upgrade_allowed(const struct tp_cfg_route *rc, const char *tok, size_t len)
@@ -438,8 +613,14 @@ void tp_req_dispatch(struct tp_shard *sh, struct tp_req *r, const char *path, si
     }
     if (r->route->auth && !tp_req_authenticate(sh, r))
         return;
-    if (r->route->rl && !rate_admit(sh, r))
-        return;
+    if (r->route->rl && rate_admit(sh, r) != ADMIT_YES)
+        return; /* refused, or parked: tp_req_park_timer goes on */
+    dispatch_admitted(sh, r);
+}
+
+/* The route's policies passed: the direct_response or the proxy. */
+static void dispatch_admitted(struct tp_shard *sh, struct tp_req *r)
+{
     if (r->route->cfg->direct) {
         r->ds->ops->direct(sh, r);
         return;

@@ -216,6 +216,15 @@ struct tp_attempt {
     bool req_sent;   /* the request was fully handed to the upstream socket */
 };
 
+/** Where a request waiting for a lease is (tp_req.parked). */
+enum tp_park { TP_PARK_NONE = 0, TP_PARK_WAIT, TP_PARK_RUN };
+
+struct tp_req;
+/** A list of waiting requests, linked through park_prev / park_next. */
+struct tp_req_list {
+    struct tp_req *head, *tail;
+};
+
 struct tp_req {
     struct tp_req *next_free;
     struct tp_ds *ds;           /* the downstream session */
@@ -279,8 +288,13 @@ struct tp_req {
     char extra_hdrs[160]; /* RateLimit-* / Retry-After lines for the response */
     char id[65];          /* X-Request-Id */
     uint8_t id_len;
-    char trace[56];      /* traceparent forwarded */
-    struct tp_head head; /* request head */
+    char trace[56]; /* traceparent forwarded */
+    /* waiting for a lease (scope: global, empty pool): on a park list of the shard */
+    struct tp_req *park_prev, *park_next;
+    uint64_t park_until_ns; /* then rate_limit_store.on_failure decides */
+    uint64_t rl_key;        /* the rate limit key's hash */
+    uint8_t parked;         /* enum tp_park: nonzero while waiting (the session keeps the head) */
+    struct tp_head head;    /* request head */
 };
 
 /* ---- per-shard state of the HTTP layer ---- */
@@ -302,6 +316,12 @@ struct tp_http_shard {
     struct tp_h2c_conn *h2c_kick; /* upstream HTTP/2 connections with output to write this iteration */
     struct h2c_stream *h2c_free;  /* free upstream HTTP/2 stream objects */
     uint32_t n_h2c_free;
+    /* requests waiting for a lease, oldest first (request.c), those being taken
+     * for again, and the timer that ends the wait when the store is too slow */
+    struct tp_req_list park, park_run;
+    uint32_t n_parked;       /* on either list */
+    struct tp_req *park_cur; /* the request being resumed; cleared when it ends meanwhile */
+    struct tp_timer park_timer;
 };
 
 /** The HTTP layer's state of shard <sh>. [any: counters are read by the control thread] */
@@ -328,6 +348,12 @@ void tp_req_end(struct tp_shard *sh, struct tp_req *r);
  * gateway-made one, the direct_response, or the proxy.
  */
 void tp_req_dispatch(struct tp_shard *sh, struct tp_req *r, const char *path, size_t path_len);
+
+/** Shard <sh>'s timer over requests waiting for a lease (set up by the HTTP layer's create hook). */
+void tp_req_park_timer(struct tp_timer *t, uint64_t now_ms);
+
+/** A lease for a pool this shard waits on landed (TP_MSG_LEASE): the waiting requests take again. */
+void tp_req_park_wake(struct tp_shard *sh);
 
 /** Answers <r> with a gateway-made error (the downstream session writes it). */
 void tp_req_error(struct tp_shard *sh, struct tp_req *r, unsigned status, const char *reason, bool close);

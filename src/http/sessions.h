@@ -16,6 +16,9 @@
 
 /** Size of a client connection object (its slab). */
 size_t tp_h1s_conn_size(void);
+/** Registers the slab of request parsing states (allocated per request, not per connection). Process start.
+ */
+int tp_h1s_register(void);
 /** Takes an accepted connection of listener <listener> (tp_accept_fn). */
 void tp_h1s_accept(struct tp_shard *sh, int fd, unsigned listener, const struct sockaddr_storage *peer);
 /** Drain: idle connections close now, busy ones after their response; <now>: close every one now. */

@@ -71,16 +71,40 @@ int tp_reactor_op_register(tp_op_fn fn);
 
 #define TP_BGID 0
 
-/** The shard's provided-buffer ring: recv data lands here, bodies are sent from here. */
+/**
+ * The shard's provided buffers: recv data lands here, bodies are sent from
+ * here. <count> buffers exist (address space reserved), but only a window of
+ * them is in the kernel's ring at a time: a returned buffer goes onto a LIFO
+ * stack of parked buffers, and the end of each iteration tops the ring up to
+ * <want> from the top of that stack (the buffers used last, still warm).
+ * <want> doubles when an iteration takes more than half of it or a receive
+ * finds the ring empty, and halves after a quiet second; parked buffers not
+ * used for a second are given back to the kernel (MADV_DONTNEED). So memory
+ * follows the load (docs/internals.md, "Memory").
+ */
 struct tp_bufs {
     struct io_uring_buf_ring *br;
-    uint8_t *mem;   /* count * size bytes */
-    uint32_t size;  /* [bytes] per buffer */
-    uint32_t count; /* power of two */
-    uint32_t held;  /* buffers taken by recvs and not yet returned */
-    uint16_t *refs; /* [count] holders of each buffer */
-    uint32_t adv;   /* buffers added since the last advance */
+    uint8_t *mem;      /* count * size bytes */
+    uint32_t size;     /* [bytes] per buffer */
+    uint32_t count;    /* power of two */
+    uint32_t held;     /* buffers taken by recvs and not yet returned */
+    uint16_t *refs;    /* [count] holders of each buffer */
+    uint16_t *stk;     /* [count] parked buffers (neither in the ring nor held), last returned on top */
+    uint32_t sp;       /* parked buffers: stk[0 .. sp) */
+    uint32_t avail;    /* buffers in the kernel's ring */
+    uint32_t want;     /* window: the ring is topped up to this many at the end of an iteration */
+    uint32_t taken;    /* taken from the ring in this iteration */
+    uint32_t peak;     /* most taken in one iteration since the last trim */
+    uint32_t low_sp;   /* lowest sp since the last trim: stk[0 .. low_sp) stayed parked */
+    uint32_t dirty_n;  /* buffers touched since their memory was last given back */
+    uint8_t *flags;    /* [count] TP_BUF_* */
+    uint64_t trim_ms;  /* next trim */
+    uint64_t enobufs0; /* sh->enobufs at the last flush */
 };
+
+#define TP_BUF_DIRTY  1  /* received into since its memory was last given back */
+#define TP_BUF_INRING 2  /* in the kernel's ring */
+#define TP_BUFS_MIN   64 /* smallest window */
 
 /* ---- slabs: objects addressed by slot + generation ---- */
 
@@ -228,6 +252,11 @@ struct tp_shard {
     tp_stat_t rejected_conns;  /* over max_connections or the open-files limit */
     tp_stat_t accept_paused_n; /* accepts paused: out of descriptors or memory */
     tp_stat_t enobufs;         /* buffer ring exhaustion events */
+    tp_stat_t ring_sqes;       /* SQEs prepared (tp_sqe) */
+    tp_stat_t ring_cqes;       /* completions reaped */
+    tp_stat_t ring_waits;      /* loop iterations: one submit-and-wait each */
+    tp_stat_t bufs_window;     /* gauge: the buffer ring's window (bufs.want) */
+    tp_stat_t bufs_dirty;      /* gauge: buffers whose memory may be resident (bufs.dirty_n) */
 };
 
 /** The shard running on this thread (NULL on other threads). */
@@ -240,8 +269,10 @@ void tp_close_fd(struct tp_shard *sh, int fd);
 
 uint64_t tp_rand64(struct tp_shard *sh);
 
-/** The single place a provided buffer goes back to the kernel once its last reference is dropped. */
+/** The single place a provided buffer is given back once its last reference is dropped (parked). */
 void tp_buf_release(struct tp_shard *sh, uint16_t bid);
+/** End of an iteration: parked buffers go into the ring up to the window (also adapts and trims it). */
+void tp_bufs_flush(struct tp_shard *sh);
 /**
  * True while more than half of the shard's provided buffers are held (queued
  * received bytes, relayed slices not yet sent). Queues then take less before

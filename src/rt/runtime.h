@@ -19,6 +19,7 @@ enum tp_shard_msg {
     TP_MSG_RELOAD = 1u << 1,    /* a new snapshot is published; reconcile listeners */
     TP_MSG_STOP = 1u << 2,      /* drain timeout passed: close everything now */
     TP_MSG_LOGREOPEN = 1u << 3, /* reopen the access log */
+    TP_MSG_LEASE = 1u << 4,     /* a lease a request of the shard waits for landed (or failed) */
 };
 
 /** A listener change handed from the control thread to a shard. */

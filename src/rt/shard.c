@@ -22,8 +22,9 @@
  *
  * Buffers: one buffer group of <count> buffers of <size> bytes. A buffer is
  * "held" from the CQE that delivered it until tp_buf_release drops its last
- * reference (receive queue entry, send segment, parsed head), and is then
- * handed back to the kernel.
+ * reference (receive queue entry, send segment, parsed head); it is then
+ * parked, and the end of the iteration puts parked buffers back into the
+ * kernel's ring up to a window that follows the load (struct tp_bufs).
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -60,8 +61,16 @@ __thread struct tp_shard *tp_self;
 #define SLAB_UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
-#define SQ_ENTRIES        1024
-#define CQ_ENTRIES        65536
+#define SQ_ENTRIES 1024
+#define CQ_ENTRIES 65536
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define ON_VALGRIND() (RUNNING_ON_VALGRIND != 0)
+#else
+#define ON_VALGRIND() false
+#endif
+static bool on_valgrind; /* set by tp_shard_create, before any shard thread starts */
+
 #define BUF_SIZE          16384
 #define BUF_COUNT         4096
 #define CHUNK_SHIFT       10 /* connections per slab chunk: 1024 */
@@ -94,6 +103,7 @@ struct io_uring_sqe *tp_sqe(struct tp_shard *sh)
         TP_BUG_ON(!sqe);
     }
     sh->sqes_pending = true;
+    tp_stat_add(&sh->ring_sqes, 1);
     return sqe;
 }
 
@@ -330,12 +340,29 @@ void tp_shard_set_acceptor(tp_accept_fn fn)
 /* provided buffers                                                    */
 /* ------------------------------------------------------------------ */
 
-/* <count> (a power of two) buffers of <size> bytes, registered as group TP_BGID. */
+/* Registers the (empty) ring as group TP_BGID. */
+static int bufs_register(struct tp_shard *sh)
+{
+    struct tp_bufs *b = &sh->bufs;
+    struct io_uring_buf_reg reg;
+
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (uint64_t)(uintptr_t)b->br;
+    reg.ring_entries = b->count;
+    reg.bgid = TP_BGID;
+    int ret = io_uring_register_buf_ring(&sh->ring, &reg, 0);
+    if (ret)
+        return ret;
+    io_uring_buf_ring_init(b->br);
+    b->avail = 0;
+    return 0;
+}
+
+/* <count> (a power of two) buffers of <size> bytes; the first window goes into the ring. */
 static int bufs_setup(struct tp_shard *sh, uint32_t count, uint32_t size)
 {
     struct tp_bufs *b = &sh->bufs;
     size_t ring_bytes = sizeof(struct io_uring_buf) * count;
-    struct io_uring_buf_reg reg;
     int ret;
 
     b->size = size;
@@ -343,30 +370,30 @@ static int bufs_setup(struct tp_shard *sh, uint32_t count, uint32_t size)
     b->br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (b->br == MAP_FAILED)
         return -errno;
-    b->mem =
-        mmap(NULL, (size_t)b->size * b->count, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    /* address space only: pages appear as receives touch them */
+    b->mem = mmap(NULL, (size_t)b->size * b->count, PROT_READ | PROT_WRITE,
+                  MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);
     if (b->mem == MAP_FAILED)
         return -errno;
     b->refs = calloc(b->count, sizeof(*b->refs));
-    if (!b->refs)
+    b->stk = calloc(b->count, sizeof(*b->stk));
+    b->flags = calloc(b->count, 1);
+    if (!b->refs || !b->stk || !b->flags)
         return -ENOMEM;
-    memset(&reg, 0, sizeof(reg));
-    reg.ring_addr = (uint64_t)(uintptr_t)b->br;
-    reg.ring_entries = b->count;
-    reg.bgid = TP_BGID;
-    ret = io_uring_register_buf_ring(&sh->ring, &reg, 0);
+    /* bid 0 on top: the low buffers are used first */
+    for (uint32_t i = 0; i < b->count; i++)
+        b->stk[i] = (uint16_t)(b->count - 1 - i);
+    b->sp = b->low_sp = b->count;
+    b->held = 0;
+    b->want = TP_BUFS_MIN;
+    ret = bufs_register(sh);
     if (ret)
         return ret;
-    io_uring_buf_ring_init(b->br);
-    for (uint32_t i = 0; i < b->count; i++)
-        io_uring_buf_ring_add(b->br, b->mem + (size_t)i * b->size, b->size, (unsigned short)i,
-                              io_uring_buf_ring_mask(b->count), (int)i);
-    io_uring_buf_ring_advance(b->br, (int)b->count);
-    b->held = 0;
+    tp_bufs_flush(sh);
     return 0;
 }
 
-/* The single place a buffer goes back to the kernel. */
+/* The single place a buffer goes back: onto the parked stack. */
 void tp_buf_release(struct tp_shard *sh, uint16_t bid)
 {
     struct tp_bufs *b = &sh->bufs;
@@ -374,18 +401,91 @@ void tp_buf_release(struct tp_shard *sh, uint16_t bid)
     TP_BUG_ON_HOT(b->refs[bid] == 0);
     if (--b->refs[bid])
         return;
-    io_uring_buf_ring_add(b->br, b->mem + (size_t)bid * b->size, b->size, bid,
-                          io_uring_buf_ring_mask(b->count), (int)b->adv);
-    b->adv++;
+    b->stk[b->sp++] = bid;
     b->held--;
 }
 
-/* Publishes the buffers returned this iteration with one release store. */
-static void bufs_flush(struct tp_shard *sh)
+/* Gives the memory of the buffers parked since before the last trim back to
+ * the kernel, and shrinks a window that was far from used. Once a second. */
+static void bufs_trim(struct tp_shard *sh)
 {
-    if (sh->bufs.adv) {
-        io_uring_buf_ring_advance(sh->bufs.br, (int)sh->bufs.adv);
-        sh->bufs.adv = 0;
+    struct tp_bufs *b = &sh->bufs;
+
+    if (b->peak * 4 < b->want && b->want > TP_BUFS_MIN) {
+        b->want /= 2;
+        /* The ring may hold far more than the window now (after a burst):
+         * take it back whole, by registering the group anew, and let the
+         * next flush put a window in. Armed receives look the group up
+         * when data arrives, so they take from the new ring; nothing can
+         * take from the ring between the two calls (no io_uring_enter).
+         * Not while completions wait in the CQ: a receive completed inline
+         * by a submit from inside this iteration (SQ full) holds a buffer
+         * of the old ring whose CQE is not seen yet. */
+        if (b->avail > 2 * b->want && io_uring_cq_ready(&sh->ring) == 0 &&
+            io_uring_unregister_buf_ring(&sh->ring, TP_BGID) == 0) {
+            /* ring buffers go under the parked ones: they are the coldest */
+            uint32_t n = 0;
+            for (uint32_t i = 0; i < b->count; i++)
+                if (b->flags[i] & TP_BUF_INRING)
+                    n++;
+            memmove(b->stk + n, b->stk, b->sp * sizeof(*b->stk));
+            n = 0;
+            for (uint32_t i = 0; i < b->count; i++)
+                if (b->flags[i] & TP_BUF_INRING) {
+                    b->flags[i] &= (uint8_t)~TP_BUF_INRING;
+                    b->stk[n++] = (uint16_t)i;
+                }
+            b->sp += n;
+            b->low_sp = 0;
+            if (bufs_register(sh)) {
+                tp_err("shard %u: cannot register the buffer ring again; exiting", sh->id);
+                abort();
+            }
+        }
+    }
+    for (uint32_t k = 0; k < b->low_sp; k++) {
+        uint16_t bid = b->stk[k];
+        if (b->flags[bid] & TP_BUF_DIRTY) {
+            madvise(tp_buf_ptr(sh, bid), b->size, MADV_DONTNEED);
+            b->flags[bid] &= (uint8_t)~TP_BUF_DIRTY;
+            b->dirty_n--;
+        }
+    }
+    b->low_sp = b->sp;
+    b->peak = 0;
+    tp_stat_set(&sh->bufs_window, b->want);
+    tp_stat_set(&sh->bufs_dirty, b->dirty_n);
+}
+
+/* End of an iteration: adapt the window, top the ring up to it from the
+ * top of the parked stack, publish with one release store. */
+void tp_bufs_flush(struct tp_shard *sh)
+{
+    struct tp_bufs *b = &sh->bufs;
+    uint64_t enobufs = tp_stat_get(&sh->enobufs);
+    uint32_t n = 0, mask = io_uring_buf_ring_mask(b->count);
+
+    if ((b->taken * 2 > b->want || enobufs != b->enobufs0) && b->want < b->count)
+        b->want *= 2;
+    b->enobufs0 = enobufs;
+    if (b->taken > b->peak)
+        b->peak = b->taken;
+    b->taken = 0;
+    while (b->avail + n < b->want && b->sp) {
+        uint16_t bid = b->stk[--b->sp];
+        b->flags[bid] |= TP_BUF_INRING;
+        io_uring_buf_ring_add(b->br, tp_buf_ptr(sh, bid), b->size, bid, mask, (int)n);
+        n++;
+    }
+    if (b->sp < b->low_sp)
+        b->low_sp = b->sp;
+    if (n) {
+        io_uring_buf_ring_advance(b->br, (int)n);
+        b->avail += n;
+    }
+    if (TP_UNLIKELY(sh->now_ms >= b->trim_ms)) {
+        b->trim_ms = sh->now_ms + 1000;
+        bufs_trim(sh);
     }
 }
 
@@ -394,9 +494,16 @@ static inline int cqe_buffer(struct tp_shard *sh, const struct io_uring_cqe *cqe
 {
     if (!(cqe->flags & IORING_CQE_F_BUFFER))
         return -1;
+    struct tp_bufs *b = &sh->bufs;
     uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-    sh->bufs.held++;
-    sh->bufs.refs[bid] = 1;
+    b->held++;
+    b->refs[bid] = 1;
+    if (b->flags[bid] & TP_BUF_INRING)
+        b->avail--;
+    b->taken++;
+    if (!(b->flags[bid] & TP_BUF_DIRTY))
+        b->dirty_n++;
+    b->flags[bid] = TP_BUF_DIRTY; /* and no longer in the ring */
     return bid;
 }
 
@@ -790,6 +897,12 @@ void tp_shard_run_once(struct tp_shard *sh, uint64_t cap_ms)
 
     snapshot_adopt(sh);
 
+    if (TP_UNLIKELY(on_valgrind)) {
+        /* valgrind 3.19 holds its thread lock across io_uring_enter: let
+         * the control thread run, and never wait long (bench/instr.sh) */
+        sched_yield();
+        cap_ms = cap_ms < 10 ? cap_ms : 10;
+    }
     uint64_t wait_ms = tp_wheel_next_ms(&sh->wheel, sh->now_ms, cap_ms);
     ts.tv_sec = (long long)(wait_ms / 1000);
     ts.tv_nsec = (long long)(wait_ms % 1000) * 1000000;
@@ -813,10 +926,12 @@ void tp_shard_run_once(struct tp_shard *sh, uint64_t cap_ms)
         n++;
     }
     io_uring_cq_advance(&sh->ring, n);
+    tp_stat_add(&sh->ring_cqes, n);
+    tp_stat_add(&sh->ring_waits, 1);
 
     tp_wheel_run(&sh->wheel, sh->now_ms);
     EACH_HOOK(tick, sh);
-    bufs_flush(sh);
+    tp_bufs_flush(sh);
     rcu_quiescent_state();
 
     if (sh->draining && !shard_busy(sh))
@@ -894,6 +1009,7 @@ struct tp_shard *tp_shard_create(unsigned id, int cpu, const struct tp_lis_msg *
         return NULL;
     }
     x = (struct tp_shard_ext *)(sh + 1);
+    on_valgrind = ON_VALGRIND();
     sh->id = id;
     sh->cpu = cpu;
     sh->wake_fd = eventfd(0, EFD_CLOEXEC);
@@ -972,6 +1088,8 @@ void tp_shard_free_unstarted(struct tp_shard *sh)
     if (sh->bufs.mem && sh->bufs.mem != MAP_FAILED)
         munmap(sh->bufs.mem, (size_t)sh->bufs.size * sh->bufs.count);
     free(sh->bufs.refs);
+    free(sh->bufs.stk);
+    free(sh->bufs.flags);
     for (unsigned i = 0; i < sh->n_lis; i++)
         if (sh->lis[i].fd >= 0)
             close(sh->lis[i].fd);

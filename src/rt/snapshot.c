@@ -31,6 +31,7 @@
 #include <turnpike/err.h>
 #include <turnpike/hash.h>
 #include <turnpike/log.h>
+#include <turnpike/lease.h>
 #include <turnpike/ratelimit.h>
 #include <turnpike/router.h>
 #include <turnpike/tls.h>
@@ -158,13 +159,14 @@ static void rl_ref_put(struct tp_rl_ref *r)
 {
     if (r && --r->refs == 0) {
         tp_ratelimit_destroy(r->rl);
+        tp_lease_unref(r->lease);
         free(r);
     }
 }
 
-static bool rl_same_key(const struct tp_rl_ref *r, const struct tp_key *k)
+static bool rl_same_key(const struct tp_rl_ref *r, const struct tp_key *k, bool global)
 {
-    if (r->kind != k->kind)
+    if (r->kind != k->kind || r->global != global)
         return false;
     /* header:NAME and claim:NAME key by a name too: another name starts over */
     return (k->kind != TP_KEY_HEADER && k->kind != TP_KEY_CLAIM) ||
@@ -178,15 +180,19 @@ static struct tp_rl_ref *rl_for(struct tp_route_state *st, const struct tp_cfg_r
 {
     struct tp_rl_ref *r = st->rl;
 
-    if (r && rl_same_key(r, &cfg->key)) {
+    if (r && rl_same_key(r, &cfg->key, cfg->global)) {
         r->refs++;
         return r;
     }
     r = calloc(1, sizeof(*r));
-    if (!r || !(r->rl = tp_ratelimit_create(cfg, 0, err))) {
+    if (!r || !(r->rl = tp_ratelimit_create(cfg, 0, err)) ||
+        (cfg->global && !(r->lease = tp_lease_create(st->name, cfg, 0, err)))) {
+        if (r)
+            tp_ratelimit_destroy(r->rl);
         free(r);
         return NULL;
     }
+    r->global = cfg->global;
     r->kind = cfg->key.kind;
     if (cfg->key.name)
         snprintf(r->name, sizeof(r->name), "%s", cfg->key.name);
@@ -718,6 +724,7 @@ static struct tp_snapshot *build_on(struct tp_gen_base *base, uint64_t generatio
             if (!(rt->rlref = rl_for(rt->st, rc->rate_limit, &err)))
                 goto fail;
             rt->rl = rt->rlref->rl;
+            rt->lease = rt->rlref->lease;
         }
         if (rc->upstream != TP_UPSTREAM_NONE)
             rt->up = &s->ups[rc->upstream];
@@ -801,7 +808,8 @@ void tp_snapshot_publish(struct tp_snapshot *s)
             rt->rlref->refs++;
             rl_ref_put(rt->st->rl);
             rt->st->rl = rt->rlref;
-        } else if (tp_ratelimit_update(rt->rl, rt->cfg->rate_limit, tp_clock_ns()) < 0) {
+        } else if (tp_ratelimit_update(rt->rl, rt->cfg->rate_limit, tp_clock_ns()) < 0 ||
+                   (rt->lease && tp_lease_update(rt->lease, rt->cfg->rate_limit) < 0)) {
             tp_err("route %s: cannot apply the new rate limit; the previous one stays", rt->st->name);
         }
     }

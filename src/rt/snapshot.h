@@ -53,6 +53,7 @@
 
 struct tp_breaker;
 struct tp_ratelimit;
+struct tp_lease_table;
 
 #define TP_MAX_SHARDS 256
 #define TP_CACHELINE  64
@@ -68,6 +69,12 @@ static inline void tp_stat_add(tp_stat_t *c, uint64_t v)
 {
     /* single writer: a plain load/add/store, no locked instruction */
     atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v, memory_order_relaxed);
+}
+
+/** A gauge of one writer. */
+static inline void tp_stat_set(tp_stat_t *c, uint64_t v)
+{
+    atomic_store_explicit(c, v, memory_order_relaxed);
 }
 
 static inline uint64_t tp_stat_get(const tp_stat_t *c)
@@ -87,6 +94,7 @@ void tp_hist_observe(struct tp_hist *h, uint64_t us);
 struct tp_route_stats {
     tp_stat_t requests[5]; /* by status class 1xx..5xx */
     tp_stat_t ratelimited;
+    tp_stat_t rl_fallback;    /* global limit decided by on_failure (store down) */
     tp_stat_t tunnels_active; /* gauge: +1 when a tunnel starts, -1 when it ends (or its route goes) */
     tp_stat_t tunnels_total;
     tp_stat_t auth_rejected[4]; /* by reason: missing, invalid, expired, forbidden */
@@ -109,10 +117,12 @@ struct tp_ep_shard {
 /** A rate limiter shared by the generations whose route keys it the same way. [control refcount] */
 struct tp_rl_ref {
     struct tp_ratelimit *rl;
-    int refs;              /* route state + snapshots using it */
-    enum tp_key_kind kind; /* what it is keyed by: a new key starts a new limiter */
-    char name[128];        /* header name for TP_KEY_HEADER */
-    bool fresh;            /* created by a build not yet published */
+    struct tp_lease_table *lease; /* scope: global: the leased pools (rl serves on_failure: local) */
+    int refs;                     /* route state + snapshots using it */
+    enum tp_key_kind kind;        /* what it is keyed by: a new key starts a new limiter */
+    bool global;                  /* scope: a new scope starts a new limiter too */
+    char name[128];               /* header name for TP_KEY_HEADER */
+    bool fresh;                   /* created by a build not yet published */
 };
 
 struct tp_route_state {
@@ -196,6 +206,7 @@ struct tp_rt_route {
     struct tp_rt_rewrite req, resp;
     size_t strip_len;              /* strlen(cfg->strip_prefix) or 0 */
     struct tp_ratelimit *rl;       /* rlref->rl when this generation's route has a rate_limit */
+    struct tp_lease_table *lease;  /* rlref->lease when it is scope: global */
     struct tp_rl_ref *rlref;       /* holds a reference */
     bool resp_has_ctype;           /* response_headers sets Content-Type */
     const struct tp_rt_auth *auth; /* routes[].auth's provider; NULL = none */

@@ -191,8 +191,9 @@ static void unstarve(struct tp_shard *sh, struct tp_transport *t)
 }
 
 /* End of each loop iteration: re-arm starved receives once a quarter of the pool is back.
- * Buffers returned during this iteration (bufs.adv) count as back: the reactor publishes
- * them right after the tick hooks, before the re-armed receives are submitted. */
+ * Buffers returned during this iteration count as back: the reactor puts them into the
+ * ring right after the tick hooks (doubling its window after the ENOBUFS), before the
+ * re-armed receives are submitted. */
 static void transport_tick(struct tp_shard *sh)
 {
     struct tp_transport_shard *ts = tshard(sh);

@@ -4,7 +4,9 @@ after the generation moves; in-flight requests finish on their old configuration
 100 reloads under keep-alive load without a failed request or a dropped
 connection; an invalid file changes nothing and is reported as FILE:LINE:COLUMN;
 rate-limit buckets carry over."""
+import os
 import re
+import signal
 import threading
 import time
 
@@ -248,3 +250,70 @@ def test_workers_change_needs_restart(h):
     assert m.value("turnpike_shards") == 2
     assert admin_json(tp)["workers"] == 2
     assert get(tp.port, "/x").header("x-new") == "1"
+
+
+def guard_helpers(pid):
+    """Pids of the YAML parser guard helpers whose parent is <pid>."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        fields = st[st.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] != "Z" and b"--yaml-guard-helper" in cmd:
+            out.append(int(d))
+    return out
+
+
+def running(pid):
+    """True while <pid> exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read()
+    except OSError:
+        return False
+    return st[st.rindex(")") + 2:].split()[0] != "Z"
+
+
+def test_parser_guard_helper_reused_and_respawned(h):
+    """The YAML parser runs first in a helper process that serves load after load (not
+    a fork of the gateway per load); a helper that was killed is replaced at the next
+    reload, one that saw a malformed file is retired."""
+    up = h.upstream(name="U")
+    tp = h.turnpike({"upstreams": [upstream_cfg("u", up)], "routes": [{"name": "r", "upstream": "u"}]})
+    pid = tp.proc.pid
+    helpers = guard_helpers(pid)
+    assert len(helpers) == 1, helpers
+    for gen in (2, 3):
+        assert reload(tp, derive(tp, routes=[{"name": "r", "upstream": "u",
+                                              "response_headers": {"set": {"x-gen": str(gen)}}}])) == gen
+    assert guard_helpers(pid) == helpers  # the same helper served every load
+
+    os.kill(helpers[0], signal.SIGKILL)
+    assert reload(tp, derive(tp, routes=[{"name": "r", "upstream": "u",
+                                          "response_headers": {"set": {"x-gen": "4"}}}])) == 4
+    assert get(tp.port, "/x").header("x-gen") == "4"
+    new = guard_helpers(pid)
+    assert len(new) == 1 and new != helpers, (helpers, new)
+    assert not os.path.exists(f"/proc/{helpers[0]}"), "the killed helper was not reaped by the gateway"
+
+    # an invalid file is still refused with its position; the helper that parsed it
+    # does not parse another file (its heap went through malformed input): it exits,
+    # is reaped, and the next load starts a new one
+    err = reload_fails(tp, config_text(derive(tp)).rstrip().rstrip("}") + "\n")
+    assert re.search(re.escape(str(tp.config_path)) + r":\d+:\d+: \S", err), err
+    assert guard_helpers(pid) == []
+    assert not os.path.exists(f"/proc/{new[0]}"), "the retired helper was not reaped"
+    write_config(tp, tp.config)
+    sighup_and_wait(tp, 5)
+    last = guard_helpers(pid)
+    assert len(last) == 1 and last != new, (new, last)
+
+    tp.stop()
+    wait_until(lambda: not running(last[0]), T(10), what="the helper to exit with the gateway")

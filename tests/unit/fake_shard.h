@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * A hand-built struct tp_shard for the HTTP unit tests: a provided-buffer
- * pool (memory, refcounts and a buffer ring in plain memory, not registered
- * with any io_uring), a seeded random generator and empty free lists. This is
- * enough for tp_buf_release (it only writes the ring memory), the inq/outq
+ * pool (memory, refcounts, the parked stack, and a buffer ring in plain
+ * memory, not registered with any io_uring), a seeded random generator and
+ * empty free lists. This is enough for tp_buf_release (it parks the buffer
+ * on the stack), the inq/outq
  * helpers, tp_block_get/put and tp_h1_random_hex. No ring is set up: nothing
  * here may submit I/O. Single-threaded.
  */
@@ -26,7 +27,10 @@ static inline struct tp_shard *fake_shard_create(uint32_t count, uint32_t size)
     sh->bufs.size = size;
     sh->bufs.mem = malloc((size_t)count * size);
     sh->bufs.refs = calloc(count, sizeof(*sh->bufs.refs));
-    if (posix_memalign(&br, 4096, sizeof(struct io_uring_buf) * count) || !sh->bufs.mem || !sh->bufs.refs)
+    sh->bufs.stk = calloc(count, sizeof(*sh->bufs.stk));
+    sh->bufs.flags = calloc(count, 1);
+    if (posix_memalign(&br, 4096, sizeof(struct io_uring_buf) * count) || !sh->bufs.mem || !sh->bufs.refs ||
+        !sh->bufs.stk || !sh->bufs.flags)
         abort();
     memset(br, 0, sizeof(struct io_uring_buf) * count);
     sh->bufs.br = br;
@@ -51,6 +55,8 @@ static inline void fake_shard_destroy(struct tp_shard *sh)
     free(sh->bufs.br);
     free(sh->bufs.mem);
     free(sh->bufs.refs);
+    free(sh->bufs.stk);
+    free(sh->bufs.flags);
     free(sh);
 }
 
@@ -61,6 +67,13 @@ static inline void fake_recv(struct tp_shard *sh, uint16_t bid, const void *data
     if (sh->bufs.refs[bid] != 0 || len > sh->bufs.size)
         abort(); /* a test bug: the buffer is in use */
     memcpy(tp_buf_ptr(sh, bid), data, len);
+    /* the kernel takes it from the ring: a parked buffer leaves the stack */
+    for (uint32_t i = sh->bufs.sp; i-- > 0;)
+        if (sh->bufs.stk[i] == bid) {
+            memmove(&sh->bufs.stk[i], &sh->bufs.stk[i + 1], (sh->bufs.sp - i - 1) * sizeof(*sh->bufs.stk));
+            sh->bufs.sp--;
+            break;
+        }
     sh->bufs.held++;
     sh->bufs.refs[bid] = 1;
 }
@@ -91,18 +104,9 @@ static inline uint32_t fake_bufs_in_use(const struct tp_shard *sh)
     return n;
 }
 
-/* The ring entry written by the <k>-th most recent return (k = 1: the last);
- * tp_buf_release adds entries at tail + adv and the test never advances. */
-static inline const struct io_uring_buf *fake_returned(const struct tp_shard *sh, uint32_t k)
-{
-    uint32_t mask = sh->bufs.count - 1;
-    return &sh->bufs.br->bufs[(sh->bufs.br->tail + sh->bufs.adv - k) & mask];
-}
-
-/* True when the last return put <bid> back into the ring with its whole memory. */
+/* True when the <k>-th most recent return (k = 1: the last) parked <bid>;
+ * tp_buf_release pushes onto the parked stack and the test never flushes. */
 static inline bool fake_returned_is(const struct tp_shard *sh, uint32_t k, uint16_t bid)
 {
-    const struct io_uring_buf *b = fake_returned(sh, k);
-    return sh->bufs.adv >= k && b->bid == bid && b->len == sh->bufs.size &&
-           b->addr == (uint64_t)(uintptr_t)tp_buf_ptr((struct tp_shard *)sh, bid);
+    return sh->bufs.sp >= k && sh->bufs.stk[sh->bufs.sp - k] == bid;
 }

@@ -1326,6 +1326,77 @@ static void test_route_auth_errors(void)
            "t.yaml:10:7: auth: expected a list, got \"t\"");
 }
 
+/* rate_limit_store and rate_limit.scope */
+static void test_rl_store(void)
+{
+    struct tp_config *cfg;
+
+    cfg = parse_ok("store defaults", BASE "  - upstream: users\n    rate_limit: {rate: 1000/s, key: "
+                                          "header:x-tenant, scope: global}\n"
+                                          "rate_limit_store:\n  redis: 127.0.0.1:6390\n");
+    if (cfg) {
+        ok(cfg->rl_store != NULL, "store present");
+        if (cfg->rl_store) {
+            is_int(port_of(&cfg->rl_store->redis), 6390, "store port");
+            is_int(cfg->rl_store->timeout_ms, 5, "timeout defaults to 5ms");
+            is_int(cfg->rl_store->on_failure, TP_STORE_FAIL_LOCAL, "on_failure defaults to local");
+            is_str(cfg->rl_store->prefix, "turnpike:rl:", "prefix default");
+        }
+        ok(cfg->routes[0].rate_limit && cfg->routes[0].rate_limit->global, "scope: global");
+        tp_config_destroy(cfg);
+    }
+    cfg = parse_ok("store set", BASE "  - upstream: users\n    rate_limit: {rate: 10/s, scope: local}\n"
+                                     "rate_limit_store: {redis: '[::1]:7000', timeout: 250ms, on_failure: "
+                                     "allow, prefix: 'prod:'}\n");
+    if (cfg) {
+        ok(cfg->rl_store && cfg->rl_store->timeout_ms == 250 &&
+               cfg->rl_store->on_failure == TP_STORE_FAIL_ALLOW &&
+               strcmp(cfg->rl_store->prefix, "prod:") == 0 && port_of(&cfg->rl_store->redis) == 7000,
+           "timeout, on_failure, prefix, IPv6 address");
+        ok(cfg->routes[0].rate_limit && !cfg->routes[0].rate_limit->global, "scope: local");
+        tp_config_destroy(cfg);
+    }
+    cfg = parse_ok("no store", BASE "  - upstream: users\n    rate_limit: {rate: 10/s}\n");
+    if (cfg) {
+        ok(cfg->rl_store == NULL && !cfg->routes[0].rate_limit->global, "no store, scope defaults to local");
+        tp_config_destroy(cfg);
+    }
+
+    EXPECT("global without store", BASE "  - upstream: users\n    rate_limit: {rate: 1/s, scope: global}\n",
+           "t.yaml:9:36: routes[0].rate_limit.scope: global needs a rate_limit_store (where the instances "
+           "share the bucket)");
+    EXPECT("scope value",
+           BASE "  - upstream: users\n    rate_limit: {rate: 1/s, scope: cluster}\n"
+                "rate_limit_store: {redis: 127.0.0.1:6379}\n",
+           "t.yaml:9:36: routes[0].rate_limit.scope: invalid value \"cluster\" (expected local or global)");
+    EXPECT("store without redis",
+           BASE "  - upstream: users\n"
+                "rate_limit_store: {timeout: 5ms}\n",
+           "t.yaml:9:19: rate_limit_store: missing required key \"redis\"");
+    EXPECT("store address",
+           BASE "  - upstream: users\n"
+                "rate_limit_store: {redis: localhost:6379}\n",
+           "t.yaml:9:27: rate_limit_store.redis: invalid address \"localhost:6379\" (expected IPv4:port or "
+           "[IPv6]:port)");
+    EXPECT("store timeout zero",
+           BASE "  - upstream: users\n"
+                "rate_limit_store: {redis: 127.0.0.1:1, timeout: 0ms}\n",
+           "t.yaml:9:49: rate_limit_store.timeout: 0ms is out of range (1ms..10s)");
+    EXPECT("store on_failure",
+           BASE "  - upstream: users\n"
+                "rate_limit_store: {redis: 127.0.0.1:1, on_failure: deny}\n",
+           "t.yaml:9:52: rate_limit_store.on_failure: invalid value \"deny\" (expected local or allow)");
+    EXPECT("store unknown key",
+           BASE "  - upstream: users\n"
+                "rate_limit_store: {redis: 127.0.0.1:1, password: x}\n",
+           "t.yaml:9:40: rate_limit_store.password: unknown key");
+    /* a broken store is one mistake, not one per global route */
+    EXPECT("broken store, global route",
+           BASE "  - upstream: users\n    rate_limit: {rate: 1/s, scope: global}\n"
+                "rate_limit_store: 127.0.0.1:6379\n",
+           "t.yaml:10:19: rate_limit_store: expected a mapping, got \"127.0.0.1:6379\"");
+}
+
 /* Endpoint names (host:port), resolve_every and the resolver section: syntax only, no DNS query. */
 static void test_dns_names(void)
 {
@@ -1497,6 +1568,7 @@ int main(void)
     test_auth_from_errors();
     test_auth_claim_map_errors();
     test_route_auth_errors();
+    test_rl_store();
     test_dns_names();
     test_h2();
     test_upstream_protocol();

@@ -168,9 +168,9 @@ static void test_one_buffer(struct tp_shard *sh)
     is_int(sh->bufs.refs[bid], 0, "tp_head_release drops the last reference");
     ok(fake_returned_is(sh, 1, bid), "the buffer went back to the ring");
     is_int(sh->bufs.held, 0, "no buffer held");
-    uint32_t adv = sh->bufs.adv;
+    uint32_t sp = sh->bufs.sp;
     job_dispose(sh, &j);
-    is_int(sh->bufs.adv, adv, "dispose after release returns nothing twice");
+    is_int(sh->bufs.sp, sp, "dispose after release returns nothing twice");
     ok(j.h.base == NULL && j.h.n_hdrs == 0 && j.h.hdrs == j.h.inl, "dispose resets the head");
 }
 

@@ -6,10 +6,12 @@
  * limit; tp_outq_push_* / prepare / sent with partial sends, zero-length
  * segments, the iovec limit, the segment ring's capacity and wrap-around,
  * buffer references held by RBUF segments and blocks returned once sent, and
- * tp_outq_clear.
+ * tp_outq_clear; the buffer window of the reactor (tp_bufs_flush: the ring
+ * topped up to the window, growth on a busy iteration or ENOBUFS, shrink
+ * after a quiet second, parked memory given back).
  *
  * Buffer references are checked exactly on a fake shard (fake_shard.h): every
- * release of a last reference writes the ring, so the test sees which buffer
+ * release of a last reference parks the buffer on a stack, so the test sees which buffer
  * went back and in which order. Single-threaded.
  */
 #include <stdio.h>
@@ -64,10 +66,10 @@ static void test_inq_basic(struct tp_shard *sh)
     inq_text(&q, text, sizeof(text));
     is_str(text, "1:5:5 2:0:20 3:0:30 ", "consume 5: front advanced");
     is_int(sh->bufs.refs[1], 1, "a partly consumed buffer keeps its reference");
-    uint32_t adv = sh->bufs.adv;
+    uint32_t sp = sh->bufs.sp;
     tp_inq_consume(sh, &q, 5);
     is_int(sh->bufs.refs[1], 0, "an emptied buffer is released");
-    is_int(sh->bufs.adv, adv + 1, "one buffer returned to the ring");
+    is_int(sh->bufs.sp, sp + 1, "one buffer returned (parked)");
     ok(fake_returned_is(sh, 1, 1), "buffer 1 went back with its whole memory");
     is_int(sh->bufs.held, 2, "2 buffers held");
     tp_inq_consume(sh, &q, 25);
@@ -553,6 +555,79 @@ static void test_outq_pressed_copies(struct tp_shard *sh)
     is_int(fake_refs_total(sh), 0, "unpressed: clear released the slice");
 }
 
+/* What bufs_setup does on a real shard, on the fake one: every buffer parked, bid 0 on top. */
+static void bufs_prime(struct tp_shard *sh)
+{
+    struct tp_bufs *b = &sh->bufs;
+    for (uint32_t i = 0; i < b->count; i++)
+        b->stk[i] = (uint16_t)(b->count - 1 - i);
+    b->sp = b->low_sp = b->count;
+    b->want = TP_BUFS_MIN;
+}
+
+/* A receive completion carrying buffer <bid>. */
+static int take(struct tp_shard *sh, uint16_t bid)
+{
+    struct io_uring_cqe cqe = {.res = 1,
+                               .flags = IORING_CQE_F_BUFFER | ((uint32_t)bid << IORING_CQE_BUFFER_SHIFT)};
+    return tp_cqe_buffer(sh, &cqe);
+}
+
+/* The buffer window: the ring gets TP_BUFS_MIN buffers, doubles when an
+ * iteration takes more than half, returned buffers are parked, a quiet
+ * second halves the window and gives parked memory back. */
+static void test_bufs_window(void)
+{
+    struct tp_shard *sh = fake_shard_create(256, 4096);
+    struct tp_bufs *b = &sh->bufs;
+    char text[64];
+
+    bufs_prime(sh);
+    sh->now_ms = 0;
+    tp_bufs_flush(sh);
+    is_int(b->avail, TP_BUFS_MIN, "start: a window of TP_BUFS_MIN buffers in the ring");
+    is_int(b->sp, 256 - TP_BUFS_MIN, "the rest parked");
+    is_int(b->br->tail, TP_BUFS_MIN, "published with one advance");
+    snprintf(text, sizeof(text), "%u %u", b->br->bufs[0].bid, b->br->bufs[TP_BUFS_MIN - 1].bid);
+    is_str(text, "0 63", "low buffers first, in order");
+
+    for (uint16_t i = 0; i < 40; i++)
+        take(sh, i);
+    is_int(b->held, 40, "40 taken");
+    is_int(b->avail, TP_BUFS_MIN - 40, "24 left in the ring");
+    sh->now_ms = 10;
+    tp_bufs_flush(sh);
+    is_int(b->want, 2 * TP_BUFS_MIN, "more than half taken in one iteration: the window doubles");
+    is_int(b->avail, 2 * TP_BUFS_MIN, "ring topped up to the new window");
+
+    for (uint16_t i = 0; i < 40; i++)
+        tp_buf_release(sh, i);
+    is_int(b->held, 0, "all returned");
+    ok(fake_returned_is(sh, 1, 39) && fake_returned_is(sh, 40, 0), "returned buffers parked, last on top");
+    tp_bufs_flush(sh);
+    is_int(b->avail, 2 * TP_BUFS_MIN, "a full ring takes no parked buffer");
+    is_int(b->dirty_n, 40, "40 buffers written");
+
+    sh->now_ms = 1000;
+    tp_bufs_flush(sh); /* trim: peak 40 is no quarter of 128 or less: window stays */
+    is_int(b->want, 2 * TP_BUFS_MIN, "busy second: the window stays");
+    is_int(b->dirty_n, 40, "buffers parked for less than a second keep their memory");
+    sh->now_ms = 2000;
+    tp_bufs_flush(sh);
+    is_int(b->want, TP_BUFS_MIN, "quiet second: the window halves");
+    is_int(b->dirty_n, 0, "buffers parked for a whole second are given back");
+    is_int(tp_stat_get(&sh->bufs_window), TP_BUFS_MIN, "window gauge");
+    is_int(tp_stat_get(&sh->bufs_dirty), 0, "resident gauge");
+
+    /* a receive that found the ring empty doubles the window at once */
+    tp_stat_add(&sh->enobufs, 1);
+    sh->now_ms = 2100;
+    tp_bufs_flush(sh);
+    is_int(b->want, 2 * TP_BUFS_MIN, "ENOBUFS: the window doubles");
+    is_int(fake_bufs_in_use(sh), 0, "nothing held");
+    fake_shard_destroy(sh);
+}
+
 int main(void)
 {
     struct tp_shard *sh = fake_shard_create(256, 4096);
@@ -566,6 +641,7 @@ int main(void)
     test_outq_coalesce(sh);
     test_outq_pressed_copies(sh);
     test_outq_clear_all(sh);
+    test_bufs_window();
     is_int(fake_bufs_in_use(sh), sh->bufs.held, "held matches the buffers in use");
     is_int(fake_refs_total(sh), 0, "no reference left at the end");
     fake_shard_destroy(sh);
