@@ -48,6 +48,14 @@ void tp_diag_dispose(struct tp_diag *d);
 
 /* ---- enums ---- */
 
+/** upstreams[].protocol: what the upstream is spoken to in. */
+enum tp_upstream_protocol {
+    TP_UPROTO_HTTP1 = 0, /* HTTP/1.1 (default), over TLS when `tls` is set */
+    TP_UPROTO_H2C,       /* HTTP/2 in clear text, prior knowledge (RFC 9113 3.3) */
+    TP_UPROTO_H2,        /* HTTP/2 over TLS, negotiated by ALPN "h2" */
+    TP_UPROTO_COUNT
+};
+
 enum tp_balance {
     TP_BALANCE_ROUND_ROBIN = 0, /* smooth weighted round robin (default) */
     TP_BALANCE_LEAST_REQUEST,   /* power of two choices on in-flight counts */
@@ -128,9 +136,10 @@ struct tp_cfg_endpoint {
 };
 
 struct tp_cfg_upstream_tls {
-    char *sni;   /* NULL = none */
-    bool verify; /* default true */
-    char *ca;    /* CA bundle path; NULL = system default */
+    char *sni;    /* NULL = none */
+    bool verify;  /* default true */
+    char *ca;     /* CA bundle path; NULL = system default */
+    bool alpn_h2; /* offer only "h2" by ALPN (protocol: h2); not a YAML key */
     struct tp_pos pos;
 };
 
@@ -161,6 +170,7 @@ struct tp_cfg_upstream {
     struct tp_cfg_endpoint *endpoints;
     size_t n_endpoints; /* >= 1 */
     enum tp_balance balance;
+    enum tp_upstream_protocol protocol;             /* default TP_UPROTO_HTTP1 */
     struct tp_key hash_key;                         /* kind != NONE iff balance == HASH */
     uint32_t keepalive;                             /* idle per worker per endpoint, default 32 */
     struct tp_cfg_upstream_tls *tls;                /* NULL = plain */

@@ -175,6 +175,26 @@ void tp_metrics_render(struct tp_abuf *b)
             tp_abuf_printf(b, "\",reason=\"%s\"} %llu\n", reasons[k], (unsigned long long)v);
         }
     }
+    family(b, "turnpike_grpc_responses_total", "counter",
+           "gRPC calls answered, by route and grpc-status (0..16, other); a series appears with its first "
+           "call.");
+    for (size_t i = 0; i <= s->n_routes; i++) {
+        const char *name = i < s->n_routes ? s->routes[i].st->name : "unmatched";
+        for (unsigned k = 0; k < 18; k++) {
+            uint64_t v = 0;
+            for (unsigned sh = 0; sh < ns; sh++)
+                v += i < s->n_routes ? tp_stat_get(&s->routes[i].st->stats[sh].grpc[k])
+                                     : tp_stat_get(&tp_http_shard(tp_rt.shards[sh])->unmatched.grpc[k]);
+            if (!v)
+                continue; /* 18 series per route for routes that carry no gRPC would be noise */
+            tp_abuf_put(b, "turnpike_grpc_responses_total{route=\"", 37);
+            label(b, name);
+            if (k < 17)
+                tp_abuf_printf(b, "\",grpc_status=\"%u\"} %llu\n", k, (unsigned long long)v);
+            else
+                tp_abuf_printf(b, "\",grpc_status=\"other\"} %llu\n", (unsigned long long)v);
+        }
+    }
     family(b, "turnpike_tunnels_active", "gauge", "WebSocket/Upgrade tunnels open now, by route.");
     for (size_t i = 0; i < s->n_routes; i++) {
         uint64_t v = 0;
@@ -279,6 +299,17 @@ void tp_metrics_render(struct tp_abuf *b)
                 v += tp_stat_get(&st->shard[sh].idle_count);
             labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
             sample(b, "turnpike_upstream_pool_idle_connections", &lb, (unsigned long long)(v));
+        }
+    family(b, "turnpike_upstream_h2_streams_active", "gauge",
+           "Streams on HTTP/2 upstream connections (open or waiting for one), all shards.");
+    for (size_t u = 0; u < s->n_ups; u++)
+        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
+            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
+            uint64_t v = 0;
+            for (unsigned sh = 0; sh < ns; sh++)
+                v += tp_stat_get(&st->shard[sh].h2_streams);
+            labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
+            sample(b, "turnpike_upstream_h2_streams_active", &lb, (unsigned long long)(v));
         }
     family(b, "turnpike_upstream_response_duration_seconds", "histogram",
            "Time from an attempt's start to the upstream response's end, by endpoint.");
@@ -467,6 +498,11 @@ static void rfc3339(char *out, size_t cap, uint64_t real_ns)
     snprintf(out + n, cap - n, ".%03lluZ", (unsigned long long)(real_ns / 1000000ull % 1000));
 }
 
+static const char *protocol_name(enum tp_upstream_protocol p)
+{
+    return p == TP_UPROTO_H2C ? "h2c" : p == TP_UPROTO_H2 ? "h2" : "http1";
+}
+
 static const char *balance_name(enum tp_balance b)
 {
     return b == TP_BALANCE_LEAST_REQUEST ? "least_request" : b == TP_BALANCE_HASH ? "hash" : "round_robin";
@@ -560,11 +596,11 @@ void tp_config_render(struct tp_abuf *b)
         const struct tp_rt_upstream *up = &s->ups[u];
         tp_abuf_printf(b, "%s{\"name\":", u ? "," : "");
         tp_abuf_json_str(b, up->cfg->name);
-        tp_abuf_printf(
-            b,
-            ",\"balance\":\"%s\",\"keepalive\":%u,\"health_check\":%s,\"circuit_breaker\":%s,\"endpoints\":[",
-            balance_name(up->cfg->balance), up->cfg->keepalive, up->cfg->health_check ? "true" : "false",
-            up->cfg->circuit_breaker ? "true" : "false");
+        tp_abuf_printf(b,
+                       ",\"protocol\":\"%s\",\"balance\":\"%s\",\"keepalive\":%u,\"health_check\":%s,"
+                       "\"circuit_breaker\":%s,\"endpoints\":[",
+                       protocol_name(up->cfg->protocol), balance_name(up->cfg->balance), up->cfg->keepalive,
+                       up->cfg->health_check ? "true" : "false", up->cfg->circuit_breaker ? "true" : "false");
         for (size_t e = 0; e < up->n_eps; e++) {
             const struct tp_rt_endpoint *ep = &up->eps[e];
             int cs = ep->breaker ? tp_breaker_state(ep->breaker, now_ms) : 0;

@@ -1865,6 +1865,35 @@ static void endpoints_end(struct cctx *c, const struct tp_ynode *list, const cha
     }
 }
 
+/* protocol: h2c is clear text, so `tls` contradicts it; h2 is TLS, with
+ * the default client settings (verify, system CAs) when `tls` is absent, and
+ * offers only "h2" by ALPN. */
+static void upstream_protocol_end(struct cctx *c, struct walk *w)
+{
+    struct tp_cfg_upstream *u = w->obj;
+    const struct tp_ynode *proto = wval(w, "protocol");
+    char kp[PATH_MAX_LEN];
+
+    if (w->failed & (1ull << fidx(w->t, "protocol")))
+        return;
+    if (u->protocol == TP_UPROTO_H2C && u->tls) {
+        err(c, wkey(w, "tls"), "%s: h2c is HTTP/2 in clear text; use protocol: h2 for HTTP/2 over TLS",
+            kpath(kp, w->path, "tls"));
+        return;
+    }
+    if (u->protocol != TP_UPROTO_H2)
+        return;
+    if (!u->tls) {
+        if (!(u->tls = tp_cfg_arena_calloc(c->a, 1, sizeof(*u->tls)))) {
+            err(c, proto, "out of memory");
+            return;
+        }
+        u->tls->verify = true;
+        u->tls->pos = u->pos;
+    }
+    u->tls->alpn_h2 = true;
+}
+
 /* balance: hash and hash_key go together; blame the one that is there
  * without the other (a broken hash_key or balance was reported already). */
 static void upstream_end(struct cctx *c, struct walk *w)
@@ -1882,6 +1911,7 @@ static void upstream_end(struct cctx *c, struct walk *w)
         warn(c, hash_key, "%s: only used with balance: hash (ignored)", kpath(kp, w->path, "hash_key"));
         memset(&u->hash_key, 0, sizeof(u->hash_key));
     }
+    upstream_protocol_end(c, w);
 }
 
 static const struct table upstream_table;
@@ -2110,6 +2140,9 @@ _Static_assert(TP_TLS_V1_2 == 1u << 0 && TP_TLS_V1_3 == 1u << 1, "tls_protocols 
 static const char *const balances[] = {"round_robin", "least_request", "hash"};
 _Static_assert(TP_BALANCE_HASH == 2 && TP_BALANCE_COUNT == 3, "balances follows enum tp_balance");
 
+static const char *const protocols[] = {"http1", "h2c", "h2"};
+_Static_assert(TP_UPROTO_H2 == 2 && TP_UPROTO_COUNT == 3, "protocols follows enum tp_upstream_protocol");
+
 static const char *const retry_conditions[] = {"connect_failure", "reset", "502", "503", "504"};
 _Static_assert(TP_RETRY_CONNECT_FAILURE == 1u << 0 && TP_RETRY_504 == 1u << 4,
                "retry_conditions follows enum tp_retry_on");
@@ -2207,6 +2240,7 @@ static const struct field upstream_fields[] = {
     {"endpoints", T_LIST, AT(UPSTREAM, endpoints), COUNT(UPSTREAM, n_endpoints), SUB(endpoint_table),
      .flags = F_REQUIRED, .empty = "at least one endpoint is required"},
     {"balance", T_ENUM, AT(UPSTREAM, balance), NAMES(balances), DEF_U(TP_BALANCE_ROUND_ROBIN)},
+    {"protocol", T_ENUM, AT(UPSTREAM, protocol), NAMES(protocols), DEF_U(TP_UPROTO_HTTP1)},
     {"hash_key", T_CUSTOM, AT(UPSTREAM, hash_key), CUSTOM(parse_key), .arg = &key_for_hash},
     {"keepalive", T_UINT, AT(UPSTREAM, keepalive), RANGE(0, 10000), DEF_U(32)},
     {"tls", T_OBJ, AT(UPSTREAM, tls), SUB(upstream_tls_table)},

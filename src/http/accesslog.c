@@ -394,6 +394,14 @@ static void format_json(struct line *l, struct alog_shard *a, const struct tp_ac
         PUTS(l, "null");
     PUTS(l, ",\"subject\":");
     put_json_or_null(l, r->subject, r->subject_len);
+    if (r->grpc_status >= 0) {
+        /* gRPC calls whose response had a grpc-status: the code, null for a value outside 0..16 */
+        PUTS(l, ",\"grpc_status\":");
+        if (r->grpc_status <= 16)
+            put_u64(l, (uint64_t)r->grpc_status);
+        else
+            PUTS(l, "null");
+    }
     if (r->error) {
         /* the same text as the answer's JSON body: reason, then the cause when there is one */
         PUTS(l, ",\"error\":");

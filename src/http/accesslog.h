@@ -43,6 +43,7 @@ struct tp_access_record {
     const char *endpoint;
     bool has_upstream_ns;
     uint64_t upstream_ns; /* [ns] */
+    int grpc_status;      /* gRPC calls: the response's grpc-status (0..16, 17 another value), -1 none */
     const char *subject;  /* who the credential names (JWT sub, API key name), or NULL */
     size_t subject_len;
     const char *error; /* reason of a gateway-made response, or NULL */

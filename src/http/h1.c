@@ -186,23 +186,190 @@ static int pw_on_status(llhttp_t *p, const char *at, size_t len)
     return tp_head_on_status(hp_of(p)->head, at, len);
 }
 
-/* Fields after the head are the trailer section of a chunked body. They are
- * not recorded: the head's bytes may be gone by then (spans would be measured
- * from a released buffer, and one split across reads looked like obs-fold),
- * and nothing reads them (a relayed body carries them as received). */
+/* ---- trailer sections (copies) ---- */
+
+struct tp_head *tp_trailers_new(void)
+{
+    struct tp_head *h = malloc(sizeof(*h));
+
+    if (h)
+        tp_head_init(h);
+    return h;
+}
+
+void tp_trailers_free(struct tp_head *h)
+{
+    if (!h)
+        return;
+    if (h->hdrs != h->inl)
+        free(h->hdrs);
+    free(h->copy);
+    free(h);
+}
+
+void tp_trailers_reset(struct tp_head *h)
+{
+    h->n_hdrs = 0;
+    h->len = 0;
+    h->base = NULL;
+    h->last_cb = 0;
+    h->bad = false;
+    h->reason_text = NULL;
+}
+
+/* Appends <n> bytes to the copy of <h>; false past <limit> or out of memory. */
+static bool tr_put(struct tp_head *h, const char *p, size_t n, uint32_t limit)
+{
+    if (n == 0)
+        return true; /* llhttp reports empty spans (an empty name): nothing to copy, maybe no copy yet */
+    if ((uint64_t)h->len + n > limit)
+        return false;
+    if (h->len + n > h->copy_cap) {
+        uint32_t cap = h->copy_cap ? h->copy_cap * 2 : 256;
+        while (cap < h->len + n)
+            cap *= 2;
+        if (cap > limit)
+            cap = limit;
+        char *c = realloc(h->copy, cap);
+        if (!c)
+            return false;
+        h->copy = c;
+        h->copy_cap = cap;
+    }
+    memcpy(h->copy + h->len, p, n);
+    h->len += (uint32_t)n;
+    return true;
+}
+
+/* A new field in <h>, its name starting at the copy's end. */
+static struct tp_hdr *tr_new_field(struct tp_head *h)
+{
+    if (h->n_hdrs == h->cap_hdrs) {
+        uint32_t ncap = h->cap_hdrs * 2;
+        struct tp_hdr *n = malloc(sizeof(*n) * ncap);
+        if (!n)
+            return NULL;
+        memcpy(n, h->hdrs, sizeof(*n) * h->n_hdrs);
+        if (h->hdrs != h->inl)
+            free(h->hdrs);
+        h->hdrs = n;
+        h->cap_hdrs = ncap;
+    }
+    struct tp_hdr *hd = &h->hdrs[h->n_hdrs++];
+    memset(hd, 0, sizeof(*hd));
+    hd->name.off = h->len;
+    return hd;
+}
+
+bool tp_trailers_add(struct tp_head *h, const char *name, size_t nlen, const char *value, size_t vlen,
+                     uint32_t limit)
+{
+    struct tp_hdr *hd = tr_new_field(h);
+
+    if (!hd)
+        return false;
+    if (!tr_put(h, name, nlen, limit)) {
+        h->n_hdrs--;
+        return false;
+    }
+    hd->value.off = h->len;
+    if (!tr_put(h, value, vlen, limit)) {
+        h->len = hd->name.off;
+        h->n_hdrs--;
+        return false;
+    }
+    hd->name.len = (uint32_t)nlen;
+    hd->value.len = (uint32_t)vlen;
+    hd->id = tp_h1_header_id(name, nlen);
+    h->base = h->copy;
+    return true;
+}
+
+/* Fields after the head are the trailer section of a chunked body. The head's
+ * bytes may be gone by then, so they are recorded, when asked for, as copies
+ * into their own struct tp_head (hp->trailers); otherwise skipped (a body
+ * relayed as received carries them anyway). */
+static int tr_on_field(struct tp_h1_parser *hp, const char *at, size_t len)
+{
+    struct tp_head *h = hp->trailers;
+
+    if (!hp->trailer_limit)
+        return 0;
+    if (!h && !(h = hp->trailers = tp_trailers_new()))
+        return -1;
+    if (h->last_cb != 1) {
+        if (!tr_new_field(h))
+            return -1;
+        h->last_cb = 1;
+    }
+    if (!tr_put(h, at, len, hp->trailer_limit)) {
+        h->reason_text = "trailer section too large";
+        return -1;
+    }
+    h->hdrs[h->n_hdrs - 1].name.len += (uint32_t)len;
+    return 0;
+}
+
+static int tr_on_value(struct tp_h1_parser *hp, const char *at, size_t len)
+{
+    struct tp_head *h = hp->trailers;
+
+    if (!hp->trailer_limit)
+        return 0;
+    if (!h || (h->last_cb != 1 && h->last_cb != 2)) {
+        if (h)
+            h->reason_text = "invalid trailer field";
+        return -1;
+    }
+    struct tp_hdr *hd = &h->hdrs[h->n_hdrs - 1];
+    if (h->last_cb == 1) {
+        hd->value.off = h->len;
+    } else if (at != hp->tr_last && !(hp->tr_last_at_end && at == hp->exec_start)) {
+        /* a value continued away from where it stopped: an obsolete line fold */
+        h->reason_text = "obsolete line folding";
+        return -1;
+    }
+    if (!tr_put(h, at, len, hp->trailer_limit)) {
+        h->reason_text = "trailer section too large";
+        return -1;
+    }
+    hd->value.len += (uint32_t)len;
+    hp->tr_last = at + len;
+    hp->tr_last_at_end = hp->tr_last == hp->exec_end;
+    h->last_cb = 2;
+    return 0;
+}
+
+static int tr_on_value_complete(struct tp_h1_parser *hp)
+{
+    struct tp_head *h = hp->trailers;
+
+    if (!hp->trailer_limit)
+        return 0;
+    if (!h || !h->n_hdrs || h->hdrs[h->n_hdrs - 1].name.len == 0)
+        return -1;
+    if (h->last_cb == 1) {
+        struct tp_hdr *hd = &h->hdrs[h->n_hdrs - 1];
+        hd->value.off = h->len;
+        hd->value.len = 0;
+    }
+    h->last_cb = 3;
+    return 0;
+}
+
 static int pw_on_field(llhttp_t *p, const char *at, size_t len)
 {
-    return hp_of(p)->head_done ? 0 : tp_head_on_field(hp_of(p)->head, at, len);
+    return hp_of(p)->head_done ? tr_on_field(hp_of(p), at, len) : tp_head_on_field(hp_of(p)->head, at, len);
 }
 
 static int pw_on_value(llhttp_t *p, const char *at, size_t len)
 {
-    return hp_of(p)->head_done ? 0 : tp_head_on_value(hp_of(p)->head, at, len);
+    return hp_of(p)->head_done ? tr_on_value(hp_of(p), at, len) : tp_head_on_value(hp_of(p)->head, at, len);
 }
 
 static int pw_on_value_complete(llhttp_t *p)
 {
-    return hp_of(p)->head_done ? 0 : tp_head_on_value_complete(hp_of(p)->head);
+    return hp_of(p)->head_done ? tr_on_value_complete(hp_of(p)) : tp_head_on_value_complete(hp_of(p)->head);
 }
 
 static int pw_on_headers_complete(llhttp_t *p)
@@ -221,7 +388,15 @@ static int pw_on_body(llhttp_t *p, const char *at, size_t len)
 
 static int pw_on_message_complete(llhttp_t *p)
 {
-    hp_of(p)->msg_done = true;
+    struct tp_h1_parser *hp = hp_of(p);
+    struct tp_head *t = hp->trailers;
+
+    hp->msg_done = true;
+    if (hp->trailer_limit && t && t->n_hdrs) {
+        /* the copy is complete (it no longer moves): trim and classify as a head */
+        t->base = t->copy;
+        head_finish(t);
+    }
     return HPE_PAUSED;
 }
 
@@ -252,6 +427,30 @@ void tp_h1_parser_init(struct tp_h1_parser *hp, llhttp_type_t type, struct tp_he
     hp->head_done = hp->msg_done = false;
     hp->on_body = on_body;
     hp->on_headers = NULL;
+    hp->trailers = NULL;
+    hp->trailer_limit = 0;
+    hp->exec_start = hp->exec_end = hp->tr_last = NULL;
+    hp->tr_last_at_end = false;
+}
+
+void tp_h1_parser_dispose(struct tp_h1_parser *hp)
+{
+    tp_trailers_free(hp->trailers);
+    hp->trailers = NULL;
+}
+
+void tp_h1_parser_want_trailers(struct tp_h1_parser *hp, uint32_t limit)
+{
+    hp->trailer_limit = limit;
+    if (hp->trailers)
+        tp_trailers_reset(hp->trailers);
+}
+
+llhttp_errno_t tp_h1_execute(struct tp_h1_parser *hp, const char *data, size_t len)
+{
+    hp->exec_start = data;
+    hp->exec_end = data + len;
+    return llhttp_execute(&hp->p, data, len);
 }
 
 void tp_h1_parser_finish_message(struct tp_h1_parser *hp)
@@ -699,6 +898,57 @@ struct tp_block *tp_h1_error_response(struct tp_shard *sh, unsigned status, cons
     }
     TP_BUG_ON(b->len > b->size);
     return b;
+}
+
+unsigned tp_grpc_status_parse(const char *v, size_t len)
+{
+    unsigned code = 0;
+
+    while (len && (v[len - 1] == ' ' || v[len - 1] == '\t'))
+        len--;
+    if (len == 0 || len > 2)
+        return TP_GRPC_OTHER;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return TP_GRPC_OTHER;
+        code = code * 10 + (unsigned)(v[i] - '0');
+    }
+    return code <= 16 ? code : TP_GRPC_OTHER;
+}
+
+bool tp_grpc_timeout_parse(const char *v, size_t len, uint64_t *ms)
+{
+    uint64_t n = 0;
+
+    if (len < 2 || len > 9)
+        return false;
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return false;
+        n = n * 10 + (uint64_t)(v[i] - '0');
+    }
+    switch (v[len - 1]) {
+    case 'H':
+        *ms = n * 3600000;
+        return true;
+    case 'M':
+        *ms = n * 60000;
+        return true;
+    case 'S':
+        *ms = n * 1000;
+        return true;
+    case 'm':
+        *ms = n;
+        return true;
+    case 'u':
+        *ms = (n + 999) / 1000;
+        return true;
+    case 'n':
+        *ms = (n + 999999) / 1000000;
+        return true;
+    default:
+        return false;
+    }
 }
 
 unsigned tp_grpc_status(unsigned status)

@@ -99,6 +99,13 @@ struct tp_h1_parser {
     bool msg_done;  /* the parser reached the end of a message */
     tp_h1_body_fn on_body;
     int (*on_headers)(struct tp_h1_parser *hp); /* NULL: pause */
+    /* the trailer section of a chunked body, copied field by field (a trailer
+     * may span receive buffers long released by the message's end) */
+    struct tp_head *trailers;          /* allocated at the first trailer field, kept for the next messages */
+    uint32_t trailer_limit;            /* [bytes] 0: trailers are not recorded; else the most kept */
+    const char *exec_start, *exec_end; /* the bytes given to tp_h1_execute */
+    const char *tr_last;               /* end of the last trailer value span */
+    bool tr_last_at_end;               /* ... which ended its execute's bytes */
 };
 
 /**
@@ -118,6 +125,41 @@ void tp_h1_parser_decline_upgrade(struct tp_h1_parser *hp);
 /** Sets up <hp> as a parser of <type> (HTTP_REQUEST / HTTP_RESPONSE) recording into <head>. */
 void tp_h1_parser_init(struct tp_h1_parser *hp, llhttp_type_t type, struct tp_head *head,
                        tp_h1_body_fn on_body);
+
+/** Frees what <hp> allocated (its trailer section). */
+void tp_h1_parser_dispose(struct tp_h1_parser *hp);
+
+/**
+ * Runs <hp> over body bytes (llhttp_execute), telling the trailer recorder
+ * where this execute's bytes are, so a trailer value split across receive
+ * buffers is told from an obsolete line fold.
+ */
+llhttp_errno_t tp_h1_execute(struct tp_h1_parser *hp, const char *data, size_t len);
+
+/**
+ * Records the trailer section of the next message into hp->trailers (at
+ * most <limit> bytes of names and values; more is a parse error), or not
+ * (<limit> 0). Forgets the fields of the previous message.
+ */
+void tp_h1_parser_want_trailers(struct tp_h1_parser *hp, uint32_t limit);
+
+/** The trailer section recorded for the message that just completed, or NULL when it had none. */
+static inline const struct tp_head *tp_h1_trailers(const struct tp_h1_parser *hp)
+{
+    return hp->trailers && hp->trailers->n_hdrs && hp->trailers->base ? hp->trailers : NULL;
+}
+
+/* ---- trailer sections held as copies (struct tp_head with <copy> as its bytes) ---- */
+
+/** A new, empty trailer section; NULL when out of memory. Freed by tp_trailers_free. */
+struct tp_head *tp_trailers_new(void);
+void tp_trailers_free(struct tp_head *h);
+/** Forgets the fields, keeps the memory. */
+void tp_trailers_reset(struct tp_head *h);
+/** Appends field <name>: <value> (copied; <limit> bytes of names and values at most). false: over it, or out
+ * of memory. */
+bool tp_trailers_add(struct tp_head *h, const char *name, size_t nlen, const char *value, size_t vlen,
+                     uint32_t limit);
 
 /* ---- recording a head (called by the parser wiring) ---- */
 
@@ -193,6 +235,19 @@ void tp_blk_grpc_message(struct tp_block *b, const char *reason);
 
 /** The grpc-status of a gateway-made answer of HTTP <status> (404 -> 12 UNIMPLEMENTED, ...). */
 unsigned tp_grpc_status(unsigned status);
+
+#define TP_GRPC_OTHER 17   /* a grpc-status outside 0..16 (metrics label "other") */
+#define TP_GRPC_NONE  0xff /* no grpc-status seen */
+
+/** The code of a grpc-status value: 0..16, or TP_GRPC_OTHER (out of range, not a number). */
+unsigned tp_grpc_status_parse(const char *v, size_t len);
+
+/**
+ * Parses a grpc-timeout value: 1 to 8 digits and a unit (H hours, M minutes,
+ * S seconds, m milliseconds, u microseconds, n nanoseconds), into <*ms>
+ * rounded up to whole milliseconds. false: malformed.
+ */
+bool tp_grpc_timeout_parse(const char *v, size_t len, uint64_t *ms);
 
 /**
  * Writes a gateway-made answer to a gRPC request (content-type

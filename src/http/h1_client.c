@@ -57,6 +57,7 @@ struct tp_uconn {
     uint8_t framing;                /* enum tp_framing of the response */
     bool skip_body;                 /* response to HEAD */
     bool pool_when_sent;            /* response done before our send completed */
+    bool last_chunk;                /* the request's last chunk (with its trailers) is queued */
     struct tp_endpoint_state *eps;  /* pool it belongs to */
     struct tp_req *req;             /* request served, while attached */
     struct tp_uconn *pnext, *pprev; /* pool links */
@@ -183,6 +184,7 @@ static void uconn_on_closed(struct tp_shard *sh, struct tp_transport *t)
     if (uc->state == UC_IDLE)
         pool_unlink(sh, uc);
     tp_head_dispose(sh, &uc->rhead);
+    tp_h1_parser_dispose(&uc->hp);
     if (uc->dec_blk)
         tp_block_put(sh, uc->dec_blk);
     if (uc->chunk_blk)
@@ -240,61 +242,17 @@ static struct tp_uconn *pool_take(struct tp_shard *sh, struct tp_endpoint_state 
 /* the request head                                                    */
 /* ------------------------------------------------------------------ */
 
-/* The target as it goes out: as received, except that a credential taken
- * from the query string (auth from: query:NAME) is removed from it. */
-static void write_target(struct tp_block *b, const struct tp_req *r, const char *target, size_t tlen)
-{
-    size_t nl;
-    const char *name = tp_req_auth_query(r, &nl);
-    const char *q = name ? memchr(target, '?', tlen) : NULL;
-
-    if (!q) {
-        tp_blk_put(b, target, tlen);
-        return;
-    }
-    const char *e = target + tlen;
-    char sep = '?';
-    tp_blk_put(b, target, (size_t)(q - target));
-    for (const char *s = q + 1; s < e;) {
-        const char *amp = memchr(s, '&', (size_t)(e - s));
-        const char *end = amp ? amp : e;
-        const char *eq = memchr(s, '=', (size_t)(end - s));
-        if (!(eq && (size_t)(eq - s) == nl && memcmp(s, name, nl) == 0) && end > s) {
-            tp_blk_put(b, &sep, 1);
-            tp_blk_put(b, s, (size_t)(end - s));
-            sep = '&';
-        }
-        s = end + 1;
-    }
-}
-
 /* Writes the request head for the upstream into <b> (b->len says how much it
  * needed, which may exceed b->size: the caller then retries larger). The
  * final empty line is left out when no Host was written: each attempt adds
  * its endpoint's. */
 static bool write_request_head(struct tp_block *b, struct tp_req *r)
 {
-    const struct tp_head *h = &r->head;
-    const struct tp_rt_route *rt = r->route;
-    const char *target = h->base + h->url.off + r->abs_path_off;
-    size_t tlen = h->url.len - r->abs_path_off;
     const char *method = llhttp_method_name((llhttp_method_t)r->method);
 
     tp_blk_put(b, method, strlen(method));
     tp_blk_lit(b, " ");
-    /* strip_prefix: "/users/7?x" with "/users" -> "/7?x"; "/users" -> "/" */
-    if (rt->strip_len && tlen >= rt->strip_len && memcmp(target, rt->cfg->strip_prefix, rt->strip_len) == 0 &&
-        (tlen == rt->strip_len || target[rt->strip_len] == '/' || target[rt->strip_len] == '?' ||
-         rt->cfg->strip_prefix[rt->strip_len - 1] == '/')) {
-        target += rt->strip_len;
-        tlen -= rt->strip_len;
-        /* keep the path absolute */
-        if (rt->cfg->strip_prefix[rt->strip_len - 1] == '/' || tlen == 0 || target[0] == '?')
-            tp_blk_lit(b, "/");
-    } else if (tlen == 0 || target[0] == '?') {
-        tp_blk_lit(b, "/");
-    }
-    write_target(b, r, target, tlen);
+    tp_req_upstream_target(r, b);
     tp_blk_lit(b, " HTTP/1.1\r\n");
 
     bool has_host = tp_req_upstream_headers(r, &tp_h1_line_sink, b);
@@ -348,6 +306,8 @@ static bool attach(struct tp_shard *sh, struct tp_uconn *uc, struct tp_req *r)
     uc->req = r;
     uc->skip_body = r->method == HTTP_HEAD;
     uc->hp.head_done = uc->hp.msg_done = false;
+    tp_h1_parser_want_trailers(&uc->hp, 0);
+    uc->last_chunk = false;
     uc->mode = RM_NONE;
     r->att.conn = uc;
     ok = tp_outq_push_static(sh, &uc->t.out, h->data, h->len);
@@ -366,7 +326,8 @@ static void uconn_go(struct tp_shard *sh, struct tp_uconn *uc)
 {
     struct tp_req *r = uc->req;
 
-    tp_transport_deadline(sh, &uc->t, sh->now_ms + r->limits.upstream_response_ms);
+    tp_transport_deadline(sh, &uc->t,
+                          tp_req_upstream_deadline(r, sh->now_ms, r->limits.upstream_response_ms));
     tp_transport_flush(sh, &uc->t);
     if (r->body_state == TP_BODY_STREAM)
         r->ds->ops->resume_body(sh, r);
@@ -416,7 +377,7 @@ static void ux_start(struct tp_shard *sh, struct tp_req *r)
         fail(sh, uc, TP_FAIL_CONNECT, -ENOMEM);
         return;
     }
-    tp_transport_deadline(sh, &uc->t, sh->now_ms + r->limits.upstream_connect_ms);
+    tp_transport_deadline(sh, &uc->t, tp_req_upstream_deadline(r, sh->now_ms, r->limits.upstream_connect_ms));
 }
 
 static void ux_abort(struct tp_shard *sh, struct tp_req *r)
@@ -477,11 +438,33 @@ static bool ux_body(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, c
     return true;
 }
 
+/* The client's trailer section goes out as the last chunk's; a body sent
+ * with Content-Length has no place for trailers: they are dropped. */
+static bool ux_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h)
+{
+    struct tp_uconn *uc = r->att.conn;
+    struct tp_block *b;
+
+    if (!r->chunked || !uc || uc->last_chunk)
+        return true;
+    if (!flush_chunk(sh, uc) || !(b = tp_block_get(sh, h->len + 4 * h->n_hdrs + 8)))
+        return false;
+    tp_blk_lit(b, "0\r\n");
+    tp_req_trailer_fields(h, &tp_h1_line_sink, b);
+    tp_blk_lit(b, "\r\n");
+    if (b->len > b->size || !tp_outq_push_block(sh, &uc->t.out, b)) {
+        tp_block_put(sh, b);
+        return false;
+    }
+    uc->last_chunk = true;
+    return true;
+}
+
 static bool ux_body_end(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_uconn *uc = r->att.conn;
 
-    if (!r->chunked)
+    if (!r->chunked || uc->last_chunk)
         return true;
     return flush_chunk(sh, uc) && tp_outq_push_static(sh, &uc->t.out, "0\r\n\r\n", 5);
 }
@@ -513,6 +496,7 @@ static const struct tp_ux_ops h1_exchange = {
     .abort = ux_abort,
     .body_ready = ux_body_ready,
     .body = ux_body,
+    .trailers = ux_trailers,
     .body_end = ux_body_end,
     .flush = ux_flush,
     .resume = ux_resume,
@@ -568,7 +552,7 @@ static void uconn_on_sent(struct tp_shard *sh, struct tp_transport *t, int res)
         return; /* a TLS handshake message: the handshake stays under upstream_connect */
     if (tp_transport_pending(t) == 0 && (r->body_state == TP_BODY_DONE || r->body_state == TP_BODY_NONE))
         r->att.req_sent = true;
-    tp_transport_deadline(sh, t, sh->now_ms + r->limits.upstream_response_ms);
+    tp_transport_deadline(sh, t, tp_req_upstream_deadline(r, sh->now_ms, r->limits.upstream_response_ms));
     /* room towards the upstream again: read more of the client's body */
     if (r->body_state == TP_BODY_STREAM)
         r->ds->ops->resume_body(sh, r);
@@ -606,7 +590,7 @@ static void uconn_on_input(struct tp_shard *sh, struct tp_transport *t)
         return;
     }
     if (t->in.n)
-        t->deadline_ms = sh->now_ms + uc->req->limits.upstream_response_ms;
+        t->deadline_ms = tp_req_upstream_deadline(uc->req, sh->now_ms, uc->req->limits.upstream_response_ms);
     process_response(sh, uc);
 }
 
@@ -673,6 +657,10 @@ static bool on_response_head(struct tp_shard *sh, struct tp_uconn *uc)
         return false;
     bool has_body = !uc->skip_body && ri.framing != TP_FRAME_NONE;
     uc->mode = !has_body ? RM_NONE : ri.want_content ? RM_CONTENT : RM_RAW;
+    /* a chunked body may end in trailers: recorded for the request layer
+     * (grpc-status) and for clients that get them as fields (HTTP/2) */
+    if (has_body && ri.framing == TP_FRAME_CHUNKED)
+        tp_h1_parser_want_trailers(&uc->hp, RESP_HEAD_MAX);
     llhttp_resume(p);
     return true;
 }
@@ -692,6 +680,11 @@ static void response_done(struct tp_shard *sh, struct tp_uconn *uc)
             fail(sh, uc, TP_FAIL_RESET, -ENOMEM);
             return;
         }
+    }
+    const struct tp_head *tr = tp_h1_trailers(&uc->hp);
+    if (tr && !tp_proxy_response_trailers(sh, r, tr)) {
+        fail(sh, uc, TP_FAIL_RESET, -ENOMEM);
+        return;
     }
     detach(uc);
     uc->served++;
@@ -769,7 +762,7 @@ static void process_response(struct tp_shard *sh, struct tp_uconn *uc)
         const char *data = tp_rbuf_data(sh, e);
         uint32_t len = e->len, used;
         struct tp_bref ref = tp_rbuf_ref(e);
-        llhttp_errno_t rc = llhttp_execute(&uc->hp.p, data, len);
+        llhttp_errno_t rc = tp_h1_execute(&uc->hp, data, len);
         if (rc == HPE_PAUSED) {
             used = (uint32_t)(llhttp_get_error_pos(&uc->hp.p) - data);
         } else if (rc == HPE_OK) {

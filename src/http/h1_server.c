@@ -78,6 +78,7 @@ struct tp_conn {
     bool linger;      /* closing must drain unread input first (lingering close) */
     bool in_process;  /* inside process_input (no recursion) */
     bool h2c;         /* the listener takes HTTP/2 with prior knowledge */
+    bool last_chunk;  /* OM_WRAP: the last chunk (with trailers) is queued, done adds none */
     struct tp_req *req;
     struct h1s_rx *rx; /* request parsing state: only while bytes of a request are in */
     uint32_t requests; /* served on this connection */
@@ -148,6 +149,7 @@ static struct h1s_rx *rx_get(struct tp_shard *sh, struct tp_conn *c)
 static void rx_put(struct tp_shard *sh, struct tp_conn *c)
 {
     if (c->rx) {
+        tp_h1_parser_dispose(&c->rx->hp); /* a recorded trailer section */
         tp_slab_free(sh, c->rx);
         c->rx = NULL;
     }
@@ -230,6 +232,7 @@ static bool start_request(struct tp_shard *sh, struct tp_conn *c)
     c->req = r;
     rx->hp.head = &r->head; /* the parser's state carries over: pipelined requests follow each other */
     rx->hp.head_done = rx->hp.msg_done = false;
+    tp_h1_parser_want_trailers(&rx->hp, 0);
     c->state = CS_HEAD;
     tp_transport_deadline(sh, &c->t, sh->now_ms + r->limits.client_header_ms);
     return true;
@@ -431,6 +434,7 @@ static bool ds_head(struct tp_shard *sh, struct tp_req *r, unsigned status, cons
     } else {
         /* framing towards the client */
         c->out_mode = OM_RAW;
+        c->last_chunk = false;
         if (ri->head_only || ri->framing == TP_FRAME_NONE) {
             /* a HEAD response keeps its framing headers; re-chunked ones say so */
             chunked_out = ri->head_only && ri->framing == TP_FRAME_CHUNKED && !http10;
@@ -524,11 +528,36 @@ static bool ds_body_block(struct tp_shard *sh, struct tp_req *r, struct tp_block
     return false;
 }
 
+/* Trailers reach an HTTP/1.1 client only in a chunked response: one we
+ * re-chunk gets them in its last chunk; one relayed as the upstream framed it
+ * carries the upstream's own (they are in the relayed bytes); other
+ * responses cannot carry any. */
+static bool ds_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h)
+{
+    struct tp_conn *c = conn_of_req(r);
+    struct tp_block *b;
+
+    if (c->out_mode != OM_WRAP || c->last_chunk || r->method == HTTP_HEAD)
+        return true;
+    if (!(b = tp_block_get(sh, h->len + 4 * h->n_hdrs + 8)))
+        return false;
+    tp_blk_lit(b, "0\r\n");
+    tp_req_trailer_fields(h, &tp_h1_line_sink, b);
+    tp_blk_lit(b, "\r\n");
+    if (b->len > b->size || !tp_outq_push_block(sh, &c->t.out, b)) {
+        tp_block_put(sh, b);
+        return false;
+    }
+    r->bytes_out += b->len;
+    c->last_chunk = true;
+    return true;
+}
+
 static void ds_done(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_conn *c = conn_of_req(r);
 
-    if (c->out_mode == OM_WRAP && !tp_outq_push_static(sh, &c->t.out, "0\r\n\r\n", 5)) {
+    if (c->out_mode == OM_WRAP && !c->last_chunk && !tp_outq_push_static(sh, &c->t.out, "0\r\n\r\n", 5)) {
         c->t.rst = true;
         conn_close(sh, c);
         return;
@@ -593,6 +622,7 @@ static const struct tp_ds_ops h1_ds = {
     .head = ds_head,
     .body = ds_body,
     .body_block = ds_body_block,
+    .trailers = ds_trailers,
     .done = ds_done,
     .abort = ds_abort,
     .unqueue_head = ds_unqueue_head,
@@ -704,6 +734,8 @@ static void on_request_head(struct tp_shard *sh, struct tp_conn *c)
     if (p->flags & F_CHUNKED) {
         r->chunked = true;
         r->body_state = TP_BODY_STREAM;
+        /* its trailer section goes to the upstream in the last chunk */
+        tp_h1_parser_want_trailers(&c->rx->hp, (uint32_t)r->limits.max_header_bytes);
     } else if (p->flags & F_CONTENT_LENGTH) {
         r->content_length = p->content_length;
         if (r->content_length > r->limits.max_body_bytes) {
@@ -798,7 +830,7 @@ static bool pump_body(struct tp_shard *sh, struct tp_conn *c)
         const char *data = tp_rbuf_data(sh, e);
         uint32_t len = e->len, used;
         c->rx->exec_ref = tp_rbuf_ref(e);
-        llhttp_errno_t rc = llhttp_execute(&c->rx->hp.p, data, len);
+        llhttp_errno_t rc = tp_h1_execute(&c->rx->hp, data, len);
         if (rc == HPE_PAUSED) {
             used = (uint32_t)(llhttp_get_error_pos(&c->rx->hp.p) - data);
         } else if (rc == HPE_OK) {
@@ -806,6 +838,8 @@ static bool pump_body(struct tp_shard *sh, struct tp_conn *c)
         } else {
             if (r->body_too_large)
                 tp_req_error(sh, r, 413, "request body too large", true);
+            else if (c->rx->hp.trailers && c->rx->hp.trailers->reason_text)
+                tp_req_error(sh, r, 400, c->rx->hp.trailers->reason_text, true);
             else
                 tp_req_error(sh, r, 400, tp_h1_llhttp_reason(rc), true);
             return c->state != CS_CLOSING;
@@ -813,7 +847,10 @@ static bool pump_body(struct tp_shard *sh, struct tp_conn *c)
         r->bytes_in += used;
         tp_inq_consume(sh, &t->in, used);
         if (c->rx->hp.msg_done) {
-            if (stream && !r->ux->body_end(sh, r)) {
+            /* the client's trailer section, for an exchange that can carry it */
+            const struct tp_head *tr = stream ? tp_h1_trailers(&c->rx->hp) : NULL;
+            if ((tr && r->ux->trailers && !r->ux->trailers(sh, r, tr)) ||
+                (stream && !r->ux->body_end(sh, r))) {
                 t->rst = true;
                 conn_close(sh, c);
                 return false;

@@ -89,10 +89,12 @@ struct tp_h2_stream {
     struct tp_block *hblk; /* names and values; r->head.base points into it */
     uint64_t hlist;        /* header list size as RFC 9113 counts it */
     uint32_t n_cookie;
-    bool too_large;  /* over max_header_bytes: answered 431 */
-    bool bad;        /* a field the request layer cannot take: answered 400 */
-    bool dispatched; /* tp_req_dispatch ran */
-    bool req_ended;  /* END_STREAM received */
+    bool too_large;         /* over max_header_bytes: answered 431 */
+    bool bad;               /* a field the request layer cannot take: answered 400 */
+    bool dispatched;        /* tp_req_dispatch ran */
+    bool req_ended;         /* END_STREAM received */
+    struct tp_head *req_tr; /* the request's trailer section (copied), NULL: none */
+    uint32_t tr_size;       /* its size as RFC 9113 counts it */
     /* request body staged for the upstream */
     struct tp_block *body[H2_BODY_BLOCKS];
     uint8_t body_head, body_n;
@@ -101,12 +103,14 @@ struct tp_h2_stream {
     /* the response */
     struct tp_block *hv_txt, *hv_nv; /* a response head held until the first flush */
     uint32_t hv_n;
-    bool head_pending; /* hv_* waits for the first flush */
-    bool resp_body;    /* the response has DATA */
-    bool resp_done;    /* the last byte of the response is queued */
-    bool deferred;     /* the data source said DEFERRED: resume when bytes come */
-    bool submitted;    /* a response (or a reset) went to nghttp2 */
-    bool want_resume;  /* the queue has room again: resume the exchange after the send */
+    bool head_pending;               /* hv_* waits for the first flush */
+    bool resp_body;                  /* the response has DATA */
+    bool resp_done;                  /* the last byte of the response is queued */
+    bool deferred;                   /* the data source said DEFERRED: resume when bytes come */
+    bool submitted;                  /* a response (or a reset) went to nghttp2 */
+    bool want_resume;                /* the queue has room again: resume the exchange after the send */
+    struct tp_block *tr_txt, *tr_nv; /* response trailers, submitted after the last DATA */
+    uint32_t tr_n;
     struct h2_piece pc[H2_PIECES];
     uint8_t pc_head, pc_n;
     uint32_t queued; /* response bytes in pc[] */
@@ -152,6 +156,7 @@ static const struct tp_transport_ops h2_proto;
 static const struct tp_ds_ops h2_ds;
 
 static void s_send(struct tp_shard *sh, struct tp_h2_session *s);
+static inline nghttp2_nv *nv_array(const struct tp_block *b);
 static void s_kick(struct tp_shard *sh, struct tp_h2_session *s);
 static void s_close(struct tp_shard *sh, struct tp_h2_session *s);
 static bool ds_congested(const struct tp_req *r);
@@ -282,6 +287,16 @@ static void pieces_clear(struct tp_shard *sh, struct tp_h2_stream *st)
     st->queued = 0;
 }
 
+static void trailers_drop(struct tp_shard *sh, struct tp_h2_stream *st)
+{
+    if (st->tr_txt)
+        tp_block_put(sh, st->tr_txt);
+    if (st->tr_nv)
+        tp_block_put(sh, st->tr_nv);
+    st->tr_txt = st->tr_nv = NULL;
+    st->tr_n = 0;
+}
+
 static void head_held_drop(struct tp_shard *sh, struct tp_h2_stream *st)
 {
     if (st->hv_txt)
@@ -306,6 +321,7 @@ static void stream_end(struct tp_shard *sh, struct tp_h2_stream *st)
     }
     pieces_clear(sh, st);
     head_held_drop(sh, st);
+    trailers_drop(sh, st);
     if (st->body_staged && s->ng)
         nghttp2_session_consume_connection(s->ng, st->body_staged);
     while (st->body_n) {
@@ -315,6 +331,7 @@ static void stream_end(struct tp_shard *sh, struct tp_h2_stream *st)
     }
     if (st->hblk)
         tp_block_put(sh, st->hblk);
+    tp_trailers_free(st->req_tr);
     if (s->ng)
         nghttp2_session_set_stream_user_data(s->ng, st->id, NULL);
     if (st->prev)
@@ -447,6 +464,30 @@ static bool connection_specific(const uint8_t *name, size_t nlen, const uint8_t 
     }
 }
 
+/* A field of the request's trailer section: kept (copied) for the exchange,
+ * which sends it after the body when the body goes chunked. */
+static int on_trailer(struct tp_h2_session *s, struct tp_h2_stream *st, const uint8_t *name, size_t nlen,
+                      const uint8_t *value, size_t vlen)
+{
+    struct tp_req *r = st->r;
+
+    if (r->body_state != TP_BODY_STREAM)
+        return 0; /* the request is not forwarded (any more): nothing to relay them with */
+    st->tr_size += (uint32_t)(nlen + vlen + 32);
+    if (connection_specific(name, nlen, value, vlen) || st->tr_size > s->max_header_bytes) {
+        /* a hop-by-hop field, or a section over max_header_bytes: the stream goes */
+        stream_reset(st, st->tr_size > s->max_header_bytes ? NGHTTP2_CANCEL : NGHTTP2_PROTOCOL_ERROR);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    if ((!st->req_tr && !(st->req_tr = tp_trailers_new())) ||
+        !tp_trailers_add(st->req_tr, (const char *)name, nlen, (const char *)value, vlen,
+                         s->max_header_bytes)) {
+        stream_reset(st, NGHTTP2_INTERNAL_ERROR);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    return 0;
+}
+
 /* Whether client stream id <id> lies in a range the client skipped (never opened). */
 static bool sid_skipped(const struct tp_h2_session *s, int32_t id)
 {
@@ -531,7 +572,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     if (!st || !st->r)
         return 0;
     if (f->headers.cat != NGHTTP2_HCAT_REQUEST || st->dispatched)
-        return 0; /* trailers: not relayed to HTTP/1 upstreams (see docs/reference.md) */
+        return on_trailer(s, st, name, nlen, value, vlen);
     st->hlist += nlen + vlen + 32;
     if (st->hlist > (uint64_t)s->max_header_bytes * H2_HPACK_BOMB + 65536) {
         /* decoding goes on however large the list: a compressed bomb costs the
@@ -760,6 +801,13 @@ static void pump_body(struct tp_shard *sh, struct tp_h2_stream *st)
         st->last_ms = sh->now_ms;
     }
     if (st->req_ended && !st->body_staged) {
+        /* the client's trailer section, for an exchange that can carry it */
+        if (st->req_tr && st->req_tr->n_hdrs && r->ux->trailers && !r->ux->trailers(sh, r, st->req_tr)) {
+            r->body_state = TP_BODY_DISCARD;
+            stream_reset(st, NGHTTP2_INTERNAL_ERROR);
+            s_kick(sh, s);
+            return;
+        }
         if (!r->ux->body_end(sh, r)) {
             r->body_state = TP_BODY_DISCARD;
             stream_reset(st, NGHTTP2_INTERNAL_ERROR);
@@ -835,10 +883,13 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user
             on_request_head(sh, st, end);
             return 0;
         }
-        /* trailers: the end of the request */
+        /* trailers: the end of the request; handed to the exchange after the body (pump_body) */
         if (end) {
             st->req_ended = true;
-            pump_body(sh, st);
+            if (st->r->body_state == TP_BODY_STREAM)
+                pump_body(sh, st);
+            else if (st->r->body_state == TP_BODY_DISCARD)
+                st->r->body_state = TP_BODY_DONE;
         }
         return 0;
     case NGHTTP2_DATA:
@@ -1001,7 +1052,6 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     struct tp_h2_stream *st = src->ptr;
     size_t n = 0;
 
-    (void)ng;
     (void)id;
     (void)buf;
     (void)user;
@@ -1015,8 +1065,19 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     }
     if (n)
         *dflags |= NGHTTP2_DATA_FLAG_NO_COPY;
-    if (st->resp_done && n == st->queued)
+    if (st->resp_done && n == st->queued) {
         *dflags |= NGHTTP2_DATA_FLAG_EOF;
+        if (st->tr_nv) {
+            /* the trailers end the stream instead (submitting them from here is
+             * allowed; nghttp2 copies the fields); if that fails the stream is
+             * reset rather than ended without them (a gRPC status lives there) */
+            *dflags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            int rv = nghttp2_submit_trailer(ng, st->id, nv_array(st->tr_nv), st->tr_n);
+            trailers_drop(tp_self, st);
+            if (rv != 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+    }
     return (ssize_t)n;
 }
 
@@ -1540,6 +1601,36 @@ static bool ds_body_block(struct tp_shard *sh, struct tp_req *r, struct tp_block
     return piece_push(sh, st, (struct tp_bref){.blk = b}, b->data, b->len, true);
 }
 
+/* Response trailers: built now, submitted by the data source once the last
+ * DATA is out (a response whose head went with END_STREAM cannot take them). */
+static bool ds_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h)
+{
+    struct tp_h2_stream *st = stream_of_req(r);
+    struct nv_build nb;
+
+    if (st->tr_nv || r->method == HTTP_HEAD || (!st->resp_body && !st->head_pending))
+        return true;
+    if (!nvb_init(sh, &nb, h->len + 64, h->n_hdrs + 1))
+        return false;
+    tp_req_trailer_fields(h, &nv_sink, &nb);
+    if (!nvb_ok(&nb)) {
+        nvb_drop(sh, &nb);
+        return false;
+    }
+    if (!nb.n) {
+        nvb_drop(sh, &nb);
+        return true;
+    }
+    /* a head held without a body (trailers-only would have said END_STREAM
+     * there): it gets a data source, which sends no DATA, then the trailers */
+    st->resp_body = true;
+    st->tr_txt = nb.txt;
+    st->tr_nv = nb.nvb;
+    st->tr_n = nb.n;
+    r->bytes_out += nb.txt->len;
+    return true;
+}
+
 /* Hands the held response head (if any) to nghttp2 and lets the body flow. */
 static void flush_stream(struct tp_shard *sh, struct tp_req *r, struct tp_h2_stream *st)
 {
@@ -1608,6 +1699,7 @@ static const struct tp_ds_ops h2_ds = {
     .head = ds_head,
     .body = ds_body,
     .body_block = ds_body_block,
+    .trailers = ds_trailers,
     .done = ds_done,
     .abort = ds_abort,
     .unqueue_head = ds_unqueue_head,

@@ -18,7 +18,7 @@
 #include "transport/transport.h"
 
 static int ext_idx = -1;
-static int slab_conn = -1, slab_uconn = -1;
+static int slab_conn = -1, slab_uconn = -1, slab_h2c = -1;
 
 struct tp_http_shard *tp_http_shard(const struct tp_shard *sh)
 {
@@ -33,6 +33,7 @@ static int http_create(struct tp_shard *sh, unsigned idx)
         return -ENOMEM;
     hs->slab_conn = slab_conn;
     hs->slab_uconn = slab_uconn;
+    hs->slab_h2c = slab_h2c;
     tp_timer_init(&hs->park_timer, tp_req_park_timer);
     int err = 0;
     if (!(hs->jwt_cache = tp_jwt_cache_create(0, &err))) {
@@ -51,6 +52,7 @@ static void http_destroy(struct tp_shard *sh)
         return;
     tp_jwt_cache_destroy(hs->jwt_cache);
     tp_h2_shard_free(hs);
+    tp_h2c_shard_free(hs);
     while (hs->req_free) {
         struct tp_req *r = hs->req_free;
         hs->req_free = r->next_free;
@@ -81,8 +83,10 @@ static void http_on_snapshot(struct tp_shard *sh, struct tp_snapshot *old)
     tp_tunnel_on_snapshot(sh);
     for (size_t u = 0; u < old->n_ups; u++)
         for (size_t e = 0; e < old->ups[u].n_eps; e++)
-            if (atomic_load_explicit(&old->ups[u].eps[e].st->retired, memory_order_acquire))
+            if (atomic_load_explicit(&old->ups[u].eps[e].st->retired, memory_order_acquire)) {
                 tp_h1c_pool_close(sh, old->ups[u].eps[e].st);
+                tp_h2c_pool_close(sh, old->ups[u].eps[e].st);
+            }
 }
 
 /* A listener was removed: its connections finish what they serve, then close. */
@@ -101,14 +105,18 @@ static void http_drain(struct tp_shard *sh, bool now)
     tp_h2_drain(sh, now);
     tp_h1s_drain(sh, now);
     tp_h1c_close_all(sh, now);
+    tp_h2c_close_all(sh, now);
 }
 
 /* A drained shard: once no client connection is left, the upstream ones go too. */
 static void http_tick(struct tp_shard *sh)
 {
     tp_h2_tick(sh);
+    tp_h2c_tick(sh);
     if (sh->draining && tp_h1s_count(sh) == 0 && tp_h1c_count(sh))
         tp_h1c_close_all(sh, true);
+    if (sh->draining && tp_h1s_count(sh) == 0 && tp_h2c_count(sh))
+        tp_h2c_close_all(sh, true);
 }
 
 /* The store's answer to an ask some request of this shard waits for. */
@@ -120,7 +128,7 @@ static void http_msgs(struct tp_shard *sh, unsigned msgs)
 
 static bool http_busy(struct tp_shard *sh)
 {
-    return tp_h1s_count(sh) || tp_h1c_count(sh);
+    return tp_h1s_count(sh) || tp_h1c_count(sh) || tp_h2c_count(sh);
 }
 
 static const struct tp_shard_hooks http_hooks = {
@@ -142,8 +150,10 @@ int tp_http_register(void)
         return -1;
     slab_conn = tp_reactor_slab_register(tp_h1s_conn_size());
     slab_uconn = tp_reactor_slab_register(tp_h1c_conn_size());
+    slab_h2c = tp_reactor_slab_register(tp_h2c_conn_size());
     ext_idx = tp_shard_hooks_register(&http_hooks);
-    if (slab_conn < 0 || slab_uconn < 0 || ext_idx < 0 || tp_h1s_register() < 0)
+    if (slab_conn < 0 || slab_uconn < 0 || slab_h2c < 0 || ext_idx < 0 || tp_h2c_init() < 0 ||
+        tp_h1s_register() < 0)
         return -1;
     tp_shard_set_acceptor(tp_h1s_accept);
     return 0;

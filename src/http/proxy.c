@@ -3,7 +3,7 @@
  * The proxy: a request's upstream side, independent of the protocol the
  * upstream speaks. It chooses the upstream (split) and, per attempt, the
  * endpoint (health, breaker, balancing), holds what an attempt holds, hands
- * the attempt to the upstream exchange (h1_client.c), and turns the
+ * the attempt to the upstream exchange (h1_client.c or h2_client.c), and turns the
  * exchange's results into the answer: the response relayed, a retry, or a
  * 502/504. [shard]
  *
@@ -209,7 +209,7 @@ void tp_proxy_start(struct tp_shard *sh, struct tp_req *r)
         size_t i = tp_router_split_pick(rt->cfg->split, rt->cfg->n_split, (uint32_t)tp_rand64(sh));
         r->up = rt->split[i];
     }
-    r->ux = tp_h1_exchange_ops();
+    r->ux = r->up->cfg->protocol == TP_UPROTO_HTTP1 ? tp_h1_exchange_ops() : tp_h2_exchange_ops();
     if (r->up->cfg->balance == TP_BALANCE_HASH)
         r->hash_key = hash_key_of(r, &r->up->cfg->hash_key);
     if (!r->ux->prepare(sh, r)) {
@@ -264,7 +264,7 @@ void tp_proxy_abort(struct tp_shard *sh, struct tp_req *r)
 static bool can_retry(struct tp_req *r, enum tp_fail_kind kind, bool pooled_silent)
 {
     const struct tp_cfg_retries *rt = r->up->cfg->retries;
-    bool nothing_sent = kind == TP_FAIL_CONNECT || kind == TP_FAIL_CONNECT_TIMEOUT;
+    bool nothing_sent = kind == TP_FAIL_CONNECT || kind == TP_FAIL_CONNECT_TIMEOUT || kind == TP_FAIL_REFUSED;
 
     if (r->resp_state != TP_RESP_NONE || r->body_fwd)
         return false;
@@ -280,6 +280,9 @@ static bool can_retry(struct tp_req *r, enum tp_fail_kind kind, bool pooled_sile
         case TP_FAIL_RESET:
             bit = TP_RETRY_RESET;
             break;
+        case TP_FAIL_REFUSED:
+            bit = TP_RETRY_CONNECT_FAILURE | TP_RETRY_RESET;
+            break;
         case TP_FAIL_STATUS:
             bit = r->fail_status == 502 ? TP_RETRY_502 : r->fail_status == 503 ? TP_RETRY_503 : TP_RETRY_504;
             break;
@@ -292,8 +295,9 @@ static bool can_retry(struct tp_req *r, enum tp_fail_kind kind, bool pooled_sile
         if ((rt->on & bit) && r->attempts <= rt->attempts)
             return true;
     }
-    /* the keepalive race: a reused connection died before answering */
-    if (kind == TP_FAIL_RESET && pooled_silent && !r->fresh_retry_done) {
+    /* the keepalive race: a reused connection died before answering; and an
+     * HTTP/2 stream the upstream did not process (GOAWAY, REFUSED_STREAM) */
+    if (((kind == TP_FAIL_RESET && pooled_silent) || kind == TP_FAIL_REFUSED) && !r->fresh_retry_done) {
         r->fresh_retry_done = true;
         r->force_fresh = true;
         return true;
@@ -314,6 +318,8 @@ static const char *fail_text(enum tp_fail_kind kind)
         return "response timed out";
     case TP_FAIL_STATUS:
         return "error status";
+    case TP_FAIL_REFUSED:
+        return "stream refused (not processed)";
     default:
         return "invalid response";
     }
@@ -323,6 +329,11 @@ void tp_proxy_failed(struct tp_shard *sh, struct tp_req *r, enum tp_fail_kind ki
 {
     struct tp_endpoint_state *st = r->att.ep ? r->att.ep->st : NULL;
     const char *what;
+    /* the call's own deadline (grpc-timeout) passed: a 504 that says nothing
+     * about the endpoint (a client asking for 1 ms must not open breakers),
+     * and no retry can help */
+    bool deadline = r->deadline_ms && sh->now_ms >= r->deadline_ms &&
+                    (kind == TP_FAIL_TIMEOUT || kind == TP_FAIL_CONNECT_TIMEOUT);
 
     if (st) {
         struct tp_ep_shard *es = &st->shard[sh->id];
@@ -338,7 +349,7 @@ void tp_proxy_failed(struct tp_shard *sh, struct tp_req *r, enum tp_fail_kind ki
                       fail_text(kind), r->id_len, r->id);
     }
     bool pooled_silent = r->att.reused && !r->att.resp_bytes;
-    attempt_end(sh, r, 0);
+    attempt_end(sh, r, deadline ? -1 : 0);
     if (r->resp_state == TP_RESP_HEAD && r->head_unflushed && r->ds->ops->unqueue_head(sh, r)) {
         /* the upstream failed right behind its head (a bad body in the same
          * read): the head never left, so the client can still get a 502 */
@@ -355,12 +366,16 @@ void tp_proxy_failed(struct tp_shard *sh, struct tp_req *r, enum tp_fail_kind ki
         r->ds->ops->abort(sh, r);
         return;
     }
-    if (can_retry(r, kind, pooled_silent)) {
+    if (!deadline && can_retry(r, kind, pooled_silent)) {
         attempt(sh, r);
         return;
     }
     upstream_release(r);
     bool close = r->body_state == TP_BODY_STREAM;
+    if (deadline) {
+        tp_req_error(sh, r, 504, "deadline exceeded (grpc-timeout)", close);
+        return;
+    }
     r->err = err;
     switch (kind) {
     case TP_FAIL_TIMEOUT:
@@ -376,6 +391,9 @@ void tp_proxy_failed(struct tp_shard *sh, struct tp_req *r, enum tp_fail_kind ki
         break;
     case TP_FAIL_RESET:
         what = "upstream connection reset";
+        break;
+    case TP_FAIL_REFUSED:
+        what = "upstream refused the request";
         break;
     default:
         what = "invalid upstream response";
@@ -449,11 +467,29 @@ bool tp_proxy_response_head(struct tp_shard *sh, struct tp_req *r, unsigned stat
             return false;
         }
     }
+    if (r->grpc) {
+        /* trailers-only (or an HTTP/1 upstream's head): the status is here */
+        size_t len;
+        const char *v = tp_head_value(h, "grpc-status", 11, &len);
+        if (v)
+            r->grpc_status = (uint8_t)tp_grpc_status_parse(v, len);
+    }
     if (!r->ds->ops->head(sh, r, status, h, ri)) {
         tp_proxy_failed(sh, r, TP_FAIL_INVALID, TP_EUPSTREAM);
         return false;
     }
     return true;
+}
+
+bool tp_proxy_response_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h)
+{
+    if (r->grpc) {
+        size_t len;
+        const char *v = tp_head_value(h, "grpc-status", 11, &len);
+        if (v)
+            r->grpc_status = (uint8_t)tp_grpc_status_parse(v, len);
+    }
+    return r->ds->ops->trailers(sh, r, h);
 }
 
 /*

@@ -50,6 +50,7 @@ struct tp_req *tp_req_begin(struct tp_shard *sh, struct tp_ds *ds)
     r->start_ns = sh->now_ns;
     r->snap = tp_shard_snapshot_enter(sh);
     r->limits = hs->limits;
+    r->grpc_status = TP_GRPC_NONE;
     tp_stat_add(&hs->active_requests, 1);
     return r;
 }
@@ -101,6 +102,8 @@ void tp_req_end(struct tp_shard *sh, struct tp_req *r)
 
 void tp_req_error(struct tp_shard *sh, struct tp_req *r, unsigned status, const char *reason, bool close)
 {
+    if (r->grpc && r->resp_state == TP_RESP_NONE)
+        r->grpc_status = (uint8_t)tp_grpc_status(status); /* the answer goes in gRPC form */
     r->ds->ops->error(sh, r, status, reason, close);
 }
 
@@ -565,6 +568,23 @@ static void upgrade_offer(struct tp_req *r)
     }
 }
 
+/*
+ * A gRPC call's grpc-timeout becomes its deadline: the upstream waits are
+ * bounded by it (tp_req_upstream_deadline), and when it passes first the
+ * answer is 504, DEADLINE_EXCEEDED in gRPC form. upstream_response still
+ * applies as it does to every request. A malformed value is ignored, as
+ * Envoy does: the upstream gets the header unchanged and judges it itself.
+ */
+static void grpc_deadline(struct tp_shard *sh, struct tp_req *r)
+{
+    size_t len;
+    uint64_t ms;
+    const char *v = tp_head_value(&r->head, "grpc-timeout", 12, &len);
+
+    if (v && tp_grpc_timeout_parse(v, len, &ms))
+        r->deadline_ms = sh->now_ms + ms;
+}
+
 void tp_req_dispatch(struct tp_shard *sh, struct tp_req *r, const char *path, size_t path_len)
 {
     const char *q = memchr(path, '?', path_len);
@@ -607,6 +627,8 @@ static void dispatch_admitted(struct tp_shard *sh, struct tp_req *r)
     }
     if (r->upgrade_req)
         upgrade_offer(r);
+    if (r->grpc)
+        grpc_deadline(sh, r);
     tp_proxy_start(sh, r);
 }
 
@@ -701,6 +723,56 @@ static void emit_cookie_without(const struct tp_hdr_sink *s, void *ctx, const st
     }
     if (any)
         s->end(ctx);
+}
+
+/* The target as it goes out: as received, except that a credential taken
+ * from the query string (auth from: query:NAME) is removed from it. */
+static void write_target(struct tp_block *b, const struct tp_req *r, const char *target, size_t tlen)
+{
+    size_t nl;
+    const char *name = tp_req_auth_query(r, &nl);
+    const char *q = name ? memchr(target, '?', tlen) : NULL;
+
+    if (!q) {
+        tp_blk_put(b, target, tlen);
+        return;
+    }
+    const char *e = target + tlen;
+    char sep = '?';
+    tp_blk_put(b, target, (size_t)(q - target));
+    for (const char *s = q + 1; s < e;) {
+        const char *amp = memchr(s, '&', (size_t)(e - s));
+        const char *end = amp ? amp : e;
+        const char *eq = memchr(s, '=', (size_t)(end - s));
+        if (!(eq && (size_t)(eq - s) == nl && memcmp(s, name, nl) == 0) && end > s) {
+            tp_blk_put(b, &sep, 1);
+            tp_blk_put(b, s, (size_t)(end - s));
+            sep = '&';
+        }
+        s = end + 1;
+    }
+}
+
+void tp_req_upstream_target(const struct tp_req *r, struct tp_block *b)
+{
+    const struct tp_head *h = &r->head;
+    const struct tp_rt_route *rt = r->route;
+    const char *target = h->base + h->url.off + r->abs_path_off;
+    size_t tlen = h->url.len - r->abs_path_off;
+
+    /* strip_prefix: "/users/7?x" with "/users" -> "/7?x"; "/users" -> "/" */
+    if (rt->strip_len && tlen >= rt->strip_len && memcmp(target, rt->cfg->strip_prefix, rt->strip_len) == 0 &&
+        (tlen == rt->strip_len || target[rt->strip_len] == '/' || target[rt->strip_len] == '?' ||
+         rt->cfg->strip_prefix[rt->strip_len - 1] == '/')) {
+        target += rt->strip_len;
+        tlen -= rt->strip_len;
+        /* keep the path absolute */
+        if (rt->cfg->strip_prefix[rt->strip_len - 1] == '/' || tlen == 0 || target[0] == '?')
+            tp_blk_lit(b, "/");
+    } else if (tlen == 0 || target[0] == '?') {
+        tp_blk_lit(b, "/");
+    }
+    write_target(b, r, target, tlen);
 }
 
 bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s, void *ctx)
@@ -831,6 +903,18 @@ bool tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const st
     return date;
 }
 
+void tp_req_trailer_fields(const struct tp_head *h, const struct tp_hdr_sink *s, void *ctx)
+{
+    for (uint32_t i = 0; i < h->n_hdrs; i++) {
+        const struct tp_hdr *hd = &h->hdrs[i];
+        const char *name = h->base + hd->name.off;
+        if (!hd->name.len || name[0] == ':' || hop_by_hop(hd->id) || hd->id == TP_H_HOST ||
+            hd->id == TP_H_TRAILER || hd->id == TP_H_CONTENT_LENGTH)
+            continue;
+        emit(s, ctx, name, hd->name.len, h->base + hd->value.off, hd->value.len);
+    }
+}
+
 /* ------------------------------------------------------------------ */
 /* accounting                                                          */
 /* ------------------------------------------------------------------ */
@@ -843,6 +927,8 @@ void tp_req_count(struct tp_shard *sh, struct tp_req *r)
         return;
     r->counted = true;
     tp_stat_add(&rs->requests[tp_status_class(r->status)], 1);
+    if (r->grpc_status != TP_GRPC_NONE)
+        tp_stat_add(&rs->grpc[r->grpc_status], 1);
     tp_hist_observe(&rs->duration, (sh->now_ns - r->start_ns) / 1000);
 }
 
@@ -874,6 +960,7 @@ static void req_record(struct tp_shard *sh, struct tp_req *r)
         .endpoint = r->last_ep ? r->last_ep->cfg->addr.text : NULL,
         .has_upstream_ns = r->last_ep != NULL || r->names,
         .upstream_ns = r->up_ns,
+        .grpc_status = r->grpc_status == TP_GRPC_NONE ? -1 : r->grpc_status,
         .error = r->error,
         .cause = r->error && r->err ? tp_strerror(r->err) : NULL,
     };

@@ -32,6 +32,8 @@ struct tp_req;
 struct tp_transport;
 struct tp_h2_session;
 struct tp_h2_stream;
+struct tp_h2c_conn;
+struct h2c_stream;
 struct tp_jwt_claims;
 struct tp_apikey;
 
@@ -94,6 +96,15 @@ struct tp_ds_ops {
     bool (*body)(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, const char *p, uint32_t len);
     /** Queues body bytes held in block <b> (reference taken over). false: out of memory. */
     bool (*body_block)(struct tp_shard *sh, struct tp_req *r, struct tp_block *b);
+    /**
+     * Queues the response's trailer section <h> (after the last body bytes,
+     * before done): fields as tp_req_trailer_fields emits them. HTTP/2: a
+     * trailing HEADERS frame; HTTP/1.1 client whose response goes chunked:
+     * the trailer fields of the last chunk; otherwise they are dropped.
+     * <h> is read during the call only. false: out of memory (the caller
+     * fails the attempt).
+     */
+    bool (*trailers)(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h);
     /** The response is complete: finish it (the request may end here). */
     void (*done)(struct tp_shard *sh, struct tp_req *r);
     /** The response cannot complete after it started: cut it short (reset). Ends the request. */
@@ -144,6 +155,15 @@ struct tp_ux_ops {
     bool (*body_ready)(const struct tp_req *r);
     /** Queues request body content (slice of a received buffer, no copy). false: out of memory. */
     bool (*body)(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, const char *p, uint32_t len);
+    /**
+     * Trailer fields of the request (<h>), after the last body call and
+     * before body_end; the exchange copies what it keeps, as
+     * tp_req_trailer_fields emits them. HTTP/1: the last chunk of a chunked
+     * body (a body sent with Content-Length has no room: dropped); HTTP/2:
+     * HEADERS ending the stream. NULL: the protocol cannot carry them.
+     * false: out of memory.
+     */
+    bool (*trailers)(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h);
     /** The request body is complete (after the last body call). false: out of memory. */
     bool (*body_end)(struct tp_shard *sh, struct tp_req *r);
     /** Body bytes were queued, or a pause ended: send them. */
@@ -175,6 +195,8 @@ enum tp_fail_kind {
     TP_FAIL_TIMEOUT, /* upstream_response passed */
     TP_FAIL_INVALID, /* unparsable response */
     TP_FAIL_STATUS,  /* a 502/503/504 that retries.on names */
+    TP_FAIL_REFUSED, /* HTTP/2: the upstream did not process the stream (REFUSED_STREAM, above a GOAWAY's
+                        last stream id, never sent): safe to retry whatever the method (RFC 9113 8.7) */
 };
 
 /**
@@ -248,6 +270,8 @@ struct tp_req {
     bool counted;           /* metrics recorded already (a tunnel's, at its 101) */
     bool grpc;              /* content-type application/grpc: gateway answers in gRPC form */
     bool h2;                /* the client speaks HTTP/2 (http_minor is then meaningless) */
+    uint8_t grpc_status;    /* gRPC calls: the response's grpc-status (0..16, TP_GRPC_OTHER), TP_GRPC_NONE */
+    uint64_t deadline_ms;   /* [ms] the call's deadline from its grpc-timeout; 0: none */
     uint8_t upg_len;        /* bytes in upg */
     char upg[63];           /* Upgrade tokens offered to the upstream (the route allows them) */
     struct tp_block *names; /* a tunnel's route, upstream, endpoint and subject names for its log line */
@@ -288,6 +312,10 @@ struct tp_http_shard {
     struct tp_h2_session *h2_kick;     /* HTTP/2 connections with output to write this iteration */
     struct tp_h2_stream *h2_free;      /* free HTTP/2 stream objects */
     uint32_t n_h2_free;
+    int slab_h2c;                 /* slab id of upstream HTTP/2 connections */
+    struct tp_h2c_conn *h2c_kick; /* upstream HTTP/2 connections with output to write this iteration */
+    struct h2c_stream *h2c_free;  /* free upstream HTTP/2 stream objects */
+    uint32_t n_h2c_free;
     /* requests waiting for a lease, oldest first (request.c), those being taken
      * for again, and the timer that ends the wait when the store is too slow */
     struct tp_req_list park, park_run;
@@ -346,6 +374,13 @@ void tp_req_ids(struct tp_shard *sh, struct tp_req *r, bool from_head);
  */
 bool tp_req_upstream_headers(const struct tp_req *r, const struct tp_hdr_sink *s, void *ctx);
 
+/**
+ * Appends the request target as the upstream gets it to <b> (tp_blk_put
+ * rules): origin-form, the route's strip_prefix removed, a credential taken
+ * from the query string (auth from: query:NAME) removed.
+ */
+void tp_req_upstream_target(const struct tp_req *r, struct tp_block *b);
+
 /** Receives one header field (name, value). */
 typedef void (*tp_field_fn)(void *ctx, const char *name, size_t nlen, const char *v, size_t vlen);
 
@@ -363,6 +398,14 @@ void tp_req_extra_fields(const struct tp_req *r, tp_field_fn field, void *ctx);
 bool tp_req_response_headers(const struct tp_req *r, struct tp_head *h, const struct tp_hdr_sink *s,
                              void *ctx);
 
+/**
+ * Emits the fields of trailer section <h> (either direction) as the other
+ * side gets them: all but the fields a trailer must not carry (hop-by-hop
+ * and framing fields, Host, TE, Trailer, pseudo-fields) and empty names.
+ * The route's header rules apply to heads only, not to trailers.
+ */
+void tp_req_trailer_fields(const struct tp_head *h, const struct tp_hdr_sink *s, void *ctx);
+
 /* ---- the proxy (proxy.c): attempts, retries, results from the exchange ---- */
 
 /** Forwards <r> to its route's upstream (split chosen here). */
@@ -378,6 +421,13 @@ void tp_proxy_failed(struct tp_shard *sh, struct tp_req *r, enum tp_fail_kind ki
  */
 bool tp_proxy_response_head(struct tp_shard *sh, struct tp_req *r, unsigned status, struct tp_head *h,
                             struct tp_resp_info *ri);
+/**
+ * The response's trailer section <h> arrived (after its body, before
+ * tp_proxy_response_done): noted (grpc-status) and handed to the downstream
+ * session. Returns false when the session could not take it (out of memory):
+ * the exchange fails the attempt.
+ */
+bool tp_proxy_response_trailers(struct tp_shard *sh, struct tp_req *r, const struct tp_head *h);
 /** The response is complete; the exchange has released its connection. */
 void tp_proxy_response_done(struct tp_shard *sh, struct tp_req *r);
 /**
@@ -386,6 +436,17 @@ void tp_proxy_response_done(struct tp_shard *sh, struct tp_req *r);
  * transport <ut>, detached from <r>; the request becomes a tunnel.
  */
 void tp_proxy_upgraded(struct tp_shard *sh, struct tp_req *r, struct tp_transport *ut);
+
+/**
+ * When the exchange must have heard from the upstream, counting from
+ * <now_ms>: <after_ms> later (upstream_connect or upstream_response), or the
+ * call's deadline (grpc-timeout) when that comes first.
+ */
+static inline uint64_t tp_req_upstream_deadline(const struct tp_req *r, uint64_t now_ms, uint64_t after_ms)
+{
+    uint64_t d = now_ms + after_ms;
+    return r->deadline_ms && r->deadline_ms < d ? r->deadline_ms : d;
+}
 
 /** Records <r>'s metrics (route counters, duration) now rather than at its end. */
 void tp_req_count(struct tp_shard *sh, struct tp_req *r);

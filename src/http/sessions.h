@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The HTTP/1 sessions as the rest of the HTTP layer sees them: the server
- * side (h1_server.c, a downstream session) and the upstream client side
- * (h1_client.c, an upstream exchange with keepalive pools), and what the
- * layer's shard hooks (http.c) ask of them. [shard]
+ * The sessions as the rest of the HTTP layer sees them: the server sides
+ * (h1_server.c, h2_server.c: downstream sessions) and the upstream client
+ * sides (h1_client.c, h2_client.c: upstream exchanges with their connection
+ * pools), and what the layer's shard hooks (http.c) ask of them. [shard]
  */
 #pragma once
 
@@ -63,3 +63,22 @@ void tp_h1c_pool_close(struct tp_shard *sh, struct tp_endpoint_state *eps);
 void tp_h1c_close_all(struct tp_shard *sh, bool all);
 /** Open upstream connections of the shard. */
 uint32_t tp_h1c_count(struct tp_shard *sh);
+
+/* ---- HTTP/2 upstream exchange (h2_client.c) ---- */
+
+/** Size of an upstream HTTP/2 connection object (its slab). */
+size_t tp_h2c_conn_size(void);
+/** Sets up what every HTTP/2 upstream session shares (nghttp2 callbacks). Process start; 0 or -1. */
+int tp_h2c_init(void);
+/** The exchange's operations (struct tp_ux_ops) for upstreams with protocol h2c or h2. */
+const struct tp_ux_ops *tp_h2_exchange_ops(void);
+/** The shard's HTTP/2 connections to <eps> take no new stream; idle ones close now, busy ones when done. */
+void tp_h2c_pool_close(struct tp_shard *sh, struct tp_endpoint_state *eps);
+/** Closes the shard's HTTP/2 upstream connections: those without streams (<all> false) or every one. */
+void tp_h2c_close_all(struct tp_shard *sh, bool all);
+/** Open HTTP/2 upstream connections of the shard. */
+uint32_t tp_h2c_count(struct tp_shard *sh);
+/** End of the loop iteration: HTTP/2 upstream connections write what their streams queued. */
+void tp_h2c_tick(struct tp_shard *sh);
+/** Frees the shard's free list of upstream stream objects (shard destruction). */
+void tp_h2c_shard_free(struct tp_http_shard *hs);

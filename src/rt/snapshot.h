@@ -98,13 +98,16 @@ struct tp_route_stats {
     tp_stat_t tunnels_active; /* gauge: +1 when a tunnel starts, -1 when it ends (or its route goes) */
     tp_stat_t tunnels_total;
     tp_stat_t auth_rejected[4]; /* by reason: missing, invalid, expired, forbidden */
+    tp_stat_t grpc[18];         /* gRPC calls by grpc-status 0..16, [17] any other value */
     struct tp_hist duration;
 } __attribute__((aligned(TP_CACHELINE)));
 
 /** Per-shard state of one endpoint. [shard i only, except counters read by control] */
 struct tp_ep_shard {
     void *idle;            /* keepalive pool of the shard's upstream exchange (LIFO head) */
-    tp_stat_t idle_count;  /* connections in it */
+    void *h2;              /* the shard's HTTP/2 connections to the endpoint (h2_client.c) */
+    tp_stat_t idle_count;  /* connections in it (HTTP/2: connections without a stream) */
+    tp_stat_t h2_streams;  /* HTTP/2 streams open or waiting for a connection (gauge) */
     tp_stat_t requests[5]; /* upstream responses by class */
     tp_stat_t connect_failures;
     tp_stat_t connects;      /* connections opened */

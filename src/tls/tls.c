@@ -231,6 +231,12 @@ struct tp_tls_client *tp_tls_client_create(const struct tp_cfg_upstream_tls *cfg
     } else {
         SSL_CTX_set_verify(t->ctx, SSL_VERIFY_NONE, NULL);
     }
+    /* protocol: h2: HTTP/2 or nothing (the exchange fails an attempt whose handshake chose otherwise) */
+    if (cfg->alpn_h2 && SSL_CTX_set_alpn_protos(t->ctx, (const unsigned char *)"\x02h2", 3) != 0) {
+        snprintf(err, errlen, "cannot set ALPN: %s", tp_tls_error(e, sizeof(e)));
+        tp_tls_client_destroy(t);
+        return NULL;
+    }
     if (cfg->sni && !(t->sni = strdup(cfg->sni))) {
         snprintf(err, errlen, "out of memory");
         tp_tls_client_destroy(t);

@@ -3,7 +3,8 @@
  * Active health checks (upstreams[].health_check), run by the control thread
  * on its ring: every `interval`, per endpoint, one HTTP/1.1 GET of `path` on
  * a fresh connection (over TLS, verified as the shards' connections are, when
- * the upstream has `tls`); an answer with a 2xx status within `timeout` is a
+ * the upstream has `tls`; in HTTP/2 for protocol h2c and h2, encoded and
+ * decoded by an nghttp2 client session in memory); an answer with a 2xx status within `timeout` is a
  * success, anything else (refused, reset, timeout, other status) a failure.
  * `unhealthy_after` failures in a row mark the endpoint unhealthy (no more
  * traffic), `healthy_after` successes in a row bring it back. The state
@@ -21,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <nghttp2/nghttp2.h>
 #include <openssl/ssl.h>
 
 #include <turnpike/log.h>
@@ -48,10 +50,13 @@ struct probe {
     struct tp_endpoint_state *st; /* holds a reference */
     uint32_t healthy_after, unhealthy_after;
     uint64_t deadline_ms;
-    char req[512];
+    char req[1024];
     size_t req_len, sent;
     char resp[256];
     size_t resp_len;
+    nghttp2_session *ng; /* protocol h2c / h2: the probe speaks HTTP/2 (prior knowledge or ALPN) */
+    int h2_status;       /* :status of stream 1; 0 until its HEADERS are complete */
+    int h2_seen;         /* :status seen in the block being received */
 };
 
 static struct {
@@ -91,6 +96,9 @@ static void probe_finish(uint32_t slot, bool ok, const char *why)
 static void probe_release(uint32_t slot)
 {
     struct probe *pr = &hc.p[slot];
+    if (pr->ng)
+        nghttp2_session_del(pr->ng);
+    pr->ng = NULL;
     if (pr->ssl)
         SSL_free(pr->ssl);
     pr->ssl = NULL;
@@ -118,8 +126,99 @@ static void probe_close(uint32_t slot, bool ok, const char *why)
     probe_release(slot);
 }
 
+/* ---- HTTP/2 probes: one GET on stream 1, encoded and decoded by nghttp2 in memory ---- */
+
+static int h2_on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name, size_t nlen,
+                        const uint8_t *value, size_t vlen, uint8_t flags, void *user)
+{
+    struct probe *pr = user;
+
+    (void)ng;
+    (void)flags;
+    if (f->hd.stream_id == 1 && nlen == 7 && memcmp(name, ":status", 7) == 0 && vlen == 3)
+        pr->h2_seen = (value[0] - '0') * 100 + (value[1] - '0') * 10 + (value[2] - '0');
+    return 0;
+}
+
+static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *user)
+{
+    struct probe *pr = user;
+
+    (void)ng;
+    /* the final head (an interim 1xx is skipped) */
+    if (f->hd.type == NGHTTP2_HEADERS && f->hd.stream_id == 1 && pr->h2_seen >= 200)
+        pr->h2_status = pr->h2_seen;
+    return 0;
+}
+
+static int h2_on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *user)
+{
+    struct probe *pr = user;
+
+    (void)ng;
+    if (id == 1 && !pr->h2_status)
+        pr->h2_status = -1; /* reset or closed without a response */
+    (void)code;
+    return 0;
+}
+
+/* Writes the HTTP/2 preface, SETTINGS and the request into pr->req. false: it did not fit. */
+static bool h2_request(struct probe *pr, const char *path, bool tls)
+{
+    static nghttp2_session_callbacks *cbs;
+    const char *auth = pr->st->addr.text;
+    const nghttp2_nv nv[] = {
+        {(uint8_t *)":method", (uint8_t *)"GET", 7, 3, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)":scheme", (uint8_t *)(tls ? "https" : "http"), 7, tls ? 5 : 4, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)":authority", (uint8_t *)auth, 10, strlen(auth), NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)":path", (uint8_t *)path, 5, strlen(path), NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"user-agent", (uint8_t *)"turnpike-health-check", 10, 21, NGHTTP2_NV_FLAG_NONE},
+    };
+    const uint8_t *out;
+    ssize_t n;
+
+    if (!cbs) {
+        if (nghttp2_session_callbacks_new(&cbs) != 0)
+            return false;
+        nghttp2_session_callbacks_set_on_header_callback(cbs, h2_on_header);
+        nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, h2_on_frame_recv);
+        nghttp2_session_callbacks_set_on_stream_close_callback(cbs, h2_on_stream_close);
+    }
+    if (nghttp2_session_client_new(&pr->ng, cbs, pr) != 0) {
+        pr->ng = NULL;
+        return false;
+    }
+    if (nghttp2_submit_settings(pr->ng, NGHTTP2_FLAG_NONE, NULL, 0) != 0 ||
+        nghttp2_submit_request(pr->ng, NULL, nv, sizeof(nv) / sizeof(nv[0]), NULL, NULL) < 0)
+        return false;
+    pr->req_len = 0;
+    while ((n = nghttp2_session_mem_send(pr->ng, &out)) > 0) {
+        if ((size_t)n > sizeof(pr->req) - pr->req_len)
+            return false;
+        memcpy(pr->req + pr->req_len, out, (size_t)n);
+        pr->req_len += (size_t)n;
+    }
+    return n == 0;
+}
+
+/* Feeds received bytes to an HTTP/2 probe: true once its outcome is known (<ok> says which). */
+static bool h2_response(struct probe *pr, size_t len, bool *ok)
+{
+    ssize_t rv = nghttp2_session_mem_recv(pr->ng, (const uint8_t *)pr->resp, len);
+
+    pr->resp_len = 0; /* consumed: the buffer takes the next bytes */
+    if (rv < 0) {
+        *ok = false;
+        return true;
+    }
+    if (!pr->h2_status)
+        return false;
+    *ok = pr->h2_status >= 200 && pr->h2_status < 300;
+    return true;
+}
+
 static void probe_start(struct tp_endpoint_state *st, const struct tp_cfg_health_check *cfg,
-                        struct tp_tls_client *tls, uint64_t now_ms)
+                        struct tp_tls_client *tls, bool h2, uint64_t now_ms)
 {
     uint32_t slot;
     int fd, one = 1;
@@ -147,15 +246,22 @@ static void probe_start(struct tp_endpoint_state *st, const struct tp_cfg_health
     pr->healthy_after = cfg->healthy_after;
     pr->unhealthy_after = cfg->unhealthy_after;
     pr->deadline_ms = now_ms + cfg->timeout_ms;
-    int n = snprintf(
-        pr->req, sizeof(pr->req),
-        "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: turnpike-health-check\r\nConnection: close\r\n\r\n",
-        cfg->path, st->addr.text);
-    if (n < 0 || (size_t)n >= sizeof(pr->req)) {
-        probe_close(slot, false, "path too long");
-        return;
+    if (h2) {
+        if (!h2_request(pr, cfg->path, tls != NULL)) {
+            probe_close(slot, false, "cannot encode the HTTP/2 request");
+            return;
+        }
+    } else {
+        int n = snprintf(
+            pr->req, sizeof(pr->req),
+            "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: turnpike-health-check\r\nConnection: close\r\n\r\n",
+            cfg->path, st->addr.text);
+        if (n < 0 || (size_t)n >= sizeof(pr->req)) {
+            probe_close(slot, false, "path too long");
+            return;
+        }
+        pr->req_len = (size_t)n;
     }
-    pr->req_len = (size_t)n;
     if (tls && !(pr->ssl = tp_tls_client_ssl(tls, &st->addr))) {
         probe_close(slot, false, "out of memory for TLS");
         return;
@@ -191,7 +297,7 @@ static void health_tick(uint64_t now_ms, bool draining)
             if (st->hc_running || now_ms < st->hc_next_ms)
                 continue;
             st->hc_next_ms = now_ms + cfg->interval_ms;
-            probe_start(st, cfg, s->ups[u].tls, now_ms);
+            probe_start(st, cfg, s->ups[u].tls, s->ups[u].cfg->protocol != TP_UPROTO_HTTP1, now_ms);
         }
     }
 }
@@ -244,6 +350,14 @@ static void tls_step(uint32_t slot)
             break;
         default:
             n = SSL_read(pr->ssl, pr->resp + pr->resp_len, (int)(sizeof(pr->resp) - pr->resp_len));
+            if (n > 0 && pr->ng) {
+                bool ok;
+                if (h2_response(pr, (size_t)n, &ok)) {
+                    probe_close(slot, ok, ok ? "" : "status not 2xx");
+                    return;
+                }
+                continue;
+            }
             if (n > 0) {
                 bool complete;
                 pr->resp_len += (size_t)n;
@@ -331,6 +445,17 @@ static void health_on_cqe(unsigned op, uint32_t slot, int res)
         bool complete;
         if (res <= 0) {
             probe_close(slot, false, res == 0 ? "closed without a response" : strerror(-res));
+            return;
+        }
+        if (pr->ng) {
+            bool ok;
+            if (h2_response(pr, (size_t)res, &ok)) {
+                probe_close(slot, ok, ok ? "" : "status not 2xx");
+                return;
+            }
+            sqe = tp_ctl_sqe(hc_svc, OP_RECV, slot);
+            io_uring_prep_recv(sqe, pr->fd, pr->resp, sizeof(pr->resp), 0);
+            pr->ops++;
             return;
         }
         pr->resp_len += (size_t)res;

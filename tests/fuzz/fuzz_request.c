@@ -4,6 +4,9 @@
  * split across receive buffers at places the input chooses. Drives llhttp
  * (strict) with turnpike's head recording (src/http/h1.c) over a hand-built
  * shard's buffer pool; every buffer reference must be released at the end.
+ * A chunked body's trailer section is recorded as h1_server does
+ * (tp_h1_parser_want_trailers, tp_h1_execute); its fields must lie inside
+ * their copy.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -67,12 +70,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 __builtin_trap();
         tp_head_release(sh, &head);
         /* the body: whatever is left in the queue */
+        if (p->flags & F_CHUNKED)
+            tp_h1_parser_want_trailers(&hp, 1024);
         llhttp_resume(p);
         struct tp_rbuf *e;
         while ((e = tp_inq_front(&q))) {
             const char *d = (const char *)tp_buf_ptr(sh, e->bid) + e->off;
-            llhttp_errno_t r = llhttp_execute(p, d, e->len);
+            llhttp_errno_t r = tp_h1_execute(&hp, d, e->len);
             uint32_t used = e->len;
+            const struct tp_head *t = hp.msg_done ? tp_h1_trailers(&hp) : NULL;
+            for (uint32_t i = 0; t && i < t->n_hdrs; i++)
+                if (!t->hdrs[i].name.len || t->hdrs[i].name.off + t->hdrs[i].name.len > t->len ||
+                    t->hdrs[i].value.off + t->hdrs[i].value.len > t->len || t->len > 1024)
+                    __builtin_trap();
+            hp.msg_done = false;
             if (r == HPE_PAUSED) {
                 used = (uint32_t)(llhttp_get_error_pos(p) - d);
                 llhttp_resume(p);
@@ -84,6 +95,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     tp_inq_clear(sh, &q);
     tp_head_dispose(sh, &head);
+    tp_h1_parser_dispose(&hp);
     if (sh->bufs.held != 0)
         __builtin_trap(); /* a buffer reference leaked */
     return 0;

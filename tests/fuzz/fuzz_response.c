@@ -21,7 +21,10 @@
  * full buffers, and both runs must end the same way (with the same bytes
  * relayed and decoded when the response completed). That last check is
  * what catches a rule that only breaks across buffers, such as the trailer
- * fields that used to be recorded into the released head.
+ * fields that used to be recorded into the released head. A chunked body's
+ * trailer section is recorded as the exchange records it
+ * (tp_h1_parser_want_trailers, tp_h1_execute): its fields must lie inside
+ * their copy, and both runs must record the same fields.
  *
  * Input: byte 0 flags (bit 0 the request was HEAD, bit 1 the client is
  * HTTP/1.0 so chunked bodies are decoded, bit 2 the upstream's close is a
@@ -58,6 +61,8 @@ struct exchange {
     bool skip_body;       /* the request was HEAD */
     bool http10;          /* the client wants content, not chunked framing */
     int mode;
+    uint32_t tr_n;      /* trailer fields recorded at the end of the message */
+    uint64_t tr_hash;   /* FNV-1a of their names and values */
     const uint8_t *src; /* the bytes the upstream sent */
     size_t fed;         /* of them, queued so far */
     size_t body_start;  /* input offset of the final response's body */
@@ -164,8 +169,31 @@ static bool response_head(struct exchange *x)
         return false; /* tp_proxy_response_head refuses it */
     bool has_body = !x->skip_body && framing != 0;
     x->mode = !has_body ? RM_NONE : (x->http10 && framing == 2) ? RM_CONTENT : RM_RAW;
+    if (has_body && framing == 2)
+        tp_h1_parser_want_trailers(&x->hp, RESP_HEAD_MAX);
     llhttp_resume(p);
     return true;
+}
+
+/* The trailer section recorded for the completed message: inside its copy; summarized for the comparison. */
+static void note_trailers(struct exchange *x)
+{
+    const struct tp_head *t = tp_h1_trailers(&x->hp);
+    uint64_t h = 1469598103934665603ull;
+
+    x->tr_n = t ? t->n_hdrs : 0;
+    for (uint32_t i = 0; t && i < t->n_hdrs; i++) {
+        const struct tp_hdr *hd = &t->hdrs[i];
+        CHECK(hd->name.len > 0 && hd->name.off + hd->name.len <= t->len);
+        CHECK(hd->value.off + hd->value.len <= t->len && t->len <= RESP_HEAD_MAX);
+        for (uint32_t k = 0; k < hd->name.len; k++)
+            h = (h ^ (uint8_t)t->base[hd->name.off + k]) * 1099511628211ull;
+        h = (h ^ ':') * 1099511628211ull;
+        for (uint32_t k = 0; k < hd->value.len; k++)
+            h = (h ^ (uint8_t)t->base[hd->value.off + k]) * 1099511628211ull;
+        h = (h ^ '\n') * 1099511628211ull;
+    }
+    x->tr_hash = h;
 }
 
 /* process_response of h1_client.c, without the client's backpressure (its queue is always sent). */
@@ -219,7 +247,7 @@ static void process(struct exchange *x, bool eof, bool reset)
         uint32_t len = e->len, used;
         struct tp_bref ref = tp_rbuf_ref(e);
         size_t at = consumed(x);
-        llhttp_errno_t rc = llhttp_execute(&x->hp.p, d, len);
+        llhttp_errno_t rc = tp_h1_execute(&x->hp, d, len);
         if (rc == HPE_PAUSED) {
             used = (uint32_t)(llhttp_get_error_pos(&x->hp.p) - d);
         } else if (rc == HPE_OK) {
@@ -254,8 +282,10 @@ static void process(struct exchange *x, bool eof, bool reset)
             x->body_in += used;
             tp_inq_consume(sh, &x->q, used);
         }
-        if (x->hp.msg_done)
+        if (x->hp.msg_done) {
             x->done = true;
+            note_trailers(x);
+        }
     }
     if (eof && !x->hp.head_done && !x->done)
         x->failed = true; /* EOF before the head */
@@ -317,6 +347,7 @@ static void run(struct exchange *x, const uint8_t *data, size_t size, uint8_t fl
         tp_block_put(sh, x->dec);
     tp_inq_clear(sh, &x->q);
     tp_head_dispose(sh, &x->head);
+    tp_h1_parser_dispose(&x->hp);
     CHECK(sh->bufs.held == 0);       /* a buffer reference leaked */
     CHECK(fake_refs_total(sh) == 0); /* every count back to zero */
 }
@@ -342,7 +373,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(split.done == whole.done && split.failed == whole.failed);
         /* a failure may come after some bytes were relayed (streaming): only complete ones compare */
         CHECK(!split.done || (split.relayed == whole.relayed && split.decoded == whole.decoded &&
-                              split.mode == whole.mode && split.body_start == whole.body_start));
+                              split.mode == whole.mode && split.body_start == whole.body_start &&
+                              split.tr_n == whole.tr_n && split.tr_hash == whole.tr_hash));
     }
     return 0;
 }

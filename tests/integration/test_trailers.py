@@ -82,6 +82,37 @@ def test_request_trailers_split_across_reads(h, first, second):
     r = c.read_response()
     assert (r.status, r.body) == (200, b"POST /t"), r
     assert up.requests[-1].body == b"hello"
+    # the trailer section reaches the upstream whole, wherever the read boundary fell
+    want = [ln for ln in (first + (second or b"")).split(b"\r\n")[1:] if ln]
+    assert up.requests[-1].trailers == want, up.requests[-1].trailers
     c.request("GET", "/after")
     assert c.read_response().body == b"GET /after"
+    c.close()
+
+
+@pytest.mark.parametrize("first,second", params("h2"))
+def test_response_trailers_split_across_reads_to_h2_client(h, first, second):
+    """The same splits towards an HTTP/2 client: the trailer section, recorded across reads,
+    arrives as trailing HEADERS."""
+    from test_h2 import H2Client, start
+    go = []
+
+    def bad(req, conn):
+        conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Trailer\r\n\r\n5\r\nhello\r\n" + first)
+        if second is not None:
+            wait_until(lambda: go, T(10), what="the gateway to read the first part")
+            conn.send(second)
+        return None
+
+    up = hostile(h, bad=bad)
+    tp = start(h, {"upstreams": [upstream_cfg("h", up)], "routes": [{"upstream": "h"}]})
+    c = H2Client(tp.port)
+    sid = c.request("/bad")
+    if second is not None:
+        # "hello" and the first part left in one send: once "hello" is relayed, the first part was read
+        c.wait(lambda: c.streams[sid]["data"] == b"hello", what="the body before the trailers")
+        go.append(True)
+    st = c.response(sid)
+    want = dict(ln.decode().lower().split(": ", 1) for ln in (first + (second or b"")).split(b"\r\n")[1:] if ln)
+    assert st["data"] == b"hello" and st.get("trailers") == want, st
     c.close()

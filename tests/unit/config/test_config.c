@@ -1509,6 +1509,40 @@ static void test_h2(void)
            "t.yaml:3:31: limits.h2_max_resets_per_s: 0 is out of range (1..1000000)");
 }
 
+static void test_upstream_protocol(void)
+{
+    struct tp_config *cfg =
+        parse_ok("upstream protocols",
+                 LST "upstreams:\n"
+                     "  - {name: a, endpoints: [{address: 127.0.0.1:1}]}\n"
+                     "  - {name: b, protocol: h2c, endpoints: [{address: 127.0.0.1:2}]}\n"
+                     "  - {name: c, protocol: h2, endpoints: [{address: 127.0.0.1:3}]}\n"
+                     "  - {name: d, protocol: h2, tls: {sni: d.test, verify: false},\n"
+                     "     endpoints: [{address: 127.0.0.1:4}]}\n"
+                     "  - {name: e, protocol: http1, tls: {}, endpoints: [{address: 127.0.0.1:5}]}\n");
+    if (cfg) {
+        is_int(cfg->upstreams[0].protocol, TP_UPROTO_HTTP1, "default http1");
+        ok(cfg->upstreams[0].tls == NULL, "http1 without tls is plain");
+        is_int(cfg->upstreams[1].protocol, TP_UPROTO_H2C, "h2c");
+        ok(cfg->upstreams[1].tls == NULL, "h2c is plain");
+        is_int(cfg->upstreams[2].protocol, TP_UPROTO_H2, "h2");
+        ok(cfg->upstreams[2].tls && cfg->upstreams[2].tls->verify && cfg->upstreams[2].tls->alpn_h2 &&
+               !cfg->upstreams[2].tls->sni && !cfg->upstreams[2].tls->ca,
+           "h2 without tls: TLS with the defaults, ALPN h2");
+        ok(cfg->upstreams[3].tls && !cfg->upstreams[3].tls->verify && cfg->upstreams[3].tls->alpn_h2 &&
+               !strcmp(cfg->upstreams[3].tls->sni, "d.test"),
+           "h2 with tls keeps its settings, ALPN h2");
+        ok(cfg->upstreams[4].tls && !cfg->upstreams[4].tls->alpn_h2, "http1 over tls: no ALPN h2");
+    }
+    tp_config_destroy(cfg);
+#define UP LST "upstreams:\n  - name: u\n    endpoints: [{address: 127.0.0.1:1}]\n" /* lines 1-5 */
+    EXPECT("protocol value", UP "    protocol: h3\n",
+           "t.yaml:6:15: upstreams[0].protocol: invalid value \"h3\" (expected http1, h2c or h2)");
+    EXPECT("h2c with tls", UP "    protocol: h2c\n    tls: {}\n",
+           "t.yaml:7:5: upstreams[0].tls: h2c is HTTP/2 in clear text; use protocol: h2 for HTTP/2 over TLS");
+#undef UP
+}
+
 int main(void)
 {
     test_full();
@@ -1537,5 +1571,6 @@ int main(void)
     test_rl_store();
     test_dns_names();
     test_h2();
+    test_upstream_protocol();
     return tap_done();
 }

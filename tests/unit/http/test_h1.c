@@ -729,6 +729,153 @@ static void test_writers(struct tp_shard *sh)
     ok(out[0] == '#', "random_hex(0) writes nothing");
 }
 
+/* Parses a chunked response: the head from a queue, then the body through
+ * tp_h1_execute in pieces of <cut> bytes (separate copies, as separate
+ * receive buffers are). Returns the llhttp result of the last execute. */
+static llhttp_errno_t parse_chunked(struct tp_shard *sh, struct job *j, const char *body, size_t len,
+                                    size_t cut)
+{
+    static const char head[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    llhttp_errno_t rc = HPE_OK;
+
+    job_init(j, HTTP_RESPONSE);
+    push_split(sh, &j->q, head, sizeof(head) - 1, NULL, 0);
+    if (job_parse(sh, j, 4096) != TP_HEAD_DONE)
+        return HPE_INTERNAL;
+    llhttp_resume(&j->hp.p);
+    tp_h1_parser_want_trailers(&j->hp, 64);
+    for (size_t off = 0; off < len && rc == HPE_OK; off += cut) {
+        size_t n = len - off < cut ? len - off : cut;
+        char *piece = malloc(n);
+        memcpy(piece, body + off, n);
+        rc = tp_h1_execute(&j->hp, piece, n);
+        free(piece); /* the recorder must have copied what it keeps */
+    }
+    return rc;
+}
+
+static void test_trailers(struct tp_shard *sh)
+{
+    static const char body[] =
+        "5\r\nhello\r\n0\r\ngrpc-status: 0 \r\nGrpc-Message: all good\r\nX-Empty:\r\n\r\n";
+    struct job j;
+
+    for (size_t cut = 1; cut <= sizeof(body) - 1; cut++) {
+        llhttp_errno_t rc = parse_chunked(sh, &j, body, sizeof(body) - 1, cut);
+        const struct tp_head *t = tp_h1_trailers(&j.hp);
+        char text[256] = "";
+        if (t) {
+            int n = 0;
+            for (uint32_t i = 0; i < t->n_hdrs; i++)
+                n += snprintf(text + n, sizeof(text) - (size_t)n, "%.*s=%.*s;", (int)t->hdrs[i].name.len,
+                              t->base + t->hdrs[i].name.off, (int)t->hdrs[i].value.len,
+                              t->base + t->hdrs[i].value.off);
+        }
+        if (rc != HPE_PAUSED || !j.hp.msg_done ||
+            strcmp(text, "grpc-status=0;Grpc-Message=all good;X-Empty=;") != 0) {
+            ok(0, "trailers cut every %zu bytes: rc %d, %s", cut, rc, text);
+            tp_h1_parser_dispose(&j.hp);
+            job_dispose(sh, &j);
+            return;
+        }
+        tp_h1_parser_dispose(&j.hp);
+        job_dispose(sh, &j);
+    }
+    ok(1, "trailers recorded whole at every read boundary");
+
+    /* the next message forgets them; not asked for, none are recorded */
+    parse_chunked(sh, &j, body, sizeof(body) - 1, 7);
+    ok(tp_h1_trailers(&j.hp) != NULL, "recorded");
+    tp_h1_parser_want_trailers(&j.hp, 0);
+    ok(tp_h1_trailers(&j.hp) == NULL, "forgotten for the next message");
+    tp_h1_parser_dispose(&j.hp);
+    job_dispose(sh, &j);
+
+    /* an obsolete fold in a trailer, in one buffer and across two */
+    static const char fold[] = "0\r\nX-A: one\r\n two\r\n\r\n";
+    for (size_t cut = 5; cut <= sizeof(fold) - 1; cut += sizeof(fold) - 6) {
+        llhttp_errno_t rc = parse_chunked(sh, &j, fold, sizeof(fold) - 1, cut);
+        ok(rc != HPE_OK && rc != HPE_PAUSED, "obs-fold in a trailer refused (cut %zu): rc %d", cut, rc);
+        tp_h1_parser_dispose(&j.hp);
+        job_dispose(sh, &j);
+    }
+    /* an empty trailer name (found by fuzz_response: an empty span before any copy existed) */
+    static const char noname[] = "0\r\n: v\r\n\r\n";
+    for (size_t cut = 1; cut <= 3; cut += 2) {
+        llhttp_errno_t rc = parse_chunked(sh, &j, noname, sizeof(noname) - 1, cut);
+        ok(rc != HPE_OK && rc != HPE_PAUSED, "empty trailer name refused (cut %zu): rc %d", cut, rc);
+        tp_h1_parser_dispose(&j.hp);
+        job_dispose(sh, &j);
+    }
+    /* over the limit (64 bytes of names and values) */
+    static const char big[] =
+        "0\r\nX-Big: 0123456789012345678901234567890123456789012345678901234567890123\r\n\r\n";
+    llhttp_errno_t rc = parse_chunked(sh, &j, big, sizeof(big) - 1, 1000);
+    ok(rc != HPE_OK && rc != HPE_PAUSED, "trailer section over its limit refused");
+    ok(j.hp.trailers && j.hp.trailers->reason_text &&
+           strcmp(j.hp.trailers->reason_text, "trailer section too large") == 0,
+       "... as too large");
+    tp_h1_parser_dispose(&j.hp);
+    job_dispose(sh, &j);
+
+    /* copies: tp_trailers_add */
+    struct tp_head *t = tp_trailers_new();
+    ok(tp_trailers_add(t, "x-a", 3, "1", 1, 16) && tp_trailers_add(t, "te", 2, "x", 1, 16), "added");
+    ok(!tp_trailers_add(t, "x-long", 6, "0123456789", 10, 16), "over the limit refused");
+    is_int(t->n_hdrs, 2, "two fields");
+    is_int(t->hdrs[1].id, TP_H_TE, "classified");
+    tp_trailers_free(t);
+}
+
+static void test_grpc_parsers(void)
+{
+    static const struct {
+        const char *v;
+        bool ok;
+        uint64_t ms;
+    } to[] = {
+        {"1H", true, 3600000},
+        {"2M", true, 120000},
+        {"3S", true, 3000},
+        {"250m", true, 250},
+        {"1500u", true, 2},
+        {"1u", true, 1},
+        {"1n", true, 1},
+        {"0m", true, 0},
+        {"99999999H", true, 99999999ull * 3600000},
+        {"00000001S", true, 1000},
+        {"123456789S", false, 0},
+        {"S", false, 0},
+        {"1", false, 0},
+        {"1s", false, 0},
+        {"-1S", false, 0},
+        {"1.5S", false, 0},
+        {" 1S", false, 0},
+        {"1 S", false, 0},
+        {"", false, 0},
+    };
+    for (size_t i = 0; i < sizeof(to) / sizeof(to[0]); i++) {
+        uint64_t ms = 12345;
+        bool r = tp_grpc_timeout_parse(to[i].v, strlen(to[i].v), &ms);
+        ok(r == to[i].ok && (!r || ms == to[i].ms), "grpc-timeout \"%s\": %s %llu", to[i].v,
+           r ? "ok" : "refused", (unsigned long long)ms);
+    }
+    static const struct {
+        const char *v;
+        unsigned code;
+    } gs[] = {{"0", 0},
+              {"16", 16},
+              {"4 ", 4},
+              {"17", TP_GRPC_OTHER},
+              {"99", TP_GRPC_OTHER},
+              {"", TP_GRPC_OTHER},
+              {"x", TP_GRPC_OTHER},
+              {"123", TP_GRPC_OTHER},
+              {"-1", TP_GRPC_OTHER}};
+    for (size_t i = 0; i < sizeof(gs) / sizeof(gs[0]); i++)
+        is_int(tp_grpc_status_parse(gs[i].v, strlen(gs[i].v)), gs[i].code, "grpc-status \"%s\"", gs[i].v);
+}
+
 int main(void)
 {
     struct tp_shard *sh = fake_shard_create(1024, 2048);
@@ -749,6 +896,8 @@ int main(void)
     test_reason();
     test_error_response(sh);
     test_writers(sh);
+    test_trailers(sh);
+    test_grpc_parsers();
     is_int(fake_bufs_in_use(sh), sh->bufs.held, "held matches the buffers in use");
     is_int(fake_refs_total(sh), 0, "no buffer reference left at the end");
     fake_shard_destroy(sh);
