@@ -72,7 +72,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 SANITIZER_MARKERS = (
