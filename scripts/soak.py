@@ -327,6 +327,7 @@ class Fail(Exception):
         self.kind = kind
         self.detail = detail
         self.status = status
+        self.reuse = False  # the connection is still usable (the response was complete)
 
 
 async def read_head(reader):
@@ -489,11 +490,18 @@ class Soak:
                 raise Fail("bad", f"upstream got {hdrs.get('x-body-len')} body bytes with another digest")
 
     async def exchange(self, r, s):
-        """Reads and verifies the response to s; returns True if the connection may be reused."""
+        """Reads and verifies the response to s; returns True if the connection may be reused.
+        A complete response that fails verification raises Fail with .reuse set, so the
+        requests behind it on the connection (pipelined or next) still count on their own."""
         status, hdrs = await read_head(r)
         body = await read_body(r, hdrs)
-        self.verify(s, status, hdrs, body)
-        return "close" not in hdrs.get("connection", "").lower()
+        reuse = "close" not in hdrs.get("connection", "").lower()
+        try:
+            self.verify(s, status, hdrs, body)
+        except Fail as e:
+            e.reuse = reuse
+            raise
+        return reuse
 
     # -- scenarios (each records the outcome of every request it starts) --
 
@@ -513,7 +521,7 @@ class Soak:
                     self.record(t0, s["route"], s["rid"], "ok")
                 except (Fail, OSError, asyncio.TimeoutError, ssl.SSLError) as e:
                     self.record(t0, s["route"], s["rid"], "fail", *self.describe(e))
-                    reuse = False
+                    reuse = getattr(e, "reuse", False)
                 if not reuse:
                     if w is not None:
                         self.close(w)
@@ -551,8 +559,15 @@ class Soak:
             r, w = await self.connect(tls)
             w.write(b"".join(self.request_bytes(s) for s in specs))
             for s in specs:
-                reuse = await asyncio.wait_for(self.exchange(r, s), self.o["timeout"])
-                self.record(t0, s["route"], s["rid"], "ok")
+                try:
+                    reuse = await asyncio.wait_for(self.exchange(r, s), self.o["timeout"])
+                    self.record(t0, s["route"], s["rid"], "ok")
+                except Fail as e:
+                    if not e.reuse:
+                        raise
+                    # a complete error answer (a 502 of a restarted endpoint): the next ones follow
+                    self.record(t0, s["route"], s["rid"], "fail", *self.describe(e))
+                    reuse = True
                 done += 1
                 if not reuse:
                     break
