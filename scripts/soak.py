@@ -50,11 +50,20 @@ Pass criteria:
   - RSS and descriptor count are flat over the last two thirds of the run: the
     spread (max - min) of those samples is at most --rss-spread MiB / --fd-spread
     descriptors, and the least-squares slope is at most --rss-slope MiB/min /
-    --fd-slope descriptors/min (so a slow monotonic leak fails even inside the
-    spread bound);
+    --fd-slope descriptors/min (one-sided: so a slow monotonic leak fails even
+    inside the spread bound);
+  - the descriptors of the idle gateway (no client connection; idle pooled
+    upstream connections subtracted) are the same after the load as before it,
+    within 2 (the samples above include whatever connections are open at that
+    instant; this is the exact leak check);
   - the number of series in /metrics is the same at the end as after warm-up
     (label values come from the configuration only; the warm-up, one restart and
     one flap cycle, lets every status class the faults produce appear once).
+
+Before the clock starts, --prime-mib MiB (384) go through the gateway in 2 MiB
+responses: the provided-buffer rings (64 MiB per worker) are cycled FIFO, so
+their pages are touched one by one during the first minute of traffic, which
+would look like growth.
 
 Exit code 0 when it passed, 1 otherwise. `run()` is what
 tests/integration/test_soak.py calls.
