@@ -28,6 +28,7 @@
 #include <libfyaml.h>
 
 #include "config/config_int.h"
+#include "core/yaml_guard.h"
 
 /* A walk of more nodes than this is refused: a real configuration has a few
  * thousand, an alias bomb has billions. */
@@ -350,79 +351,14 @@ static bool utf8_valid(const char *buf, size_t len, struct tp_cfg_errs *errs)
     return true;
 }
 
-/*
- * libfyaml 0.7.12 corrupts its heap on some malformed inputs (found by
- * tests/fuzz/fuzz_config: an explicit "?" key followed by a tab and another
- * "?"), which would crash or hang the process on `turnpike -t`, at startup,
- * or - worst - on a reload of a running gateway. So the file is first run
- * through the parser in a child process, with a deadline; only when that
- * child comes back clean does the parse happen here. A fork per load costs a
- * few milliseconds and happens only on start, reload and -t.
- */
-#define GUARD_TIMEOUT_MS 5000
-
-static int guard_parse(const char *buf, size_t len)
-{
-    struct fy_diag_cfg dcfg;
-    struct fy_diag *diag;
-    struct fy_parser *fyp;
-    struct fy_event *fye;
-
-    fy_diag_cfg_default(&dcfg);
-    dcfg.fp = NULL;
-    dcfg.output_fn = discard_output;
-    diag = fy_diag_create(&dcfg);
-    if (!diag)
-        return 0; /* out of memory in the child says nothing about the file */
-    struct fy_parse_cfg pcfg = {.flags = FYPCF_QUIET | FYPCF_DEFAULT_VERSION_1_2, .diag = diag};
-    fyp = fy_parser_create(&pcfg);
-    if (!fyp || fy_parser_set_string(fyp, buf, len) != 0)
-        return 0;
-    while ((fye = fy_parser_parse(fyp)) != NULL)
-        fy_parser_event_free(fyp, fye);
-    fy_parser_destroy(fyp);
-    fy_diag_destroy(diag);
-    return 0;
-}
-
-/* 0 when the parser survives <buf>; -1 (with a message in <errs>) when it crashed or hung. */
+/* 0 when libfyaml survives <buf> (core/yaml_guard.h); -1 with a message in <errs> when not. */
 static int parser_survives(const char *buf, size_t len, struct tp_cfg_errs *errs)
 {
-    pid_t pid = fork();
-    int status = 0;
+    enum tp_yaml_guard_rc rc = tp_yaml_guard(buf, len);
 
-    if (pid == -1)
-        return 0; /* cannot check: parse in-process as before */
-    if (pid == 0) {
-        int fd = open("/dev/null", O_WRONLY);
-        if (fd >= 0) {
-            dup2(fd, STDERR_FILENO);
-            dup2(fd, STDOUT_FILENO);
-        }
-        _exit(guard_parse(buf, len));
-    }
-    for (int waited = 0;; waited++) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            break;
-        if (r == -1 && errno != EINTR)
-            return 0;
-        if (waited * 2 >= GUARD_TIMEOUT_MS) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            tp_cfg_errs_add(errs, 1, 1,
-                            "the YAML parser did not finish on this file; simplify its syntax "
-                            "(explicit \"?\" keys and tabs are the usual trigger)");
-            return -1;
-        }
-        struct timespec ts = {0, 2000000};
-        nanosleep(&ts, NULL);
-    }
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+    if (rc == TP_YAML_SURVIVED)
         return 0;
-    tp_cfg_errs_add(errs, 1, 1,
-                    "the YAML parser failed on this file; simplify its syntax (explicit \"?\" keys "
-                    "and tabs are the usual trigger)");
+    tp_cfg_errs_add(errs, 1, 1, "%s", tp_yaml_guard_msg(rc));
     return -1;
 }
 
