@@ -2,7 +2,7 @@
 # scripts/fuzz_long.sh TARGET SECONDS: one long libFuzzer run of tests/fuzz/fuzz_TARGET.c.
 #
 # TARGET is the target's name with or without the fuzz_ prefix (config,
-# request, response, router, jwt, jwks, h2). Builds build/fuzz with clang
+# request, response, router, jwt, jwks, apikeys, h2). Builds build/fuzz with clang
 # (ASan+UBSan, libFuzzer) when it is missing, then runs one fuzzing process
 # (no -jobs/-workers: one core) for SECONDS on a work corpus
 # build/fuzz-long/TARGET/corpus seeded from tests/fuzz/corpus/TARGET; new
@@ -19,7 +19,7 @@
 #     nice -n 19 ./scripts/fuzz_long.sh request 3600
 set -eu
 if [ $# -ne 2 ]; then
-    echo "usage: $0 TARGET SECONDS   (TARGET: config request response router jwt jwks h2)" >&2
+    echo "usage: $0 TARGET SECONDS   (TARGET: config request response router jwt jwks apikeys h2)" >&2
     exit 2
 fi
 cd "$(dirname "$0")/.."
