@@ -24,6 +24,7 @@
 #include <turnpike/log.h>
 
 #include "admin/admin.h"
+#include "core/yaml_guard.h"
 #include "http/request.h"
 #include "rt/runtime.h"
 #include "rt/snapshot.h"
@@ -84,10 +85,10 @@ int main(int argc, char **argv)
     const char *path = TP_DEFAULT_CONFIG;
     int test_only = 0, c;
 
-    /* the parser guard's helper (see tp_config_guard_use_helper) */
-    if (argc == 2 && strcmp(argv[1], TP_CONFIG_GUARD_ARG) == 0)
-        return tp_config_guard_helper_main();
-    tp_config_guard_use_helper("/proc/self/exe");
+    /* the parser guard's helper (see tp_yaml_guard_use_helper) */
+    if (argc == 2 && strcmp(argv[1], TP_YAML_GUARD_ARG) == 0)
+        return tp_yaml_guard_helper_main();
+    tp_yaml_guard_use_helper("/proc/self/exe");
 
     while ((c = getopt_long(argc, argv, "c:thV", opts, NULL)) != -1) {
         switch (c) {

@@ -381,22 +381,6 @@ struct tp_config *tp_config_parse(const char *name, const char *buf, size_t len,
 /** Frees <cfg> and everything it owns. NULL is fine. */
 void tp_config_destroy(struct tp_config *cfg);
 
-/* ---- the parser guard (libfyaml crashes on some malformed input) ---- */
-
-/** argv[1] that runs the turnpike binary as the parser guard's helper. */
-#define TP_CONFIG_GUARD_ARG "--yaml-guard-helper"
-/** Texts larger than this are checked by a fork of the caller instead. */
-#define TP_CONFIG_GUARD_MAX (64u << 20)
-
-/**
- * From now on, loads check the text in a helper process started (once, and
- * again if it dies) from <exe> with argv[1] TP_CONFIG_GUARD_ARG, instead of a
- * fork of the calling process. <exe> must stay valid ("/proc/self/exe"). Call
- * it from the thread that loads configurations (the helper dies with it).
- */
-void tp_config_guard_use_helper(const char *exe);
-/** The helper's main loop (descriptor 3 is its socket); returns its exit status. */
-int tp_config_guard_helper_main(void);
 
 /* ---- value parsers, shared with tests and the admin API ---- */
 

@@ -12,8 +12,10 @@
  * The YAML is read with libfyaml's document API: the file is small and flat,
  * and scalars carry their positions for messages. libfyaml 0.7.12 loops or
  * corrupts its heap on some text that is not UTF-8 or holds control
- * characters (see src/config/yaml.c), so such text is refused before the
- * parser sees it. Loading runs on the control thread; lookups are [any].
+ * characters, so such text is refused before the parser sees it; it crashes
+ * on some other malformed text (found by tests/fuzz/fuzz_jwt), so a child
+ * process parses the file first (core/yaml_guard.h), as for the configuration.
+ * Loading runs on the control thread; lookups are [any].
  */
 #include <errno.h>
 #include <stdio.h>
@@ -25,6 +27,7 @@
 #include <openssl/evp.h>
 
 #include "auth/auth_int.h"
+#include "core/yaml_guard.h"
 
 #define MAX_KEYS (1u << 20)
 
@@ -254,6 +257,13 @@ struct tp_apikeys *tp_apikeys_load_mem(const char *yaml, size_t len, char *errbu
     auth_msg(errbuf, errlen, "out of memory");
     if ((bad = bad_text_line(yaml, len)) != 0) {
         auth_msg(errbuf, errlen, "line %d: not UTF-8 text, or a control character", bad);
+        err = -EINVAL;
+        goto fail;
+    }
+    /* libfyaml crashes on some malformed files: a child parses it first (core/yaml_guard.h) */
+    enum tp_yaml_guard_rc grc = tp_yaml_guard(yaml, len);
+    if (grc != TP_YAML_SURVIVED) {
+        auth_msg(errbuf, errlen, "%s", tp_yaml_guard_msg(grc));
         err = -EINVAL;
         goto fail;
     }

@@ -124,6 +124,28 @@ void tp_inq_consume(struct tp_shard *sh, struct tp_inq *q, uint32_t n)
         inq_shrink(q);
 }
 
+unsigned tp_inq_unpin(struct tp_shard *sh, struct tp_inq *q)
+{
+    unsigned moved = 0;
+
+    for (uint16_t i = 1; i < q->n; i++) {
+        struct tp_rbuf *e = &q->e[(q->head + i) & (q->cap - 1)];
+        if (e->blk)
+            continue;
+        struct tp_block *b = tp_block_get(sh, e->len);
+        if (!b)
+            break;
+        memcpy(b->data, tp_rbuf_data(sh, e), e->len);
+        b->len = e->len;
+        tp_buf_release(sh, e->bid);
+        e->blk = b;
+        e->bid = 0;
+        e->off = 0;
+        moved++;
+    }
+    return moved;
+}
+
 bool tp_outq_push(struct tp_shard *sh, struct tp_outq **qp, const struct tp_seg *s)
 {
     struct tp_outq *q = *qp;

@@ -97,6 +97,15 @@ bool tp_inq_push_block(struct tp_inq *q, struct tp_block *b);
 void tp_inq_clear(struct tp_shard *sh, struct tp_inq *q);
 /** Consumes <n> bytes from the front, releasing emptied buffers. */
 void tp_inq_consume(struct tp_shard *sh, struct tp_inq *q, uint32_t n);
+/**
+ * Copies the unconsumed bytes of every provided buffer queued behind the front
+ * entry into a heap block and drops the queue's reference on that buffer, so a
+ * connection that cannot make progress stops pinning the shard's receive pool.
+ * The front entry stays as it is (a session may be parsing it). Order and
+ * bytes are unchanged. Stops at the first block that cannot be allocated.
+ * Returns the number of entries moved. [shard]
+ */
+unsigned tp_inq_unpin(struct tp_shard *sh, struct tp_inq *q);
 
 /** Takes / drops one reference on the buffer of <r>. */
 void tp_bref_get(struct tp_shard *sh, struct tp_bref r);

@@ -38,9 +38,12 @@
 static int op_recv = -1, op_send, op_connect, op_cancel, op_shutdown, op_close;
 static int ext_idx = -1;
 
-/* per-shard state: receives waiting for buffers */
+/* per-shard state: receives waiting for buffers, receives stopped by their session */
 struct tp_transport_shard {
     struct tp_transport *starved;
+    struct tp_transport *stopped; /* doubly linked: sessions stop and resume often */
+    bool was_pressed;             /* the pool was pressed at the last tick */
+    bool dry;                     /* a receive ran dry since the last sweep */
 };
 
 static inline struct tp_transport_shard *tshard(struct tp_shard *sh)
@@ -132,11 +135,43 @@ void tp_transport_recv(struct tp_shard *sh, struct tp_transport *t)
     t->ops++;
 }
 
+static void stopped_add(struct tp_shard *sh, struct tp_transport *t)
+{
+    struct tp_transport_shard *ts = tshard(sh);
+
+    if (t->on_stopped)
+        return;
+    t->on_stopped = true;
+    t->prev_stopped = NULL;
+    t->next_stopped = ts->stopped;
+    if (ts->stopped)
+        ts->stopped->prev_stopped = t;
+    ts->stopped = t;
+}
+
+static void stopped_del(struct tp_shard *sh, struct tp_transport *t)
+{
+    if (!t->on_stopped)
+        return;
+    if (t->prev_stopped)
+        t->prev_stopped->next_stopped = t->next_stopped;
+    else
+        tshard(sh)->stopped = t->next_stopped;
+    if (t->next_stopped)
+        t->next_stopped->prev_stopped = t->prev_stopped;
+    t->next_stopped = t->prev_stopped = NULL;
+    t->on_stopped = false;
+}
+
 void tp_transport_stop_recv(struct tp_shard *sh, struct tp_transport *t)
 {
     if (t->recv_stopped || t->closing)
         return;
     t->recv_stopped = true;
+    stopped_add(sh, t);
+    /* under pressure a stopped receive keeps one buffer; the rest waits in heap blocks */
+    if (tp_bufs_pressed(sh))
+        tp_inq_unpin(sh, &t->in);
     if (t->recv_armed) {
         struct io_uring_sqe *sqe = tp_sqe(sh);
         io_uring_prep_cancel64(sqe, tp_ud((unsigned)op_recv, t->slot.slot, t->slot.gen), 0);
@@ -150,6 +185,7 @@ void tp_transport_resume_recv(struct tp_shard *sh, struct tp_transport *t)
     if (!t->recv_stopped)
         return;
     t->recv_stopped = false;
+    stopped_del(sh, t);
     tp_transport_recv(sh, t);
 }
 
@@ -160,16 +196,20 @@ void tp_transport_backpressure(struct tp_shard *sh, struct tp_transport *t)
     /* under buffer pressure a queue holds two buffers, not TP_INQ_STOP */
     unsigned stop = tp_bufs_pressed(sh) ? 2 : TP_INQ_STOP;
 
-    if (t->in.n >= stop)
+    if (t->in.n >= stop) {
+        if (t->recv_stopped && stop == 2)
+            tp_inq_unpin(sh, &t->in); /* buffers a multishot posted before its cancel landed */
         tp_transport_stop_recv(sh, t);
-    else if (t->recv_stopped && t->in.n <= stop / 2)
+    } else if (t->recv_stopped && t->in.n <= stop / 2) {
         tp_transport_resume_recv(sh, t);
+    }
 }
 
 /* The buffer ring ran dry (-ENOBUFS ended the multishot receive): wait to be re-armed. */
 static void starve(struct tp_shard *sh, struct tp_transport *t)
 {
     tp_stat_add(&sh->enobufs, 1);
+    tshard(sh)->dry = true;
     if (t->starved)
         return;
     t->starved = true;
@@ -190,14 +230,26 @@ static void unstarve(struct tp_shard *sh, struct tp_transport *t)
     t->starved = false;
 }
 
-/* End of each loop iteration: re-arm starved receives once a quarter of the pool is back.
- * Buffers returned during this iteration count as back: the reactor puts them into the
- * ring right after the tick hooks (doubling its window after the ENOBUFS), before the
+/* End of each loop iteration. When the pool has just become pressed, or a receive
+ * ran dry while it is, the receives stopped before that give back every buffer but
+ * their first (tp_inq_unpin): connections that wait on a slow peer must not hold the
+ * pool the others need to read at all (1000 slow readers whose upstream connections
+ * had taken eight buffers each emptied a worker's pool and stalled every connection
+ * of it). Then re-arm starved receives once a quarter of the pool is back. Buffers
+ * returned during this iteration count as back: the reactor puts them into the ring
+ * right after the tick hooks (doubling its window after the ENOBUFS), before the
  * re-armed receives are submitted. */
 static void transport_tick(struct tp_shard *sh)
 {
     struct tp_transport_shard *ts = tshard(sh);
+    bool pressed = tp_bufs_pressed(sh);
 
+    if (pressed && (!ts->was_pressed || ts->dry)) {
+        for (struct tp_transport *t = ts->stopped; t; t = t->next_stopped)
+            tp_inq_unpin(sh, &t->in);
+        ts->dry = false;
+    }
+    ts->was_pressed = pressed;
     if (!ts->starved || sh->bufs.held > sh->bufs.count - sh->bufs.count / 4)
         return;
     struct tp_transport *t = ts->starved;
@@ -442,6 +494,7 @@ void tp_transport_close(struct tp_shard *sh, struct tp_transport *t)
     t->closing = true;
     tp_timer_cancel(&sh->wheel, &t->timer);
     unstarve(sh, t);
+    stopped_del(sh, t);
     if (t->ops) {
         struct io_uring_sqe *sqe = tp_sqe(sh);
         io_uring_prep_cancel_fd(sqe, t->fd, IORING_ASYNC_CANCEL_ALL);

@@ -68,7 +68,9 @@ struct tp_transport {
     struct tp_inq in;        /* plaintext received, not consumed */
     struct tp_outq *out;     /* plaintext to send; NULL while empty */
     struct tp_tls_conn *tls; /* NULL = plain */
+    bool on_stopped;         /* on the shard's list of stopped receives */
     struct tp_transport *next_starved;
+    struct tp_transport *next_stopped, *prev_stopped;
     const struct tp_transport_ops *proto;
     void *user; /* a session that does not embed the transport (a tunnel) finds itself here */
     struct tp_timer timer;

@@ -131,6 +131,10 @@ static void test_refusals(void)
     }
     refused("- name: a\n  sha256: [\n", "line", "broken YAML");
     refused("- ? a\n  \t? b\n", "", "the explicit-key input that upset libfyaml 0.7.12");
+    /* crashed libfyaml 0.7.12 inside fy_document_build_from_string (tests/fuzz/fuzz_jwt); now a child
+     * process meets it first (core/yaml_guard.h) and the file is refused */
+    refused("- - ? ?  2:\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t?\t\t\t \t\t\t:\t",
+            "the YAML parser failed on this file", "the input that crashed libfyaml (fuzz_jwt)");
 }
 
 static void test_large_and_files(void)

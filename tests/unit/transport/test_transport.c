@@ -806,6 +806,76 @@ static void test_backpressure_pressed(void)
     fake_reactor_destroy(sh);
 }
 
+static unsigned pinned(const struct tp_inq *q)
+{
+    unsigned n = 0;
+
+    for (uint16_t i = 0; i < q->n; i++)
+        n += q->e[(q->head + i) & (q->cap - 1)].blk == NULL;
+    return n;
+}
+
+/* A receive stopped before the pool became pressed gives back every buffer but its
+ * first at the next tick once it is (its bytes move to heap blocks); one that stops
+ * while pressed does so at once. The bytes still arrive whole and in order. */
+static void test_pressed_unpin(void)
+{
+    struct tp_shard *sh = reactor();
+    struct peer p;
+    struct rec r;
+    struct w x;
+    int sv[2];
+    size_t first = 20 * BUFSZ, len = first + 6 * BUFSZ;
+    char *data = malloc(len);
+    uint32_t pressure = sh->bufs.count / 2 + 1;
+
+    fill_pattern(data, len, 9);
+    pair(sv);
+    peer_init(&p, sv[1]);
+    p.out = data;
+    p.out_len = first;
+    struct tconn *c = tconn_new(sh, sv[0], &r, M_BACKPRESSURE, NULL);
+    tp_transport_recv(sh, &c->t);
+    w_init(&x);
+    x.p[0] = &p;
+    x.c[0] = c;
+    x.r[0] = &r;
+    ok(wait_for(sh, &x, stopped_settled), "unpin: the receive stopped");
+    uint16_t n = c->t.in.n;
+    uint32_t bytes = c->t.in.bytes;
+    ok(n >= TP_INQ_STOP && pinned(&c->t.in) == n && sh->bufs.held == n,
+       "unpin: %u buffers pinned by the stopped receive, pool not pressed", (unsigned)n);
+
+    sh->bufs.held += pressure; /* as if other connections held most of the pool */
+    fake_reactor_spin(sh, 2, 1);
+    is_int(pinned(&c->t.in), 1, "unpin: after the tick only the front buffer is pinned");
+    is_int(sh->bufs.held - pressure, 1, "unpin: the others went back to the pool");
+    ok(c->t.in.n == n && c->t.in.bytes == bytes, "unpin: the same entries and bytes are queued");
+
+    /* consumed and resumed while pressed, more bytes come: it stops at two, and keeps one pinned */
+    take_all(sh, c);
+    p.out_len = len;
+    peer_pump(&p);
+    tp_transport_backpressure(sh, &c->t);
+    ok(!c->t.recv_stopped, "unpin: resumed after consuming");
+    ok(wait_for(sh, &x, stopped_settled), "unpin: stopped again");
+    ok(c->t.in.n >= 2 && pinned(&c->t.in) == 1, "unpin: stopped while pressed: %u queued, %u pinned",
+       (unsigned)c->t.in.n, pinned(&c->t.in));
+    sh->bufs.held -= pressure;
+
+    take_all(sh, c);
+    c->mode = M_CONSUME;
+    tp_transport_backpressure(sh, &c->t);
+    x.want = len;
+    ok(wait_for(sh, &x, c_got_want), "unpin: the rest arrives");
+    ok(c->got_len == len && memcmp(c->got, data, len) == 0, "unpin: every byte, in order");
+    close_and_wait(sh, c, &r);
+    check_clean(sh, "unpin");
+    peer_dispose(&p);
+    free(data);
+    fake_reactor_destroy(sh);
+}
+
 static struct tconn *starve_conn;
 static bool starve_fired;
 
@@ -1270,6 +1340,7 @@ int main(void)
     test_send_large_queue();
     test_backpressure();
     test_backpressure_pressed();
+    test_pressed_unpin();
     test_starvation();
     test_deadline();
     test_close_inflight();

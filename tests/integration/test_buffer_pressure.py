@@ -1,0 +1,93 @@
+# SPDX-License-Identifier: MIT
+"""Slow readers cannot take a worker's receive-buffer pool from everyone else.
+
+A worker receives into one pool of 4096 x 16 KiB provided buffers. An upstream
+connection whose client does not read stops receiving, but the buffers it
+already queued stay with it, and a multishot receive that was armed before the
+pool got short posts a burst of them before its cancel lands (dozens per
+connection when the upstream sends fast). Enough slow readers then held the
+whole pool: every other receive of the worker waited for a buffer that never
+came back, so ordinary requests, new connections included, got no answer at
+all until the slow readers left (bench/slow_clients.sh, slow body then slow
+read: 0 requests/s). Since then, while the pool is pressed, a stopped receive
+keeps one buffer and its other queued bytes move to heap blocks.
+
+The test fills the upstream keep-alive pool first (its connections' receives are
+then armed as multishot bursts), then opens 60 slow readers asking for 8 MiB
+each through the smallest receive window (more than the kernel's socket
+buffers take, so each relay stalls with data queued in the gateway), and checks
+that the pool never ran dry (turnpike_buffer_ring_exhausted_total; it ran dry
+17 times here before), that an ordinary request on a new connection is
+answered, and that the worker serves as before once the slow readers leave."""
+import socket
+import time
+
+from tp_harness import T, Client, get, upstream_cfg, wait_until
+from tp_hostile import good_answer, hostile
+
+N_SLOW = 60
+SIZE = 8 << 20
+
+
+def metric(tp, name):
+    st, body = tp.admin_get("/metrics")
+    assert st == 200
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def slow_answer(req, conn):
+    # keeps each warm-up request on its own upstream connection
+    time.sleep(0.5)
+    conn.send(good_answer(req, conn))
+
+
+def test_slow_readers_do_not_stall_the_worker(h):
+    up = hostile(h, bad=slow_answer)
+    tp = h.turnpike({"workers": 1, "timeouts": {"client_idle": "120s", "upstream_response": "120s"},
+                     "upstreams": [upstream_cfg("main", up, keepalive=256)], "routes": [{"upstream": "main"}]})
+
+    # 1. N_SLOW upstream connections idle in the pool, their receives armed while the pool is not pressed
+    warm = [Client(tp.port, timeout=T(30)) for _ in range(N_SLOW)]
+    for c in warm:
+        c.request("GET", "/bad/warm")
+    for c in warm:
+        assert c.read_response().status == 200
+        c.close()
+
+    # 2. slow readers: 8 MiB responses through the smallest receive window, nothing read
+    slow = []
+    for _ in range(N_SLOW):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64)
+        s.settimeout(T(30))
+        s.connect(("127.0.0.1", tp.port))
+        s.sendall(f"GET /bulk/{SIZE} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        slow.append(s)
+    try:
+        # every slow request read, or the pool already ran dry
+        wait_until(lambda: metric(tp, "turnpike_buffer_ring_exhausted_total") > 0
+                   or metric(tp, "turnpike_requests_active") >= N_SLOW, T(20),
+                   what="the slow readers to take the buffer pool")
+        # the relays fill up within a second or two: watch until the count held for 2 s
+        dry, same, deadline = -1.0, 0, time.monotonic() + T(15)
+        while same < 4 and time.monotonic() < deadline:
+            now = metric(tp, "turnpike_buffer_ring_exhausted_total")
+            same = same + 1 if now == dry else 0
+            dry = now
+            time.sleep(0.5)
+
+        # 3. the pool never ran dry, and an ordinary request on a new connection is answered
+        r = get(tp.port, "/ordinary")
+        assert (r.status, r.body) == (200, b"good /ordinary"), r
+        print(f"{N_SLOW} slow readers: the pool ran dry {dry:.0f} times; an ordinary request was answered")
+        assert dry == 0, f"{N_SLOW} slow readers emptied the receive-buffer pool {dry:.0f} times"
+    finally:
+        for s in slow:
+            s.close()
+    # 4. they leave: every request ends, the worker serves as before
+    wait_until(lambda: metric(tp, "turnpike_requests_active") == 0, T(20), what="the slow requests to end")
+    r = get(tp.port, "/after")
+    assert (r.status, r.body) == (200, b"good /after"), r
