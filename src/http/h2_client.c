@@ -515,6 +515,12 @@ static void stream_free(struct tp_shard *sh, struct h2c_stream *st)
     }
 }
 
+/* nghttp2 knows <st> and may still send from its slices. */
+static inline bool ng_open(const struct h2c_stream *st)
+{
+    return st->id && !st->closed && st->c->state != HC_CLOSING;
+}
+
 /* The attempt on <st> failed: the stream is reset (if it is open) and
  * forgotten by its request, and the proxy decides what follows. */
 static void stream_fail(struct tp_shard *sh, struct h2c_stream *st, enum tp_fail_kind kind, int err,
@@ -523,7 +529,10 @@ static void stream_fail(struct tp_shard *sh, struct h2c_stream *st, enum tp_fail
     struct tp_h2c_conn *c = st->c;
     struct tp_req *r = detach(st);
 
-    pieces_clear(sh, st);
+    /* a DATA frame nghttp2 holds (send_data_cb said WOULDBLOCK) is sent
+     * later from these slices: they stay until nghttp2 closes the stream */
+    if (!ng_open(st))
+        pieces_clear(sh, st);
     stage_clear(sh, st);
     if (st->id && !st->closed && c->state != HC_CLOSING) {
         nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, st->id, rst);
@@ -831,7 +840,8 @@ static void ux_abort(struct tp_shard *sh, struct tp_req *r)
         return;
     c = st->c;
     detach(st);
-    pieces_clear(sh, st);
+    if (!ng_open(st))
+        pieces_clear(sh, st); /* else kept for a DATA frame nghttp2 may hold (stream_fail) */
     stage_clear(sh, st);
     if (st->id && !st->closed && c->state != HC_CLOSING) {
         nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
@@ -1569,6 +1579,8 @@ static int send_data_cb(nghttp2_session *ng, nghttp2_frame *f, const uint8_t *fh
 
     (void)ng;
     (void)f;
+    if (st->queued < len)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* never: the slices of the frame are gone */
     if (over_budget(c, H2C_PIECES_FRAME + 3))
         return NGHTTP2_ERR_WOULDBLOCK;
     if (!wbuf_flush(sh, c) || !tp_outq_push_inline(sh, q, (const char *)fh, 9))
