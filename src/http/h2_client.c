@@ -1213,7 +1213,8 @@ static void on_head_block(struct tp_shard *sh, struct h2c_stream *st, bool end)
     struct tp_resp_info ri = {.head_only = st->no_body};
     if (status >= 100 && status < 200) {
         /* interim: handed on, then the next head is read */
-        tp_proxy_response_head(sh, r, status, h, &ri);
+        if (!tp_proxy_response_head(sh, r, status, h, &ri))
+            return; /* the attempt ended: <st> may be freed (its head with it) */
         head_clear(sh, st);
         st->status = 0;
         return;
@@ -1231,10 +1232,11 @@ static void on_head_block(struct tp_shard *sh, struct h2c_stream *st, bool end)
     st->got_final = true;
     if (end)
         st->resp_ended = true;
-    bool ok = tp_proxy_response_head(sh, r, status, h, &ri);
+    /* false: the attempt ended (retry on status, refused head): <st> is
+     * detached and may be freed already (stream_free clears its head) */
+    if (!tp_proxy_response_head(sh, r, status, h, &ri))
+        return;
     head_clear(sh, st);
-    if (!ok)
-        return; /* the attempt ended (retry on status, refused head): <st> is detached */
     if (st->resp_ended && !st->st_n) {
         stream_finish(sh, st);
         return;
