@@ -493,6 +493,10 @@ static void stream_free(struct tp_shard *sh, struct h2c_stream *st)
     struct tp_http_shard *hs = tp_http_shard(sh);
 
     TP_BUG_ON(st->r);
+    /* nghttp2 may still know the stream (a frame not sent, a reset under way):
+     * it must not hand the freed object to a later callback */
+    if (st->id && c->ng)
+        nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
     pieces_clear(sh, st);
     stage_clear(sh, st);
     head_clear(sh, st);
@@ -1430,10 +1434,12 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *f, int li
     struct tp_shard *sh = tp_self;
 
     (void)ng;
-    if (f->hd.type != NGHTTP2_HEADERS || c->state == HC_CLOSING)
+    /* only our request HEADERS: trailers that fail are followed by the
+     * stream's close (on_stream_close counts it) */
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST || c->state == HC_CLOSING)
         return 0;
     for (struct h2c_stream *st = c->streams; st; st = st->next) {
-        if (st->id != f->hd.stream_id)
+        if (st->id != f->hd.stream_id || st->closed)
             continue;
         st->closed = true;
         c->n_open--;
