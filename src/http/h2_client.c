@@ -139,6 +139,7 @@ struct tp_h2c_conn {
     bool settings;         /* the upstream's SETTINGS arrived */
     bool listed;           /* on its endpoint's list */
     bool idle_counted;     /* counted in the endpoint's idle_count (READY, no stream) */
+    bool close_pending;    /* closed while in_ng: the transport closes once nghttp2 returned */
     nghttp2_session *ng;
     struct tp_endpoint_state *eps;
     struct tp_h2c_conn *pnext, *pprev; /* the endpoint's connections on this shard */
@@ -608,6 +609,27 @@ static void drop_detached(struct tp_shard *sh, struct tp_h2c_conn *c)
     }
 }
 
+/* The transport of <c> (CLOSING) closes; from inside nghttp2 only once it
+ * returned: closing may free the session and the buffer being parsed. */
+static void c_transport_close(struct tp_shard *sh, struct tp_h2c_conn *c)
+{
+    if (c->in_ng) {
+        c->close_pending = true;
+        return;
+    }
+    tp_transport_close(sh, &c->t);
+}
+
+/* nghttp2 returned: a close asked for meanwhile happens now. */
+static bool c_close_pending(struct tp_shard *sh, struct tp_h2c_conn *c)
+{
+    if (!c->close_pending)
+        return false;
+    c->close_pending = false;
+    tp_transport_close(sh, &c->t);
+    return true;
+}
+
 /* Closes <c>, which serves no request: streams still being reset go with it. */
 static void c_close(struct tp_shard *sh, struct tp_h2c_conn *c)
 {
@@ -618,7 +640,7 @@ static void c_close(struct tp_shard *sh, struct tp_h2c_conn *c)
     c->state = HC_CLOSING;
     idle_count(sh, c, false);
     list_unlink(sh, c);
-    tp_transport_close(sh, &c->t);
+    c_transport_close(sh, c);
 }
 
 /* <c> may have lost its last request: it closes when it takes no new ones
@@ -673,7 +695,7 @@ static void c_fail(struct tp_shard *sh, struct tp_h2c_conn *c, enum tp_fail_kind
         if (r)
             tp_proxy_failed(sh, r, k, err);
     }
-    tp_transport_close(sh, &c->t);
+    c_transport_close(sh, c);
 }
 
 static nghttp2_session_callbacks *cbs;
@@ -1630,6 +1652,8 @@ static void c_send(struct tp_shard *sh, struct tp_h2c_conn *c)
         c->in_ng = true;
         int rv = nghttp2_session_send(c->ng);
         c->in_ng = false;
+        if (c_close_pending(sh, c) || c->state == HC_CLOSING)
+            return;
         if (rv != 0 || !wbuf_flush(sh, c)) {
             TP_LOG_RL(TP_LOG_WARN, "upstream %s endpoint %s: HTTP/2: %s", c->eps->upstream, c->eps->addr.text,
                       rv ? nghttp2_strerror(rv) : "out of memory");
@@ -1721,6 +1745,8 @@ static void process_input(struct tp_shard *sh, struct tp_h2c_conn *c)
         c->in_ng = true;
         ssize_t rv = nghttp2_session_mem_recv(c->ng, (const uint8_t *)data, len);
         c->in_ng = false;
+        if (c_close_pending(sh, c))
+            return; /* the input went with the transport */
         if (rv < 0) {
             TP_LOG_RL(TP_LOG_WARN, "upstream %s endpoint %s: HTTP/2: %s", c->eps->upstream, c->eps->addr.text,
                       nghttp2_strerror((int)rv));
