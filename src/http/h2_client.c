@@ -1026,7 +1026,7 @@ static void ux_flush(struct tp_shard *sh, struct tp_req *r)
 
 /* Staged response body goes to the client side while it takes it; the
  * stream's window reopens by as much. */
-static void unstage(struct tp_shard *sh, struct h2c_stream *st)
+static bool unstage(struct tp_shard *sh, struct h2c_stream *st)
 {
     struct tp_req *r = st->r;
     struct tp_h2c_conn *c = st->c;
@@ -1038,7 +1038,7 @@ static void unstage(struct tp_shard *sh, struct h2c_stream *st)
         if (n) {
             if (!r->ds->ops->body(sh, r, (struct tp_bref){.blk = b}, b->data + st->st_off, n)) {
                 stream_fail(sh, st, TP_FAIL_RESET, -ENOMEM, NGHTTP2_INTERNAL_ERROR);
-                return;
+                return false; /* <st> and <r> may be gone */
             }
             r->bytes_out += n;
             st->st_off += n;
@@ -1061,15 +1061,15 @@ static void unstage(struct tp_shard *sh, struct h2c_stream *st)
             c_kick(sh, c); /* WINDOW_UPDATE */
         }
     }
+    return true;
 }
 
 static void ux_resume(struct tp_shard *sh, struct tp_req *r)
 {
     struct h2c_stream *st = r->att.conn;
 
-    if (!st)
+    if (!st || !unstage(sh, st))
         return;
-    unstage(sh, st);
     if (st->r && st->resp_ended && !st->st_n)
         stream_finish(sh, st);
 }
@@ -1350,15 +1350,18 @@ static void on_settings(struct tp_shard *sh, struct tp_h2c_conn *c)
         c_idle_check(sh, c);
         return;
     }
-    /* oldest first: the list is newest first, so walk from its tail */
-    struct h2c_stream *st = c->streams, *prev;
-    while (st && st->next)
-        st = st->next;
-    for (; st && c->state != HC_CLOSING; st = prev) {
-        prev = st->prev;
+    /* oldest first: the list is newest first, so walk from its tail; after
+     * each stream handled (submitted, failed or moved: it no longer waits)
+     * the walk starts again, the calls may have freed others */
+    struct h2c_stream *st;
+    while (c->state != HC_CLOSING) {
+        struct h2c_stream *last = NULL;
+        for (st = c->streams; st; st = st->next)
+            if (!st->id && st->r)
+                last = st;
+        if (!(st = last))
+            break;
         struct tp_req *r = st->r;
-        if (st->id || !r)
-            continue;
         if (c->n_open < c->max_streams && !c->goaway) {
             if (!stream_submit(sh, c, st)) {
                 stream_fail(sh, st, TP_FAIL_REFUSED, -ENOMEM, NGHTTP2_NO_ERROR);
@@ -1664,12 +1667,18 @@ static void c_send(struct tp_shard *sh, struct tp_h2c_conn *c)
             break;
     }
     tp_transport_flush(sh, &c->t);
-    for (struct h2c_stream *st = c->streams; st && c->state != HC_CLOSING; st = st->next) {
-        if (!st->want_resume)
+    for (struct h2c_stream *st = c->streams; st && c->state != HC_CLOSING;) {
+        if (!st->want_resume) {
+            st = st->next;
             continue;
+        }
         st->want_resume = false;
-        if (st->r && st->r->body_state == TP_BODY_STREAM)
+        if (st->r && st->r->body_state == TP_BODY_STREAM) {
             st->r->ds->ops->resume_body(sh, st->r);
+            st = c->streams; /* the request layer may have freed streams: again from the start */
+            continue;
+        }
+        st = st->next;
     }
     if (c->state != HC_CLOSING && !nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)) {
         /* GOAWAY both ways: nothing more can happen, once the bodies already
@@ -1810,11 +1819,16 @@ static void h2c_on_timeout(struct tp_shard *sh, struct tp_transport *t)
         return;
     }
     /* the streams whose upstream_response passed fail alone (504) */
-    struct h2c_stream *st = c->streams, *next;
-    for (; st && c->state != HC_CLOSING; st = next) {
-        next = st->next;
-        if (st->r && sh->now_ms >= st->deadline_ms)
+    struct h2c_stream *st = c->streams;
+    while (st && c->state != HC_CLOSING) {
+        if (st->r && sh->now_ms >= st->deadline_ms) {
             stream_fail(sh, st, TP_FAIL_TIMEOUT, TP_ETIMEOUT, NGHTTP2_CANCEL);
+            /* the proxy may have freed other streams (or added a retry): again
+             * from the start; the failed one serves no request any more */
+            st = c->streams;
+            continue;
+        }
+        st = st->next;
     }
     if (c->state != HC_CLOSING)
         c_deadline(sh, c, 0);
