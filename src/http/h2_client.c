@@ -152,6 +152,7 @@ struct tp_h2c_conn {
     uint32_t max_streams;       /* the upstream's SETTINGS_MAX_CONCURRENT_STREAMS (capped) */
     uint32_t keepalive;         /* upstreams[].keepalive when it opened: connections without a stream kept */
     uint64_t idle_ms;           /* [ms] since when it has no stream (0: has some) */
+    uint64_t connect_ms;        /* [ms] CONNECTING: the connect deadline */
     struct tp_block *wbuf;      /* frames being gathered (send_cb) */
     struct tp_bref cur;         /* the received buffer nghttp2 is reading */
     uint32_t served;
@@ -574,13 +575,22 @@ static void list_unlink(struct tp_shard *sh, struct tp_h2c_conn *c)
 }
 
 /* The earliest moment something of <c> times out: its streams' deadlines,
- * its connect deadline, its idle lifetime. */
+ * its connect deadline (<connect_ms> sets it when not 0), its idle lifetime.
+ * Streams queued on a connecting connection keep their own deadlines (a
+ * gRPC call's is often shorter than the connect timeout). */
 static void c_deadline(struct tp_shard *sh, struct tp_h2c_conn *c, uint64_t connect_ms)
 {
     uint64_t d = UINT64_MAX;
 
     if (c->state == HC_CONNECTING) {
-        tp_transport_deadline(sh, &c->t, connect_ms);
+        if (connect_ms)
+            c->connect_ms = connect_ms;
+        d = c->connect_ms;
+        for (struct h2c_stream *st = c->streams; st; st = st->next)
+            if (st->r && !st->id && st->deadline_ms < d)
+                d = st->deadline_ms;
+        c->t.deadline_ms = 0;
+        tp_transport_deadline(sh, &c->t, d);
         return;
     }
     for (struct h2c_stream *st = c->streams; st; st = st->next)
@@ -754,7 +764,7 @@ static struct tp_h2c_conn *c_new(struct tp_shard *sh, struct tp_req *r, int *err
         ((struct tp_h2c_conn *)ps->h2)->pprev = c;
     ps->h2 = c;
     c->listed = true;
-    tp_transport_deadline(sh, &c->t, sh->now_ms + r->limits.upstream_connect_ms);
+    c_deadline(sh, c, sh->now_ms + r->limits.upstream_connect_ms);
     return c;
 fail_t:
     c->state = HC_CLOSING;
@@ -844,7 +854,8 @@ static void ux_start(struct tp_shard *sh, struct tp_req *r)
     c->served++;
     if (c->state == HC_CONNECTING) {
         c->n_queued++;
-        return; /* submitted when the upstream's SETTINGS arrive */
+        c_deadline(sh, c, 0); /* its own deadline may come before the connect's */
+        return;               /* submitted when the upstream's SETTINGS arrive */
     }
     c->n_queued++;
     if (!stream_submit(sh, c, st)) {
@@ -1362,6 +1373,12 @@ static void on_settings(struct tp_shard *sh, struct tp_h2c_conn *c)
         if (!(st = last))
             break;
         struct tp_req *r = st->r;
+        if (!c->max_streams) {
+            /* SETTINGS_MAX_CONCURRENT_STREAMS 0: handing the streams to
+             * another connection of this upstream would loop; refused */
+            stream_fail(sh, st, TP_FAIL_REFUSED, TP_ECLOSED, NGHTTP2_NO_ERROR);
+            continue;
+        }
         if (c->n_open < c->max_streams && !c->goaway) {
             if (!stream_submit(sh, c, st)) {
                 stream_fail(sh, st, TP_FAIL_REFUSED, -ENOMEM, NGHTTP2_NO_ERROR);
@@ -1808,7 +1825,23 @@ static void h2c_on_timeout(struct tp_shard *sh, struct tp_transport *t)
     if (c->state == HC_CLOSING)
         return;
     if (c->state == HC_CONNECTING) {
-        c_fail(sh, c, TP_FAIL_CONNECT_TIMEOUT, TP_ETIMEOUT);
+        if (sh->now_ms >= c->connect_ms) {
+            c_fail(sh, c, TP_FAIL_CONNECT_TIMEOUT, TP_ETIMEOUT);
+            return;
+        }
+        /* queued streams whose own deadline passed fail alone (504); the
+         * connection goes on coming up for the others */
+        struct h2c_stream *st = c->streams;
+        while (st && c->state == HC_CONNECTING) {
+            if (st->r && !st->id && sh->now_ms >= st->deadline_ms) {
+                stream_fail(sh, st, TP_FAIL_TIMEOUT, TP_ETIMEOUT, NGHTTP2_CANCEL);
+                st = c->streams;
+                continue;
+            }
+            st = st->next;
+        }
+        if (c->state == HC_CONNECTING)
+            c_deadline(sh, c, 0);
         return;
     }
     if (!c->n_attached) {
