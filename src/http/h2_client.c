@@ -836,7 +836,10 @@ static bool stream_submit(struct tp_shard *sh, struct tp_h2c_conn *c, struct h2c
 static void ux_start(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_rt_endpoint *ep = r->att.ep;
-    struct tp_h2c_conn *c = r->force_fresh ? NULL : pick(sh, ep->st);
+    /* force_fresh (a refused stream's retry) needs no new connection here:
+     * pick takes none that received GOAWAY or is closing, and a connection
+     * per refused stream would open N at once when a GOAWAY refuses N */
+    struct tp_h2c_conn *c = pick(sh, ep->st);
     struct h2c_stream *st;
     int err = 0;
 
@@ -1488,7 +1491,12 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *f, int li
         if (st->r) {
             TP_LOG_RL(TP_LOG_INFO, "upstream %s endpoint %s: request not sent: %s", c->eps->upstream,
                       c->eps->addr.text, nghttp2_strerror(lib_error));
-            stream_fail(sh, st, TP_FAIL_REFUSED, TP_ECLOSED, NGHTTP2_NO_ERROR);
+            /* a header block over what nghttp2 may send fails the same way
+             * on any connection: no retry (502) */
+            bool too_large =
+                lib_error == NGHTTP2_ERR_FRAME_SIZE_ERROR || lib_error == NGHTTP2_ERR_HEADER_COMP;
+            stream_fail(sh, st, too_large ? TP_FAIL_INVALID : TP_FAIL_REFUSED,
+                        too_large ? TP_EUPSTREAM : TP_ECLOSED, NGHTTP2_NO_ERROR);
         } else {
             stream_free(sh, st);
             c_idle_check(sh, c);
