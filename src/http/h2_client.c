@@ -165,6 +165,7 @@ static void c_fail(struct tp_shard *sh, struct tp_h2c_conn *c, enum tp_fail_kind
 static void c_close(struct tp_shard *sh, struct tp_h2c_conn *c);
 static void c_idle_check(struct tp_shard *sh, struct tp_h2c_conn *c);
 static void stream_finish(struct tp_shard *sh, struct h2c_stream *st);
+static bool unstage(struct tp_shard *sh, struct h2c_stream *st, bool force);
 static bool stream_submit(struct tp_shard *sh, struct tp_h2c_conn *c, struct h2c_stream *st);
 static void ux_start(struct tp_shard *sh, struct tp_req *r);
 
@@ -693,6 +694,15 @@ static void c_fail(struct tp_shard *sh, struct tp_h2c_conn *c, enum tp_fail_kind
     list_unlink(sh, c);
     while (c->streams) {
         struct h2c_stream *st = c->streams;
+        st->closed = true; /* nghttp2 will not close it: freed here */
+        if (st->r && st->got_final && st->resp_ended) {
+            /* complete (END_STREAM received), its body held for a slow
+             * client: handed on whatever the congestion (at most the
+             * stream's window), then it finishes as it would have */
+            if (unstage(sh, st, true))
+                stream_finish(sh, st);
+            continue;
+        }
         struct tp_req *r = detach(st);
         enum tp_fail_kind k = kind;
         if (!up && (kind == TP_FAIL_RESET || kind == TP_FAIL_INVALID))
@@ -1040,13 +1050,13 @@ static void ux_flush(struct tp_shard *sh, struct tp_req *r)
 
 /* Staged response body goes to the client side while it takes it; the
  * stream's window reopens by as much. */
-static bool unstage(struct tp_shard *sh, struct h2c_stream *st)
+static bool unstage(struct tp_shard *sh, struct h2c_stream *st, bool force)
 {
     struct tp_req *r = st->r;
     struct tp_h2c_conn *c = st->c;
     uint32_t moved = 0;
 
-    while (st->r && st->st_n && !r->ds->ops->congested(r)) {
+    while (st->r && st->st_n && (force || !r->ds->ops->congested(r))) {
         struct tp_block *b = st->stage[st->st_head];
         uint32_t n = b->len - st->st_off;
         if (n) {
@@ -1082,7 +1092,7 @@ static void ux_resume(struct tp_shard *sh, struct tp_req *r)
 {
     struct h2c_stream *st = r->att.conn;
 
-    if (!st || !unstage(sh, st))
+    if (!st || !unstage(sh, st, false))
         return;
     if (st->r && st->resp_ended && !st->st_n)
         stream_finish(sh, st);
@@ -1343,7 +1353,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     }
     /* it may have caught up meanwhile, with nothing queued that would resume us */
     if (!r->ds->ops->congested(r))
-        unstage(sh, st);
+        unstage(sh, st, false);
     return 0;
 }
 
@@ -1517,8 +1527,10 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
     st->closed = true;
     c->n_open--;
     nghttp2_session_set_stream_user_data(ng, id, NULL);
-    if (st->r && st->resp_ended && code == NGHTTP2_NO_ERROR)
-        return 0; /* complete; its staged body still goes to the client (then freed) */
+    /* complete; its staged body still goes to the client (then freed),
+     * whatever the code of a reset that came after END_STREAM */
+    if (st->r && st->resp_ended)
+        return 0;
     if (st->r) {
         /* closed before the response was complete: that stream's failure only */
         bool refused = code == NGHTTP2_REFUSED_STREAM;
