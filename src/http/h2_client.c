@@ -910,6 +910,8 @@ static bool over_budget(const struct tp_h2c_conn *c, unsigned segs)
     return tp_transport_pending(&c->t) + w >= TP_OUTQ_BUDGET || tp_outq_full(c->t.out, segs);
 }
 
+/* Room for what one receive buffer of the client's brings: one slice
+ * (content-length), at most 3 (chunked: copied into blocks, ux_body). */
 static bool ux_body_ready(const struct tp_req *r)
 {
     const struct h2c_stream *st = r->att.conn;
@@ -921,29 +923,37 @@ static bool ux_body_ready(const struct tp_req *r)
 static bool ux_body(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, const char *p, uint32_t len)
 {
     struct h2c_stream *st = r->att.conn;
-    struct h2c_piece *last = st->pc_n ? &st->pc[(st->pc_head + st->pc_n - 1) % H2C_PIECES] : NULL;
 
     if (!len)
         return true;
-    if (len <= H2C_SMALL_SLICE) {
-        /* small slices are copied so they do not pin whole receive buffers */
-        struct tp_block *b = last ? last->ref.blk : NULL;
-        if (b && b->refs == 1 && last->p + last->len == b->data + b->len && b->size - b->len >= len) {
-            memcpy(b->data + b->len, p, len);
-            b->len += len;
-            last->len += len;
-            st->queued += len;
-            return true;
+    if (len <= H2C_SMALL_SLICE || r->chunked) {
+        /* copied into blocks: small slices so they do not pin whole receive
+         * buffers; every slice of a chunked body because the client side
+         * hands it on per chunk after one body_ready per 16 KiB receive
+         * buffer: filling blocks, such a buffer takes at most 3 slots
+         * (the one being filled and two new) whatever its chunks */
+        while (len) {
+            struct h2c_piece *last = st->pc_n ? &st->pc[(st->pc_head + st->pc_n - 1) % H2C_PIECES] : NULL;
+            struct tp_block *b = last ? last->ref.blk : NULL;
+            if (b && b->refs == 1 && last->p + last->len == b->data + b->len && b->len < b->size) {
+                uint32_t n = b->size - b->len < len ? b->size - b->len : len;
+                memcpy(b->data + b->len, p, n);
+                b->len += n;
+                last->len += n;
+                st->queued += n;
+                p += n;
+                len -= n;
+                continue;
+            }
+            if (st->pc_n == H2C_PIECES || !(b = tp_block_get(sh, TP_BLOCK_SIZE)))
+                return false;
+            b->len = 0;
+            st->pc[(st->pc_head + st->pc_n++) % H2C_PIECES] =
+                (struct h2c_piece){.ref = {.blk = b}, .p = b->data, .len = 0};
         }
-        if (st->pc_n == H2C_PIECES || !(b = tp_block_get(sh, TP_BLOCK_SIZE)))
-            return false;
-        memcpy(b->data, p, len);
-        b->len = len;
-        st->pc[(st->pc_head + st->pc_n++) % H2C_PIECES] =
-            (struct h2c_piece){.ref = {.blk = b}, .p = b->data, .len = len};
-        st->queued += len;
         return true;
     }
+    /* one slice per receive buffer (content-length): kept without a copy */
     if (st->pc_n == H2C_PIECES)
         return false;
     tp_bref_get(sh, ref);
