@@ -139,6 +139,7 @@ struct tp_h2c_conn {
     bool settings;         /* the upstream's SETTINGS arrived */
     bool listed;           /* on its endpoint's list */
     bool idle_counted;     /* counted in the endpoint's idle_count (READY, no stream) */
+    bool close_pending;    /* closed while in_ng: the transport closes once nghttp2 returned */
     nghttp2_session *ng;
     struct tp_endpoint_state *eps;
     struct tp_h2c_conn *pnext, *pprev; /* the endpoint's connections on this shard */
@@ -151,6 +152,7 @@ struct tp_h2c_conn {
     uint32_t max_streams;       /* the upstream's SETTINGS_MAX_CONCURRENT_STREAMS (capped) */
     uint32_t keepalive;         /* upstreams[].keepalive when it opened: connections without a stream kept */
     uint64_t idle_ms;           /* [ms] since when it has no stream (0: has some) */
+    uint64_t connect_ms;        /* [ms] CONNECTING: the connect deadline */
     struct tp_block *wbuf;      /* frames being gathered (send_cb) */
     struct tp_bref cur;         /* the received buffer nghttp2 is reading */
     uint32_t served;
@@ -163,6 +165,7 @@ static void c_fail(struct tp_shard *sh, struct tp_h2c_conn *c, enum tp_fail_kind
 static void c_close(struct tp_shard *sh, struct tp_h2c_conn *c);
 static void c_idle_check(struct tp_shard *sh, struct tp_h2c_conn *c);
 static void stream_finish(struct tp_shard *sh, struct h2c_stream *st);
+static bool unstage(struct tp_shard *sh, struct h2c_stream *st, bool force);
 static bool stream_submit(struct tp_shard *sh, struct tp_h2c_conn *c, struct h2c_stream *st);
 static void ux_start(struct tp_shard *sh, struct tp_req *r);
 
@@ -493,6 +496,10 @@ static void stream_free(struct tp_shard *sh, struct h2c_stream *st)
     struct tp_http_shard *hs = tp_http_shard(sh);
 
     TP_BUG_ON(st->r);
+    /* nghttp2 may still know the stream (a frame not sent, a reset under way):
+     * it must not hand the freed object to a later callback */
+    if (st->id && c->ng)
+        nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
     pieces_clear(sh, st);
     stage_clear(sh, st);
     head_clear(sh, st);
@@ -515,6 +522,12 @@ static void stream_free(struct tp_shard *sh, struct h2c_stream *st)
     }
 }
 
+/* nghttp2 knows <st> and may still send from its slices. */
+static inline bool ng_open(const struct h2c_stream *st)
+{
+    return st->id && !st->closed && st->c->state != HC_CLOSING;
+}
+
 /* The attempt on <st> failed: the stream is reset (if it is open) and
  * forgotten by its request, and the proxy decides what follows. */
 static void stream_fail(struct tp_shard *sh, struct h2c_stream *st, enum tp_fail_kind kind, int err,
@@ -523,7 +536,10 @@ static void stream_fail(struct tp_shard *sh, struct h2c_stream *st, enum tp_fail
     struct tp_h2c_conn *c = st->c;
     struct tp_req *r = detach(st);
 
-    pieces_clear(sh, st);
+    /* a DATA frame nghttp2 holds (send_data_cb said WOULDBLOCK) is sent
+     * later from these slices: they stay until nghttp2 closes the stream */
+    if (!ng_open(st))
+        pieces_clear(sh, st);
     stage_clear(sh, st);
     if (st->id && !st->closed && c->state != HC_CLOSING) {
         nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, st->id, rst);
@@ -560,13 +576,22 @@ static void list_unlink(struct tp_shard *sh, struct tp_h2c_conn *c)
 }
 
 /* The earliest moment something of <c> times out: its streams' deadlines,
- * its connect deadline, its idle lifetime. */
+ * its connect deadline (<connect_ms> sets it when not 0), its idle lifetime.
+ * Streams queued on a connecting connection keep their own deadlines (a
+ * gRPC call's is often shorter than the connect timeout). */
 static void c_deadline(struct tp_shard *sh, struct tp_h2c_conn *c, uint64_t connect_ms)
 {
     uint64_t d = UINT64_MAX;
 
     if (c->state == HC_CONNECTING) {
-        tp_transport_deadline(sh, &c->t, connect_ms);
+        if (connect_ms)
+            c->connect_ms = connect_ms;
+        d = c->connect_ms;
+        for (struct h2c_stream *st = c->streams; st; st = st->next)
+            if (st->r && !st->id && st->deadline_ms < d)
+                d = st->deadline_ms;
+        c->t.deadline_ms = 0;
+        tp_transport_deadline(sh, &c->t, d);
         return;
     }
     for (struct h2c_stream *st = c->streams; st; st = st->next)
@@ -595,6 +620,27 @@ static void drop_detached(struct tp_shard *sh, struct tp_h2c_conn *c)
     }
 }
 
+/* The transport of <c> (CLOSING) closes; from inside nghttp2 only once it
+ * returned: closing may free the session and the buffer being parsed. */
+static void c_transport_close(struct tp_shard *sh, struct tp_h2c_conn *c)
+{
+    if (c->in_ng) {
+        c->close_pending = true;
+        return;
+    }
+    tp_transport_close(sh, &c->t);
+}
+
+/* nghttp2 returned: a close asked for meanwhile happens now. */
+static bool c_close_pending(struct tp_shard *sh, struct tp_h2c_conn *c)
+{
+    if (!c->close_pending)
+        return false;
+    c->close_pending = false;
+    tp_transport_close(sh, &c->t);
+    return true;
+}
+
 /* Closes <c>, which serves no request: streams still being reset go with it. */
 static void c_close(struct tp_shard *sh, struct tp_h2c_conn *c)
 {
@@ -605,7 +651,7 @@ static void c_close(struct tp_shard *sh, struct tp_h2c_conn *c)
     c->state = HC_CLOSING;
     idle_count(sh, c, false);
     list_unlink(sh, c);
-    tp_transport_close(sh, &c->t);
+    c_transport_close(sh, c);
 }
 
 /* <c> may have lost its last request: it closes when it takes no new ones
@@ -648,6 +694,15 @@ static void c_fail(struct tp_shard *sh, struct tp_h2c_conn *c, enum tp_fail_kind
     list_unlink(sh, c);
     while (c->streams) {
         struct h2c_stream *st = c->streams;
+        st->closed = true; /* nghttp2 will not close it: freed here */
+        if (st->r && st->got_final && st->resp_ended) {
+            /* complete (END_STREAM received), its body held for a slow
+             * client: handed on whatever the congestion (at most the
+             * stream's window), then it finishes as it would have */
+            if (unstage(sh, st, true))
+                stream_finish(sh, st);
+            continue;
+        }
         struct tp_req *r = detach(st);
         enum tp_fail_kind k = kind;
         if (!up && (kind == TP_FAIL_RESET || kind == TP_FAIL_INVALID))
@@ -660,7 +715,7 @@ static void c_fail(struct tp_shard *sh, struct tp_h2c_conn *c, enum tp_fail_kind
         if (r)
             tp_proxy_failed(sh, r, k, err);
     }
-    tp_transport_close(sh, &c->t);
+    c_transport_close(sh, c);
 }
 
 static nghttp2_session_callbacks *cbs;
@@ -719,7 +774,7 @@ static struct tp_h2c_conn *c_new(struct tp_shard *sh, struct tp_req *r, int *err
         ((struct tp_h2c_conn *)ps->h2)->pprev = c;
     ps->h2 = c;
     c->listed = true;
-    tp_transport_deadline(sh, &c->t, sh->now_ms + r->limits.upstream_connect_ms);
+    c_deadline(sh, c, sh->now_ms + r->limits.upstream_connect_ms);
     return c;
 fail_t:
     c->state = HC_CLOSING;
@@ -791,7 +846,10 @@ static bool stream_submit(struct tp_shard *sh, struct tp_h2c_conn *c, struct h2c
 static void ux_start(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_rt_endpoint *ep = r->att.ep;
-    struct tp_h2c_conn *c = r->force_fresh ? NULL : pick(sh, ep->st);
+    /* force_fresh (a refused stream's retry) needs no new connection here:
+     * pick takes none that received GOAWAY or is closing, and a connection
+     * per refused stream would open N at once when a GOAWAY refuses N */
+    struct tp_h2c_conn *c = pick(sh, ep->st);
     struct h2c_stream *st;
     int err = 0;
 
@@ -809,7 +867,8 @@ static void ux_start(struct tp_shard *sh, struct tp_req *r)
     c->served++;
     if (c->state == HC_CONNECTING) {
         c->n_queued++;
-        return; /* submitted when the upstream's SETTINGS arrive */
+        c_deadline(sh, c, 0); /* its own deadline may come before the connect's */
+        return;               /* submitted when the upstream's SETTINGS arrive */
     }
     c->n_queued++;
     if (!stream_submit(sh, c, st)) {
@@ -831,7 +890,8 @@ static void ux_abort(struct tp_shard *sh, struct tp_req *r)
         return;
     c = st->c;
     detach(st);
-    pieces_clear(sh, st);
+    if (!ng_open(st))
+        pieces_clear(sh, st); /* else kept for a DATA frame nghttp2 may hold (stream_fail) */
     stage_clear(sh, st);
     if (st->id && !st->closed && c->state != HC_CLOSING) {
         nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
@@ -850,6 +910,8 @@ static bool over_budget(const struct tp_h2c_conn *c, unsigned segs)
     return tp_transport_pending(&c->t) + w >= TP_OUTQ_BUDGET || tp_outq_full(c->t.out, segs);
 }
 
+/* Room for what one receive buffer of the client's brings: one slice
+ * (content-length), at most 3 (chunked: copied into blocks, ux_body). */
 static bool ux_body_ready(const struct tp_req *r)
 {
     const struct h2c_stream *st = r->att.conn;
@@ -861,29 +923,37 @@ static bool ux_body_ready(const struct tp_req *r)
 static bool ux_body(struct tp_shard *sh, struct tp_req *r, struct tp_bref ref, const char *p, uint32_t len)
 {
     struct h2c_stream *st = r->att.conn;
-    struct h2c_piece *last = st->pc_n ? &st->pc[(st->pc_head + st->pc_n - 1) % H2C_PIECES] : NULL;
 
     if (!len)
         return true;
-    if (len <= H2C_SMALL_SLICE) {
-        /* small slices are copied so they do not pin whole receive buffers */
-        struct tp_block *b = last ? last->ref.blk : NULL;
-        if (b && b->refs == 1 && last->p + last->len == b->data + b->len && b->size - b->len >= len) {
-            memcpy(b->data + b->len, p, len);
-            b->len += len;
-            last->len += len;
-            st->queued += len;
-            return true;
+    if (len <= H2C_SMALL_SLICE || r->chunked) {
+        /* copied into blocks: small slices so they do not pin whole receive
+         * buffers; every slice of a chunked body because the client side
+         * hands it on per chunk after one body_ready per 16 KiB receive
+         * buffer: filling blocks, such a buffer takes at most 3 slots
+         * (the one being filled and two new) whatever its chunks */
+        while (len) {
+            struct h2c_piece *last = st->pc_n ? &st->pc[(st->pc_head + st->pc_n - 1) % H2C_PIECES] : NULL;
+            struct tp_block *b = last ? last->ref.blk : NULL;
+            if (b && b->refs == 1 && last->p + last->len == b->data + b->len && b->len < b->size) {
+                uint32_t n = b->size - b->len < len ? b->size - b->len : len;
+                memcpy(b->data + b->len, p, n);
+                b->len += n;
+                last->len += n;
+                st->queued += n;
+                p += n;
+                len -= n;
+                continue;
+            }
+            if (st->pc_n == H2C_PIECES || !(b = tp_block_get(sh, TP_BLOCK_SIZE)))
+                return false;
+            b->len = 0;
+            st->pc[(st->pc_head + st->pc_n++) % H2C_PIECES] =
+                (struct h2c_piece){.ref = {.blk = b}, .p = b->data, .len = 0};
         }
-        if (st->pc_n == H2C_PIECES || !(b = tp_block_get(sh, TP_BLOCK_SIZE)))
-            return false;
-        memcpy(b->data, p, len);
-        b->len = len;
-        st->pc[(st->pc_head + st->pc_n++) % H2C_PIECES] =
-            (struct h2c_piece){.ref = {.blk = b}, .p = b->data, .len = len};
-        st->queued += len;
         return true;
     }
+    /* one slice per receive buffer (content-length): kept without a copy */
     if (st->pc_n == H2C_PIECES)
         return false;
     tp_bref_get(sh, ref);
@@ -990,19 +1060,19 @@ static void ux_flush(struct tp_shard *sh, struct tp_req *r)
 
 /* Staged response body goes to the client side while it takes it; the
  * stream's window reopens by as much. */
-static void unstage(struct tp_shard *sh, struct h2c_stream *st)
+static bool unstage(struct tp_shard *sh, struct h2c_stream *st, bool force)
 {
     struct tp_req *r = st->r;
     struct tp_h2c_conn *c = st->c;
     uint32_t moved = 0;
 
-    while (st->r && st->st_n && !r->ds->ops->congested(r)) {
+    while (st->r && st->st_n && (force || !r->ds->ops->congested(r))) {
         struct tp_block *b = st->stage[st->st_head];
         uint32_t n = b->len - st->st_off;
         if (n) {
             if (!r->ds->ops->body(sh, r, (struct tp_bref){.blk = b}, b->data + st->st_off, n)) {
                 stream_fail(sh, st, TP_FAIL_RESET, -ENOMEM, NGHTTP2_INTERNAL_ERROR);
-                return;
+                return false; /* <st> and <r> may be gone */
             }
             r->bytes_out += n;
             st->st_off += n;
@@ -1025,15 +1095,15 @@ static void unstage(struct tp_shard *sh, struct h2c_stream *st)
             c_kick(sh, c); /* WINDOW_UPDATE */
         }
     }
+    return true;
 }
 
 static void ux_resume(struct tp_shard *sh, struct tp_req *r)
 {
     struct h2c_stream *st = r->att.conn;
 
-    if (!st)
+    if (!st || !unstage(sh, st, false))
         return;
-    unstage(sh, st);
     if (st->r && st->resp_ended && !st->st_n)
         stream_finish(sh, st);
 }
@@ -1203,7 +1273,8 @@ static void on_head_block(struct tp_shard *sh, struct h2c_stream *st, bool end)
     struct tp_resp_info ri = {.head_only = st->no_body};
     if (status >= 100 && status < 200) {
         /* interim: handed on, then the next head is read */
-        tp_proxy_response_head(sh, r, status, h, &ri);
+        if (!tp_proxy_response_head(sh, r, status, h, &ri))
+            return; /* the attempt ended: <st> may be freed (its head with it) */
         head_clear(sh, st);
         st->status = 0;
         return;
@@ -1221,10 +1292,11 @@ static void on_head_block(struct tp_shard *sh, struct h2c_stream *st, bool end)
     st->got_final = true;
     if (end)
         st->resp_ended = true;
-    bool ok = tp_proxy_response_head(sh, r, status, h, &ri);
+    /* false: the attempt ended (retry on status, refused head): <st> is
+     * detached and may be freed already (stream_free clears its head) */
+    if (!tp_proxy_response_head(sh, r, status, h, &ri))
+        return;
     head_clear(sh, st);
-    if (!ok)
-        return; /* the attempt ended (retry on status, refused head): <st> is detached */
     if (st->resp_ended && !st->st_n) {
         stream_finish(sh, st);
         return;
@@ -1291,7 +1363,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     }
     /* it may have caught up meanwhile, with nothing queued that would resume us */
     if (!r->ds->ops->congested(r))
-        unstage(sh, st);
+        unstage(sh, st, false);
     return 0;
 }
 
@@ -1312,15 +1384,24 @@ static void on_settings(struct tp_shard *sh, struct tp_h2c_conn *c)
         c_idle_check(sh, c);
         return;
     }
-    /* oldest first: the list is newest first, so walk from its tail */
-    struct h2c_stream *st = c->streams, *prev;
-    while (st && st->next)
-        st = st->next;
-    for (; st && c->state != HC_CLOSING; st = prev) {
-        prev = st->prev;
+    /* oldest first: the list is newest first, so walk from its tail; after
+     * each stream handled (submitted, failed or moved: it no longer waits)
+     * the walk starts again, the calls may have freed others */
+    struct h2c_stream *st;
+    while (c->state != HC_CLOSING) {
+        struct h2c_stream *last = NULL;
+        for (st = c->streams; st; st = st->next)
+            if (!st->id && st->r)
+                last = st;
+        if (!(st = last))
+            break;
         struct tp_req *r = st->r;
-        if (st->id || !r)
+        if (!c->max_streams) {
+            /* SETTINGS_MAX_CONCURRENT_STREAMS 0: handing the streams to
+             * another connection of this upstream would loop; refused */
+            stream_fail(sh, st, TP_FAIL_REFUSED, TP_ECLOSED, NGHTTP2_NO_ERROR);
             continue;
+        }
         if (c->n_open < c->max_streams && !c->goaway) {
             if (!stream_submit(sh, c, st)) {
                 stream_fail(sh, st, TP_FAIL_REFUSED, -ENOMEM, NGHTTP2_NO_ERROR);
@@ -1418,17 +1499,24 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *f, int li
     struct tp_shard *sh = tp_self;
 
     (void)ng;
-    if (f->hd.type != NGHTTP2_HEADERS || c->state == HC_CLOSING)
+    /* only our request HEADERS: trailers that fail are followed by the
+     * stream's close (on_stream_close counts it) */
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST || c->state == HC_CLOSING)
         return 0;
     for (struct h2c_stream *st = c->streams; st; st = st->next) {
-        if (st->id != f->hd.stream_id)
+        if (st->id != f->hd.stream_id || st->closed)
             continue;
         st->closed = true;
         c->n_open--;
         if (st->r) {
             TP_LOG_RL(TP_LOG_INFO, "upstream %s endpoint %s: request not sent: %s", c->eps->upstream,
                       c->eps->addr.text, nghttp2_strerror(lib_error));
-            stream_fail(sh, st, TP_FAIL_REFUSED, TP_ECLOSED, NGHTTP2_NO_ERROR);
+            /* a header block over what nghttp2 may send fails the same way
+             * on any connection: no retry (502) */
+            bool too_large =
+                lib_error == NGHTTP2_ERR_FRAME_SIZE_ERROR || lib_error == NGHTTP2_ERR_HEADER_COMP;
+            stream_fail(sh, st, too_large ? TP_FAIL_INVALID : TP_FAIL_REFUSED,
+                        too_large ? TP_EUPSTREAM : TP_ECLOSED, NGHTTP2_NO_ERROR);
         } else {
             stream_free(sh, st);
             c_idle_check(sh, c);
@@ -1449,8 +1537,10 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
     st->closed = true;
     c->n_open--;
     nghttp2_session_set_stream_user_data(ng, id, NULL);
-    if (st->r && st->resp_ended && code == NGHTTP2_NO_ERROR)
-        return 0; /* complete; its staged body still goes to the client (then freed) */
+    /* complete; its staged body still goes to the client (then freed),
+     * whatever the code of a reset that came after END_STREAM */
+    if (st->r && st->resp_ended)
+        return 0;
     if (st->r) {
         /* closed before the response was complete: that stream's failure only */
         bool refused = code == NGHTTP2_REFUSED_STREAM;
@@ -1569,6 +1659,8 @@ static int send_data_cb(nghttp2_session *ng, nghttp2_frame *f, const uint8_t *fh
 
     (void)ng;
     (void)f;
+    if (st->queued < len)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* never: the slices of the frame are gone */
     if (over_budget(c, H2C_PIECES_FRAME + 3))
         return NGHTTP2_ERR_WOULDBLOCK;
     if (!wbuf_flush(sh, c) || !tp_outq_push_inline(sh, q, (const char *)fh, 9))
@@ -1610,6 +1702,8 @@ static void c_send(struct tp_shard *sh, struct tp_h2c_conn *c)
         c->in_ng = true;
         int rv = nghttp2_session_send(c->ng);
         c->in_ng = false;
+        if (c_close_pending(sh, c) || c->state == HC_CLOSING)
+            return;
         if (rv != 0 || !wbuf_flush(sh, c)) {
             TP_LOG_RL(TP_LOG_WARN, "upstream %s endpoint %s: HTTP/2: %s", c->eps->upstream, c->eps->addr.text,
                       rv ? nghttp2_strerror(rv) : "out of memory");
@@ -1620,12 +1714,18 @@ static void c_send(struct tp_shard *sh, struct tp_h2c_conn *c)
             break;
     }
     tp_transport_flush(sh, &c->t);
-    for (struct h2c_stream *st = c->streams; st && c->state != HC_CLOSING; st = st->next) {
-        if (!st->want_resume)
+    for (struct h2c_stream *st = c->streams; st && c->state != HC_CLOSING;) {
+        if (!st->want_resume) {
+            st = st->next;
             continue;
+        }
         st->want_resume = false;
-        if (st->r && st->r->body_state == TP_BODY_STREAM)
+        if (st->r && st->r->body_state == TP_BODY_STREAM) {
             st->r->ds->ops->resume_body(sh, st->r);
+            st = c->streams; /* the request layer may have freed streams: again from the start */
+            continue;
+        }
+        st = st->next;
     }
     if (c->state != HC_CLOSING && !nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)) {
         /* GOAWAY both ways: nothing more can happen, once the bodies already
@@ -1701,6 +1801,8 @@ static void process_input(struct tp_shard *sh, struct tp_h2c_conn *c)
         c->in_ng = true;
         ssize_t rv = nghttp2_session_mem_recv(c->ng, (const uint8_t *)data, len);
         c->in_ng = false;
+        if (c_close_pending(sh, c))
+            return; /* the input went with the transport */
         if (rv < 0) {
             TP_LOG_RL(TP_LOG_WARN, "upstream %s endpoint %s: HTTP/2: %s", c->eps->upstream, c->eps->addr.text,
                       nghttp2_strerror((int)rv));
@@ -1753,7 +1855,23 @@ static void h2c_on_timeout(struct tp_shard *sh, struct tp_transport *t)
     if (c->state == HC_CLOSING)
         return;
     if (c->state == HC_CONNECTING) {
-        c_fail(sh, c, TP_FAIL_CONNECT_TIMEOUT, TP_ETIMEOUT);
+        if (sh->now_ms >= c->connect_ms) {
+            c_fail(sh, c, TP_FAIL_CONNECT_TIMEOUT, TP_ETIMEOUT);
+            return;
+        }
+        /* queued streams whose own deadline passed fail alone (504); the
+         * connection goes on coming up for the others */
+        struct h2c_stream *st = c->streams;
+        while (st && c->state == HC_CONNECTING) {
+            if (st->r && !st->id && sh->now_ms >= st->deadline_ms) {
+                stream_fail(sh, st, TP_FAIL_TIMEOUT, TP_ETIMEOUT, NGHTTP2_CANCEL);
+                st = c->streams;
+                continue;
+            }
+            st = st->next;
+        }
+        if (c->state == HC_CONNECTING)
+            c_deadline(sh, c, 0);
         return;
     }
     if (!c->n_attached) {
@@ -1764,11 +1882,16 @@ static void h2c_on_timeout(struct tp_shard *sh, struct tp_transport *t)
         return;
     }
     /* the streams whose upstream_response passed fail alone (504) */
-    struct h2c_stream *st = c->streams, *next;
-    for (; st && c->state != HC_CLOSING; st = next) {
-        next = st->next;
-        if (st->r && sh->now_ms >= st->deadline_ms)
+    struct h2c_stream *st = c->streams;
+    while (st && c->state != HC_CLOSING) {
+        if (st->r && sh->now_ms >= st->deadline_ms) {
             stream_fail(sh, st, TP_FAIL_TIMEOUT, TP_ETIMEOUT, NGHTTP2_CANCEL);
+            /* the proxy may have freed other streams (or added a retry): again
+             * from the start; the failed one serves no request any more */
+            st = c->streams;
+            continue;
+        }
+        st = st->next;
     }
     if (c->state != HC_CLOSING)
         c_deadline(sh, c, 0);

@@ -108,6 +108,7 @@ struct tp_h2_stream {
     bool resp_done;                  /* the last byte of the response is queued */
     bool deferred;                   /* the data source said DEFERRED: resume when bytes come */
     bool submitted;                  /* a response (or a reset) went to nghttp2 */
+    bool aborted;                    /* ds_abort: a reset follows, no more DATA */
     bool want_resume;                /* the queue has room again: resume the exchange after the send */
     struct tp_block *tr_txt, *tr_nv; /* response trailers, submitted after the last DATA */
     uint32_t tr_n;
@@ -1055,6 +1056,11 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     (void)id;
     (void)buf;
     (void)user;
+    if (st->aborted) {
+        /* a reset is on its way: no more of the body */
+        st->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
     for (unsigned i = 0; i < st->pc_n && i < H2_PIECES_FRAME && n < len; i++)
         n += st->pc[(st->pc_head + i) % H2_PIECES].len;
     if (n > len)
@@ -1091,6 +1097,8 @@ static int send_data_cb(nghttp2_session *ng, nghttp2_frame *f, const uint8_t *fh
 
     (void)ng;
     (void)f; /* no padding is ever chosen */
+    if (st->queued < len)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* never: the slices of the frame are gone */
     if (over_budget(s, H2_PIECES_FRAME + 3))
         return NGHTTP2_ERR_WOULDBLOCK;
     if (!wbuf_flush(sh, s) || !tp_outq_push_inline(sh, q, (const char *)fh, 9))
@@ -1661,8 +1669,10 @@ static void ds_abort(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_h2_stream *st = stream_of_req(r);
 
-    /* a response cut short: the client learns it from the reset */
-    pieces_clear(sh, st);
+    /* a response cut short: the client learns it from the reset. The slices
+     * stay until the stream ends: nghttp2 may hold a DATA frame of them
+     * (send_data_cb said WOULDBLOCK) and send it before the reset */
+    st->aborted = true;
     head_held_drop(sh, st);
     stream_reset(st, NGHTTP2_INTERNAL_ERROR);
     s_kick(sh, st->s);

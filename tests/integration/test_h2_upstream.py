@@ -31,7 +31,7 @@ class Resp:
     """What the test upstream answers to one request."""
 
     def __init__(self, status=200, body=b"", headers=None, trailers=None, hold=None, reset=None, length=True,
-                 cut_after=None, close_after=None):
+                 cut_after=None, close_after=None, close_after_end=False):
         self.status = status
         self.body = body
         self.headers = list(headers or [])
@@ -41,6 +41,7 @@ class Resp:
         self.length = length  # send content-length
         self.cut_after = cut_after  # RST_STREAM INTERNAL_ERROR once this much body is sent
         self.close_after = close_after  # close the whole connection once this much body is sent
+        self.close_after_end = close_after_end  # close the whole connection right after END_STREAM
 
 
 def default_handler(req):
@@ -54,11 +55,17 @@ def default_handler(req):
 class H2Upstream:
     """An HTTP/2 server (python3-h2) on 127.0.0.1: prior knowledge, or TLS with <tls> (an SSLContext)."""
 
-    def __init__(self, handler=None, max_streams=100, tls=None, port=0, goaway_first=None):
+    def __init__(self, handler=None, max_streams=100, tls=None, port=0, goaway_first=None, stall_path=None,
+                 big_window=False):
         self.handler = handler or default_handler
         self.max_streams = max_streams
         self.tls = tls
         self.goaway_first = goaway_first  # on connection 1: GOAWAY(last = its first stream) once this many came
+        self.stall_path = stall_path  # a request to this path stops the connection's reading until unstall is set
+        self.unstall = threading.Event()
+        self.stalled = threading.Event()  # set once a connection stopped reading
+        self.big_window = big_window  # announce 2^31-1 windows: only TCP stops the gateway's DATA
+        self.heads = []  # paths of request heads received (before their body)
         self.lock = threading.Lock()
         self.conns = 0
         self.closed = 0  # connections the gateway (or we) closed
@@ -113,10 +120,15 @@ class H2Upstream:
     def _loop(self, s, cid):
         cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         conn = h2.connection.H2Connection(config=cfg)
-        conn.local_settings = h2.settings.Settings(
-            client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
+        init = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams}
+        if self.big_window:
+            init[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] = 2**31 - 1
+        conn.local_settings = h2.settings.Settings(client=False, initial_values=init)
         conn.initiate_connection()
+        if self.big_window:
+            conn.increment_flow_control_window(2**31 - 1 - 65535)
         s.sendall(conn.data_to_send())
+        stall = False
         streams = {}  # sid -> request dict being received
         out = []  # [sid, Resp, sent bytes, headers sent]
         goaway_at = None
@@ -124,6 +136,10 @@ class H2Upstream:
         first_sid = None
         s.settimeout(0.02)
         while not self.stopping.is_set():
+            if stall and not self.unstall.is_set():
+                self.stalled.set()
+                time.sleep(0.02)
+                continue
             try:
                 data = s.recv(65536)
                 if not data:
@@ -135,11 +151,19 @@ class H2Upstream:
                     if isinstance(ev, h2.events.RequestReceived):
                         hd = dict(ev.headers)
                         streams[ev.stream_id] = {"conn": cid, "sid": ev.stream_id, "method": hd[":method"],
-                                                 "path": hd[":path"], "headers": ev.headers, "body": b""}
+                                                 "path": hd[":path"], "headers": ev.headers, "body": b"",
+                                                 "length": 0}
+                        with self.lock:
+                            self.heads.append(hd[":path"])
+                        if hd[":path"] == self.stall_path:
+                            stall = True
                         if first_sid is None:
                             first_sid = ev.stream_id
                     elif isinstance(ev, h2.events.DataReceived):
-                        streams[ev.stream_id]["body"] += ev.data
+                        rq = streams[ev.stream_id]
+                        rq["length"] += len(ev.data)
+                        if rq["path"] != self.stall_path or not self.big_window:
+                            rq["body"] += ev.data  # (megabytes pushed at a stalled reader are only counted)
                         conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                     elif isinstance(ev, h2.events.TrailersReceived):
                         streams[ev.stream_id]["trailers"] = ev.headers
@@ -205,6 +229,9 @@ class H2Upstream:
                     else:
                         conn.end_stream(sid)
                     out.remove(o)
+                    if resp.close_after_end:
+                        s.sendall(conn.data_to_send())
+                        return
             pending = conn.data_to_send()
             if pending:
                 s.sendall(pending)
@@ -786,3 +813,147 @@ def test_many_clients_both_protocols(h, ups):
     assert "1000 succeeded" in p.stdout, p.stdout[-800:]
     assert res["h1"] == [200] * 60
     assert up.conns >= 2
+
+
+def wait_stuck(progress, timeout=None, what="progress to stop"):
+    """Waits until progress() (a byte count) stays the same over a few polls: the
+    data path is blocked end to end."""
+    deadline = time.monotonic() + (timeout or T(20))
+    last, same = -1, 0
+    while time.monotonic() < deadline:
+        now = progress()
+        same = same + 1 if now == last else 0
+        if same >= 5:
+            return
+        last = now
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Sender:
+    """Sends bytes from gen() on <sock> in a thread, counting them, until done or an error."""
+
+    def __init__(self, sock, gen):
+        self.sock, self.sent, self.error, self.done = sock, 0, None, False
+        self.t = threading.Thread(target=self._run, args=(gen,), daemon=True)
+        self.t.start()
+
+    def _run(self, gen):
+        try:
+            for piece in gen():
+                self.sock.sendall(piece)
+                self.sent += len(piece)
+            self.done = True
+        except OSError as e:
+            self.error = e
+
+
+def test_stream_fails_while_a_request_body_frame_waits(h, ups):
+    """A large POST to an upstream that stops reading (windows wide open, so TCP is
+    what stops the gateway): a DATA frame waits in the gateway when upstream_response
+    passes (504). Once the upstream reads again the gateway sends what it kept, resets
+    the stream, and the connection serves the next request. (A client that goes away
+    meanwhile is not noticed until its body moves again: the gateway reads no more of
+    it while the upstream takes nothing.)"""
+    up = ups(stall_path="/stall", big_window=True)
+    tp = start(h, cfg(up, limits={"max_body_bytes": "2GiB"}, timeouts={"upstream_response": "1s"}))
+    total = 1 << 30
+    cl = Client(tp.port, timeout=T(30))
+    cl.send(f"POST /stall HTTP/1.1\r\nHost: test.local\r\nContent-Length: {total}\r\n\r\n".encode())
+    chunk = payload(1 << 16)
+    snd = Sender(cl.sock, lambda: (chunk for _ in range(total // len(chunk))))
+    wait_until(up.stalled.is_set, T(10), what="the upstream to stop reading")
+    r = cl.read_response("POST")
+    assert r.status == 504, (r.status, r.body)
+    assert snd.error is None and not snd.done
+    up.unstall.set()
+    wait_until(lambda: any(code == h2.errors.ErrorCodes.CANCEL for _, _, code in up.resets), T(20),
+               what="RST_STREAM CANCEL at the upstream")
+    cl.close()
+    r = get(tp.port, "/next")
+    assert r.status == 200 and r.body == b"GET /next", (r.status, r.body)
+    assert up.conns == 1, up.conns
+
+
+def test_retry_on_status_closing_the_connection(h, ups):
+    """A 503 retried (retries.on [503]) with keepalive 0: the retry ends the stream and
+    closes its connection while its response head is being handled; the retry, on a
+    new connection, answers."""
+    seen = []
+
+    def handler(req):
+        seen.append(req["path"])
+        return Resp(503, b"busy") if len(seen) == 1 else Resp(200, b"fine")
+
+    up = ups(handler)
+    tp = start(h, cfg(up, upstream={"keepalive": 0, "retries": {"attempts": 1, "on": [503]}}))
+    r = get(tp.port, "/r")
+    assert r.status == 200 and r.body == b"fine", (r.status, r.body)
+    assert len(seen) == 2 and up.conns == 2, (seen, up.conns)
+    assert get(tp.port, "/again").status == 200
+
+
+def test_complete_response_survives_the_upstream_closing(h, ups):
+    """The upstream sends a whole response, then closes its connection, while part of
+    the body still waits in the gateway for a client that does not read (an HTTP/2
+    client with a 16 KiB window): the client then gets every byte, no reset."""
+    big = payload(120000)
+    up = ups(lambda req: Resp(200, big, close_after_end=True))
+    tp = start(h, cfg(up))
+    c = H2Client(tp.port, window=16384)
+    sid = c.request("/big")
+    wait_until(lambda: up.closed >= 1, T(10), what="the upstream to close its connection")
+    st = c.response(sid, T(20))
+    assert st["headers"][":status"] == "200" and st["reset"] is None, (st["headers"], st["reset"])
+    assert len(st["data"]) == len(big) and st["data"] == big, len(st["data"])
+    assert c.get("/next")[0] == 200
+    c.close()
+
+
+def test_max_concurrent_streams_zero_is_refused(h, ups):
+    """An upstream announcing SETTINGS_MAX_CONCURRENT_STREAMS 0: the request fails (502)
+    in bounded time, having opened at most two connections (the refusal's one retry)."""
+    up = ups(max_streams=0)
+    tp = start(h, cfg(up, timeouts={"upstream_connect": "2s", "upstream_response": "5s"}))
+    r = get(tp.port, "/z")
+    assert r.status == 502, (r.status, r.body)
+    assert up.conns <= 2, up.conns
+    assert not up.requests
+
+
+def test_goaway_refused_streams_share_the_new_connection(h, ups):
+    """GOAWAY refusing eleven streams: their retries ride one or two new connections,
+    not one each."""
+    up = ups(goaway_first=12)
+    tp = start(h, cfg(up))
+    c = H2Client(tp.port)
+    sids = [c.request(f"/g/{i}") for i in range(12)]
+    c.wait(lambda: all(c.streams[s]["ended"] or c.streams[s]["reset"] is not None for s in sids), T(20),
+           "12 streams")
+    assert all(c.streams[s]["headers"][":status"] == "200" for s in sids), [c.streams[s] for s in sids]
+    c.close()
+    assert 2 <= up.conns <= 3, up.conns
+
+
+def test_chunked_upload_of_many_chunks_to_a_slow_upstream(h, ups):
+    """A chunked upload of 2500-byte chunks (each over the copy threshold) to an
+    upstream that stops reading for a while: no 400, the upstream gets every byte."""
+    up = ups(stall_path="/chunked")
+    tp = start(h, cfg(up))
+    body = payload(800 * 2500)
+    cl = Client(tp.port)
+    cl.send(b"POST /chunked HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+    def gen():
+        for i in range(0, len(body), 2500):
+            yield b"9c4\r\n" + body[i:i + 2500] + b"\r\n"
+        yield b"0\r\n\r\n"
+
+    snd = Sender(cl.sock, gen)
+    wait_until(up.stalled.is_set, T(10), what="the upstream to stop reading")
+    wait_stuck(lambda: snd.sent, what="the client's body to back up")
+    up.unstall.set()
+    r = cl.read_response("POST")
+    cl.close()
+    assert snd.error is None, snd.error
+    assert r.status == 200 and r.body == f"{sha256(body)} {len(body)}".encode(), (r.status, r.body[:200])
