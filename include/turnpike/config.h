@@ -381,7 +381,6 @@ struct tp_config *tp_config_parse(const char *name, const char *buf, size_t len,
 /** Frees <cfg> and everything it owns. NULL is fine. */
 void tp_config_destroy(struct tp_config *cfg);
 
-
 /* ---- value parsers, shared with tests and the admin API ---- */
 
 /** "250ms", "2s", "1m", "1h" -> milliseconds. Returns 0 or -EINVAL / -ERANGE.
