@@ -163,7 +163,7 @@ def main():
             socks = setup(n)
             wait_active(aport, n)
             rss = rss_settled(gw.pid)
-            dry = metric(aport, "turnpike_buffer_ring_exhausted_total")
+            dry = metric(aport, "turnpike_buffer_pool_exhausted_total")
             print(f"  {name:12s} {n:5d} conns: RSS {base / 1024:6.1f} -> {rss / 1024:6.1f} MiB, "
                   f"{(rss - base) / n:6.1f} KiB per connection (receive buffer pool ran dry {dry:.0f} times)",
                   flush=True)

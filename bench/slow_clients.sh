@@ -126,11 +126,14 @@ estab() {
 	TPB_ESTAB=$(ss -Htn state established "( sport = :$PORT )" 2>/dev/null | wc -l)
 }
 
-# turnpike_buffer_ring_exhausted_total (receives that found the buffer pool
-# empty and had to wait), from the admin listener, into TPB_DRY.
+# turnpike_buffer_pool_exhausted_total (receives that found every buffer of
+# the pool held and had to wait; builds from before the buffer window only
+# have turnpike_buffer_ring_exhausted_total, the same thing there), from the
+# admin listener, into TPB_DRY.
 ring_dry() {
 	TPB_DRY=$(curl -s --max-time 2 "http://127.0.0.1:$TPB_ADMIN_PORT/metrics" |
-		awk '$1 == "turnpike_buffer_ring_exhausted_total" {print $2}')
+		awk '$1 == "turnpike_buffer_pool_exhausted_total" {p = $2} $1 == "turnpike_buffer_ring_exhausted_total" {r = $2}
+		     END {print (p != "" ? p : r)}')
 	[[ "$TPB_DRY" =~ ^[0-9]+$ ]] || TPB_DRY=0
 }
 

@@ -421,7 +421,7 @@ void tp_metrics_render(struct tp_abuf *b)
             labels_of(&lb, "listener", ls->name, "reason", goaway_reasons[k]);
             sample(b, "turnpike_h2_goaway_total", &lb, (unsigned long long)(v));
         }
-    uint64_t rejected = 0, enobufs = 0, active = 0, paused = 0, sqes = 0, cqes = 0, waits = 0;
+    uint64_t rejected = 0, enobufs = 0, pool_dry = 0, active = 0, paused = 0, sqes = 0, cqes = 0, waits = 0;
     uint64_t window = 0, resident = 0;
     for (unsigned sh = 0; sh < ns; sh++) {
         window += tp_stat_get(&tp_rt.shards[sh]->bufs_window);
@@ -432,6 +432,7 @@ void tp_metrics_render(struct tp_abuf *b)
         rejected += tp_stat_get(&tp_rt.shards[sh]->rejected_conns);
         paused += tp_stat_get(&tp_rt.shards[sh]->accept_paused_n);
         enobufs += tp_stat_get(&tp_rt.shards[sh]->enobufs);
+        pool_dry += tp_stat_get(&tp_rt.shards[sh]->pool_dry);
         active += tp_stat_get(&tp_http_shard(tp_rt.shards[sh])->active_requests);
     }
     family(b, "turnpike_connections_rejected_total", "counter",
@@ -446,8 +447,12 @@ void tp_metrics_render(struct tp_abuf *b)
     family(b, "turnpike_requests_active", "gauge", "Requests being served.");
     tp_abuf_printf(b, "turnpike_requests_active %lld\n", (long long)active);
     family(b, "turnpike_buffer_ring_exhausted_total", "counter",
-           "Receives that found the provided-buffer ring empty (ENOBUFS) and waited for buffers.");
+           "Receives that found the provided-buffer ring empty (ENOBUFS) and waited for buffers; while the "
+           "ring holds only a window of the pool this is how the window grows.");
     tp_abuf_printf(b, "turnpike_buffer_ring_exhausted_total %llu\n", (unsigned long long)enobufs);
+    family(b, "turnpike_buffer_pool_exhausted_total", "counter",
+           "Receives that found the ring empty with the whole receive-buffer pool in it: every buffer held.");
+    tp_abuf_printf(b, "turnpike_buffer_pool_exhausted_total %llu\n", (unsigned long long)pool_dry);
     family(b, "turnpike_buffer_ring_window", "gauge",
            "Receive buffers the workers keep in their kernel buffer rings (grows with load, shrinks when "
            "quiet).");

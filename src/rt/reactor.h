@@ -251,7 +251,8 @@ struct tp_shard {
     /* counters [written: this shard; read: control] */
     tp_stat_t rejected_conns;  /* over max_connections or the open-files limit */
     tp_stat_t accept_paused_n; /* accepts paused: out of descriptors or memory */
-    tp_stat_t enobufs;         /* buffer ring exhaustion events */
+    tp_stat_t enobufs;         /* the ring (its window) ran dry: the window grows */
+    tp_stat_t pool_dry;        /* it ran dry with the whole pool in it: no buffer left */
     tp_stat_t ring_sqes;       /* SQEs prepared (tp_sqe) */
     tp_stat_t ring_cqes;       /* completions reaped */
     tp_stat_t ring_waits;      /* loop iterations: one submit-and-wait each */

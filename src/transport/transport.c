@@ -209,6 +209,8 @@ void tp_transport_backpressure(struct tp_shard *sh, struct tp_transport *t)
 static void starve(struct tp_shard *sh, struct tp_transport *t)
 {
     tp_stat_add(&sh->enobufs, 1);
+    if (sh->bufs.want >= sh->bufs.count)
+        tp_stat_add(&sh->pool_dry, 1); /* not a window to grow: the pool itself */
     tshard(sh)->dry = true;
     if (t->starved)
         return;

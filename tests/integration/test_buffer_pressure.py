@@ -16,7 +16,7 @@ The test fills the upstream keep-alive pool first (its connections' receives are
 then armed as multishot bursts), then opens 60 slow readers asking for 8 MiB
 each through the smallest receive window (more than the kernel's socket
 buffers take, so each relay stalls with data queued in the gateway), and checks
-that the pool never ran dry (turnpike_buffer_ring_exhausted_total; it ran dry
+that the pool never ran dry (turnpike_buffer_pool_exhausted_total; it ran dry
 17 times here before), that an ordinary request on a new connection is
 answered, and that the worker serves as before once the slow readers leave."""
 import socket
@@ -68,13 +68,13 @@ def test_slow_readers_do_not_stall_the_worker(h):
         slow.append(s)
     try:
         # every slow request read, or the pool already ran dry
-        wait_until(lambda: metric(tp, "turnpike_buffer_ring_exhausted_total") > 0
+        wait_until(lambda: metric(tp, "turnpike_buffer_pool_exhausted_total") > 0
                    or metric(tp, "turnpike_requests_active") >= N_SLOW, T(20),
                    what="the slow readers to take the buffer pool")
         # the relays fill up within a second or two: watch until the count held for 2 s
         dry, same, deadline = -1.0, 0, time.monotonic() + T(15)
         while same < 4 and time.monotonic() < deadline:
-            now = metric(tp, "turnpike_buffer_ring_exhausted_total")
+            now = metric(tp, "turnpike_buffer_pool_exhausted_total")
             same = same + 1 if now == dry else 0
             dry = now
             time.sleep(0.5)
