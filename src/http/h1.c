@@ -66,23 +66,31 @@ static int tp_head_on_status(struct tp_head *h, const char *at, size_t len)
     return 0;
 }
 
+struct tp_hdr *tp_head_new_field(struct tp_head *h)
+{
+    if (h->n_hdrs == h->cap_hdrs) {
+        uint32_t ncap = h->cap_hdrs * 2;
+        struct tp_hdr *n = malloc(sizeof(*n) * ncap);
+        if (!n)
+            return NULL;
+        memcpy(n, h->hdrs, sizeof(*n) * h->n_hdrs);
+        if (h->hdrs != h->inl)
+            free(h->hdrs);
+        h->hdrs = n;
+        h->cap_hdrs = ncap;
+    }
+    struct tp_hdr *hd = &h->hdrs[h->n_hdrs++];
+    memset(hd, 0, sizeof(*hd));
+    return hd;
+}
+
 static int tp_head_on_field(struct tp_head *h, const char *at, size_t len)
 {
     h->url_done = true;
     if (h->last_cb != 1) {
-        if (h->n_hdrs == h->cap_hdrs) {
-            uint32_t ncap = h->cap_hdrs * 2;
-            struct tp_hdr *n = malloc(sizeof(*n) * ncap);
-            if (!n)
-                return -1;
-            memcpy(n, h->hdrs, sizeof(*n) * h->n_hdrs);
-            if (h->hdrs != h->inl)
-                free(h->hdrs);
-            h->hdrs = n;
-            h->cap_hdrs = ncap;
-        }
-        struct tp_hdr *hd = &h->hdrs[h->n_hdrs++];
-        memset(hd, 0, sizeof(*hd));
+        struct tp_hdr *hd = tp_head_new_field(h);
+        if (!hd)
+            return -1;
         hd->name.off = span_off(h, at);
         h->last_cb = 1;
     }
@@ -244,20 +252,9 @@ static bool tr_put(struct tp_head *h, const char *p, size_t n, uint32_t limit)
 /* A new field in <h>, its name starting at the copy's end. */
 static struct tp_hdr *tr_new_field(struct tp_head *h)
 {
-    if (h->n_hdrs == h->cap_hdrs) {
-        uint32_t ncap = h->cap_hdrs * 2;
-        struct tp_hdr *n = malloc(sizeof(*n) * ncap);
-        if (!n)
-            return NULL;
-        memcpy(n, h->hdrs, sizeof(*n) * h->n_hdrs);
-        if (h->hdrs != h->inl)
-            free(h->hdrs);
-        h->hdrs = n;
-        h->cap_hdrs = ncap;
-    }
-    struct tp_hdr *hd = &h->hdrs[h->n_hdrs++];
-    memset(hd, 0, sizeof(*hd));
-    hd->name.off = h->len;
+    struct tp_hdr *hd = tp_head_new_field(h);
+    if (hd)
+        hd->name.off = h->len;
     return hd;
 }
 

@@ -152,6 +152,8 @@ static inline const struct tp_head *tp_h1_trailers(const struct tp_h1_parser *hp
 /* ---- trailer sections held as copies (struct tp_head with <copy> as its bytes) ---- */
 
 /** A new, empty trailer section; NULL when out of memory. Freed by tp_trailers_free. */
+/** Appends a zeroed field to <h> (its array grows past the inline ones as needed). NULL: out of memory. */
+struct tp_hdr *tp_head_new_field(struct tp_head *h);
 struct tp_head *tp_trailers_new(void);
 void tp_trailers_free(struct tp_head *h);
 /** Forgets the fields, keeps the memory. */

@@ -403,25 +403,16 @@ static bool head_add(struct tp_shard *sh, struct tp_h2_stream *st, const char *n
     struct tp_head *h = &st->r->head;
     struct tp_hdr *hd;
 
-    if (h->n_hdrs == h->cap_hdrs) {
-        uint32_t ncap = h->cap_hdrs * 2;
-        struct tp_hdr *n = malloc(sizeof(*n) * ncap);
-        if (!n)
-            return false;
-        memcpy(n, h->hdrs, sizeof(*n) * h->n_hdrs);
-        if (h->hdrs != h->inl)
-            free(h->hdrs);
-        h->hdrs = n;
-        h->cap_hdrs = ncap;
-    }
-    hd = &h->hdrs[h->n_hdrs];
-    memset(hd, 0, sizeof(*hd));
-    if (!head_put(sh, st, name, nlen, &hd->name.off) || !head_put(sh, st, value, vlen, &hd->value.off))
+    hd = tp_head_new_field(h);
+    if (!hd)
         return false;
+    if (!head_put(sh, st, name, nlen, &hd->name.off) || !head_put(sh, st, value, vlen, &hd->value.off)) {
+        h->n_hdrs--; /* the field is not there */
+        return false;
+    }
     hd->name.len = (uint32_t)nlen;
     hd->value.len = (uint32_t)vlen;
     hd->id = id;
-    h->n_hdrs++;
     return true;
 }
 
