@@ -53,9 +53,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     enum tp_head_rc rc = TP_HEAD_MORE;
     while (off < size && rc == TP_HEAD_MORE && bid < 64) {
         size_t n = size - off < chunk ? size - off : chunk;
-        memcpy(tp_buf_ptr(sh, bid), data + off, n);
-        sh->bufs.refs[bid] = 1;
-        sh->bufs.held++;
+        fake_recv(sh, bid, data + off,
+                  (uint32_t)n); /* as a receive completion (the buffer leaves the parked stack) */
         if (!tp_inq_push(&q, bid, (uint32_t)n))
             break;
         off += n;
