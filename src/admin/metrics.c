@@ -99,6 +99,23 @@ static void sample(struct tp_abuf *b, const char *name, const struct tp_abuf *lb
     tp_abuf_printf(b, "%s{%.*s} %llu\n", name, (int)(lb->len - 2), lb->data, v);
 }
 
+/* The per-listener counter at <off> in a shard's slot of struct tp_lis_stats
+ * (LIS_FIELD), summed over the <ns> shards: one sample per listener. */
+#define LIS_FIELD(f) (offsetof(struct tp_lis_stats, shard[0].f) - offsetof(struct tp_lis_stats, shard))
+static void lis_family(struct tp_abuf *b, struct tp_abuf *lb, unsigned ns, const char *name, const char *type,
+                       const char *help, size_t off)
+{
+    family(b, name, type, help);
+    for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next) {
+        uint64_t v = 0;
+        for (unsigned sh = 0; sh < ns; sh++)
+            v += atomic_load_explicit((_Atomic uint64_t *)((char *)&ls->shard[sh] + off),
+                                      memory_order_relaxed);
+        labels_of(lb, "listener", ls->name, NULL, NULL);
+        sample(b, name, lb, (unsigned long long)v);
+    }
+}
+
 /* A counter family with one series per endpoint, summed over the shards from
  * the tp_stat_t at <field> of struct tp_ep_shard. */
 static void endpoint_counter(struct tp_abuf *b, struct tp_abuf *lb, const struct tp_snapshot *s, unsigned ns,
@@ -372,45 +389,19 @@ void tp_metrics_render(struct tp_abuf *b)
     }
 
     /* ---- connections ---- */
-    family(b, "turnpike_connections_active", "gauge", "Open client connections, by listener.");
-    for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next) {
-        uint64_t v = 0;
-        for (unsigned sh = 0; sh < ns; sh++)
-            v += atomic_load_explicit(&ls->shard[sh].active, memory_order_relaxed);
-        labels_of(&lb, "listener", ls->name, NULL, NULL);
-        sample(b, "turnpike_connections_active", &lb, (unsigned long long)(v));
-    }
-    family(b, "turnpike_connections_total", "counter", "Client connections accepted, by listener.");
-    for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next) {
-        uint64_t v = 0;
-        for (unsigned sh = 0; sh < ns; sh++)
-            v += atomic_load_explicit(&ls->shard[sh].accepted, memory_order_relaxed);
-        labels_of(&lb, "listener", ls->name, NULL, NULL);
-        sample(b, "turnpike_connections_total", &lb, (unsigned long long)(v));
-    }
+    lis_family(b, &lb, ns, "turnpike_connections_active", "gauge", "Open client connections, by listener.",
+               LIS_FIELD(active));
+    lis_family(b, &lb, ns, "turnpike_connections_total", "counter",
+               "Client connections accepted, by listener.", LIS_FIELD(accepted));
     /* ---- HTTP/2 ---- */
     static const char *const goaway_reasons[TP_H2_GOAWAY_REASONS] = {
         "no_error",          "protocol_error",    "flow_control_error",
         "compression_error", "enhance_your_calm", "internal_error",
     };
-    family(b, "turnpike_h2_streams_active", "gauge",
-           "Open HTTP/2 streams of client connections, by listener.");
-    for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next) {
-        uint64_t v = 0;
-        for (unsigned sh = 0; sh < ns; sh++)
-            v += atomic_load_explicit(&ls->shard[sh].h2_streams, memory_order_relaxed);
-        labels_of(&lb, "listener", ls->name, NULL, NULL);
-        sample(b, "turnpike_h2_streams_active", &lb, (unsigned long long)(v));
-    }
-    family(b, "turnpike_h2_resets_total", "counter",
-           "HTTP/2 streams reset by clients or refused for excess, by listener.");
-    for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next) {
-        uint64_t v = 0;
-        for (unsigned sh = 0; sh < ns; sh++)
-            v += atomic_load_explicit(&ls->shard[sh].h2_resets, memory_order_relaxed);
-        labels_of(&lb, "listener", ls->name, NULL, NULL);
-        sample(b, "turnpike_h2_resets_total", &lb, (unsigned long long)(v));
-    }
+    lis_family(b, &lb, ns, "turnpike_h2_streams_active", "gauge",
+               "Open HTTP/2 streams of client connections, by listener.", LIS_FIELD(h2_streams));
+    lis_family(b, &lb, ns, "turnpike_h2_resets_total", "counter",
+               "HTTP/2 streams reset by clients or refused for excess, by listener.", LIS_FIELD(h2_resets));
     family(b, "turnpike_h2_goaway_total", "counter",
            "GOAWAY frames sent to HTTP/2 clients, by listener and error code (reason).");
     for (struct tp_lis_stats *ls = tp_lis_stats_list(); ls; ls = ls->next)
