@@ -109,6 +109,12 @@ int tp_shard_setup(struct tp_shard *sh, uint32_t buf_count, uint32_t buf_size);
 void tp_shard_run_once(struct tp_shard *sh, uint64_t cap_ms);
 /** Posts message bits (TP_MSG_*) to a shard and wakes it. [control] */
 void tp_shard_post(struct tp_shard *sh, unsigned msgs);
+/**
+ * Wakes the control thread. On a running shard's thread the eventfd write
+ * goes through that shard's ring (submitted at the end of the iteration: no
+ * system call on the request path); elsewhere it is a write(2). [any]
+ */
+void tp_ctl_wake(void);
 /** Queues a listener change for a shard (then post TP_MSG_RELOAD). Returns false when the mailbox is full. */
 bool tp_shard_post_listener(struct tp_shard *sh, const struct tp_lis_msg *m);
 

@@ -790,6 +790,20 @@ void tp_shard_post(struct tp_shard *sh, unsigned msgs)
         TP_LOG_RL(TP_LOG_WARN, "eventfd write: %s", strerror(errno));
 }
 
+void tp_ctl_wake(void)
+{
+    static const uint64_t one = 1; /* read by the kernel whenever the write runs */
+    struct tp_shard *sh = tp_self;
+
+    if (!sh || sh->stop || tp_rt.ctl_wake_fd < 0) {
+        tp_shard_post(NULL, 0);
+        return;
+    }
+    struct io_uring_sqe *sqe = tp_sqe(sh);
+    io_uring_prep_write(sqe, tp_rt.ctl_wake_fd, &one, sizeof(one), 0);
+    io_uring_sqe_set_data64(sqe, tp_ud(TP_OP_NONE, 0, 0));
+}
+
 bool tp_shard_post_listener(struct tp_shard *sh, const struct tp_lis_msg *m)
 {
     struct tp_shard_ext *x = (struct tp_shard_ext *)(sh + 1);

@@ -218,7 +218,7 @@ static void ask_notify(void)
 {
     atomic_thread_fence(memory_order_seq_cst);
     if (!atomic_exchange_explicit(&poked, true, memory_order_relaxed))
-        tp_shard_post(NULL, 0);
+        tp_ctl_wake(); /* from a shard: through its ring */
 }
 
 /* The shards whose waiting requests' leases landed or failed take again. */
