@@ -430,11 +430,16 @@ static int method_id(const char *m, size_t len)
     for (size_t i = 0; i < sizeof(common) / sizeof(common[0]); i++)
         if (common[i].len == len && memcmp(common[i].name, m, len) == 0)
             return common[i].id;
-    for (int i = 0; i < 64; i++) {
-        const char *n = llhttp_method_name((llhttp_method_t)i);
-        if (strlen(n) == len && memcmp(n, m, len) == 0)
-            return i;
-    }
+    /* llhttp_method_name() aborts on a number it does not know, so walk llhttp's own
+     * map instead of guessing its range. */
+    static const char *const all[] = {
+#define TP_METHOD_NAME(num, name, string) [num] = #string,
+        HTTP_ALL_METHOD_MAP(TP_METHOD_NAME)
+#undef TP_METHOD_NAME
+    };
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+        if (all[i] && strlen(all[i]) == len && memcmp(all[i], m, len) == 0)
+            return (int)i;
     return -1;
 }
 

@@ -251,6 +251,25 @@ def test_hop_by_hop_is_refused(h):
     c.close()
 
 
+def test_methods_beyond_the_common_ones(h):
+    """Every method llhttp knows is proxied over h2 as it is over HTTP/1; an extension
+    method is a 400 on its stream. (A method outside the common seven once aborted the
+    process: the name lookup walked past llhttp's method map.)"""
+    up = h.upstream()
+    tp = start(h, cfg(up))
+    c = H2Client(tp.port, validate=False)
+    for m in ("PROPFIND", "M-SEARCH", "FLUSH"):
+        status, _, body = c.get("/m", method=m)
+        assert status == 200 and body == m.encode() + b" /m", (m, status, body)
+    for m in ("FOO", "BREW", "GETX"):
+        status, hs, body = c.get("/m", method=m)
+        assert status == 400 and json.loads(body)["status"] == 400, (m, status, body)
+    assert c.get("/after")[0] == 200, "the connection stays"
+    assert tp.proc.poll() is None
+    assert len(up.heads) == 4
+    c.close()
+
+
 def test_header_list_too_large_is_431(h):
     up = h.upstream()
     tp = start(h, cfg(up, limits={"max_header_bytes": 2048}))
