@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 #
-# bench/slow_clients.sh: what slow clients (slowhttptest) cost turnpike's
-# ordinary clients. turnpike (build/rel, bench/conf/turnpike.yaml.in: one
-# worker, default limits and timeouts) proxies to the bench nginx upstream.
-# Phases, one after the other:
+# bench/slow_clients.sh: what slow clients (slowhttptest) cost a proxy's
+# ordinary clients: turnpike by default, and side by side with nginx and
+# HAProxy as the proxy (PROXIES / -p), the control that tells the proxy's
+# share from the attacking tool's. Each proxy (bench/conf/turnpike.yaml.in,
+# nginx-proxy.conf.in, haproxy.cfg.in: one worker/thread, no log, default
+# limits and timeouts) forwards to the bench nginx upstream. For each proxy
+# in turn it is started, taken through these phases, one after the other,
+# and stopped:
 #
 #   quiet          wrk alone
 #   slow headers   slowhttptest -H (Slowloris: a header line every INTERVAL s)
@@ -12,26 +16,34 @@
 #                  to /body, where the upstream answers only after the whole body)
 #   slow read      slowhttptest -X (requests a 1 MiB file, reads a few bytes a second
 #                  through a tiny TCP window)
-#   quiet (after)  wrk alone again: did the gateway recover?
+#   quiet (after)  wrk alone again: did the proxy recover?
 #
 # In each attack phase SLOW_CONNS attack connections are opened (at RATE per
 # second) and, once they are held (or after RAMP_MAX s), wrk measures WRK_CONNS
-# ordinary keep-alive clients for DURATION s while the gateway's RSS
-# (/proc/PID/status VmRSS) is sampled every 0.25 s. Prints one table: attack
-# connections held at wrk's start and end, req/s and p99 and their ratios to
-# the quiet run, wrk errors, peak and end RSS, gateway CPU, and how often its
-# receive buffer pool ran dry. Everything runs on
-# 127.0.0.1, ports picked at run time; every process started is stopped on exit.
+# ordinary keep-alive clients for DURATION s while the proxy's RSS (VmRSS of
+# its process and descendants, /proc/PID/status) is sampled every 0.25 s.
+# Prints one table, a row per proxy and phase: attack connections held at
+# wrk's start and end, req/s and p99 and their ratios to that proxy's first
+# quiet run, wrk errors, peak and end RSS, the proxy's CPU, slowhttptest's
+# CPU (it shares a CPU with wrk and the upstream, so its CPU is taken from
+# wrk's), and, for turnpike, how often its receive buffer pool ran dry.
+# A proxy whose binary is missing, that does not start, or that does not
+# pass the 1 MiB file through is skipped with a warning line under the
+# table. Everything runs on 127.0.0.1, ports picked at run time; every
+# process started is stopped on exit.
 #
 # Needs slowhttptest (Debian: apt-get install slowhttptest) besides what
-# bench/README.md lists. CPU pinning as in compare.sh: turnpike on CPU_PROXY,
-# wrk + nginx + slowhttptest on CPU_LOAD.
+# bench/README.md lists. CPU pinning as in compare.sh: the proxy on CPU_PROXY,
+# wrk + the upstream nginx + slowhttptest on CPU_LOAD.
 
 set -u -o pipefail
 
 usage() {
-	cat <<'EOF'
+	cat <<'EOT'
 usage: bench/slow_clients.sh [options]
+  -p, --proxies "P..."  proxies measured one after the other, of turnpike nginx haproxy
+                        (and base: a second turnpike build, TURNPIKE_BASE_BIN)
+                        (env PROXIES, default "turnpike")
   -d, --duration S      seconds of each measured wrk run (env DURATION, default 10)
   -s, --slow N          slowhttptest connections per attack (env SLOW_CONNS, default 1000)
   -c, --conns N         wrk connections, the ordinary clients (env WRK_CONNS, default 64)
@@ -40,15 +52,17 @@ usage: bench/slow_clients.sh [options]
   -o, --out DIR         results directory (env RESULTS_DIR, default bench/results/slow-<timestamp>)
 other env: RATE (attack connections/s, default 250), INTERVAL (s between slow
            sends, default 5), RAMP_MAX (s, default 20), WRK_THREADS (default 2),
-           TURNPIKE_BIN, NGINX_BIN, WRK_BIN, SLOWHTTPTEST_BIN, CPU_PROXY, CPU_LOAD,
-           READY_TIMEOUT, WRK_TIMEOUT (s, default 2), KEEP_TMP=1
-EOF
+           TURNPIKE_BIN, TURNPIKE_BASE_BIN, NGINX_BIN, HAPROXY_BIN, WRK_BIN,
+           SLOWHTTPTEST_BIN, CPU_PROXY, CPU_LOAD, READY_TIMEOUT, WRK_TIMEOUT (s, default 2),
+           KEEP_TMP=1
+EOT
 }
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ORIG_ARGS=("$@")
+PROXIES=${PROXIES:-turnpike}
 DURATION=${DURATION:-10}
 SLOW_CONNS=${SLOW_CONNS:-1000}
 WRK_CONNS=${WRK_CONNS:-64}
@@ -62,6 +76,7 @@ SLOWHTTPTEST_BIN=${SLOWHTTPTEST_BIN:-slowhttptest}
 
 while [ $# -gt 0 ]; do
 	case $1 in
+	-p | --proxies) PROXIES=$2; shift 2 ;;
 	-d | --duration) DURATION=$2; shift 2 ;;
 	-s | --slow) SLOW_CONNS=$2; shift 2 ;;
 	-c | --conns) WRK_CONNS=$2; shift 2 ;;
@@ -78,10 +93,15 @@ done
 for m in $MODES; do
 	case $m in H | B | X) ;; *) tpb_die "unknown mode '$m' (known: H B X)" ;; esac
 done
+[ -n "${PROXIES// /}" ] || tpb_die "PROXIES is empty"
+seen=" "
+for p in $PROXIES; do
+	case " $TPB_PROXIES_ALL " in *" $p "*) ;; *) tpb_die "unknown proxy '$p' (known: $TPB_PROXIES_ALL)" ;; esac
+	case $seen in *" $p "*) tpb_die "proxy '$p' named twice in PROXIES" ;; esac
+	seen+="$p "
+done
 command -v "$SLOWHTTPTEST_BIN" >/dev/null ||
 	tpb_die "slowhttptest not found ($SLOWHTTPTEST_BIN); on Debian: apt-get install slowhttptest"
-[ -x "$TURNPIKE_BIN" ] ||
-	tpb_die "turnpike not found: $TURNPIKE_BIN (scripts/build.sh build/rel -DCMAKE_BUILD_TYPE=Release)"
 
 RESULTS_DIR=${RESULTS_DIR:-$TPB_BENCH/results/slow-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$RESULTS_DIR" || tpb_die "cannot create $RESULTS_DIR"
@@ -89,20 +109,25 @@ SUMMARY=$RESULTS_DIR/summary.txt
 
 tpb_init
 tpb_pick_cpus
-# slowhttptest + wrk sockets, turnpike's client and upstream sockets, nginx's.
+# slowhttptest + wrk sockets, the proxy's client and upstream sockets, nginx's.
 tpb_raise_nofile $(((SLOW_CONNS + WRK_CONNS) * 4 + 1024))
 
-cmdline="DURATION=$DURATION SLOW_CONNS=$SLOW_CONNS WRK_CONNS=$WRK_CONNS MODES=$(tpb_shell_quote "$MODES")"
-cmdline+=" RATE=$RATE INTERVAL=$INTERVAL RAMP_MAX=$RAMP_MAX WRK_THREADS=$WRK_THREADS"
-cmdline+=" TURNPIKE_BIN=$(tpb_shell_quote "$TURNPIKE_BIN") $(tpb_shell_quote "$0" "${ORIG_ARGS[@]}")"
+cmdline="PROXIES=$(tpb_shell_quote "$PROXIES") DURATION=$DURATION SLOW_CONNS=$SLOW_CONNS WRK_CONNS=$WRK_CONNS"
+cmdline+=" MODES=$(tpb_shell_quote "$MODES") RATE=$RATE INTERVAL=$INTERVAL RAMP_MAX=$RAMP_MAX WRK_THREADS=$WRK_THREADS"
+cmdline+=" TURNPIKE_BIN=$(tpb_shell_quote "$TURNPIKE_BIN")"
+case " $PROXIES " in *" base "*) cmdline+=" TURNPIKE_BASE_BIN=$(tpb_shell_quote "$TURNPIKE_BASE_BIN")" ;; esac
+cmdline+=" $(tpb_shell_quote "$0" "${ORIG_ARGS[@]}")"
 {
 	echo "command: $cmdline"
-	echo "date: $(date -Is); host: $(uname -n); nproc: $(nproc); turnpike CPU: ${TPB_CPU_PROXY:-unpinned};" \
+	echo "date: $(date -Is); host: $(uname -n); nproc: $(nproc); proxy CPU: ${TPB_CPU_PROXY:-unpinned};" \
 		"wrk+nginx+slowhttptest CPU: ${TPB_CPU_LOAD:-unpinned}; open files: $TPB_NOFILE"
 	echo "results: $RESULTS_DIR"
 } | tee "$SUMMARY"
-tpb_versions 2>&1 | grep -v haproxy | tee -a "$SUMMARY"
-tpb_log "slowhttptest: $("$SLOWHTTPTEST_BIN" -h 2>&1 | grep -m1 -o 'version [0-9.]*')"
+case " $PROXIES " in
+*" haproxy "*) tpb_versions 2>&1 | tee -a "$SUMMARY" ;;
+*) tpb_versions 2>&1 | grep -v haproxy | tee -a "$SUMMARY" ;;
+esac
+echo "slowhttptest: $("$SLOWHTTPTEST_BIN" -h 2>&1 | grep -m1 -o 'version [0-9.]*')" | tee -a "$SUMMARY"
 
 tpb_upstream_start
 # the slow-read target: a 1 MiB static file (location /big/ of nginx-upstream.conf.in)
@@ -113,14 +138,14 @@ if ! chmod a+x "$TPB_TMP" "$TPB_TMP/upstream" "$TPB_TMP/upstream/big" ||
 	! chmod a+r "$TPB_TMP/upstream/big/1m.bin"; then
 	tpb_die "cannot make the slow-read target readable"
 fi
-tpb_proxy_start turnpike plain || tpb_die "turnpike: $TPB_PROXY_ERR"
-TP_PID=$TPB_PROXY_PID
-PORT=$TPB_PROXY_PORT
-code=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 5 "http://127.0.0.1:$PORT/big/1m.bin")
-[ "$code" = "200 1048576" ] || tpb_die "the 1 MiB slow-read target does not come through turnpike (got '$code')"
-tpb_log "turnpike pid $TP_PID on 127.0.0.1:$PORT, upstream nginx on :$TPB_UP_PORT"
+tpb_log "upstream nginx on 127.0.0.1:$TPB_UP_PORT, pid $TPB_UP_PID"
 
-# Established TCP connections to turnpike's listener (client side sockets
+# The proxy being measured: its name, pid, listener port (PX, PX_PID, PORT).
+PX=""
+PX_PID=""
+PORT=""
+
+# Established TCP connections to the proxy's listener (client side sockets
 # excluded: only the server side, sport = PORT), into TPB_ESTAB.
 estab() {
 	TPB_ESTAB=$(ss -Htn state established "( sport = :$PORT )" 2>/dev/null | wc -l)
@@ -128,8 +153,8 @@ estab() {
 
 # turnpike_buffer_pool_exhausted_total (receives that found every buffer of
 # the pool held and had to wait; builds from before the buffer window only
-# have turnpike_buffer_ring_exhausted_total, the same thing there), from the
-# admin listener, into TPB_DRY.
+# have turnpike_buffer_ring_exhausted_total, the same thing there), from
+# turnpike's admin listener, into TPB_DRY.
 ring_dry() {
 	TPB_DRY=$(curl -s --max-time 2 "http://127.0.0.1:$TPB_ADMIN_PORT/metrics" |
 		awk '$1 == "turnpike_buffer_pool_exhausted_total" {p = $2} $1 == "turnpike_buffer_ring_exhausted_total" {r = $2}
@@ -137,19 +162,43 @@ ring_dry() {
 	[[ "$TPB_DRY" =~ ^[0-9]+$ ]] || TPB_DRY=0
 }
 
-rss_kib() {
-	awk '/^VmRSS:/ {print $2}' "/proc/$TP_PID/status" 2>/dev/null || echo 0
+# VmRSS in KiB of PID and its descendants (nginx: master + worker; turnpike:
+# the gateway + its YAML guard helper), summed, into TPB_RSS; 0 once PID is gone.
+tree_rss() {
+	local p k v _ s=0
+	for p in "$1" $(tpb_descendants "$1"); do
+		{
+			while read -r k v _; do
+				if [ "$k" = VmRSS: ]; then
+					s=$((s + v))
+					break
+				fi
+			done <"/proc/$p/status"
+		} 2>/dev/null
+	done
+	TPB_RSS=$s
 }
 
-# Starts the RSS sampler (every 0.25 s into FILE); TPB_SAMPLER_PID.
+# The RSS sampler, run in the background: the proxy tree's RSS every 0.25 s
+# into FILE until the proxy is gone.
+rss_sampler() {
+	local file=$1
+	while tpb_alive "$PX_PID"; do
+		tree_rss "$PX_PID"
+		echo "$TPB_RSS" >>"$file"
+		sleep 0.25
+	done
+}
+
+# Starts the RSS sampler into FILE; TPB_SAMPLER_PID.
 sampler_start() {
 	local file=$1
 	: >"$file"
-	tpb_start "$file.log" "" bash -c "while :; do awk '/^VmRSS:/ {print \$2}' /proc/$TP_PID/status >>'$file' || exit 0; sleep 0.25; done"
+	tpb_start "$file.log" "" rss_sampler "$file"
 	TPB_SAMPLER_PID=$TPB_LAST_PID
 }
 
-# Waits (bounded) until at most N connections to turnpike remain.
+# Waits (bounded) until at most N connections to the proxy remain.
 wait_estab_below() {
 	local n=$1 i
 	for ((i = 0; i < 300; i++)); do
@@ -160,16 +209,26 @@ wait_estab_below() {
 	return 1
 }
 
+# CPU ticks over a wrk run (microseconds) as a percentage of one CPU.
+cpu_pct() {
+	awk -v dt="$1" -v hz="$TPB_CLK_TCK" -v us="$2" \
+		'BEGIN {printf "%.0f", (us > 0 ? 100 * dt / hz / (us / 1e6) : 0)}'
+}
+
 ROWS=()
+NOTES=()
+RAN=0
 Q_RPS=""
 Q_P99=""
+ROW_FMT='%-8s %-14s %-7s %-12s %8s %7s %8s %7s %5s/%-5s %8s %7s %5s %8s %9s'
 
-# phase NAME MODE: MODE is "" for a quiet run, else H, B or X.
+# phase NAME TAG MODE: MODE is "" for a quiet run, else H, B or X; TAG names
+# its files. Returns nonzero when the proxy died during the phase.
 phase() {
-	local name=$1 mode=$2 tag slow_pid="" held0=0 held1=0 i rss_peak rss_end rps p99 ratio_rps ratio_p99
+	local name=$1 tag=$2 mode=$3 slow_pid="" held0=0 held1=0 i rss_peak rss_end rps p99 ratio_rps ratio_p99
+	local a0=0 atk="-" dry="-" dry0=0 t0 dt
 	local -a sargs
-	tag=${mode:-quiet}
-	tpb_log "phase: $name"
+	tpb_log "$PX: phase $name"
 	if [ -n "$mode" ]; then
 		sargs=(-c "$SLOW_CONNS" -r "$RATE" -l $((RAMP_MAX + DURATION + 30)) -i "$INTERVAL" -p 3 -v 1)
 		case $mode in
@@ -177,7 +236,7 @@ phase() {
 		B) sargs+=(-B -s 65536 -x 24 -u "http://127.0.0.1:$PORT/body") ;;
 		X) sargs+=(-X -k 1 -n "$INTERVAL" -w 32 -y 64 -z 32 -u "http://127.0.0.1:$PORT/big/1m.bin") ;;
 		esac
-		tpb_start "$RESULTS_DIR/slowhttptest-$tag.txt" "$TPB_CPU_LOAD" "$SLOWHTTPTEST_BIN" "${sargs[@]}"
+		tpb_start "$RESULTS_DIR/slowhttptest-$PX-$tag.txt" "$TPB_CPU_LOAD" "$SLOWHTTPTEST_BIN" "${sargs[@]}"
 		slow_pid=$TPB_LAST_PID
 		# the attack is in place once (nearly) all its connections are held, or RAMP_MAX passed
 		for ((i = 0; i < RAMP_MAX * 10; i++)); do
@@ -188,32 +247,50 @@ phase() {
 		done
 		estab
 		held0=$TPB_ESTAB
+		tpb_alive "$slow_pid" || tpb_warn "$PX $name: slowhttptest exited before wrk started"
 	fi
-	sampler_start "$RESULTS_DIR/rss-$tag.txt"
-	tpb_cpu_ticks "$TP_PID"
-	local t0=$TPB_TICKS
-	ring_dry
-	local dry0=$TPB_DRY
-	if ! tpb_wrk "http://127.0.0.1:$PORT/" "$WRK_CONNS" "$DURATION" "$RESULTS_DIR/wrk-$tag.txt"; then
+	sampler_start "$RESULTS_DIR/rss-$PX-$tag.txt"
+	tpb_cpu_ticks "$PX_PID"
+	t0=$TPB_TICKS
+	if [ -n "$slow_pid" ]; then
+		tpb_cpu_ticks "$slow_pid"
+		a0=$TPB_TICKS
+	fi
+	case $PX in turnpike | base) ring_dry; dry0=$TPB_DRY ;; esac
+	if ! tpb_wrk "http://127.0.0.1:$PORT/" "$WRK_CONNS" "$DURATION" "$RESULTS_DIR/wrk-$PX-$tag.txt"; then
 		TPB_W_REQ=0 TPB_W_DUR_US=0 TPB_W_P99=0 TPB_W_SOCKERR=n/a TPB_W_NON2XX=n/a
 	fi
-	tpb_cpu_ticks "$TP_PID"
-	local dt=$((TPB_TICKS - t0))
-	ring_dry
-	local dry=$((TPB_DRY - dry0))
+	tpb_cpu_ticks "$PX_PID"
+	dt=$((TPB_TICKS - t0))
+	if [ -n "$slow_pid" ]; then
+		# slowhttptest is one process; once it has exited its ticks are gone
+		if tpb_alive "$slow_pid"; then
+			tpb_cpu_ticks "$slow_pid"
+			atk=$(cpu_pct $((TPB_TICKS - a0)) "$TPB_W_DUR_US")
+		else
+			atk=n/a
+		fi
+	fi
+	case $PX in turnpike | base) ring_dry; dry=$((TPB_DRY - dry0)) ;; esac
 	if [ -n "$mode" ]; then
 		# wrk's own connections are gone: what is left is the attack's
 		estab
 		held1=$TPB_ESTAB
 	fi
 	tpb_stop "$TPB_SAMPLER_PID" 10
-	rss_end=$(rss_kib)
-	rss_peak=$(awk -v e="$rss_end" 'BEGIN {m = e} $1 > m {m = $1} END {print m}' "$RESULTS_DIR/rss-$tag.txt")
+	tree_rss "$PX_PID"
+	rss_end=$TPB_RSS
+	rss_peak=$(awk -v e="$rss_end" 'BEGIN {m = e} $1 > m {m = $1} END {print m}' "$RESULTS_DIR/rss-$PX-$tag.txt")
 	if [ -n "$slow_pid" ]; then
 		tpb_stop "$slow_pid" 50
-		wait_estab_below 0 || tpb_warn "$name: $TPB_ESTAB connections still open 30 s after the attack stopped"
+		wait_estab_below 0 || tpb_warn "$PX $name: $TPB_ESTAB connections still open 30 s after the attack stopped"
 	fi
-	tpb_alive "$TP_PID" || tpb_die "turnpike died during '$name'; log: $(tail -n 5 "$TPB_TMP/turnpike/stderr.log")"
+	if ! tpb_alive "$PX_PID"; then
+		ROWS+=("$(printf '%-8s %-14s %-7s died; log: %s' "$PX" "$name" "${mode:+-$mode}" \
+			"$(tail -n 3 "$TPB_TMP/$PX/stderr.log" 2>/dev/null | tr '\n' ' ')")")
+		tpb_warn "${ROWS[-1]}"
+		return 1
+	fi
 	read -r rps p99 < <(awk -v req="$TPB_W_REQ" -v us="$TPB_W_DUR_US" -v p="$TPB_W_P99" \
 		'BEGIN {printf "%.0f %.2f\n", (us > 0 ? req / (us / 1e6) : 0), p / 1000}')
 	if [ -z "$mode" ] && [ -z "$Q_RPS" ]; then
@@ -222,39 +299,97 @@ phase() {
 	fi
 	ratio_rps=$(tpb_ratio "$rps" "$Q_RPS")
 	ratio_p99=$(tpb_ratio "$p99" "$Q_P99")
-	local cpu_pct
-	cpu_pct=$(awk -v dt="$dt" -v hz="$TPB_CLK_TCK" -v us="$TPB_W_DUR_US" \
-		'BEGIN {printf "%.0f", (us > 0 ? 100 * dt / hz / (us / 1e6) : 0)}')
 	local held="-"
 	[ -n "$mode" ] && held="$held0 -> $held1"
-	ROWS+=("$(printf '%-14s %-7s %-12s %8s %7s %8s %7s %5s/%-5s %8s %7s %5s %9s' \
-		"$name" "${mode:+-$mode}" "$held" "$rps" "$ratio_rps" "$p99" "$ratio_p99" \
-		"$TPB_W_SOCKERR" "$TPB_W_NON2XX" "$((rss_peak / 1024))" "$((rss_end / 1024))" "$cpu_pct" "$dry")")
+	# shellcheck disable=SC2059 # ROW_FMT is a format of ours, not data
+	ROWS+=("$(printf "$ROW_FMT" "$PX" "$name" "${mode:+-$mode}" "$held" "$rps" "$ratio_rps" "$p99" "$ratio_p99" \
+		"$TPB_W_SOCKERR" "$TPB_W_NON2XX" "$((rss_peak / 1024))" "$((rss_end / 1024))" \
+		"$(cpu_pct "$dt" "$TPB_W_DUR_US")" "$atk" "$dry")")
 	tpb_log "  ${ROWS[-1]}"
 }
 
-phase "quiet" ""
-for m in $MODES; do
-	case $m in
-	H) phase "slow headers" H ;;
-	B) phase "slow body" B ;;
-	X) phase "slow read" X ;;
+# skip PROXY REASON: a warning now and a line under the table.
+skip() {
+	NOTES+=("warning: $1 skipped: $2")
+	tpb_warn "$1 skipped: $2"
+	cp -f "$TPB_TMP/$1"/*.log "$RESULTS_DIR/" 2>/dev/null
+}
+
+# run_proxy PROXY: starts it, runs every phase against it, stops it.
+run_proxy() {
+	local bin code m
+	PX=$1
+	case $PX in
+	turnpike) bin=$TURNPIKE_BIN ;;
+	base) bin=$TURNPIKE_BASE_BIN ;;
+	nginx) bin=$NGINX_BIN ;;
+	haproxy) bin=$HAPROXY_BIN ;;
 	esac
+	if [ -z "$bin" ] || ! command -v "$bin" >/dev/null; then
+		case $PX in
+		turnpike) skip "$PX" "binary not found: '$bin' (scripts/build.sh build/rel -DCMAKE_BUILD_TYPE=Release)" ;;
+		base) skip "$PX" "binary not found: '$bin' (set TURNPIKE_BASE_BIN)" ;;
+		*) skip "$PX" "binary not found: '$bin'" ;;
+		esac
+		return
+	fi
+	if ! tpb_proxy_start "$PX" plain; then
+		skip "$PX" "$TPB_PROXY_ERR"
+		return
+	fi
+	PX_PID=$TPB_PROXY_PID
+	PORT=$TPB_PROXY_PORT
+	cp -f "$TPB_PROXY_CONF" "$RESULTS_DIR/$PX-${TPB_PROXY_CONF##*/}" 2>/dev/null
+	code=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 5 "http://127.0.0.1:$PORT/big/1m.bin")
+	if [ "$code" != "200 1048576" ]; then
+		tpb_stop "$PX_PID"
+		skip "$PX" "the 1 MiB slow-read target does not come through (got '$code')"
+		return
+	fi
+	tpb_log "$PX pid $PX_PID on 127.0.0.1:$PORT"
+	RAN=$((RAN + 1))
+	Q_RPS=""
+	Q_P99=""
+	if phase "quiet" quiet ""; then
+		for m in $MODES; do
+			case $m in
+			H) phase "slow headers" H H ;;
+			B) phase "slow body" B B ;;
+			X) phase "slow read" X X ;;
+			esac || break
+		done
+	fi
+	if tpb_alive "$PX_PID"; then
+		phase "quiet (after)" quiet-after ""
+		tpb_stop "$PX_PID"
+	else
+		NOTES+=("warning: $PX died; its remaining phases were not run (logs in $RESULTS_DIR)")
+		tpb_stop "$PX_PID" 10
+		cp -f "$TPB_TMP/$PX"/*.log "$RESULTS_DIR/" 2>/dev/null
+	fi
+}
+
+for p in $PROXIES; do
+	run_proxy "$p"
 done
-phase "quiet (after)" ""
 
 {
 	echo
-	echo "turnpike under slowhttptest, $SLOW_CONNS attack connections per phase ($RATE/s, a send every ${INTERVAL}s);"
-	echo "wrk: $WRK_CONNS connections, ${DURATION}s per phase; ratios relative to the first quiet run"
+	echo "$PROXIES under slowhttptest, $SLOW_CONNS attack connections per phase ($RATE/s, a send every ${INTERVAL}s);"
+	echo "wrk: $WRK_CONNS connections, ${DURATION}s per phase; ratios relative to the proxy's own first quiet run"
 	echo
-	printf '%-14s %-7s %-12s %8s %7s %8s %7s %11s %8s %7s %5s %9s\n' \
-		phase attack "held s->e" "req/s" "x quiet" "p99 ms" "x quiet" "sockerr/5xx" \
-		"RSS max" "RSS end" "CPU%" "ring dry"
-	printf '%s\n' "${ROWS[@]}"
+	printf '%-8s %-14s %-7s %-12s %8s %7s %8s %7s %11s %8s %7s %5s %8s %9s\n' \
+		proxy phase attack "held s->e" "req/s" "x quiet" "p99 ms" "x quiet" "sockerr/5xx" \
+		"RSS max" "RSS end" "CPU%" "atk CPU%" "ring dry"
+	[ "${#ROWS[@]}" -gt 0 ] && printf '%s\n' "${ROWS[@]}"
 	echo
-	echo "held: established attack connections at turnpike when wrk started and when it ended;"
-	echo "RSS in MiB (VmRSS of turnpike, sampled every 0.25 s); CPU% = turnpike CPU time / wrk duration;"
-	echo "ring dry: receives that found turnpike's buffer pool (4096 x 16 KiB per worker) empty during wrk's run"
-	echo "(turnpike_buffer_pool_exhausted_total)."
+	echo "held: established attack connections at the proxy when wrk started and when it ended;"
+	echo "RSS in MiB (VmRSS of the proxy and its descendants summed, sampled every 0.25 s: nginx's"
+	echo "master + worker, turnpike + its YAML guard helper); CPU% = the proxy's CPU time (its"
+	echo "processes) / wrk duration; atk CPU% = slowhttptest's CPU time during wrk's run / wrk"
+	echo "duration (slowhttptest shares CPU ${TPB_CPU_LOAD:-(unpinned)} with wrk and the upstream: what it takes, wrk cannot have);"
+	echo "ring dry (turnpike only): receives that found turnpike's buffer pool (4096 x 16 KiB per worker)"
+	echo "empty during wrk's run (turnpike_buffer_pool_exhausted_total)."
+	[ "${#NOTES[@]}" -gt 0 ] && printf '%s\n' "${NOTES[@]}"
 } | tee -a "$SUMMARY"
+[ "$RAN" -gt 0 ] || tpb_die "no proxy could be measured"
