@@ -34,6 +34,14 @@
 
 #define TP_DEFAULT_CONFIG "/etc/turnpike/turnpike.yaml"
 
+#ifdef TP_WITH_JEMALLOC
+/* jemalloc gives freed pages back to the kernel only as a side effect of later
+ * allocations in the same arena, and a worker's hot path barely allocates: after
+ * a burst (a thousand slow readers' heap blocks, say) its RSS stayed at the peak.
+ * A background thread purges them on jemalloc's decay schedule (10 s). */
+const char *malloc_conf = "background_thread:true";
+#endif
+
 static void print_version(void)
 {
     unsigned xv = XXH_versionNumber();
