@@ -413,10 +413,11 @@ void tp_metrics_render(struct tp_abuf *b)
             sample(b, "turnpike_h2_goaway_total", &lb, (unsigned long long)(v));
         }
     uint64_t rejected = 0, enobufs = 0, pool_dry = 0, active = 0, paused = 0, sqes = 0, cqes = 0, waits = 0;
-    uint64_t window = 0, resident = 0;
+    uint64_t window = 0, resident = 0, held = 0;
     for (unsigned sh = 0; sh < ns; sh++) {
         window += tp_stat_get(&tp_rt.shards[sh]->bufs_window);
         resident += tp_stat_get(&tp_rt.shards[sh]->bufs_dirty) * tp_rt.shards[sh]->bufs.size;
+        held += tp_stat_get(&tp_rt.shards[sh]->recv_held);
         sqes += tp_stat_get(&tp_rt.shards[sh]->ring_sqes);
         cqes += tp_stat_get(&tp_rt.shards[sh]->ring_cqes);
         waits += tp_stat_get(&tp_rt.shards[sh]->ring_waits);
@@ -452,6 +453,10 @@ void tp_metrics_render(struct tp_abuf *b)
            "Receive buffer memory that may be resident (buffers used since their memory was last given "
            "back to the kernel), at most.");
     tp_abuf_printf(b, "turnpike_buffer_pool_resident_bytes %llu\n", (unsigned long long)resident);
+    family(b, "turnpike_receive_held_bytes", "gauge",
+           "Bytes received on connections whose reading is stopped because their peer is slower (a "
+           "relay towards a slow reader, say), held in receive buffers or heap blocks until sent on.");
+    tp_abuf_printf(b, "turnpike_receive_held_bytes %llu\n", (unsigned long long)held);
     family(b, "turnpike_ring_sqes_total", "counter",
            "Submission queue entries the workers prepared (every socket operation, cancel and close).");
     tp_abuf_printf(b, "turnpike_ring_sqes_total %llu\n", (unsigned long long)sqes);

@@ -740,8 +740,12 @@ static void process_response(struct tp_shard *sh, struct tp_uconn *uc)
             continue;
         }
         /* body */
-        if (r->ds->ops->congested(r))
-            break;
+        if (r->ds->ops->congested(r)) {
+            /* stop reading now, not once TP_INQ_STOP buffers wait: the client is slower
+             * than the upstream, and the response waits best in the upstream's socket */
+            tp_transport_stop_recv(sh, t);
+            return;
+        }
         e = tp_inq_front(&t->in);
         if (!e) {
             if (t->peer_closed) {

@@ -651,6 +651,10 @@ int tp_runtime_run(struct tp_config *cfg, const char *path)
         tp_config_destroy(cfg);
         return 1;
     }
+    if (!tp_rt.recv_mshot_limit)
+        tp_warn("io_uring: this kernel cannot end a multishot receive at a byte limit; a connection "
+                "relaying to a slow reader may hold more of the response in memory (up to what a "
+                "multishot burst takes before its cancel lands)");
     ret = cpu_list(&ctl.cpus);
     if (ret <= 0) {
         tp_err("cannot read the CPU affinity mask: %s", strerror(-ret));

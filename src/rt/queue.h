@@ -69,6 +69,8 @@ struct tp_inq {
 
 /* stop reading a socket while this many buffers wait to be consumed */
 #define TP_INQ_STOP 8
+/* buffers one multishot receive may fill before the kernel ends it (where it can) */
+#define TP_RECV_MSHOT_BUFS 8
 
 static inline void tp_inq_init(struct tp_inq *q)
 {

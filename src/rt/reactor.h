@@ -258,6 +258,7 @@ struct tp_shard {
     tp_stat_t ring_waits;      /* loop iterations: one submit-and-wait each */
     tp_stat_t bufs_window;     /* gauge: the buffer ring's window (bufs.want) */
     tp_stat_t bufs_dirty;      /* gauge: buffers whose memory may be resident (bufs.dirty_n) */
+    tp_stat_t recv_held;       /* gauge: bytes queued on stopped receives (once a second) */
 };
 
 /** The shard running on this thread (NULL on other threads). */

@@ -74,6 +74,7 @@ struct tp_runtime {
     _Atomic unsigned shards_done;  /* shards that left their loop */
     _Atomic int shard_error;       /* first setup error of a shard (negative errno) */
     int ctl_wake_fd;               /* eventfd: a shard has news for the control thread */
+    bool recv_mshot_limit;         /* the kernel ends a multishot receive at a byte limit (probed) */
 };
 
 extern struct tp_runtime tp_rt;
@@ -124,5 +125,6 @@ bool tp_shard_post_listener(struct tp_shard *sh, const struct tp_lis_msg *m);
  */
 int tp_listen_socket(const struct tp_addr *addr, int backlog);
 
-/** Probes io_uring with the flags the shards use. Returns 0 or -errno. [control] */
+/** Probes io_uring with the flags the shards use, and the optional features the
+ * runtime uses where the kernel has them (tp_rt.recv_mshot_limit). Returns 0 or -errno. [control] */
 int tp_uring_probe(void);

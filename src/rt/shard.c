@@ -1136,6 +1136,62 @@ fail:;
     return err;
 }
 
+/*
+ * Does the kernel end a multishot receive at the byte limit of
+ * tp_sqe_recv_mshot_limit()? Three bytes wait on a socket pair, the receive
+ * may take one, buffers hold two: a kernel that knows the limit posts 2 bytes
+ * and ends the receive; one that does not fails it (-EINVAL) or posts 2 bytes
+ * and stays armed (IORING_CQE_F_MORE).
+ */
+static bool probe_recv_mshot_limit(struct io_uring *ring)
+{
+    enum { PROBE_BGID = 1, PROBE_BUFS = 2, PROBE_BUF = 2 };
+    static char bufs[PROBE_BUFS][PROBE_BUF];
+    struct io_uring_buf_ring *br = NULL;
+    struct io_uring_buf_reg reg;
+    struct __kernel_timespec ts = {.tv_sec = 1};
+    struct io_uring_cqe *cqe;
+    bool ok = false;
+    int sv[2];
+
+    if (posix_memalign((void **)&br, 4096, 4096) != 0)
+        return false;
+    memset(br, 0, 4096);
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (uintptr_t)br;
+    reg.ring_entries = PROBE_BUFS;
+    reg.bgid = PROBE_BGID;
+    if (io_uring_register_buf_ring(ring, &reg, 0) != 0) {
+        free(br);
+        return false;
+    }
+    io_uring_buf_ring_init(br);
+    for (int i = 0; i < PROBE_BUFS; i++)
+        io_uring_buf_ring_add(br, bufs[i], PROBE_BUF, (unsigned short)i, PROBE_BUFS - 1, i);
+    io_uring_buf_ring_advance(br, PROBE_BUFS);
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+        goto out;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (sqe && write(sv[1], "abc", 3) == 3) {
+        memset(sqe, 0, sizeof(*sqe));
+        io_uring_prep_recv_multishot(sqe, sv[0], NULL, 0, 0);
+        tp_sqe_recv_mshot_limit(sqe, 1);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = PROBE_BGID;
+        io_uring_sqe_set_data64(sqe, 1);
+        if (io_uring_submit(ring) == 1 && io_uring_wait_cqe_timeout(ring, &cqe, &ts) == 0) {
+            ok = cqe->res == PROBE_BUF && !(cqe->flags & IORING_CQE_F_MORE);
+            io_uring_cqe_seen(ring, cqe);
+        }
+    }
+    close(sv[0]);
+    close(sv[1]);
+out:
+    io_uring_unregister_buf_ring(ring, PROBE_BGID);
+    free(br);
+    return ok;
+}
+
 int tp_uring_probe(void)
 {
     struct io_uring ring;
@@ -1147,6 +1203,8 @@ int tp_uring_probe(void)
     ret = io_uring_queue_init_params(8, &ring, &p);
     if (ret < 0)
         return ret;
+    /* the ring goes away with whatever the probe left armed */
+    tp_rt.recv_mshot_limit = probe_recv_mshot_limit(&ring);
     io_uring_queue_exit(&ring);
     return 0;
 }

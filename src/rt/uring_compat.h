@@ -44,6 +44,17 @@
 #endif
 
 /*
+ * A multishot receive that ends (no IORING_CQE_F_MORE) once it has received
+ * <bytes> in all: the kernel reads the limit from sqe->optlen, which shares its
+ * place with file_index, the name 2.3's struct has. Kernels without it fail the
+ * receive with -EINVAL, or ignore the field; tp_uring_probe() finds out which.
+ */
+static inline void tp_sqe_recv_mshot_limit(struct io_uring_sqe *sqe, uint32_t bytes)
+{
+    sqe->file_index = bytes;
+}
+
+/*
  * liburing 2.3's io_uring_get_sqe() neither clears the SQE nor do the prep
  * helpers set user_data (#848): every SQE we build goes through tp_sqe_get()
  * and gets its user_data set by the caller right after prep.

@@ -31,6 +31,7 @@
 #include <turnpike/err.h>
 #include <turnpike/log.h>
 
+#include "rt/runtime.h"
 #include "transport/tlsio.h"
 #include "transport/transport.h"
 
@@ -44,6 +45,7 @@ struct tp_transport_shard {
     struct tp_transport *stopped; /* doubly linked: sessions stop and resume often */
     bool was_pressed;             /* the pool was pressed at the last tick */
     bool dry;                     /* a receive ran dry since the last sweep */
+    uint64_t held_at_ms;          /* when sh->recv_held is summed next */
 };
 
 static inline struct tp_transport_shard *tshard(struct tp_shard *sh)
@@ -122,12 +124,18 @@ void tp_transport_recv(struct tp_shard *sh, struct tp_transport *t)
         (t->connecting && !t->tls))
         return;
     sqe = tp_sqe(sh);
-    /* while the buffer pool is pressed, one buffer per arm: a multishot
-     * receive resumed after backpressure would take a burst of them first */
-    if (tp_bufs_pressed(sh))
+    /* While the buffer pool is pressed, one buffer per arm. Otherwise multishot,
+     * ended by the kernel after TP_RECV_MSHOT_BUFS buffers where it can
+     * (tp_rt.recv_mshot_limit) and armed again by on_recv: an unbounded multishot
+     * posts every buffer its socket can fill before a stop's cancel lands, and a
+     * relay towards a slow reader then holds the rest of its response in memory. */
+    if (tp_bufs_pressed(sh)) {
         io_uring_prep_recv(sqe, t->fd, NULL, 0, 0);
-    else
+    } else {
         io_uring_prep_recv_multishot(sqe, t->fd, NULL, 0, 0);
+        if (tp_rt.recv_mshot_limit)
+            tp_sqe_recv_mshot_limit(sqe, TP_RECV_MSHOT_BUFS * sh->bufs.size);
+    }
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = TP_BGID;
     io_uring_sqe_set_data64(sqe, tp_ud((unsigned)op_recv, t->slot.slot, t->slot.gen));
@@ -252,6 +260,14 @@ static void transport_tick(struct tp_shard *sh)
         ts->dry = false;
     }
     ts->was_pressed = pressed;
+    if (sh->now_ms >= ts->held_at_ms) {
+        /* what connections that wait on a slow peer hold, for the metrics */
+        uint64_t held = 0;
+        for (struct tp_transport *t = ts->stopped; t; t = t->next_stopped)
+            held += t->in.bytes;
+        tp_stat_set(&sh->recv_held, held);
+        ts->held_at_ms = sh->now_ms + 1000;
+    }
     if (!ts->starved || sh->bufs.held > sh->bufs.count - sh->bufs.count / 4)
         return;
     struct tp_transport *t = ts->starved;

@@ -91,3 +91,46 @@ def test_slow_readers_do_not_stall_the_worker(h):
     wait_until(lambda: metric(tp, "turnpike_requests_active") == 0, T(20), what="the slow requests to end")
     r = get(tp.port, "/after")
     assert (r.status, r.body) == (200, b"good /after"), r
+
+
+def test_slow_reader_holds_a_bounded_share(h):
+    """A relay towards a client that reads nothing stops reading its upstream
+    with at most about one multishot receive's worth queued (8 buffers of 16 KiB:
+    the kernel ends the receive at that byte limit, and the relay stops it at
+    once). Before the limit, a multishot receive kept posting buffers until its
+    cancel landed: 1000 slowhttptest readers of a 1 MiB file left 300 MiB of
+    response bytes in one worker's heap (bench/slow_clients.sh -X), about
+    700 KiB per stalled relay. Runs only where the kernel has the limit (the
+    gateway says so at startup otherwise)."""
+    n, size, buf = 40, 8 << 20, 16 << 10
+    up = hostile(h)
+    tp = h.turnpike({"workers": 1, "timeouts": {"client_idle": "120s", "upstream_response": "120s"},
+                     "upstreams": [upstream_cfg("main", up)], "routes": [{"upstream": "main"}]})
+    if b"cannot end a multishot receive at a byte limit" in tp.stderr_path.read_bytes():
+        import pytest
+        pytest.skip("this kernel cannot end a multishot receive at a byte limit")
+    slow = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64)
+        s.settimeout(T(30))
+        s.connect(("127.0.0.1", tp.port))
+        s.sendall(f"GET /bulk/{size} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        slow.append(s)
+    try:
+        wait_until(lambda: metric(tp, "turnpike_requests_active") >= n, T(20), what="the slow requests")
+        # the gauge is summed once a second: watch until it held for 2 s
+        held, same, deadline = -1.0, 0, time.monotonic() + T(20)
+        while same < 4 and time.monotonic() < deadline:
+            now = metric(tp, "turnpike_receive_held_bytes")
+            same = same + 1 if now == held else 0
+            held = now
+            time.sleep(0.5)
+        print(f"{n} stalled relays hold {held / n / 1024:.0f} KiB each of received response bytes")
+        assert 0 < held <= n * 9 * buf, f"{n} stalled relays hold {held:.0f} bytes ({held / n / 1024:.0f} KiB each)"
+        r = get(tp.port, "/ordinary")
+        assert (r.status, r.body) == (200, b"good /ordinary"), r
+    finally:
+        for s in slow:
+            s.close()
+    wait_until(lambda: metric(tp, "turnpike_requests_active") == 0, T(20), what="the slow requests to end")
