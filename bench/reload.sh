@@ -27,7 +27,7 @@ usage: bench/reload.sh [options]
   -p, --proxies "P..."  subset/order of "nginx haproxy turnpike" (env PROXIES)
   -o, --out DIR         results directory (env RESULTS_DIR,
                         default bench/results/reload-<timestamp>)
-other env: TURNPIKE_BIN, NGINX_BIN, HAPROXY_BIN, WRK_BIN, CPU_PROXY, CPU_LOAD,
+other env: TURNPIKE_BIN, NGINX_BIN, HAPROXY_BIN, WRK_BIN, PYTHON, CPU_PROXY, CPU_LOAD,
            READY_TIMEOUT (s, default 10), WRK_TIMEOUT (s, default 2), KEEP_TMP=1
 EOF
 }
@@ -40,6 +40,7 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-64}
 WRK_THREADS=${WRK_THREADS:-2}
 INTERVAL_MS=${INTERVAL_MS:-100}
+PYTHON=${PYTHON:-/usr/bin/python3}
 WARMUP=${WARMUP:-1}
 PROXIES=${PROXIES:-$TPB_PROXIES_ALL}
 RESULTS_DIR=${RESULTS_DIR:-}
@@ -91,41 +92,14 @@ tpb_log "upstream nginx on 127.0.0.1:$TPB_UP_PORT, pid $TPB_UP_PID"
 
 echo "proxy,run,status,requests,duration_s,rps,p99_us,non2xx,err_connect,err_read,err_write,err_timeout,reloads_sent,reloads_applied,final_gen_ok,cpu_ticks,cpu_us_per_req,load_cpu_busy_pct,proxy_cpu_other_pct,proxy_cpu_steal_pct" >"$CSV"
 
-# reloader NAME PID CONF: runs in a background subshell until killed. Every
-# INTERVAL_MS (on a fixed schedule, not sleep-after-work, so a slow trigger
-# does not stretch the interval) it writes the other generation's config over
-# CONF and triggers a reload. Both variants are rendered beforehand; the new
-# file is written beside CONF and renamed over it, because a proxy slower
-# than INTERVAL_MS may still be reading the previous version when the next
-# one is written (nginx then fails that reload with a truncated file).
-# The count and last generation sent go to $TPB_TMP/reloads after each one.
+# reloader NAME PID CONF: execs bench/reloader.py, which until killed writes
+# the other generation's config over CONF every INTERVAL_MS and triggers a
+# reload (see its header: one process without forks, so the trigger costs the
+# load CPU next to nothing). Both variants are rendered beforehand as CONF.a and
+# CONF.b. The count and last generation sent go to $TPB_TMP/reloads after each.
 reloader() {
-	local name=$1 pid=$2 conf=$3 n=0 gen text start now next wait_us
-	local text_a text_b
-	# Finish the current step (and reap its sleep) rather than die mid-way.
-	trap 'exit 0' TERM
-	text_a=$(<"$conf.a")
-	text_b=$(<"$conf.b")
-	start=${EPOCHREALTIME/./}
-	while :; do
-		n=$((n + 1))
-		if ((n % 2)); then gen=b text=$text_b; else gen=a text=$text_a; fi
-		printf '%s\n' "$text" >"$conf.new"
-		mv -f "$conf.new" "$conf"
-		case $name in
-		nginx) "$NGINX_BIN" -p "$TPB_TMP/nginx" -c "$conf" -s reload 2>>"$TPB_TMP/reloader.log" ||
-			echo "nginx -s reload failed" >>"$TPB_TMP/reloader.log" ;;
-		haproxy) kill -USR2 "$pid" ;;
-		turnpike) kill -HUP "$pid" ;;
-		esac
-		echo "$n $gen" >"$TPB_TMP/reloads"
-		next=$((start + n * INTERVAL_MS * 1000))
-		now=${EPOCHREALTIME/./}
-		wait_us=$((next - now))
-		if [ "$wait_us" -gt 0 ]; then
-			sleep "$((wait_us / 1000000)).$(printf '%06d' $((wait_us % 1000000)))"
-		fi
-	done
+	exec "$PYTHON" "$TPB_BENCH/reloader.py" --name "$1" --pid "$2" --conf "$3" \
+		--interval-ms "$INTERVAL_MS" --state "$TPB_TMP/reloads"
 }
 
 # Reloads the proxy's own log says it performed (or "?" when it cannot tell).

@@ -52,6 +52,8 @@ usage: bench/slow_clients.sh [options]
   -o, --out DIR         results directory (env RESULTS_DIR, default bench/results/slow-<timestamp>)
 other env: RATE (attack connections/s, default 250), INTERVAL (s between slow
            sends, default 5), RAMP_MAX (s, default 20), WRK_THREADS (default 2),
+           ATTACK_NICE (nice level of slowhttptest, default 0; 19 lets it take only
+           the CPU the load side leaves, see bench/README.md),
            TURNPIKE_BIN, TURNPIKE_BASE_BIN, NGINX_BIN, HAPROXY_BIN, WRK_BIN,
            SLOWHTTPTEST_BIN, CPU_PROXY, CPU_LOAD, READY_TIMEOUT, WRK_TIMEOUT (s, default 2),
            KEEP_TMP=1
@@ -71,6 +73,7 @@ MODES=${MODES:-H B X}
 RATE=${RATE:-250}
 INTERVAL=${INTERVAL:-5}
 RAMP_MAX=${RAMP_MAX:-20}
+ATTACK_NICE=${ATTACK_NICE:-0}
 RESULTS_DIR=${RESULTS_DIR:-}
 SLOWHTTPTEST_BIN=${SLOWHTTPTEST_BIN:-slowhttptest}
 
@@ -114,6 +117,7 @@ tpb_raise_nofile $(((SLOW_CONNS + WRK_CONNS) * 4 + 1024))
 
 cmdline="PROXIES=$(tpb_shell_quote "$PROXIES") DURATION=$DURATION SLOW_CONNS=$SLOW_CONNS WRK_CONNS=$WRK_CONNS"
 cmdline+=" MODES=$(tpb_shell_quote "$MODES") RATE=$RATE INTERVAL=$INTERVAL RAMP_MAX=$RAMP_MAX WRK_THREADS=$WRK_THREADS"
+cmdline+=" ATTACK_NICE=$ATTACK_NICE"
 cmdline+=" TURNPIKE_BIN=$(tpb_shell_quote "$TURNPIKE_BIN")"
 case " $PROXIES " in *" base "*) cmdline+=" TURNPIKE_BASE_BIN=$(tpb_shell_quote "$TURNPIKE_BASE_BIN")" ;; esac
 cmdline+=" $(tpb_shell_quote "$0" "${ORIG_ARGS[@]}")"
@@ -236,7 +240,11 @@ phase() {
 		B) sargs+=(-B -s 65536 -x 24 -u "http://127.0.0.1:$PORT/body") ;;
 		X) sargs+=(-X -k 1 -n "$INTERVAL" -w 32 -y 64 -z 32 -u "http://127.0.0.1:$PORT/big/1m.bin") ;;
 		esac
-		tpb_start "$RESULTS_DIR/slowhttptest-$PX-$tag.txt" "$TPB_CPU_LOAD" "$SLOWHTTPTEST_BIN" "${sargs[@]}"
+		if [ "$ATTACK_NICE" != 0 ]; then
+			tpb_start "$RESULTS_DIR/slowhttptest-$PX-$tag.txt" "$TPB_CPU_LOAD" nice -n "$ATTACK_NICE" "$SLOWHTTPTEST_BIN" "${sargs[@]}"
+		else
+			tpb_start "$RESULTS_DIR/slowhttptest-$PX-$tag.txt" "$TPB_CPU_LOAD" "$SLOWHTTPTEST_BIN" "${sargs[@]}"
+		fi
 		slow_pid=$TPB_LAST_PID
 		# the attack is in place once (nearly) all its connections are held, or RAMP_MAX passed
 		for ((i = 0; i < RAMP_MAX * 10; i++)); do
