@@ -17,6 +17,7 @@ Pieces:
 Every wait is bounded. Timeouts scale with the sanitizer (TP_SANITIZE):
 ASan/TSan builds are several times slower.
 """
+import collections
 import hashlib
 import json
 import os
@@ -48,12 +49,21 @@ def T(seconds):
     return seconds * SLOW
 
 
+_recent_ports = collections.deque(maxlen=256)
+
+
 def free_port():
-    """A port that was free a moment ago (bind 0, close)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    """A port that was free a moment ago (bind 0, close), and not one this process
+    handed out lately: the kernel may give the same port to two binds in a row, and
+    a gateway whose listener and admin got the same one refuses its configuration."""
+    for _ in range(64):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _recent_ports:
+            break
+    _recent_ports.append(port)
     return port
 
 
