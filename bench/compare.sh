@@ -12,6 +12,9 @@
 # connections opened per 1000 requests (upstream stub_status) and errors.
 # Prints medians per proxy and the turnpike/nginx and turnpike/HAProxy
 # ratios; raw per-round rows go to bench/results/<timestamp>/runs.csv.
+# The target "direct" (not in the default list) is wrk straight at the
+# upstream, no proxy, same pins and wrk parameters: each proxy's req/s is
+# then also printed as a ratio to direct's.
 # See bench/README.md for how to read the figures.
 #
 # turnpike is taken from $TURNPIKE_BIN (default build/rel/turnpike); when it
@@ -27,11 +30,12 @@ usage: bench/compare.sh [options]
   -c, --conns "N..."    connection counts (env CONNS, default "64 1000")
   -t, --threads N       wrk threads (env WRK_THREADS, default 2)
   -w, --warmup S        seconds of warmup per proxy per round (env WARMUP, default 2)
-  -p, --proxies "P..."  subset/order of "nginx haproxy turnpike" (env PROXIES)
+  -p, --proxies "P..."  subset/order of "nginx haproxy turnpike direct" (env PROXIES)
   -o, --out DIR         results directory (env RESULTS_DIR,
                         default bench/results/<timestamp>)
 proxies: nginx haproxy turnpike (default), and base: a second turnpike build
-  (TURNPIKE_BASE_BIN) in the same rounds, for before/after ratios (turnpike/base)
+  (TURNPIKE_BASE_BIN) in the same rounds, for before/after ratios (turnpike/base),
+  and direct: wrk straight at the upstream, no proxy (proxies' req/s vs direct)
 other env: TURNPIKE_BIN, TURNPIKE_BASE_BIN, NGINX_BIN, HAPROXY_BIN, WRK_BIN, CPU_PROXY, CPU_LOAD,
            READY_TIMEOUT (s, default 10), WRK_TIMEOUT (s, default 2), KEEP_TMP=1
 EOF
@@ -76,7 +80,7 @@ for c in $CONNS; do
 done
 [ "$max_conns" -gt 0 ] || tpb_die "CONNS is empty"
 for p in $PROXIES; do
-	case " $TPB_PROXIES_ALL " in *" $p "*) ;; *) tpb_die "unknown proxy '$p' (known: $TPB_PROXIES_ALL)" ;; esac
+	case " $TPB_PROXIES_ALL direct " in *" $p "*) ;; *) tpb_die "unknown proxy '$p' (known: $TPB_PROXIES_ALL direct)" ;; esac
 done
 
 stamp=$(date +%Y%m%d-%H%M%S)
@@ -116,9 +120,42 @@ csv_fail() {
 	echo "$1,$2,$3,$4,,,,,,,,,,,,,,,,,,," >>"$CSV"
 }
 
+# run_direct ROUND CONNS: the same warmup and measured wrk run straight at
+# the upstream. No proxy, so no proxy CPU and no upstream reuse: those
+# columns stay empty (load% is the one that matters: the load CPU alone).
+run_direct() {
+	local r=$1 c=$2 url="http://127.0.0.1:$TPB_UP_PORT/" dur rps lt li load
+	if [ "$WARMUP" -gt 0 ]; then
+		tpb_wrk "$url" "$c" "$WARMUP" "$RESULTS_DIR/wrk-r$r-c$c-direct-warmup.txt" ||
+			tpb_warn "direct: warmup run failed"
+	fi
+	# Busy share of the wrk+upstream CPU, as tpb_sample_begin/end measure it
+	# for the proxied runs (there is no proxy process to sample here).
+	tpb_cpu_stat "$TPB_CPU_LOAD"
+	lt=$TPB_CS_TOTAL li=$TPB_CS_IDLE
+	if ! tpb_wrk "$url" "$c" "$DURATION" "$RESULTS_DIR/wrk-r$r-c$c-direct.txt"; then
+		csv_fail "$r" "$c" direct wrk_failed
+		return
+	fi
+	tpb_cpu_stat "$TPB_CPU_LOAD"
+	tpb_alive "$TPB_UP_PID" || tpb_die "the upstream nginx died"
+	read -r dur rps load < <(awk -v req="$TPB_W_REQ" -v us="$TPB_W_DUR_US" \
+		-v lt=$((TPB_CS_TOTAL - lt)) -v li=$((TPB_CS_IDLE - li)) 'BEGIN {
+		d = us / 1e6
+		printf "%.3f %.1f %.1f\n", d, (d > 0 ? req / d : 0), (lt > 0 ? 100 * (lt - li) / lt : 0) }')
+	echo "$r,$c,direct,ok,$TPB_W_REQ,$dur,$rps,$TPB_W_P50,$TPB_W_P99,,,,,,$TPB_W_NON2XX,$TPB_W_ECONN,$TPB_W_EREAD,$TPB_W_EWRITE,$TPB_W_ETIMEOUT,,$load,," >>"$CSV"
+	tpb_log "  $(printf '%-8s %10s rps  %7s us/req  cpu %5s%%  load %5s%%  other %4s%%  p99 %6s ms  up %s/1k  non2xx %s  sockerr %s' \
+		direct "$rps" - - "$load" - "$(awk -v u="$TPB_W_P99" 'BEGIN {printf "%.2f", u / 1000}')" \
+		- "$TPB_W_NON2XX" "$TPB_W_SOCKERR")"
+}
+
 # run_one ROUND CONNS PROXY: one fresh proxy, warmup, one measured wrk run.
 run_one() {
 	local r=$1 c=$2 p=$3 dir=$TPB_TMP/$3 url a0 a1 req dur rps cpu cpu_pct up up1k
+	if [ "$p" = direct ]; then
+		run_direct "$r" "$c"
+		return
+	fi
 	if [ "$p" = turnpike ] && [ -n "$TP_NA" ]; then
 		csv_fail "$r" "$c" "$p" na
 		return
@@ -203,6 +240,10 @@ col() {
 	echo "medians over $ROUNDS round(s) of ${DURATION}s; cpu_us/req = proxy CPU time per request;"
 	echo "cpu% = proxy CPU use (100 = its CPU saturated); load% = busy share of the wrk+upstream CPU;"
 	echo "up/1k = upstream connections opened per 1000 requests; non2xx, sockerr = wrk error counts per run"
+	case " $PROXIES " in *" direct "*)
+		echo "direct = wrk straight at the upstream (no proxy: no proxy CPU, no up/1k); the load CPU"
+		echo "(wrk + upstream) is the limit there, so 'vs direct' is a share of the load side's capacity" ;;
+	esac
 	for c in $CONNS; do
 		echo
 		echo "== $c connections =="
@@ -216,6 +257,19 @@ col() {
 				printf '%-9s %6s %10s %11s %6s %6s %9s %8s %8s %8s%s\n' "$p" "0/$ROUNDS" n/a n/a n/a n/a n/a n/a n/a n/a "$reason"
 				med_rps[$p]=n/a
 				med_cpu[$p]=n/a
+				continue
+			fi
+			if [ "$p" = direct ]; then
+				# shellcheck disable=SC2046 # one value per word is wanted
+				{
+					med_rps[$p]=$(tpb_median $(col "$c" "$p" rps))
+					load=$(tpb_median $(col "$c" "$p" load_cpu_busy_pct))
+					p99=$(tpb_median $(col "$c" "$p" p99_us))
+					e2=$(tpb_median $(col "$c" "$p" non2xx))
+					es=$(tpb_median $(awk -F, -v c="$c" -v p="$p" 'NR > 1 && $2 == c && $3 == p && $4 == "ok" {print $16 + $17 + $18 + $19}' "$CSV"))
+				}
+				printf '%-9s %6s %10.0f %11s %6s %6.0f %9.2f %8s %8s %8s\n' "$p" "$ok/$ROUNDS" "${med_rps[$p]}" \
+					- - "$load" "$(awk -v u="$p99" 'BEGIN {print u / 1000}')" - "$e2" "$es"
 				continue
 			fi
 			# shellcheck disable=SC2046 # one value per word is wanted
@@ -240,6 +294,14 @@ col() {
 				"$(tpb_ratio "${med_rps[turnpike]}" "${med_rps[$base]}")" \
 				"$(tpb_ratio "${med_cpu[turnpike]}" "${med_cpu[$base]}")"
 		done
+		case " $PROXIES " in *" direct "*)
+			line=""
+			for p in $PROXIES; do
+				[ "$p" = direct ] && continue
+				line+="${line:+, }$p $(tpb_ratio "${med_rps[$p]}" "${med_rps[direct]}")"
+			done
+			[ -n "$line" ] && echo "req/s vs direct: $line" ;;
+		esac
 		unset med_rps med_cpu
 	done
 	# Flag runs disturbed by something else on the proxy's CPU.
