@@ -7,7 +7,7 @@ set -eu
 PKGS="build-essential cmake pkg-config clang clang-format libclang-rt-14-dev
 liburing-dev node-llhttp libssl-dev libjemalloc-dev libxxhash-dev liburcu-dev libfyaml-dev
 libjansson-dev libc-ares-dev libnghttp2-dev nghttp2-client python3-h2 python3-grpcio python3 python3-pytest python3-websockets python3-jwt python3-cryptography curl openssl nginx-light haproxy wrk slowhttptest procps iproute2 dnsmasq-base valgrind
-redis-server libhiredis-dev"
+redis-server libhiredis-dev linux-perf"
 
 missing=""
 for p in $PKGS; do
