@@ -46,9 +46,9 @@
  * The helper is the small turnpike-yaml-guard program installed next to
  * turnpike (libc and libfyaml, yaml_guard_helper.c): the turnpike binary
  * itself maps OpenSSL, nghttp2, c-ares, jemalloc and the rest, and its
- * relocations and allocator start touch pages of all of them: 6.8 MB of RSS
- * (1 MB private) for a process that only ever runs libfyaml, against 2 MB
- * (0.14 MB private) for the small program. Where it is missing, the
+ * relocations and allocator start touch pages of all of them: 6.7 MiB of RSS
+ * (1 MiB private) for a process that only ever runs libfyaml, against 2 MiB
+ * (0.14 MiB private) for the small program. Where it is missing, the
  * turnpike binary runs as `turnpike --yaml-guard-helper` instead; a program
  * that cannot be started, or never says hello, is dropped for the next one.
  * Without any helper (programs other than turnpike linking the config module,
