@@ -7,9 +7,12 @@
  *   turnpike --version        versions of turnpike and the libraries it runs with
  */
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <llhttp.h>
 #include <ares.h>
@@ -70,6 +73,25 @@ static void usage(FILE *f)
                "       turnpike --version         print versions\n");
 }
 
+/* The parser guard's small helper program, next to the real path of this binary
+ * (symbolic links resolved); NULL when it is not there or not executable. */
+static const char *find_guard_prog(void)
+{
+    static char path[PATH_MAX];
+    struct stat st;
+    char *self = realpath("/proc/self/exe", NULL);
+    const char *slash = self ? strrchr(self, '/') : NULL;
+    int n =
+        slash ? snprintf(path, sizeof(path), "%.*s/%s", (int)(slash - self), self, TP_YAML_GUARD_PROG) : -1;
+
+    free(self);
+    if (n < 0 || (size_t)n >= sizeof(path))
+        return NULL;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || access(path, X_OK) != 0)
+        return NULL;
+    return path;
+}
+
 static struct tp_config *load_or_report(const char *path)
 {
     struct tp_diag diag = {0};
@@ -93,10 +115,11 @@ int main(int argc, char **argv)
     const char *path = TP_DEFAULT_CONFIG;
     int test_only = 0, c;
 
-    /* the parser guard's helper (see tp_yaml_guard_use_helper) */
+    /* the parser guard's helper (see tp_yaml_guard_use_helper): the small
+     * program beside this binary, or this binary where that one is missing */
     if (argc == 2 && strcmp(argv[1], TP_YAML_GUARD_ARG) == 0)
         return tp_yaml_guard_helper_main();
-    tp_yaml_guard_use_helper("/proc/self/exe");
+    tp_yaml_guard_use_helper(find_guard_prog(), "/proc/self/exe");
 
     while ((c = getopt_long(argc, argv, "c:thV", opts, NULL)) != -1) {
         switch (c) {

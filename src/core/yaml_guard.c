@@ -6,7 +6,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdbool.h>
@@ -20,17 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <libfyaml.h>
-
 #include "core/yaml_guard.h"
-
-static void discard_output(struct fy_diag *diag, void *user, const char *buf, size_t len)
-{
-    (void)diag;
-    (void)user;
-    (void)buf;
-    (void)len;
-}
+#include "core/yaml_guard_helper.h"
 
 /*
  * libfyaml 0.7.12 corrupts its heap on some malformed inputs (found by
@@ -43,61 +33,32 @@ static void discard_output(struct fy_diag *diag, void *user, const char *buf, si
  * Forking the gateway itself for that is costly: page tables of every
  * worker's buffers and slabs copied, then copy-on-write faults in the
  * workers while the child lives. So the turnpike binary, once it called
- * tp_yaml_guard_use_helper(), starts a helper process (the same binary run
- * as `turnpike --yaml-guard-helper`, posix_spawn) and keeps it: each check
- * sends the text over a socket pair and the helper parses it and answers.
- * A text the parser refuses (where the corruption comes from) is the
- * helper's last: it answers and exits, and the next check starts a new one,
- * so a valid file is never parsed on a heap a malformed one went through.
- * The helper dying on a text is the "failed" verdict; not answering within
- * 5 s, "did not finish" (it is killed). A helper that had served before and
- * is found dead (killed from outside) is replaced and the text asked again.
- * Without the helper (programs other than turnpike linking the config
- * module, or no helper could be started, or one that never said hello:
- * /proc/self/exe is not turnpike under valgrind) the check forks the
- * caller, as before.
+ * tp_yaml_guard_use_helper(), starts a helper process (posix_spawn) and
+ * keeps it: each check sends the text over a socket pair and the helper
+ * parses it and answers. A text the parser refuses (where the corruption
+ * comes from) is the helper's last: it answers and exits, and the next check
+ * starts a new one, so a valid file is never parsed on a heap a malformed
+ * one went through. The helper dying on a text is the "failed" verdict; not
+ * answering within 5 s, "did not finish" (it is killed). A helper that had
+ * served before and is found dead (killed from outside) is replaced and the
+ * text asked again.
+ *
+ * The helper is the small turnpike-yaml-guard program installed next to
+ * turnpike (libc and libfyaml, yaml_guard_helper.c): the turnpike binary
+ * itself maps OpenSSL, nghttp2, c-ares, jemalloc and the rest, and its
+ * relocations and allocator start touch pages of all of them: 6.7 MiB of RSS
+ * (1 MiB private) for a process that only ever runs libfyaml, against 2 MiB
+ * (0.14 MiB private) for the small program. Where it is missing, the
+ * turnpike binary runs as `turnpike --yaml-guard-helper` instead; a program
+ * that cannot be started, or never says hello, is dropped for the next one.
+ * Without any helper (programs other than turnpike linking the config module,
+ * or none could be started: /proc/self/exe is not turnpike under valgrind)
+ * the check forks the caller, as before.
  */
 #define GUARD_TIMEOUT_MS 5000
-#define GUARD_FD         3
+#define GUARD_HELLO_MS   5000
 
 enum { GUARD_OK = 0, GUARD_CRASHED = 1, GUARD_HUNG = 2, GUARD_UNKNOWN = 3, GUARD_RETRY = 4 };
-#define GUARD_LAST     0x80 /* in the helper's answer: it exits after this one */
-#define GUARD_HELLO    'R'  /* the helper's first byte: it runs */
-#define GUARD_HELLO_MS 5000
-
-/* The event parser (the configuration loader's way) and the document builder
- * (the API-key loader's way) over the text. Returns 1 when the parser refused
- * it (a syntax error: the real parse reports it), 0 otherwise; out of memory
- * here says nothing about the text, so it counts as surviving. */
-static int guard_parse(const char *buf, size_t len)
-{
-    struct fy_diag_cfg dcfg;
-    struct fy_diag *diag;
-    struct fy_parser *fyp;
-    struct fy_event *fye;
-
-    fy_diag_cfg_default(&dcfg);
-    dcfg.fp = NULL;
-    dcfg.output_fn = discard_output;
-    diag = fy_diag_create(&dcfg);
-    if (!diag)
-        return 0;
-    struct fy_parse_cfg pcfg = {.flags = FYPCF_QUIET | FYPCF_DEFAULT_VERSION_1_2, .diag = diag};
-    fyp = fy_parser_create(&pcfg);
-    if (!fyp || fy_parser_set_string(fyp, buf, len) != 0)
-        return 0;
-    while ((fye = fy_parser_parse(fyp)) != NULL)
-        fy_parser_event_free(fyp, fye);
-    int bad = fy_parser_get_stream_error(fyp) ? 1 : 0;
-    fy_parser_destroy(fyp);
-    if (!bad) {
-        struct fy_document *fyd = fy_document_build_from_string(&pcfg, buf, len);
-        if (fyd)
-            fy_document_destroy(fyd);
-    }
-    fy_diag_destroy(diag);
-    return bad;
-}
 
 static uint64_t mono_ms(void)
 {
@@ -106,7 +67,7 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Runs guard_parse in a forked child of the caller; GUARD_*. */
+/* Runs tp_yg_parse in a forked child of the caller; GUARD_*. */
 static int guard_fork(const char *buf, size_t len)
 {
     pid_t pid = fork();
@@ -121,7 +82,7 @@ static int guard_fork(const char *buf, size_t len)
             dup2(fd, STDERR_FILENO);
             dup2(fd, STDOUT_FILENO);
         }
-        guard_parse(buf, len); /* a syntax error is for the real parse to report */
+        tp_yg_parse(buf, len); /* a syntax error is for the real parse to report */
         _exit(0);
     }
     /* Wait on a pidfd (no polling); without one, poll waitpid with naps. */
@@ -159,78 +120,30 @@ static int guard_fork(const char *buf, size_t len)
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? GUARD_OK : GUARD_CRASHED;
 }
 
-static bool read_full(int fd, void *p, size_t n)
-{
-    for (size_t off = 0; off < n;) {
-        ssize_t r = read(fd, (char *)p + off, n - off);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return false;
-        off += (size_t)r;
-    }
-    return true;
-}
-
-static bool write_full(int fd, const void *p, size_t n)
-{
-    for (size_t off = 0; off < n;) {
-        ssize_t r = send(fd, (const char *)p + off, n - off, MSG_NOSIGNAL);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return false;
-        off += (size_t)r;
-    }
-    return true;
-}
-
-int tp_yaml_guard_helper_main(void)
-{
-    /* Nothing but the socket to the gateway is ours: drop whatever else was
-     * inherited (posix_spawn keeps descriptors without close-on-exec). */
-    close_range(GUARD_FD + 1, ~0u, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() == 1)
-        return 0;
-    /* ready: a helper that cannot run (wrong binary behind the path, e.g.
-     * under valgrind) never says so, and the gateway forks instead */
-    unsigned char hello = GUARD_HELLO;
-    if (!write_full(GUARD_FD, &hello, 1))
-        return 0;
-    for (;;) {
-        uint64_t len;
-        if (!read_full(GUARD_FD, &len, sizeof(len)))
-            return 0; /* the gateway closed its end or exited */
-        if (len > TP_YAML_GUARD_MAX)
-            return 1;
-        char *buf = malloc(len ? len : 1);
-        if (!buf || !read_full(GUARD_FD, buf, len))
-            return 1;
-        /* Follow the CPUs the gateway's control thread may use (it keeps off
-         * the workers' CPUs when it can). */
-        cpu_set_t set;
-        if (sched_getaffinity(getppid(), sizeof(set), &set) == 0)
-            sched_setaffinity(0, sizeof(set), &set);
-        int bad = guard_parse(buf, len);
-        free(buf);
-        /* The heap corruption comes with malformed input: after a text the
-         * parser refused, this heap is not trusted with the next one. */
-        unsigned char verdict = bad ? GUARD_OK | GUARD_LAST : GUARD_OK;
-        if (!write_full(GUARD_FD, &verdict, 1) || bad)
-            return 0;
-    }
-}
+/* The programs a helper can be started from, in order of preference. */
+static struct guard_prog {
+    const char *path; /* NULL: not (or no longer) tried */
+    const char *argv0;
+} progs[2] = {{NULL, TP_YAML_GUARD_PROG}, {NULL, "turnpike"}};
 
 static struct {
-    const char *exe; /* NULL: no helper, fork the caller */
-    pid_t pid;       /* running helper, or -1 */
-    int fd;          /* our end of the socket pair */
-} guard = {NULL, -1, -1};
+    pid_t pid; /* running helper, or -1 */
+    int fd;    /* our end of the socket pair */
+} guard = {-1, -1};
 
-void tp_yaml_guard_use_helper(const char *exe)
+void tp_yaml_guard_use_helper(const char *prog, const char *self)
 {
-    guard.exe = exe;
+    progs[0].path = prog;
+    progs[1].path = self;
+}
+
+/* The program to start a helper from; NULL: none, fork the caller. */
+static struct guard_prog *guard_prog(void)
+{
+    for (size_t i = 0; i < sizeof(progs) / sizeof(progs[0]); i++)
+        if (progs[i].path)
+            return &progs[i];
+    return NULL;
 }
 
 static void guard_stop(void)
@@ -246,19 +159,21 @@ static void guard_stop(void)
     guard.pid = -1;
 }
 
-static bool guard_start(void)
+/* Starts a helper from <prog> and waits for its hello: 0 when it runs, -1 when
+ * <prog> cannot run one (it will not work better next time), -2 when the
+ * system is short of something (processes, memory, descriptors). */
+static int guard_spawn(const struct guard_prog *prog)
 {
-    int sv[2];
+    int sv[2], err = 0;
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
     sigset_t none, dfl;
-    char *argv[] = {(char *)"turnpike", (char *)TP_YAML_GUARD_ARG, NULL};
+    char *argv[] = {(char *)prog->argv0, (char *)TP_YAML_GUARD_ARG, NULL};
     /* every symbol bound at exec, not again in each forked child (lazy binding) */
     char *envp[] = {(char *)"LD_BIND_NOW=1", NULL};
-    bool ok = false;
 
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-        return false;
+        return -2;
     sigemptyset(&none);
     sigemptyset(&dfl);
     sigaddset(&dfl, SIGHUP);
@@ -269,30 +184,33 @@ static bool guard_start(void)
     if (posix_spawn_file_actions_init(&fa) != 0) {
         close(sv[0]);
         close(sv[1]);
-        return false;
+        return -2;
     }
     if (posix_spawnattr_init(&attr) != 0) {
         posix_spawn_file_actions_destroy(&fa);
         close(sv[0]);
         close(sv[1]);
-        return false;
+        return -2;
     }
-    /* dup2 onto GUARD_FD clears close-on-exec on the copy */
-    if (posix_spawn_file_actions_adddup2(&fa, sv[1], GUARD_FD) == 0 &&
-        posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0) == 0 &&
-        posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0) == 0 &&
-        posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0) == 0 &&
-        posix_spawnattr_setsigmask(&attr, &none) == 0 && posix_spawnattr_setsigdefault(&attr, &dfl) == 0 &&
-        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF) == 0 &&
-        posix_spawn(&guard.pid, guard.exe, &fa, &attr, argv, envp) == 0)
-        ok = true;
+    /* dup2 onto TP_YG_FD clears close-on-exec on the copy */
+    if (posix_spawn_file_actions_adddup2(&fa, sv[1], TP_YG_FD) != 0 ||
+        posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0) != 0 ||
+        posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0) != 0 ||
+        posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0) != 0 ||
+        posix_spawnattr_setsigmask(&attr, &none) != 0 || posix_spawnattr_setsigdefault(&attr, &dfl) != 0 ||
+        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF) != 0)
+        err = ENOMEM;
+    else
+        err = posix_spawn(&guard.pid, prog->path, &fa, &attr, argv, envp);
     posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&fa);
     close(sv[1]);
-    if (!ok) {
+    if (err != 0) {
         guard.pid = -1;
         close(sv[0]);
-        return false;
+        /* the exec failed (missing, not executable, wrong format, ...) or the
+         * system is short of resources for now */
+        return err == EAGAIN || err == ENOMEM || err == EMFILE || err == ENFILE ? -2 : -1;
     }
     guard.fd = sv[0];
     /* wait (bounded) for its hello */
@@ -302,12 +220,27 @@ static bool guard_start(void)
     do
         r = poll(&pfd, 1, GUARD_HELLO_MS);
     while (r < 0 && errno == EINTR);
-    if (r != 1 || !read_full(guard.fd, &hello, 1) || hello != GUARD_HELLO) {
+    if (r != 1 || !tp_yg_read_full(guard.fd, &hello, 1) || hello != TP_YG_HELLO) {
         guard_stop();
-        guard.exe = NULL; /* it will not work better next time: fork from now on */
-        return false;
+        return -1;
     }
-    return true;
+    return 0;
+}
+
+/* Starts a helper from the first program that can run one. */
+static bool guard_start(void)
+{
+    struct guard_prog *prog;
+
+    while ((prog = guard_prog()) != NULL) {
+        int r = guard_spawn(prog);
+        if (r == 0)
+            return true;
+        if (r == -2)
+            return false;  /* fork this time, try again next time */
+        prog->path = NULL; /* the next program from now on */
+    }
+    return false;
 }
 
 /*
@@ -324,7 +257,7 @@ static int guard_ask(const char *buf, size_t len)
 
     if (fresh && !guard_start())
         return -1;
-    if (!write_full(guard.fd, &n, sizeof(n)) || !write_full(guard.fd, buf, len)) {
+    if (!tp_yg_write_full(guard.fd, &n, sizeof(n)) || !tp_yg_write_full(guard.fd, buf, len)) {
         guard_stop();
         return fresh ? GUARD_CRASHED : GUARD_RETRY;
     }
@@ -341,11 +274,11 @@ static int guard_ask(const char *buf, size_t len)
         }
         break;
     }
-    if (!read_full(guard.fd, &verdict, 1) || (verdict & ~GUARD_LAST) != GUARD_OK) {
+    if (!tp_yg_read_full(guard.fd, &verdict, 1) || (verdict & ~TP_YG_LAST) != TP_YG_SURVIVED) {
         guard_stop();
         return fresh ? GUARD_CRASHED : GUARD_RETRY;
     }
-    if (verdict & GUARD_LAST)
+    if (verdict & TP_YG_LAST)
         guard_stop(); /* it is exiting: reap it now, start a new one next time */
     return GUARD_OK;
 }
@@ -354,7 +287,7 @@ enum tp_yaml_guard_rc tp_yaml_guard(const char *buf, size_t len)
 {
     int v = -1;
 
-    if (guard.exe && len <= TP_YAML_GUARD_MAX) {
+    if (guard_prog() && len <= TP_YAML_GUARD_MAX) {
         v = guard_ask(buf, len);
         if (v == GUARD_RETRY) /* one more try, with a new helper */
             v = guard_ask(buf, len);

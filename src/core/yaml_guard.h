@@ -26,20 +26,25 @@ enum tp_yaml_guard_rc {
  */
 enum tp_yaml_guard_rc tp_yaml_guard(const char *buf, size_t len);
 
-/** argv[1] that runs the turnpike binary as the guard's helper. */
+/** argv[1] of a guard helper: the turnpike binary runs as one with it, and
+ * TP_YAML_GUARD_PROG wants it (anything else is not a gateway starting it). */
 #define TP_YAML_GUARD_ARG "--yaml-guard-helper"
+/** The small helper program, installed next to the turnpike binary. */
+#define TP_YAML_GUARD_PROG "turnpike-yaml-guard"
 /** Texts larger than this are checked by a fork of the caller instead. */
 #define TP_YAML_GUARD_MAX (64u << 20)
 
 /**
- * From now on, checks run in a helper process started (once, and again if it
- * dies or after a text the parser refused) from <exe> with argv[1]
- * TP_YAML_GUARD_ARG, instead of a fork of the calling process. <exe> must stay
- * valid ("/proc/self/exe"). Call it from the thread that loads files (the
- * helper dies with it). [main]
+ * From now on, checks run in a helper process (started once, and again if it
+ * dies or after a text the parser refused) instead of a fork of the calling
+ * process: run from <prog> (the TP_YAML_GUARD_PROG program), or, where that
+ * cannot run one, from <self> (the turnpike binary, "/proc/self/exe"), with
+ * argv[1] TP_YAML_GUARD_ARG. Either may be NULL; both must stay valid. Call it
+ * from the thread that loads files (the helper dies with it). [main]
  */
-void tp_yaml_guard_use_helper(const char *exe);
-/** The helper's main loop (descriptor 3 is its socket); returns its exit status. */
+void tp_yaml_guard_use_helper(const char *prog, const char *self);
+/** The helper's main loop (descriptor 3 is its socket); returns its exit status.
+ * Needs libc and libfyaml only (yaml_guard_helper.c). [helper] */
 int tp_yaml_guard_helper_main(void);
 
 /** The message a loader gives for a CRASHED or HUNG answer (a static string). [any] */

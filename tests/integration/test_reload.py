@@ -6,13 +6,15 @@ connection; an invalid file changes nothing and is reported as FILE:LINE:COLUMN;
 rate-limit buckets carry over."""
 import os
 import re
+import shutil
 import signal
 import threading
 import time
 
+import tp_harness
 from tp_harness import T, Client, assert_gateway_error, get, upstream_cfg, wait_until
-from tp_more import (Gate, Loader, admin_json, config_text, derive, generation, metrics, reload, reload_fails,
-                     sighup_and_wait, write_config)
+from tp_more import (Gate, Loader, admin_json, config_text, derive, env_turnpike, generation, metrics, reload,
+                     reload_fails, sighup_and_wait, write_config)
 
 
 def test_reload_changes_routing(h):
@@ -317,3 +319,76 @@ def test_parser_guard_helper_reused_and_respawned(h):
 
     tp.stop()
     wait_until(lambda: not running(last[0]), T(10), what="the helper to exit with the gateway")
+
+
+# crashes libfyaml 0.7.12 in its document builder (tests/fuzz/fuzz_jwt, tests/unit/auth/test_apikey.c)
+CRASHES_LIBFYAML = "- - ? ?  2:" + "\t" * 25 + "?\t\t\t \t\t\t:\t"
+GATEWAY_ONLY_LIBS = ("libssl", "libcrypto", "libnghttp2", "libcares", "libhiredis", "liburing", "liburcu",
+                     "libjemalloc", "libjansson", "libxxhash")
+
+
+def mapped_libs(pid):
+    """Base names of the shared objects mapped into <pid>."""
+    with open(f"/proc/{pid}/maps") as f:
+        return {os.path.basename(ln.split()[5]) for ln in f if len(ln.split()) >= 6 and ".so" in ln}
+
+
+def one_guard_helper(pid):
+    helpers = wait_until(lambda: guard_helpers(pid), T(10), what="the parser guard helper")
+    assert len(helpers) == 1, helpers
+    return helpers[0]
+
+
+def check_crash_refused(tp, pid):
+    """A reload with a file that crashes libfyaml fails with the guard's message; the
+    gateway keeps its configuration and serves; the crashed helper is reaped."""
+    gen = generation(tp)
+    err = reload_fails(tp, CRASHES_LIBFYAML)
+    assert re.search(re.escape(str(tp.config_path)) + r":1:1: the YAML parser failed on this file", err), err
+    assert generation(tp) == gen
+    assert get(tp.port, "/x").status == 200
+    assert guard_helpers(pid) == []
+    write_config(tp, tp.config)
+    sighup_and_wait(tp, gen + 1)
+
+
+def test_parser_guard_helper_is_the_small_program(h):
+    """The guard's helper is the turnpike-yaml-guard program beside the turnpike binary,
+    which maps libfyaml and libc but none of the gateway's other libraries; it meets a
+    file that crashes libfyaml in place of the gateway, and its successor is the small
+    program again."""
+    up = h.upstream(name="U")
+    tp = h.turnpike({"upstreams": [upstream_cfg("u", up)], "routes": [{"name": "r", "upstream": "u"}]})
+    pid = tp.proc.pid
+    small = os.path.join(os.path.dirname(os.path.realpath(tp_harness.BIN)), "turnpike-yaml-guard")
+    helper = one_guard_helper(pid)
+    assert os.readlink(f"/proc/{helper}/exe") == small
+    libs = mapped_libs(helper)
+    assert any(lib.startswith("libfyaml") for lib in libs), libs
+    assert not [lib for lib in libs if lib.startswith(GATEWAY_ONLY_LIBS)], libs
+
+    check_crash_refused(tp, pid)
+    helper = one_guard_helper(pid)
+    assert os.readlink(f"/proc/{helper}/exe") == small
+
+
+def test_parser_guard_falls_back_to_the_turnpike_binary(h):
+    """Where only the turnpike binary was copied (no turnpike-yaml-guard beside it), the
+    binary runs as its own guard helper, which guards reloads just the same."""
+    bindir = h.tmp_path / "sbin"
+    bindir.mkdir()
+    alone = str(bindir / "turnpike")
+    shutil.copy2(os.path.realpath(tp_harness.BIN), alone)
+    assert not os.path.exists(bindir / "turnpike-yaml-guard")
+    up = h.upstream(name="U")
+    tp = env_turnpike(h, {"upstreams": [upstream_cfg("u", up)], "routes": [{"name": "r", "upstream": "u"}]}, {},
+                      bin=alone)
+    pid = tp.proc.pid
+    helper = one_guard_helper(pid)
+    assert os.readlink(f"/proc/{helper}/exe") == alone
+    with open(f"/proc/{helper}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[:2] == [b"turnpike", b"--yaml-guard-helper"]
+
+    check_crash_refused(tp, pid)
+    helper = one_guard_helper(pid)
+    assert os.readlink(f"/proc/{helper}/exe") == alone

@@ -304,20 +304,22 @@ def wait_metric(tp, name, want, timeout=None, **labels):
 
 
 class EnvTurnpike(tp_harness.Turnpike):
-    """A Turnpike whose process gets extra environment variables. start() mirrors
-    the harness' start (fresh ports, retry on a port race, readiness via /readyz);
-    spawn() only starts the process, for tests that watch the startup themselves."""
+    """A Turnpike whose process gets extra environment variables (and, with bin,
+    runs another binary than TURNPIKE_BIN). start() mirrors the harness' start
+    (fresh ports, retry on a port race, readiness via /readyz); spawn() only
+    starts the process, for tests that watch the startup themselves."""
 
-    def __init__(self, tmp_path, config, env, admin=True, name="tp"):
+    def __init__(self, tmp_path, config, env, admin=True, name="tp", bin=None):
         super().__init__(tmp_path, config, admin=admin, name=name)
         self.env = dict(os.environ)
         self.env.update(env)
+        self.bin = bin or tp_harness.BIN
 
     def spawn(self):
         self._write_config()
         self.stderr_f = open(self.stderr_path, "ab")
         self.stdout_f = open(self.stdout_path, "ab")
-        self.proc = subprocess.Popen([tp_harness.BIN, "-c", str(self.config_path)], stdout=self.stdout_f,
+        self.proc = subprocess.Popen([self.bin, "-c", str(self.config_path)], stdout=self.stdout_f,
                                      stderr=self.stderr_f, stdin=subprocess.DEVNULL, env=self.env)
         return self
 
@@ -334,9 +336,9 @@ class EnvTurnpike(tp_harness.Turnpike):
         raise AssertionError("could not start turnpike")
 
 
-def env_turnpike(h, config, env, start=True):
+def env_turnpike(h, config, env, start=True, bin=None):
     """An EnvTurnpike registered with the harness (its teardown stops and checks it)."""
-    tp = EnvTurnpike(h.tmp_path, config, env, name=f"tp{len(h.turnpikes)}")
+    tp = EnvTurnpike(h.tmp_path, config, env, name=f"tp{len(h.turnpikes)}", bin=bin)
     h.turnpikes.append(tp)
     return tp.start() if start else tp
 
