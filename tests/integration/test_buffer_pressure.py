@@ -38,6 +38,20 @@ def metric(tp, name):
     raise AssertionError(f"no {name} in /metrics")
 
 
+def slow_readers(tp, n, size):
+    """n connections asking for size bytes each through the smallest receive
+    window, reading nothing."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64)
+        s.settimeout(T(30))
+        s.connect(("127.0.0.1", tp.port))
+        s.sendall(f"GET /bulk/{size} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        socks.append(s)
+    return socks
+
+
 def slow_answer(req, conn):
     # keeps each warm-up request on its own upstream connection
     time.sleep(0.5)
@@ -58,14 +72,7 @@ def test_slow_readers_do_not_stall_the_worker(h):
         c.close()
 
     # 2. slow readers: 8 MiB responses through the smallest receive window, nothing read
-    slow = []
-    for _ in range(N_SLOW):
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64)
-        s.settimeout(T(30))
-        s.connect(("127.0.0.1", tp.port))
-        s.sendall(f"GET /bulk/{SIZE} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-        slow.append(s)
+    slow = slow_readers(tp, N_SLOW, SIZE)
     try:
         # every slow request read, or the pool already ran dry
         wait_until(lambda: metric(tp, "turnpike_buffer_pool_exhausted_total") > 0
@@ -109,14 +116,7 @@ def test_slow_reader_holds_a_bounded_share(h):
     if b"cannot end a multishot receive at a byte limit" in tp.stderr_path.read_bytes():
         import pytest
         pytest.skip("this kernel cannot end a multishot receive at a byte limit")
-    slow = []
-    for _ in range(n):
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64)
-        s.settimeout(T(30))
-        s.connect(("127.0.0.1", tp.port))
-        s.sendall(f"GET /bulk/{size} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-        slow.append(s)
+    slow = slow_readers(tp, n, size)
     try:
         wait_until(lambda: metric(tp, "turnpike_requests_active") >= n, T(20), what="the slow requests")
         # the gauge is summed once a second: watch until it held for 2 s
