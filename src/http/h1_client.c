@@ -566,6 +566,16 @@ static void uconn_on_timeout(struct tp_shard *sh, struct tp_transport *t)
         uconn_close(sh, uc); /* pooled too long, or nobody waits for it */
         return;
     }
+    if (uc->state == UC_ACTIVE && t->recv_stopped) {
+        /* We stopped reading because the client is slower: the upstream is not the one
+         * keeping us waiting (the client's own timeouts watch the client). Only a
+         * request deadline (grpc-timeout) that passed still ends the exchange. */
+        uint64_t next = tp_req_upstream_deadline(uc->req, sh->now_ms, uc->req->limits.upstream_response_ms);
+        if (next > sh->now_ms) {
+            tp_transport_deadline(sh, t, next);
+            return;
+        }
+    }
     fail(sh, uc, uc->state == UC_CONNECTING ? TP_FAIL_CONNECT_TIMEOUT : TP_FAIL_TIMEOUT, TP_ETIMEOUT);
 }
 

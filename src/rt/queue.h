@@ -69,7 +69,8 @@ struct tp_inq {
 
 /* stop reading a socket while this many buffers wait to be consumed */
 #define TP_INQ_STOP 8
-/* buffers one multishot receive may fill before the kernel ends it (where it can) */
+/* full buffers' worth of bytes after which the kernel ends a multishot receive (where it
+ * can); a peer that trickles small writes makes it take more buffers than this, each part full */
 #define TP_RECV_MSHOT_BUFS 8
 
 static inline void tp_inq_init(struct tp_inq *q)

@@ -125,7 +125,8 @@ void tp_transport_recv(struct tp_shard *sh, struct tp_transport *t)
         return;
     sqe = tp_sqe(sh);
     /* While the buffer pool is pressed, one buffer per arm. Otherwise multishot,
-     * ended by the kernel after TP_RECV_MSHOT_BUFS buffers where it can
+     * ended by the kernel once it received TP_RECV_MSHOT_BUFS full buffers' worth of
+     * bytes where it can
      * (tp_rt.recv_mshot_limit) and armed again by on_recv: an unbounded multishot
      * posts every buffer its socket can fill before a stop's cancel lands, and a
      * relay towards a slow reader then holds the rest of its response in memory. */
@@ -173,8 +174,14 @@ static void stopped_del(struct tp_shard *sh, struct tp_transport *t)
 
 void tp_transport_stop_recv(struct tp_shard *sh, struct tp_transport *t)
 {
-    if (t->recv_stopped || t->closing)
+    if (t->closing)
         return;
+    if (t->recv_stopped) {
+        /* buffers the receive posted before its cancel landed, while the pool is short */
+        if (tp_bufs_pressed(sh))
+            tp_inq_unpin(sh, &t->in);
+        return;
+    }
     t->recv_stopped = true;
     stopped_add(sh, t);
     /* under pressure a stopped receive keeps one buffer; the rest waits in heap blocks */

@@ -134,3 +134,41 @@ def test_slow_reader_holds_a_bounded_share(h):
         for s in slow:
             s.close()
     wait_until(lambda: metric(tp, "turnpike_requests_active") == 0, T(20), what="the slow requests to end")
+
+
+def test_slow_reader_outlasts_the_upstream_response_timeout(h):
+    """A client that stops reading for longer than timeouts.upstream_response still gets
+    its whole response: the relay stopped reading the upstream because of the client,
+    and the upstream is not the one keeping the gateway waiting. (It used to be cut off
+    as an upstream timeout once the relay had stopped for that long.)"""
+    size = 16 << 20
+    up = hostile(h)
+    tp = h.turnpike({"workers": 1, "timeouts": {"client_idle": "60s", "upstream_response": "1s"},
+                     "upstreams": [upstream_cfg("main", up)], "routes": [{"upstream": "main"}]})
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(T(30))
+    s.connect(("127.0.0.1", tp.port))
+    try:
+        s.sendall(f"GET /bulk/{size} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        wait_until(lambda: metric(tp, "turnpike_requests_active") == 1, T(20), what="the request")
+        # the relay fills the sockets within milliseconds and stops reading the upstream;
+        # the pause is the test: three upstream_response timeouts with the relay stopped
+        time.sleep(3)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = s.recv(65536)
+            assert data, f"closed before the response head: {buf[:200]!r}"
+            buf += data
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        got = len(rest)
+        while got < size:
+            data = s.recv(1 << 20)
+            assert data, f"closed after {got} of {size} body bytes"
+            got += len(data)
+        assert got == size
+    finally:
+        s.close()
+    r = get(tp.port, "/after")
+    assert (r.status, r.body) == (200, b"good /after"), r

@@ -344,7 +344,10 @@ def check_crash_refused(tp, pid):
     gateway keeps its configuration and serves; the crashed helper is reaped."""
     gen = generation(tp)
     err = reload_fails(tp, CRASHES_LIBFYAML)
-    assert re.search(re.escape(str(tp.config_path)) + r":1:1: the YAML parser failed on this file", err), err
+    # "failed" when the helper dies of it; "did not finish" when dying takes longer than
+    # the guard's 5 s (a sanitizer build symbolizing its report on a busy machine)
+    assert re.search(re.escape(str(tp.config_path)) + r":1:1: the YAML parser (failed|did not finish) on this file",
+                     err), err
     assert generation(tp) == gen
     assert get(tp.port, "/x").status == 200
     assert guard_helpers(pid) == []
