@@ -118,10 +118,10 @@ static void lis_family(struct tp_abuf *b, struct tp_abuf *lb, unsigned ns, const
 
 /* A counter family with one series per endpoint, summed over the shards from
  * the tp_stat_t at <field> of struct tp_ep_shard. */
-static void endpoint_counter(struct tp_abuf *b, struct tp_abuf *lb, const struct tp_snapshot *s, unsigned ns,
-                             const char *name, const char *help, size_t field)
+static void endpoint_family(struct tp_abuf *b, struct tp_abuf *lb, const struct tp_snapshot *s, unsigned ns,
+                            const char *name, const char *type, const char *help, size_t field)
 {
-    family(b, name, "counter", help);
+    family(b, name, type, help);
     for (size_t u = 0; u < s->n_ups; u++)
         for (size_t e = 0; e < s->ups[u].n_eps; e++) {
             struct tp_endpoint_state *st = s->ups[u].eps[e].st;
@@ -301,33 +301,16 @@ void tp_metrics_render(struct tp_abuf *b)
                                class_label[k], (unsigned long long)v);
             }
         }
-    endpoint_counter(b, &lb, s, ns, "turnpike_upstream_connect_failures_total",
-                     "Failed or timed-out upstream connects.",
-                     offsetof(struct tp_ep_shard, connect_failures));
-    endpoint_counter(b, &lb, s, ns, "turnpike_upstream_connections_opened_total",
-                     "Upstream connections opened.", offsetof(struct tp_ep_shard, connects));
-    family(b, "turnpike_upstream_pool_idle_connections", "gauge",
-           "Idle keepalive connections pooled, all shards.");
-    for (size_t u = 0; u < s->n_ups; u++)
-        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
-            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
-            uint64_t v = 0;
-            for (unsigned sh = 0; sh < ns; sh++)
-                v += tp_stat_get(&st->shard[sh].idle_count);
-            labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
-            sample(b, "turnpike_upstream_pool_idle_connections", &lb, (unsigned long long)(v));
-        }
-    family(b, "turnpike_upstream_h2_streams_active", "gauge",
-           "Streams on HTTP/2 upstream connections (open or waiting for one), all shards.");
-    for (size_t u = 0; u < s->n_ups; u++)
-        for (size_t e = 0; e < s->ups[u].n_eps; e++) {
-            struct tp_endpoint_state *st = s->ups[u].eps[e].st;
-            uint64_t v = 0;
-            for (unsigned sh = 0; sh < ns; sh++)
-                v += tp_stat_get(&st->shard[sh].h2_streams);
-            labels_of(&lb, "upstream", st->upstream, "endpoint", st->addr.text);
-            sample(b, "turnpike_upstream_h2_streams_active", &lb, (unsigned long long)(v));
-        }
+    endpoint_family(b, &lb, s, ns, "turnpike_upstream_connect_failures_total", "counter",
+                    "Failed or timed-out upstream connects.", offsetof(struct tp_ep_shard, connect_failures));
+    endpoint_family(b, &lb, s, ns, "turnpike_upstream_connections_opened_total", "counter",
+                    "Upstream connections opened.", offsetof(struct tp_ep_shard, connects));
+    endpoint_family(b, &lb, s, ns, "turnpike_upstream_pool_idle_connections", "gauge",
+                    "Idle keepalive connections pooled, all shards.",
+                    offsetof(struct tp_ep_shard, idle_count));
+    endpoint_family(b, &lb, s, ns, "turnpike_upstream_h2_streams_active", "gauge",
+                    "Streams on HTTP/2 upstream connections (open or waiting for one), all shards.",
+                    offsetof(struct tp_ep_shard, h2_streams));
     family(b, "turnpike_upstream_response_duration_seconds", "histogram",
            "Time from an attempt's start to the upstream response's end, by endpoint.");
     for (size_t u = 0; u < s->n_ups; u++)
