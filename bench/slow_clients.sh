@@ -183,13 +183,37 @@ tree_rss() {
 	TPB_RSS=$s
 }
 
+# The host's TCP memory in pages (the "mem" of /proc/net/sockstat: every TCP
+# socket's queues, whoever owns them), into TPB_TCPMEM.
+tcp_mem() {
+	local k v _
+	TPB_TCPMEM=0
+	while read -r k _ _ _ _ _ _ _ _ _ v _; do
+		if [ "$k" = TCP: ]; then
+			TPB_TCPMEM=$v
+			break
+		fi
+	done </proc/net/sockstat
+}
+
+# A kernel TCP counter into TPB_KC: TcpExt:NAME (/proc/net/netstat) or Tcp:NAME
+# (/proc/net/snmp); 0 when this kernel has no such counter.
+kcounter() {
+	TPB_KC=$(awk -v p="${1%%:*}:" -v n="${1#*:}" \
+		'$1 == p { if (!seen) { for (i = 2; i <= NF; i++) if ($i == n) c = i; seen = 1 } else { print (c ? $c : 0); exit } }' \
+		/proc/net/netstat /proc/net/snmp)
+	[[ "$TPB_KC" =~ ^[0-9]+$ ]] || TPB_KC=0
+}
+
 # The RSS sampler, run in the background: the proxy tree's RSS every 0.25 s
-# into FILE until the proxy is gone.
+# into FILE, and the host's TCP memory (pages) into FILE.tcp, until the proxy is gone.
 rss_sampler() {
 	local file=$1
 	while tpb_alive "$PX_PID"; do
 		tree_rss "$PX_PID"
 		echo "$TPB_RSS" >>"$file"
+		tcp_mem
+		echo "$TPB_TCPMEM" >>"$file.tcp"
 		sleep 0.25
 	done
 }
@@ -198,6 +222,7 @@ rss_sampler() {
 sampler_start() {
 	local file=$1
 	: >"$file"
+	: >"$file.tcp"
 	tpb_start "$file.log" "" rss_sampler "$file"
 	TPB_SAMPLER_PID=$TPB_LAST_PID
 }
@@ -224,15 +249,21 @@ NOTES=()
 RAN=0
 Q_RPS=""
 Q_P99=""
-ROW_FMT='%-8s %-14s %-7s %-12s %8s %7s %8s %7s %5s/%-5s %8s %7s %5s %8s %9s'
+ROW_FMT='%-8s %-14s %-7s %-12s %8s %7s %8s %7s %5s/%-5s %8s %7s %5s %8s %9s %8s %7s %7s'
+PAGE_KIB=$(($(getconf PAGESIZE) / 1024))
 
 # phase NAME TAG MODE: MODE is "" for a quiet run, else H, B or X; TAG names
 # its files. Returns nonzero when the proxy died during the phase.
 phase() {
 	local name=$1 tag=$2 mode=$3 slow_pid="" held0=0 held1=0 i rss_peak rss_end rps p99 ratio_rps ratio_p99
-	local a0=0 atk="-" dry="-" dry0=0 t0 dt
+	local a0=0 atk="-" dry="-" dry0=0 t0 dt press0 rtx0 tcp_peak
 	local -a sargs
 	tpb_log "$PX: phase $name"
+	# the host's TCP memory pressure and retransmissions from the attack's start to wrk's end
+	kcounter TcpExt:TCPMemoryPressuresChrono
+	press0=$TPB_KC
+	kcounter Tcp:RetransSegs
+	rtx0=$TPB_KC
 	if [ -n "$mode" ]; then
 		sargs=(-c "$SLOW_CONNS" -r "$RATE" -l $((RAMP_MAX + DURATION + 30)) -i "$INTERVAL" -p 3 -v 1)
 		case $mode in
@@ -280,6 +311,11 @@ phase() {
 		fi
 	fi
 	case $PX in turnpike | base) ring_dry; dry=$((TPB_DRY - dry0)) ;; esac
+	kcounter TcpExt:TCPMemoryPressuresChrono
+	local press
+	press=$(awk -v ms=$((TPB_KC - press0)) 'BEGIN {printf "%.1f", ms / 1000}')
+	kcounter Tcp:RetransSegs
+	local rtx=$((TPB_KC - rtx0))
 	if [ -n "$mode" ]; then
 		# wrk's own connections are gone: what is left is the attack's
 		estab
@@ -289,6 +325,7 @@ phase() {
 	tree_rss "$PX_PID"
 	rss_end=$TPB_RSS
 	rss_peak=$(awk -v e="$rss_end" 'BEGIN {m = e} $1 > m {m = $1} END {print m}' "$RESULTS_DIR/rss-$PX-$tag.txt")
+	tcp_peak=$(awk -v k="$PAGE_KIB" '$1 > m {m = $1} END {printf "%.0f", m * k / 1024}' "$RESULTS_DIR/rss-$PX-$tag.txt.tcp")
 	if [ -n "$slow_pid" ]; then
 		tpb_stop "$slow_pid" 50
 		wait_estab_below 0 || tpb_warn "$PX $name: $TPB_ESTAB connections still open 30 s after the attack stopped"
@@ -312,7 +349,7 @@ phase() {
 	# shellcheck disable=SC2059 # ROW_FMT is a format of ours, not data
 	ROWS+=("$(printf "$ROW_FMT" "$PX" "$name" "${mode:+-$mode}" "$held" "$rps" "$ratio_rps" "$p99" "$ratio_p99" \
 		"$TPB_W_SOCKERR" "$TPB_W_NON2XX" "$((rss_peak / 1024))" "$((rss_end / 1024))" \
-		"$(cpu_pct "$dt" "$TPB_W_DUR_US")" "$atk" "$dry")")
+		"$(cpu_pct "$dt" "$TPB_W_DUR_US")" "$atk" "$dry" "$tcp_peak" "$press" "$rtx")")
 	tpb_log "  ${ROWS[-1]}"
 }
 
@@ -386,9 +423,9 @@ done
 	echo "$PROXIES under slowhttptest, $SLOW_CONNS attack connections per phase ($RATE/s, a send every ${INTERVAL}s);"
 	echo "wrk: $WRK_CONNS connections, ${DURATION}s per phase; ratios relative to the proxy's own first quiet run"
 	echo
-	printf '%-8s %-14s %-7s %-12s %8s %7s %8s %7s %11s %8s %7s %5s %8s %9s\n' \
+	printf '%-8s %-14s %-7s %-12s %8s %7s %8s %7s %11s %8s %7s %5s %8s %9s %8s %7s %7s\n' \
 		proxy phase attack "held s->e" "req/s" "x quiet" "p99 ms" "x quiet" "sockerr/5xx" \
-		"RSS max" "RSS end" "CPU%" "atk CPU%" "ring dry"
+		"RSS max" "RSS end" "CPU%" "atk CPU%" "ring dry" "TCP MiB" "press s" "retrans"
 	[ "${#ROWS[@]}" -gt 0 ] && printf '%s\n' "${ROWS[@]}"
 	echo
 	echo "held: established attack connections at the proxy when wrk started and when it ended;"
@@ -398,6 +435,11 @@ done
 	echo "duration (slowhttptest shares CPU ${TPB_CPU_LOAD:-(unpinned)} with wrk and the upstream: what it takes, wrk cannot have);"
 	echo "ring dry (turnpike only): receives that found turnpike's buffer pool (4096 x 16 KiB per worker)"
 	echo "empty during wrk's run (turnpike_buffer_pool_exhausted_total)."
+	echo "TCP MiB: the host's TCP memory at its peak during wrk's run (/proc/net/sockstat: the queues of every"
+	echo "TCP socket, the attack's included), against net.ipv4.tcp_mem ($(awk -v k="$PAGE_KIB" \
+		'{printf "pressure at %.0f MiB, hard limit %.0f MiB", $2 * k / 1024, $3 * k / 1024}' /proc/sys/net/ipv4/tcp_mem));"
+	echo "press s: seconds the host spent in TCP memory pressure, retrans: TCP segments retransmitted"
+	echo "by the host, both from the attack's start to wrk's end."
 	[ "${#NOTES[@]}" -gt 0 ] && printf '%s\n' "${NOTES[@]}"
 } | tee -a "$SUMMARY"
 [ "$RAN" -gt 0 ] || tpb_die "no proxy could be measured"

@@ -342,6 +342,8 @@ struct tp_config {
     uint64_t max_connections;           /* default 100000 */
     uint64_t max_header_bytes;          /* default 16 KiB; 1 KiB .. 1 MiB */
     uint64_t max_body_bytes;            /* default 10 MiB */
+    uint64_t max_unsent_bytes;          /* TCP_NOTSENT_LOWAT of client and upstream sockets; default
+                                           128 KiB, 0 = the host's net.ipv4.tcp_notsent_lowat */
     uint32_t h2_max_concurrent_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS; default 100, 1..2^31-1 */
     uint32_t h2_max_resets_per_s;       /* client resets per connection and second; default 100 */
 

@@ -2393,6 +2393,7 @@ static const struct field limits_fields[] = {
     {"max_connections", T_UINT, AT(CONFIG, max_connections), RANGE(1, 10000000), DEF_U(100000)},
     {"max_header_bytes", T_SIZE, AT(CONFIG, max_header_bytes), RANGE(1024, 1024 * 1024), DEF_U(16 * 1024)},
     {"max_body_bytes", T_SIZE, AT(CONFIG, max_body_bytes), RANGE(0, 1ull << 40), DEF_U(10 * 1024 * 1024)},
+    {"max_unsent_bytes", T_SIZE, AT(CONFIG, max_unsent_bytes), RANGE(0, 1ull << 30), DEF_U(128 * 1024)},
     {"h2_max_concurrent_streams", T_UINT, AT(CONFIG, h2_max_concurrent_streams), RANGE(1, 0x7fffffff),
      DEF_U(100)},
     {"h2_max_resets_per_s", T_UINT, AT(CONFIG, h2_max_resets_per_s), RANGE(1, 1000000), DEF_U(100)},

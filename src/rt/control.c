@@ -21,6 +21,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -249,6 +251,22 @@ static void stop_listening(struct ctl_listener *cl, bool release)
     }
 }
 
+/* A changed limits.max_unsent_bytes: later upstream connections take it at
+ * connect, and every open listener now (connections accepted from here on
+ * inherit it; those already open keep theirs). */
+static void apply_unsent_max(uint32_t v)
+{
+    int lowat = (int)v;
+
+    if (atomic_exchange(&tp_rt.unsent_max, v) == v)
+        return;
+    for (unsigned j = 0; j < ctl.n_lis; j++)
+        for (unsigned s = 0; ctl.lis[j].fds && s < tp_rt.n_shards; s++)
+            if (ctl.lis[j].fds[s] >= 0 &&
+                setsockopt(ctl.lis[j].fds[s], IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat)) == -1)
+                tp_warn("listener %s: TCP_NOTSENT_LOWAT: %s", ctl.lis[j].name, strerror(errno));
+}
+
 /* Opens <l>'s socket for every shard into <fds>. Returns 0 or -errno (nothing left open). */
 static int open_listener(const struct tp_cfg_listener *l, int *fds)
 {
@@ -378,6 +396,7 @@ static void reload(void)
         }
         tp_info("listener %s on %s opened", s->cfg->listeners[i].name, s->cfg->listeners[i].addr.text);
     }
+    apply_unsent_max((uint32_t)s->cfg->max_unsent_bytes);
     for (unsigned sidx = 0; sidx < tp_rt.n_shards; sidx++)
         tp_shard_post(tp_rt.shards[sidx], TP_MSG_RELOAD);
 
@@ -702,6 +721,7 @@ int tp_runtime_run(struct tp_config *cfg, const char *path)
     }
     tp_snapshot_publish(s);
     atomic_store(&tp_rt.max_conns, s->cfg->max_connections);
+    atomic_store(&tp_rt.unsent_max, (uint32_t)s->cfg->max_unsent_bytes);
 
     /* bind everything before starting anything */
     fds = calloc(s->cfg->n_listeners, sizeof(*fds));

@@ -75,6 +75,19 @@ struct tp_runtime {
     _Atomic int shard_error;       /* first setup error of a shard (negative errno) */
     int ctl_wake_fd;               /* eventfd: a shard has news for the control thread */
     bool recv_mshot_limit;         /* the kernel ends a multishot receive at a byte limit (probed) */
+    /*
+     * limits.max_unsent_bytes: the unsent bytes the kernel may queue on one of
+     * our TCP sockets (TCP_NOTSENT_LOWAT; bytes in flight do not count, so a
+     * fast peer's window is never cut). Without it the kernel grows a socket's
+     * send buffer up to net.ipv4.tcp_wmem's maximum (4 MiB by default, at once
+     * on loopback) and takes a whole response from us while the peer reads
+     * nothing: 1000 slow readers of a 1 MiB file put 2 GB in send queues and
+     * the host's TCP memory into pressure, which slows every other connection.
+     * Set on listeners (accepted sockets inherit it; control re-applies it to
+     * the open listeners on reload) and on upstream sockets at connect. 0 = the
+     * host's net.ipv4.tcp_notsent_lowat. [control writes, any reads]
+     */
+    _Atomic uint32_t unsent_max;
 };
 
 extern struct tp_runtime tp_rt;
@@ -119,9 +132,11 @@ void tp_ctl_wake(void);
 /** Queues a listener change for a shard (then post TP_MSG_RELOAD). Returns false when the mailbox is full. */
 bool tp_shard_post_listener(struct tp_shard *sh, const struct tp_lis_msg *m);
 
+
 /**
  * Opens a listening socket for <addr> with SO_REUSEPORT (one per shard and
- * listener). Returns the fd or -errno. [control]
+ * listener), TCP_NODELAY and TCP_NOTSENT_LOWAT (tp_rt.unsent_max), which the
+ * accepted sockets inherit. Returns the fd or -errno. [control]
  */
 int tp_listen_socket(const struct tp_addr *addr, int backlog);
 

@@ -88,7 +88,7 @@ int tp_transport_init(struct tp_transport *t, int fd, const struct tp_transport_
 
 int tp_transport_connect(struct tp_shard *sh, struct tp_transport *t, const struct tp_addr *a)
 {
-    int one = 1;
+    int one = 1, lowat = (int)atomic_load_explicit(&tp_rt.unsent_max, memory_order_relaxed);
     int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
     /* socket(2) and setsockopt(2) run once per upstream connection, not per
@@ -96,6 +96,7 @@ int tp_transport_connect(struct tp_shard *sh, struct tp_transport *t, const stru
     if (fd == -1)
         return -errno;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
     t->fd = fd;
     t->connecting = true;
     struct io_uring_sqe *sqe = tp_sqe(sh);

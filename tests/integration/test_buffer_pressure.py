@@ -23,6 +23,7 @@ import socket
 import time
 
 from tp_harness import T, Client, get, upstream_cfg, wait_until
+from tp_more import derive, reload
 from tp_hostile import good_answer, hostile
 
 N_SLOW = 60
@@ -171,4 +172,73 @@ def test_slow_reader_outlasts_the_upstream_response_timeout(h):
     finally:
         s.close()
     r = get(tp.port, "/after")
+    assert (r.status, r.body) == (200, b"good /after"), r
+
+
+def send_queue(local_port, peer_port):
+    """Bytes the kernel holds on the socket 127.0.0.1:local_port -> 127.0.0.1:peer_port,
+    sent but unacknowledged or not yet sent (tx_queue in /proc/net/tcp); None when
+    there is no such socket."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            loc, rem = fields[1].split(":"), fields[2].split(":")
+            if int(loc[1], 16) == local_port and int(rem[1], 16) == peer_port:
+                return int(fields[4].split(":")[0], 16)
+    return None
+
+
+def stalled_send_queue(tp, size=4 << 20):
+    """Asks for size bytes through a 4 KiB receive window, reads nothing, and
+    returns what the kernel then queues on the gateway's socket towards this
+    client once it stopped growing (held for 1 s). The caller closes the socket."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(T(30))
+    s.connect(("127.0.0.1", tp.port))
+    s.sendall(f"GET /bulk/{size} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    me = s.getsockname()[1]
+    q, same, deadline = -1, 0, time.monotonic() + T(20)
+    while same < 10 and time.monotonic() < deadline:
+        now = send_queue(tp.port, me)
+        same = same + 1 if now == q and now else 0
+        q = now
+        time.sleep(0.1)
+    assert q, f"no queued bytes on the gateway's socket towards port {me}"
+    return s, q
+
+
+def test_unsent_bytes_per_socket_are_bounded(h):
+    """limits.max_unsent_bytes (default 128 KiB) caps what the kernel takes from the
+    gateway for a client that reads nothing (TCP_NOTSENT_LOWAT): without it the
+    kernel grows the socket's send buffer to tcp_wmem's maximum (4 MiB) and queues
+    a whole response per slow reader, which with 1000-2000 slowhttptest readers put
+    the host's TCP memory into pressure and dropped packets of every connection.
+    The default, 0 (the host's setting: no bound here), then 64 KiB after a reload,
+    which applies to the listener's connections accepted after it."""
+    slack = 64 << 10  # the kernel checks the bound before it queues each segment
+    with open("/proc/sys/net/ipv4/tcp_notsent_lowat") as f:
+        host = int(f.read())
+    up = hostile(h)
+    cfg = {"workers": 1, "upstreams": [upstream_cfg("main", up)], "routes": [{"upstream": "main"}]}
+    tp = h.turnpike(cfg)
+    s, q = stalled_send_queue(tp)
+    s.close()
+    print(f"default: {q / 1024:.0f} KiB queued towards a client that reads nothing")
+    assert q <= (128 << 10) + slack, q
+
+    tp2 = h.turnpike(dict(cfg, limits={"max_unsent_bytes": 0}))
+    s, q = stalled_send_queue(tp2)
+    print(f"max_unsent_bytes 0: {q / 1024:.0f} KiB queued")
+    if host >= 1 << 20:
+        # the host's default (no bound): the kernel takes far more than the bound above
+        assert q > 2 * ((128 << 10) + slack), q
+    s.close()
+
+    reload(tp2, derive(tp2, limits={"max_unsent_bytes": "64KiB"}))
+    s, q = stalled_send_queue(tp2)
+    s.close()
+    print(f"after a reload to 64KiB: {q / 1024:.0f} KiB queued")
+    assert q <= (64 << 10) + slack, q
+    r = get(tp2.port, "/after")
     assert (r.status, r.body) == (200, b"good /after"), r

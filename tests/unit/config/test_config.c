@@ -332,6 +332,7 @@ static void test_minimal_defaults(void)
     is_int(cfg->max_connections, 100000, "max_connections default");
     is_int(cfg->max_header_bytes, 16384, "max_header_bytes default");
     is_int(cfg->max_body_bytes, 10485760, "max_body_bytes default");
+    is_int(cfg->max_unsent_bytes, 131072, "max_unsent_bytes default");
     is_int(cfg->h2_max_concurrent_streams, 100, "h2_max_concurrent_streams default");
     is_int(cfg->h2_max_resets_per_s, 100, "h2_max_resets_per_s default");
     ok(!cfg->listeners[0].h2c, "h2c default false");
@@ -544,6 +545,8 @@ static void test_value_errors(void)
            "t.yaml:3:28: limits.max_header_bytes: 512 is out of range (1KiB..1MiB)");
     EXPECT("size too big", LST "limits: {max_body_bytes: 2TiB}\n",
            "t.yaml:3:26: limits.max_body_bytes: 2TiB is out of range (0..1TiB)");
+    EXPECT("unsent bound too big", LST "limits: {max_unsent_bytes: 2GiB}\n",
+           "t.yaml:3:28: limits.max_unsent_bytes: 2GiB is out of range (0..1GiB)");
     EXPECT("enum", LST "access_log: {path: \"-\", format: xml}\n",
            "t.yaml:3:33: access_log.format: invalid value \"xml\" (expected json or combined)");
     EXPECT("empty access log path", LST "access_log: {path: \"\"}\n",
