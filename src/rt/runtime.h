@@ -132,7 +132,6 @@ void tp_ctl_wake(void);
 /** Queues a listener change for a shard (then post TP_MSG_RELOAD). Returns false when the mailbox is full. */
 bool tp_shard_post_listener(struct tp_shard *sh, const struct tp_lis_msg *m);
 
-
 /**
  * Opens a listening socket for <addr> with SO_REUSEPORT (one per shard and
  * listener), TCP_NODELAY and TCP_NOTSENT_LOWAT (tp_rt.unsent_max), which the
