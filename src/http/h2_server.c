@@ -599,7 +599,9 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
         /* pseudo-headers come first; nghttp2 checks which and how many */
         if (nlen == 7 && memcmp(n, ":method", 7) == 0) {
             int m = method_id(v, vlen);
-            if (m < 0 || m == HTTP_CONNECT)
+            /* PRI only exists as HTTP/2's connection preface: an HTTP/1 upstream's
+             * parser takes "PRI " as the start of one, so it is not forwarded */
+            if (m < 0 || m == HTTP_CONNECT || m == HTTP_PRI)
                 st->bad = true;
             else
                 r->method = (uint8_t)m;

@@ -253,15 +253,16 @@ def test_hop_by_hop_is_refused(h):
 
 def test_methods_beyond_the_common_ones(h):
     """Every method llhttp knows is proxied over h2 as it is over HTTP/1; an extension
-    method is a 400 on its stream. (A method outside the common seven once aborted the
-    process: the name lookup walked past llhttp's method map.)"""
+    method is a 400 on its stream, and so is PRI (HTTP/2's preface, which an HTTP/1
+    upstream would take for the start of one). (A method outside the common seven once
+    aborted the process: the name lookup walked past llhttp's method map.)"""
     up = h.upstream()
     tp = start(h, cfg(up))
     c = H2Client(tp.port, validate=False)
     for m in ("PROPFIND", "M-SEARCH", "FLUSH"):
         status, _, body = c.get("/m", method=m)
         assert status == 200 and body == m.encode() + b" /m", (m, status, body)
-    for m in ("FOO", "BREW", "GETX"):
+    for m in ("FOO", "BREW", "GETX", "PRI"):
         status, hs, body = c.get("/m", method=m)
         assert status == 400 and json.loads(body)["status"] == 400, (m, status, body)
     assert c.get("/after")[0] == 200, "the connection stays"
