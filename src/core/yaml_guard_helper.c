@@ -9,8 +9,10 @@
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <linux/capability.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <libfyaml.h>
@@ -91,6 +93,14 @@ int tp_yaml_guard_helper_main(void)
      * inherited (posix_spawn keeps descriptors without close-on-exec). */
     close_range(TP_YG_FD + 1, ~0u, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    /* It reads text and answers a byte: no privilege of the gateway's (root's,
+     * or systemd's AmbientCapabilities=CAP_NET_BIND_SERVICE) is needed here,
+     * so every capability goes, for good (no_new_privs: no exec regains one). */
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    struct __user_cap_header_struct caph = {.version = _LINUX_CAPABILITY_VERSION_3};
+    struct __user_cap_data_struct capd[_LINUX_CAPABILITY_U32S_3] = {{0}};
+    syscall(SYS_capset, &caph, capd);
     if (getppid() == 1)
         return 0;
     /* ready: a helper that cannot run (wrong binary behind the path, e.g.

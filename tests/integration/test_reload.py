@@ -355,17 +355,28 @@ def check_crash_refused(tp, pid):
     sighup_and_wait(tp, gen + 1)
 
 
+def assert_unprivileged(helper):
+    """The helper holds no capability of any kind (the gateway may: it runs as root
+    here, or with CAP_NET_BIND_SERVICE under systemd) and can gain none."""
+    with open(f"/proc/{helper}/status") as f:
+        st = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    for k in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(st[k], 16) == 0, (k, st[k])
+    assert st["NoNewPrivs"].strip() == "1", st["NoNewPrivs"]
+
+
 def test_parser_guard_helper_is_the_small_program(h):
     """The guard's helper is the turnpike-yaml-guard program beside the turnpike binary,
-    which maps libfyaml and libc but none of the gateway's other libraries; it meets a
-    file that crashes libfyaml in place of the gateway, and its successor is the small
-    program again."""
+    which maps libfyaml and libc but none of the gateway's other libraries, and holds no
+    privilege; it meets a file that crashes libfyaml in place of the gateway, and its
+    successor is the small program again."""
     up = h.upstream(name="U")
     tp = h.turnpike({"upstreams": [upstream_cfg("u", up)], "routes": [{"name": "r", "upstream": "u"}]})
     pid = tp.proc.pid
     small = os.path.join(os.path.dirname(os.path.realpath(tp_harness.BIN)), "turnpike-yaml-guard")
     helper = one_guard_helper(pid)
     assert os.readlink(f"/proc/{helper}/exe") == small
+    assert_unprivileged(helper)
     libs = mapped_libs(helper)
     assert any(lib.startswith("libfyaml") for lib in libs), libs
     assert not [lib for lib in libs if lib.startswith(GATEWAY_ONLY_LIBS)], libs
@@ -389,6 +400,7 @@ def test_parser_guard_falls_back_to_the_turnpike_binary(h):
     pid = tp.proc.pid
     helper = one_guard_helper(pid)
     assert os.readlink(f"/proc/{helper}/exe") == alone
+    assert_unprivileged(helper)
     with open(f"/proc/{helper}/cmdline", "rb") as f:
         assert f.read().split(b"\0")[:2] == [b"turnpike", b"--yaml-guard-helper"]
 
