@@ -50,7 +50,9 @@
  * (1 MiB private) for a process that only ever runs libfyaml, against 2 MiB
  * (0.14 MiB private) for the small program. Where it is missing, the
  * turnpike binary runs as `turnpike --yaml-guard-helper` instead; a program
- * that cannot be started, or never says hello, is dropped for the next one.
+ * that cannot be started, exits without its hello, or misses it (5 s) three
+ * times in a row is dropped for the next one (one miss: this text is checked
+ * by a fork, the program is tried again next time).
  * Without any helper (programs other than turnpike linking the config module,
  * or none could be started: /proc/self/exe is not turnpike under valgrind)
  * the check forks the caller, as before.
@@ -124,7 +126,8 @@ static int guard_fork(const char *buf, size_t len)
 static struct guard_prog {
     const char *path; /* NULL: not (or no longer) tried */
     const char *argv0;
-} progs[2] = {{NULL, TP_YAML_GUARD_PROG}, {NULL, "turnpike"}};
+    unsigned silent; /* hellos it missed in a row (slow, not broken: a busy host) */
+} progs[2] = {{NULL, TP_YAML_GUARD_PROG, 0}, {NULL, "turnpike", 0}};
 
 static struct {
     pid_t pid; /* running helper, or -1 */
@@ -159,10 +162,16 @@ static void guard_stop(void)
     guard.pid = -1;
 }
 
+/* Helpers of one program that missed their hello in a row before that program
+ * is given up: a loaded host may be slow once, a program that never answers
+ * should not cost every reload the wait. */
+#define GUARD_SILENT_MAX 3
+
 /* Starts a helper from <prog> and waits for its hello: 0 when it runs, -1 when
- * <prog> cannot run one (it will not work better next time), -2 when the
- * system is short of something (processes, memory, descriptors). */
-static int guard_spawn(const struct guard_prog *prog)
+ * <prog> cannot run one (it exited, or missed GUARD_SILENT_MAX hellos in a row:
+ * it will not work better next time), -2 when the system is short of something
+ * (processes, memory, descriptors) or the helper was too slow this time. */
+static int guard_spawn(struct guard_prog *prog)
 {
     int sv[2], err = 0;
     posix_spawn_file_actions_t fa;
@@ -220,10 +229,15 @@ static int guard_spawn(const struct guard_prog *prog)
     do
         r = poll(&pfd, 1, GUARD_HELLO_MS);
     while (r < 0 && errno == EINTR);
+    if (r == 0) {
+        guard_stop();
+        return ++prog->silent < GUARD_SILENT_MAX ? -2 : -1;
+    }
     if (r != 1 || !tp_yg_read_full(guard.fd, &hello, 1) || hello != TP_YG_HELLO) {
         guard_stop();
         return -1;
     }
+    prog->silent = 0;
     return 0;
 }
 

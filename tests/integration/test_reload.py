@@ -386,6 +386,35 @@ def test_parser_guard_helper_is_the_small_program(h):
     assert os.readlink(f"/proc/{helper}/exe") == small
 
 
+def test_parser_guard_helper_slow_once_is_tried_again(h):
+    """A helper that misses its hello once (5 s: a host too busy to start it in time)
+    costs that one check a fork of the gateway; the next check starts the small program
+    again. (One miss used to drop the small program for the life of the process: every
+    later helper was the whole turnpike binary.)"""
+    bindir = h.tmp_path / "sbin"
+    bindir.mkdir()
+    alone = str(bindir / "turnpike")
+    shutil.copy2(os.path.realpath(tp_harness.BIN), alone)
+    small = os.path.join(os.path.dirname(os.path.realpath(tp_harness.BIN)), "turnpike-yaml-guard")
+    # stands in for the small program: silent the first time, the real one after that
+    stand_in = bindir / "turnpike-yaml-guard"
+    stand_in.write_text(f"""#!/bin/sh
+if [ ! -e "$0.missed" ]; then : >"$0.missed"; exec sleep 60; fi
+exec {small} "$@"
+""")
+    stand_in.chmod(0o755)
+    up = h.upstream(name="U")
+    tp = env_turnpike(h, {"upstreams": [upstream_cfg("u", up)], "routes": [{"name": "r", "upstream": "u"}]}, {},
+                      bin=alone)
+    assert (bindir / "turnpike-yaml-guard.missed").exists(), "the stand-in was not started"
+    pid = tp.proc.pid
+    gen = generation(tp)
+    write_config(tp, tp.config)
+    sighup_and_wait(tp, gen + 1)
+    helper = one_guard_helper(pid)
+    assert os.readlink(f"/proc/{helper}/exe") == small
+
+
 def test_parser_guard_falls_back_to_the_turnpike_binary(h):
     """Where only the turnpike binary was copied (no turnpike-yaml-guard beside it), the
     binary runs as its own guard helper, which guards reloads just the same."""
