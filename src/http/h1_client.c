@@ -35,12 +35,15 @@
 
 #define RESP_HEAD_MAX (64u * 1024u) /* [bytes] largest upstream response head */
 #define POOL_IDLE_MS  15000         /* [ms] idle pooled connection lifetime */
+#define SALVAGE_MS    1000          /* [ms] longest wait for the answer to an abandoned request */
+#define SALVAGE_BYTES (64u * 1024u) /* [bytes] largest such answer read to keep its connection */
 
 enum uc_state {
     UC_CONNECTING = 0, /* connect and TLS handshake */
     UC_ACTIVE,         /* serving a request */
     UC_IDLE,           /* in the keepalive pool, receive armed */
     UC_TUNNEL,         /* handed to a tunnel after a 101: the tunnel drives it */
+    UC_SALVAGE,        /* its request was abandoned: its answer is read and dropped, then pooled */
     UC_CLOSING,
 };
 
@@ -67,6 +70,7 @@ struct tp_uconn {
     struct tp_block *dec_blk;       /* decoded response content being filled */
     struct tp_block *chunk_blk;     /* re-framed request body: the chunk being filled */
     uint32_t served;
+    uint32_t salvaged; /* response bytes read and dropped in UC_SALVAGE */
 };
 
 static const struct tp_transport_ops uconn_proto;
@@ -380,12 +384,117 @@ static void ux_start(struct tp_shard *sh, struct tp_req *r)
     tp_transport_deadline(sh, &uc->t, tp_req_upstream_deadline(r, sh->now_ms, r->limits.upstream_connect_ms));
 }
 
+static void salvage_input(struct tp_shard *sh, struct tp_uconn *uc);
+
+/*
+ * The request left while its upstream exchange was under way (the client went,
+ * or gave up). A request that was sent whole and whose answer has not begun
+ * keeps its connection for a while: the answer is read and dropped, and the
+ * connection pooled if it came whole and small (SALVAGE_MS, SALVAGE_BYTES).
+ * Closing it instead cost a new connection to the upstream for every abandoned
+ * request: h2load's end (1000 streams reset at once) left the pool empty, and
+ * the next burst waited up to seconds on an upstream accepting one connection
+ * per event-loop turn. Anything else closes the connection.
+ */
 static void ux_abort(struct tp_shard *sh, struct tp_req *r)
 {
     struct tp_uconn *uc = r->att.conn;
 
-    if (uc)
+    if (!uc)
+        return;
+    struct tp_ep_shard *ps = &uc->eps->shard[sh->id];
+    if (uc->state != UC_ACTIVE || !r->att.req_sent || uc->hp.head_done || uc->t.send_busy ||
+        tp_transport_pending(&uc->t) || uc->t.peer_closed || sh->draining ||
+        tp_stat_get(&ps->idle_count) >= r->up->cfg->keepalive) {
         uconn_close(sh, uc); /* detaches */
+        return;
+    }
+    uint64_t wait = r->limits.upstream_response_ms < SALVAGE_MS ? r->limits.upstream_response_ms : SALVAGE_MS;
+    detach(uc);
+    uc->state = UC_SALVAGE;
+    uc->pool_keepalive = r->up->cfg->keepalive;
+    uc->skip_body = r->method == HTTP_HEAD;
+    uc->salvaged = 0;
+    tp_transport_deadline(sh, &uc->t, sh->now_ms + wait);
+    tp_transport_resume_recv(sh, &uc->t);
+    salvage_input(sh, uc);
+}
+
+/* Reads the answer to an abandoned request (UC_SALVAGE) and drops it; pools the
+ * connection once the answer is complete and the connection reusable. */
+static void salvage_input(struct tp_shard *sh, struct tp_uconn *uc)
+{
+    struct tp_transport *t = &uc->t;
+    struct tp_rbuf *e;
+
+    while (uc->state == UC_SALVAGE) {
+        if (!uc->hp.head_done) {
+            unsigned status = 502;
+            uint32_t before = t->in.bytes;
+            if (!t->in.n)
+                break;
+            enum tp_head_rc rc = tp_head_parse(sh, &uc->hp, &t->in, RESP_HEAD_MAX, &status);
+            uc->salvaged += before - t->in.bytes;
+            if (rc == TP_HEAD_MORE)
+                break;
+            llhttp_t *p = &uc->hp.p;
+            unsigned code = p->status_code;
+            tp_head_release(sh, &uc->rhead);
+            if (rc == TP_HEAD_ERROR || code == 101 || uc->salvaged > SALVAGE_BYTES) {
+                uconn_close(sh, uc);
+                return;
+            }
+            if (code < 200) {
+                /* interim: the next head follows */
+                tp_head_dispose(sh, &uc->rhead);
+                tp_head_init(&uc->rhead);
+                uc->hp.head_done = false;
+                tp_h1_parser_finish_message(&uc->hp);
+                continue;
+            }
+            if (!uc->skip_body && code != 204 && code != 304 &&
+                !(p->flags & (F_CHUNKED | F_CONTENT_LENGTH))) {
+                uconn_close(sh, uc); /* ends at EOF: nothing to keep */
+                return;
+            }
+            uc->mode = RM_RAW; /* the body callback keeps nothing */
+            llhttp_resume(p);
+            if (!uc->hp.msg_done)
+                llhttp_execute(p, "", 0); /* a bodiless answer reaches its end here */
+        } else {
+            e = tp_inq_front(&t->in);
+            if (!e)
+                break;
+            const char *data = tp_rbuf_data(sh, e);
+            uint32_t used;
+            llhttp_errno_t rc = tp_h1_execute(&uc->hp, data, e->len);
+            if (rc == HPE_PAUSED) {
+                used = (uint32_t)(llhttp_get_error_pos(&uc->hp.p) - data);
+            } else if (rc == HPE_OK) {
+                used = e->len;
+            } else {
+                uconn_close(sh, uc);
+                return;
+            }
+            uc->salvaged += used;
+            tp_inq_consume(sh, &t->in, used);
+            if (uc->salvaged > SALVAGE_BYTES) {
+                uconn_close(sh, uc);
+                return;
+            }
+        }
+        if (uc->hp.msg_done) {
+            uc->hp.msg_done = false;
+            if (!llhttp_should_keep_alive(&uc->hp.p) || t->in.n || t->peer_closed) {
+                uconn_close(sh, uc);
+                return;
+            }
+            pool_put(sh, uc, uc->pool_keepalive);
+            return;
+        }
+    }
+    if (uc->state == UC_SALVAGE && t->peer_closed)
+        uconn_close(sh, uc);
 }
 
 /* ---- request body ---- */
@@ -593,6 +702,10 @@ static void uconn_on_input(struct tp_shard *sh, struct tp_transport *t)
 {
     struct tp_uconn *uc = uconn_of(t);
 
+    if (uc->state == UC_SALVAGE) {
+        salvage_input(sh, uc);
+        return;
+    }
     if (uc->state == UC_IDLE || !uc->req) {
         /* pooled: data, EOF or an error all mean the connection is done
          * (TLS session tickets decrypt to nothing and never get here) */
@@ -833,7 +946,7 @@ void tp_h1c_close_all(struct tp_shard *sh, bool all)
         struct tp_uconn *uc = (struct tp_uconn *)o;
         if (o->in_free || uc->state == UC_CLOSING || uc->state == UC_TUNNEL)
             continue; /* tunnels close through their own drain */
-        if (all || uc->state == UC_IDLE)
+        if (all || uc->state == UC_IDLE || uc->state == UC_SALVAGE)
             uconn_close(sh, uc);
     }
 }

@@ -16,6 +16,7 @@ shares one upstream pool.
 """
 import select
 import socket
+import struct
 import threading
 import time
 
@@ -24,7 +25,7 @@ import pytest
 from tp_harness import (T, Client, Incomplete, Response, assert_gateway_error, has_token, upstream_cfg,
                         wait_until)
 from tp_hostile import asan_env, hostile, vm_rss_kib, wait_released, warm_buffer_pool
-from tp_more import env_turnpike
+from tp_more import env_turnpike, metrics
 
 MiB = 1 << 20
 
@@ -644,3 +645,104 @@ def test_response_one_byte_per_segment(h, resp, body):
     r = c.read_response()
     assert (r.status, r.body, r.header("x-a")) == (200, body, "a" * 300), r
     check_next(tp, up, [], c)
+
+
+# --------------------------------------------------------------------------
+# 11. the answer to a request its client abandoned
+# --------------------------------------------------------------------------
+
+def abandoned(h, answer, method="GET"):
+    """A request whose client leaves (a reset: an HTTP/1 client's FIN alone is a half
+    close, and the gateway still delivers the answer) before the answer. The upstream
+    is told to send <answer> (bytes; a function of the upstream connection that sends
+    it; None: never answer) only once the gateway has seen the client go. Returns (tp,
+    up, id of the upstream connection the request went on)."""
+    client_gone = threading.Event()
+
+    def bad(req, conn):
+        if client_gone.wait(T(10)) and answer is not None:
+            if callable(answer):
+                answer(conn)
+            else:
+                conn.send(answer)
+        return None
+
+    up = hostile(h, bad=bad)
+    tp = gateway(h, up)
+    c = Client(tp.port)
+    c.request(method, "/bad")
+    assert up.got_bad.wait(T(10))
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    wait_until(lambda: metrics(tp).total("turnpike_requests_active") == 0, T(10), what="the request to end")
+    client_gone.set()
+    return tp, up, up.bad_conns[0]
+
+
+ANSWERS = {
+    "length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    "chunked with trailers": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n",
+    "after 100 and 103": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                         b"HTTP/1.1 204 No Content\r\n\r\n",
+    "in one-byte pieces": None,  # the "length" answer, a byte per send
+}
+
+
+@pytest.mark.parametrize("kind", list(ANSWERS))
+def test_abandoned_request_keeps_its_upstream_connection(h, kind):
+    """A request sent whole whose client left before any answer keeps its upstream
+    connection: the gateway reads the answer, drops it and pools the connection, which
+    the next request then gets. (It used to close the connection: an h2load run's end,
+    1000 streams reset at once, emptied the pool and the next burst of requests waited
+    up to seconds for new connections on a busy upstream.)"""
+    answer = ANSWERS[kind]
+    if answer is None:
+        whole = ANSWERS["length"]
+
+        def answer_slowly(conn):
+            for i in range(len(whole)):
+                conn.send(whole[i:i + 1])
+                time.sleep(0.005)
+        tp, up, bad = abandoned(h, answer_slowly)
+    else:
+        tp, up, bad = abandoned(h, answer)
+    wait_until(lambda: metrics(tp).total("turnpike_upstream_pool_idle_connections") == 1, T(10),
+               what="the abandoned request's connection in the pool")
+    c = Client(tp.port)
+    c.request("GET", "/next")
+    r = c.read_response()
+    assert (r.status, r.body) == (200, b"good /next"), r
+    assert int(r.header("x-conn")) == bad, "the next request did not get the pooled connection"
+    assert len(up.conns) == 1
+    c.close()
+
+
+def test_abandoned_head_request_keeps_its_upstream_connection(h):
+    """The answer to HEAD has no body whatever its Content-Length says."""
+    tp, up, bad = abandoned(h, b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", method="HEAD")
+    wait_until(lambda: metrics(tp).total("turnpike_upstream_pool_idle_connections") == 1, T(10),
+               what="the abandoned request's connection in the pool")
+    c = Client(tp.port)
+    c.request("GET", "/next")
+    r = c.read_response()
+    assert int(r.header("x-conn")) == bad and r.body == b"good /next", r
+    c.close()
+
+
+@pytest.mark.parametrize("kind, answer", [
+    ("over 64 KiB", b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000),
+    ("ends at close", b"HTTP/1.1 200 OK\r\n\r\nuntil the close"),
+    ("connection: close", b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"),
+    ("bytes after it", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + FAKE),
+    ("malformed", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"),
+    ("101", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"),
+    ("never", None),
+])
+def test_abandoned_request_connection_closed_when_not_reusable(h, kind, answer):
+    """An answer to an abandoned request that is too large, ends at the close, asks for
+    the close, carries bytes beyond itself, is malformed or switches protocols, or that
+    does not come within a second, closes the connection; what the next requests get is
+    their own answer from another connection."""
+    tp, up, bad = abandoned(h, answer)
+    assert up.wait_gone(bad, T(10)), f"the gateway kept the connection after an answer that {kind}"
+    check_next(tp, up, [bad])
