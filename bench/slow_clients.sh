@@ -16,6 +16,8 @@
 #                  to /body, where the upstream answers only after the whole body)
 #   slow read      slowhttptest -X (requests a 1 MiB file, reads a few bytes a second
 #                  through a tiny TCP window)
+#   decoy read     (MODES D, not by default) the same slow read aimed at the upstream
+#                  itself, not through the proxy: the attack's cost to the machine
 #   quiet (after)  wrk alone again: did the proxy recover?
 #
 # In each attack phase SLOW_CONNS attack connections are opened (at RATE per
@@ -48,6 +50,8 @@ usage: bench/slow_clients.sh [options]
   -s, --slow N          slowhttptest connections per attack (env SLOW_CONNS, default 1000)
   -c, --conns N         wrk connections, the ordinary clients (env WRK_CONNS, default 64)
   -m, --modes "M..."    attacks, of H (slow headers) B (slow body) X (slow read)
+                        D (decoy: the slow read aimed at the upstream itself, not through
+                        the proxy: what the attack costs the machine whatever is in front)
                         (env MODES, default "H B X")
   -o, --out DIR         results directory (env RESULTS_DIR, default bench/results/slow-<timestamp>)
 other env: RATE (attack connections/s, default 250), INTERVAL (s between slow
@@ -94,7 +98,7 @@ for v in DURATION SLOW_CONNS WRK_CONNS WRK_THREADS RATE INTERVAL RAMP_MAX; do
 	[[ "${!v}" =~ ^[1-9][0-9]*$ ]] || tpb_die "$v must be a positive whole number (got '${!v}')"
 done
 for m in $MODES; do
-	case $m in H | B | X) ;; *) tpb_die "unknown mode '$m' (known: H B X)" ;; esac
+	case $m in H | B | X | D) ;; *) tpb_die "unknown mode '$m' (known: H B X D)" ;; esac
 done
 [ -n "${PROXIES// /}" ] || tpb_die "PROXIES is empty"
 seen=" "
@@ -150,9 +154,14 @@ PX_PID=""
 PORT=""
 
 # Established TCP connections to the proxy's listener (client side sockets
-# excluded: only the server side, sport = PORT), into TPB_ESTAB.
+# excluded: only the server side, sport = PORT), into TPB_ESTAB. The decoy
+# attack counts at the upstream's port instead (ATK_PORT), less the
+# connections the proxy itself held there before it (ATK_BASE).
+ATK_PORT=""
+ATK_BASE=0
 estab() {
-	TPB_ESTAB=$(ss -Htn state established "( sport = :$PORT )" 2>/dev/null | wc -l)
+	TPB_ESTAB=$(ss -Htn state established "( sport = :${ATK_PORT:-$PORT} )" 2>/dev/null | wc -l)
+	TPB_ESTAB=$((TPB_ESTAB - ATK_BASE))
 }
 
 # turnpike_buffer_pool_exhausted_total (receives that found every buffer of
@@ -264,12 +273,20 @@ phase() {
 	press0=$TPB_KC
 	kcounter Tcp:RetransSegs
 	rtx0=$TPB_KC
+	ATK_PORT=""
+	ATK_BASE=0
+	if [ "$mode" = D ]; then
+		ATK_PORT=$TPB_UP_PORT
+		estab
+		ATK_BASE=$TPB_ESTAB
+	fi
 	if [ -n "$mode" ]; then
 		sargs=(-c "$SLOW_CONNS" -r "$RATE" -l $((RAMP_MAX + DURATION + 30)) -i "$INTERVAL" -p 3 -v 1)
 		case $mode in
 		H) sargs+=(-H -x 24 -u "http://127.0.0.1:$PORT/") ;;
 		B) sargs+=(-B -s 65536 -x 24 -u "http://127.0.0.1:$PORT/body") ;;
 		X) sargs+=(-X -k 1 -n "$INTERVAL" -w 32 -y 64 -z 32 -u "http://127.0.0.1:$PORT/big/1m.bin") ;;
+		D) sargs+=(-X -k 1 -n "$INTERVAL" -w 32 -y 64 -z 32 -u "http://127.0.0.1:$TPB_UP_PORT/big/1m.bin") ;;
 		esac
 		if [ "$ATTACK_NICE" != 0 ]; then
 			tpb_start "$RESULTS_DIR/slowhttptest-$PX-$tag.txt" "$TPB_CPU_LOAD" nice -n "$ATTACK_NICE" "$SLOWHTTPTEST_BIN" "${sargs[@]}"
@@ -328,7 +345,7 @@ phase() {
 	tcp_peak=$(awk -v k="$PAGE_KIB" '$1 > m {m = $1} END {printf "%.0f", m * k / 1024}' "$RESULTS_DIR/rss-$PX-$tag.txt.tcp")
 	if [ -n "$slow_pid" ]; then
 		tpb_stop "$slow_pid" 50
-		wait_estab_below 0 || tpb_warn "$PX $name: $TPB_ESTAB connections still open 30 s after the attack stopped"
+		wait_estab_below "$([ "$mode" = D ] && echo "$WRK_CONNS" || echo 0)" || tpb_warn "$PX $name: $TPB_ESTAB connections still open 30 s after the attack stopped"
 	fi
 	if ! tpb_alive "$PX_PID"; then
 		ROWS+=("$(printf '%-8s %-14s %-7s died; log: %s' "$PX" "$name" "${mode:+-$mode}" \
@@ -401,6 +418,7 @@ run_proxy() {
 			H) phase "slow headers" H H ;;
 			B) phase "slow body" B B ;;
 			X) phase "slow read" X X ;;
+			D) phase "decoy read" D D ;;
 			esac || break
 		done
 	fi
