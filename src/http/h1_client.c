@@ -204,6 +204,16 @@ void tp_h1c_pool_close(struct tp_shard *sh, struct tp_endpoint_state *eps)
     struct tp_ep_shard *ps = &eps->shard[sh->id];
     while (ps->idle)
         uconn_close(sh, ps->idle);
+    /* Connections on their way back to this pool hold no request, so no snapshot
+     * keeps <eps> alive for them: those reading an abandoned request's answer, and
+     * those waiting for their last send. They close with the pool. */
+    unsigned id = (unsigned)tp_http_shard(sh)->slab_uconn;
+    struct tp_slot *o;
+    for (uint32_t i = 0; (o = tp_slab_at(sh, id, i)); i++) {
+        struct tp_uconn *uc = (struct tp_uconn *)o;
+        if (!o->in_free && uc->eps == eps && !uc->req && (uc->state == UC_SALVAGE || uc->state == UC_ACTIVE))
+            uconn_close(sh, uc);
+    }
 }
 
 /* A finished connection goes back to its endpoint's pool, newest first. */

@@ -25,7 +25,7 @@ import pytest
 from tp_harness import (T, Client, Incomplete, Response, assert_gateway_error, has_token, upstream_cfg,
                         wait_until)
 from tp_hostile import asan_env, hostile, vm_rss_kib, wait_released, warm_buffer_pool
-from tp_more import env_turnpike, metrics
+from tp_more import derive, env_turnpike, metrics, reload
 
 MiB = 1 << 20
 
@@ -746,3 +746,30 @@ def test_abandoned_request_connection_closed_when_not_reusable(h, kind, answer):
     tp, up, bad = abandoned(h, answer)
     assert up.wait_gone(bad, T(10)), f"the gateway kept the connection after an answer that {kind}"
     check_next(tp, up, [bad])
+
+
+def test_abandoned_request_of_a_removed_endpoint(h):
+    """A reload that removes the endpoint while its connection waits for an abandoned
+    request's answer closes that connection with the endpoint's pool. The connection
+    holds no request, so no generation keeps the endpoint's state alive for it: an
+    answer that came later used to be pooled into freed memory (ASan: heap-use-after-free)."""
+    release = threading.Event()
+
+    def late(conn):
+        if release.wait(T(10)):
+            conn.send(ANSWERS["length"])
+
+    tp, up, bad = abandoned(h, late)
+    other = hostile(h, name="other")
+    reload(tp, derive(tp, upstreams=[upstream_cfg("h", other, keepalive=8)]))
+    # the answer comes once the old generation is gone (collected every 100 ms), inside
+    # the 1 s an abandoned request's answer is waited for
+    time.sleep(0.3)
+    release.set()
+    assert up.wait_gone(bad, T(10)), "the removed endpoint's connection was kept"
+    c = Client(tp.port)
+    c.request("GET", "/after")
+    r = c.read_response()
+    assert (r.status, r.body) == (200, b"good /after"), r
+    c.close()
+    assert tp.proc.poll() is None, tp.stderr()[-3000:]
