@@ -28,6 +28,7 @@
 
 #include "auth/auth_int.h"
 #include "core/yaml_guard.h"
+#include "core/yaml_text.h"
 
 #define MAX_KEYS (1u << 20)
 
@@ -47,7 +48,18 @@ struct tp_apikeys {
 struct akload {
     char *errbuf;
     size_t errlen;
+    const char *in; /* the file's text */
+    size_t in_len;
 };
+
+/* The text of scalar node <n> (core/yaml_text.h), valid until *<own> is freed. */
+static const char *scalar(const struct akload *l, struct fy_node *n, size_t *len, char **own)
+{
+    struct fy_token *t = fy_node_get_scalar_token(n);
+
+    *own = NULL;
+    return t ? tp_yaml_text(t, l->in, l->in_len, len, own) : NULL;
+}
 
 static void discard_output(struct fy_diag *diag, void *user, const char *buf, size_t len)
 {
@@ -157,8 +169,9 @@ static int load_entry(struct akload *l, struct fy_node *item, size_t idx, struct
         return fail_at(l, item, idx, "each entry is a mapping {name, sha256, tenant}");
     while ((pair = fy_node_mapping_iterate(item, &it)) != NULL) {
         struct fy_node *key = fy_node_pair_key(pair), *val = fy_node_pair_value(pair);
+        char *own = NULL;
         const char *ks =
-            key && fy_node_is_scalar(key) && !fy_node_is_alias(key) ? fy_node_get_scalar(key, &len) : NULL;
+            key && fy_node_is_scalar(key) && !fy_node_is_alias(key) ? scalar(l, key, &len, &own) : NULL;
         struct fy_node **slot = NULL;
         if (ks && len == 4 && memcmp(ks, "name", 4) == 0)
             slot = &name;
@@ -166,6 +179,7 @@ static int load_entry(struct akload *l, struct fy_node *item, size_t idx, struct
             slot = &sha;
         else if (ks && len == 6 && memcmp(ks, "tenant", 6) == 0)
             slot = &tenant;
+        free(own);
         if (!slot)
             return fail_at(l, key, idx, "unknown key (expected name, sha256, tenant)");
         if (*slot)
@@ -177,25 +191,36 @@ static int load_entry(struct akload *l, struct fy_node *item, size_t idx, struct
     if (!name || !sha)
         return fail_at(l, item, idx, "name and sha256 are required");
 
-    s = fy_node_get_scalar(sha, &len);
-    if (!s || len != 64)
-        return fail_at(l, sha, idx, "sha256 must be 64 hex digits (the SHA-256 of the key)");
-    for (size_t i = 0; i < 32; i++) {
+    char *own;
+    s = scalar(l, sha, &len, &own);
+    bool hex = s && len == 64;
+    for (size_t i = 0; hex && i < 32; i++) {
         int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return fail_at(l, sha, idx, "sha256 must be 64 hex digits (the SHA-256 of the key)");
-        k->digest[i] = (unsigned char)(hi << 4 | lo);
+        hex = hi >= 0 && lo >= 0;
+        if (hex)
+            k->digest[i] = (unsigned char)(hi << 4 | lo);
     }
-    s = fy_node_get_scalar(name, &len);
-    if (!s || len == 0 || has_control(s, len))
+    free(own);
+    if (!hex)
+        return fail_at(l, sha, idx, "sha256 must be 64 hex digits (the SHA-256 of the key)");
+    s = scalar(l, name, &len, &own);
+    if (!s || len == 0 || has_control(s, len)) {
+        free(own);
         return fail_at(l, name, idx, "name must be a non-empty string without control characters");
-    if (!(k->name = strndup(s, len)))
+    }
+    k->name = strndup(s, len);
+    free(own);
+    if (!k->name)
         return -ENOMEM;
     if (tenant) {
-        s = fy_node_get_scalar(tenant, &len);
-        if (!s || len == 0 || has_control(s, len))
+        s = scalar(l, tenant, &len, &own);
+        if (!s || len == 0 || has_control(s, len)) {
+            free(own);
             return fail_at(l, tenant, idx, "tenant must be a non-empty string without control characters");
-        if (!(k->tenant = strndup(s, len)))
+        }
+        k->tenant = strndup(s, len);
+        free(own);
+        if (!k->tenant)
             return -ENOMEM;
     }
     return 0;
@@ -245,7 +270,7 @@ static int build_table(struct akload *l, struct tp_apikeys *t)
 
 struct tp_apikeys *tp_apikeys_load_mem(const char *yaml, size_t len, char *errbuf, size_t errlen, int *errp)
 {
-    struct akload l = {.errbuf = errbuf, .errlen = errlen};
+    struct akload l = {.errbuf = errbuf, .errlen = errlen, .in = yaml, .in_len = len};
     struct tp_apikeys *t = NULL;
     struct fy_diag_cfg dcfg;
     struct fy_diag *diag = NULL;

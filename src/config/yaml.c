@@ -29,6 +29,7 @@
 
 #include "config/config_int.h"
 #include "core/yaml_guard.h"
+#include "core/yaml_text.h"
 
 /* A walk of more nodes than this is refused: a real configuration has a few
  * thousand, an alias bomb has billions. */
@@ -55,6 +56,8 @@ struct ybuild {
     struct yanchor *anchors;
     size_t n_anchors, anchors_cap;
     struct tp_ynode *root;
+    const char *in; /* the text parsed */
+    size_t in_len;
     bool failed;
 };
 
@@ -204,12 +207,14 @@ static void on_scalar(struct ybuild *b, struct fy_event *fye)
 
     if (!n)
         return;
-    s = fy_token_get_text(fye->scalar.value, &len);
+    char *own;
+    s = tp_yaml_text(fye->scalar.value, b->in, b->in_len, &len, &own);
     if (!s) {
         s = "";
         len = 0;
     }
     n->str = tp_cfg_arena_strndup(b->a, s, len);
+    free(own);
     if (!n->str)
         return oom(b);
     n->len = len;
@@ -365,7 +370,7 @@ static int parser_survives(const char *buf, size_t len, struct tp_cfg_errs *errs
 struct tp_ynode *tp_cfg_yaml_parse(const char *buf, size_t len, struct tp_cfg_arena *a,
                                    struct tp_cfg_errs *errs, bool *empty)
 {
-    struct ybuild b = {.a = a, .errs = errs};
+    struct ybuild b = {.a = a, .errs = errs, .in = buf, .in_len = len};
     struct fy_diag_cfg dcfg;
     struct fy_diag *diag;
     struct fy_parser *fyp = NULL;
