@@ -11,7 +11,10 @@
 # Crashing, leaking or timing-out inputs are written to
 # build/fuzz-long/TARGET/artifacts/ and each is run again alone: one that does
 # not crash the target then (a libfyaml crash met by the guard's child process,
-# see src/core/yaml_guard.c) is moved to artifacts/guarded/ and is no finding.
+# see src/core/yaml_guard.c) is moved to artifacts/guarded/ and is no finding;
+# a timeout that does not recur goes to artifacts/unreproduced/ (the run was
+# stalled: never SIGSTOP a fuzzer, its per-input timer counts wall time).
+# Runs started together take turns building build/fuzz (flock).
 # The whole libFuzzer output is in build/fuzz-long/TARGET/fuzz.log.
 #
 # At the end it prints the executions, the coverage (edges and features), the
@@ -40,12 +43,18 @@ case $secs in
 esac
 
 build=build/fuzz
+# two runs started together must not build build/fuzz at the same time
+mkdir -p build
+exec 9>build/.fuzz-build.lock
+flock 9
 if [ ! -f "$build/CMakeCache.txt" ]; then
     CC=clang cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Debug -DTP_SANITIZE=address -DTP_FUZZ=ON >/dev/null
 else
     cmake "$build" >/dev/null # re-globs tests/fuzz, so a target added since is known
 fi
 cmake --build "$build" -j"$(nproc)" --target "$t" >/dev/null
+flock -u 9
+exec 9>&-
 
 work=build/fuzz-long/$t
 mkdir -p "$work/corpus" "$work/artifacts"
@@ -70,13 +79,25 @@ rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
 # that meets a libfyaml crash runs libFuzzer's crash handler too and leaves an
 # artifact, although the target itself refused the file cleanly: those go to
 # artifacts/guarded/.
+# A timeout or slow unit that does not recur alone says the machine stalled the
+# run (overload, or a stopped process: libFuzzer's per-input timer runs on the
+# wall clock, so never SIGSTOP a fuzzer); those go to artifacts/unreproduced/.
 found=0
 guarded=0
-mkdir -p "$work/artifacts/guarded"
+unrepro=0
+mkdir -p "$work/artifacts/guarded" "$work/artifacts/unreproduced"
 for f in $(find "$work/artifacts" -maxdepth 1 -type f -newer "$work/.start"); do
     if "$build/$t" -runs=1 -timeout=10 -rss_limit_mb=2048 -artifact_prefix="$work/rerun-" "$f" >/dev/null 2>&1; then
-        mv "$f" "$work/artifacts/guarded/"
-        guarded=$((guarded + 1))
+        case ${f##*/} in
+        timeout-* | slow-unit-*)
+            mv "$f" "$work/artifacts/unreproduced/"
+            unrepro=$((unrepro + 1))
+            ;;
+        *)
+            mv "$f" "$work/artifacts/guarded/"
+            guarded=$((guarded + 1))
+            ;;
+        esac
     else
         found=$((found + 1))
     fi
@@ -87,6 +108,10 @@ echo "fuzz_long: $t executions ${execs:-?} (${rate:-?}/s), coverage ${cov:-?} ed
 if [ "$guarded" -gt 0 ]; then
     echo "fuzz_long: $t $guarded input(s) crashed libfyaml inside the guard's child only (refused cleanly):" \
         "$work/artifacts/guarded"
+fi
+if [ "$unrepro" -gt 0 ]; then
+    echo "fuzz_long: $t $unrepro input(s) timed out during the run but not alone (a stalled machine?):" \
+        "$work/artifacts/unreproduced"
 fi
 if [ "$found" -gt 0 ] || [ "$rc" -ne 0 ]; then
     echo "fuzz_long: $t FOUND something; artifacts in $work/artifacts:"
