@@ -81,7 +81,7 @@ struct tp_runtime {
      * fast peer's window is never cut). Without it the kernel grows a socket's
      * send buffer up to net.ipv4.tcp_wmem's maximum (4 MiB by default, at once
      * on loopback) and takes a whole response from us while the peer reads
-     * nothing: 1000 slow readers of a 1 MiB file put 2 GB in send queues and
+     * nothing: 1000 slow readers of a 1 MiB file put 2 GiB in send queues and
      * the host's TCP memory into pressure, which slows every other connection.
      * Set on listeners (accepted sockets inherit it; control re-applies it to
      * the open listeners on reload) and on upstream sockets at connect. 0 = the
