@@ -95,14 +95,15 @@ int tp_yaml_guard_helper_main(void)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     /* It reads text and answers a byte: no privilege of the gateway's (root's,
      * or systemd's AmbientCapabilities=CAP_NET_BIND_SERVICE) is needed here,
-     * so every capability goes, for good (no_new_privs: no exec regains one). */
+     * so every capability goes, for good (no_new_privs: no exec regains one).
+     * Defence in depth: the gateway parses the same text itself right after. */
     prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
     struct __user_cap_header_struct caph = {.version = _LINUX_CAPABILITY_VERSION_3};
     struct __user_cap_data_struct capd[_LINUX_CAPABILITY_U32S_3] = {{0}};
     syscall(SYS_capset, &caph, capd);
-    if (getppid() == 1)
-        return 0;
+    /* (no getppid() == 1 test for a gateway gone before the prctl: turnpike may be
+     * PID 1 in a container; a gone gateway fails the hello's write instead) */
     /* ready: a helper that cannot run (wrong binary behind the path, e.g.
      * under valgrind) never says so, and the gateway does without it */
     unsigned char hello = TP_YG_HELLO;

@@ -159,6 +159,13 @@ static struct tp_req *detach(struct tp_uconn *uc)
     return r;
 }
 
+/* The endpoint was removed by a reload: its state lives only as long as a
+ * generation holding it, so a connection without a request must not keep it. */
+static bool ep_retired(const struct tp_uconn *uc)
+{
+    return atomic_load_explicit(&uc->eps->retired, memory_order_acquire);
+}
+
 static void uconn_close(struct tp_shard *sh, struct tp_uconn *uc)
 {
     if (uc->state == UC_CLOSING)
@@ -204,14 +211,20 @@ void tp_h1c_pool_close(struct tp_shard *sh, struct tp_endpoint_state *eps)
     struct tp_ep_shard *ps = &eps->shard[sh->id];
     while (ps->idle)
         uconn_close(sh, ps->idle);
-    /* Connections on their way back to this pool hold no request, so no snapshot
-     * keeps <eps> alive for them: those reading an abandoned request's answer, and
-     * those waiting for their last send. They close with the pool. */
+}
+
+void tp_h1c_close_retired(struct tp_shard *sh)
+{
+    /* Connections on their way back to a pool hold no request, so no generation
+     * keeps a removed endpoint's state alive for them: those reading an abandoned
+     * request's answer, and those waiting for their last send. They close with the
+     * pool, in one walk for every endpoint the generation removed. (Later ones
+     * never start: ux_abort and response_done check the flag.) */
     unsigned id = (unsigned)tp_http_shard(sh)->slab_uconn;
     struct tp_slot *o;
     for (uint32_t i = 0; (o = tp_slab_at(sh, id, i)); i++) {
         struct tp_uconn *uc = (struct tp_uconn *)o;
-        if (!o->in_free && uc->eps == eps && !uc->req && (uc->state == UC_SALVAGE || uc->state == UC_ACTIVE))
+        if (!o->in_free && !uc->req && (uc->state == UC_SALVAGE || uc->state == UC_ACTIVE) && ep_retired(uc))
             uconn_close(sh, uc);
     }
 }
@@ -398,7 +411,7 @@ static void salvage_input(struct tp_shard *sh, struct tp_uconn *uc);
 
 /*
  * The request left while its upstream exchange was under way (the client went,
- * or gave up). A request that was sent whole and whose answer has not begun
+ * or gave up). A request that was sent whole and whose answer's head is not complete
  * keeps its connection for a while: the answer is read and dropped, and the
  * connection pooled if it came whole and small (SALVAGE_MS, SALVAGE_BYTES).
  * Closing it instead cost a new connection to the upstream for every abandoned
@@ -414,7 +427,7 @@ static void ux_abort(struct tp_shard *sh, struct tp_req *r)
         return;
     struct tp_ep_shard *ps = &uc->eps->shard[sh->id];
     if (uc->state != UC_ACTIVE || !r->att.req_sent || uc->hp.head_done || uc->t.send_busy ||
-        tp_transport_pending(&uc->t) || uc->t.peer_closed || sh->draining ||
+        tp_transport_pending(&uc->t) || uc->t.peer_closed || sh->draining || ep_retired(uc) ||
         tp_stat_get(&ps->idle_count) >= r->up->cfg->keepalive) {
         uconn_close(sh, uc); /* detaches */
         return;
@@ -450,7 +463,8 @@ static void salvage_input(struct tp_shard *sh, struct tp_uconn *uc)
             llhttp_t *p = &uc->hp.p;
             unsigned code = p->status_code;
             tp_head_release(sh, &uc->rhead);
-            if (rc == TP_HEAD_ERROR || code == 101 || uc->salvaged > SALVAGE_BYTES) {
+            if (rc == TP_HEAD_ERROR || code < 100 || code > 599 || code == 101 ||
+                uc->salvaged > SALVAGE_BYTES) {
                 uconn_close(sh, uc);
                 return;
             }
@@ -821,8 +835,8 @@ static void response_done(struct tp_shard *sh, struct tp_uconn *uc)
     }
     detach(uc);
     uc->served++;
-    if (!reusable) {
-        uconn_close(sh, uc);
+    if (!reusable || ep_retired(uc)) {
+        uconn_close(sh, uc); /* a removed endpoint's state may be gone before our send */
     } else if (uc->t.send_busy) {
         /* our send has not completed yet: pool it when it has */
         uc->pool_when_sent = true;

@@ -81,12 +81,16 @@ static void http_on_snapshot(struct tp_shard *sh, struct tp_snapshot *old)
     if (!old)
         return;
     tp_tunnel_on_snapshot(sh);
+    bool removed = false;
     for (size_t u = 0; u < old->n_ups; u++)
         for (size_t e = 0; e < old->ups[u].n_eps; e++)
             if (atomic_load_explicit(&old->ups[u].eps[e].st->retired, memory_order_acquire)) {
                 tp_h1c_pool_close(sh, old->ups[u].eps[e].st);
                 tp_h2c_pool_close(sh, old->ups[u].eps[e].st);
+                removed = true;
             }
+    if (removed)
+        tp_h1c_close_retired(sh);
 }
 
 /* A listener was removed: its connections finish what they serve, then close. */

@@ -59,6 +59,8 @@ size_t tp_h1c_conn_size(void);
 const struct tp_ux_ops *tp_h1_exchange_ops(void);
 /** Closes the shard's idle pooled connections to <eps> (endpoint retired by a reload). */
 void tp_h1c_pool_close(struct tp_shard *sh, struct tp_endpoint_state *eps);
+/** Closes the pool-bound connections without a request whose endpoint was removed (one walk). [shard] */
+void tp_h1c_close_retired(struct tp_shard *sh);
 /** Closes the shard's upstream connections: idle ones (<all> false) or every one. */
 void tp_h1c_close_all(struct tp_shard *sh, bool all);
 /** Open upstream connections of the shard. */

@@ -684,7 +684,7 @@ ANSWERS = {
     "chunked with trailers": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n",
     "after 100 and 103": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
                          b"HTTP/1.1 204 No Content\r\n\r\n",
-    "in one-byte pieces": None,  # the "length" answer, a byte per send
+    "in pieces": None,  # the "length" answer, in 8 sends
 }
 
 
@@ -700,9 +700,11 @@ def test_abandoned_request_keeps_its_upstream_connection(h, kind):
         whole = ANSWERS["length"]
 
         def answer_slowly(conn):
-            for i in range(len(whole)):
-                conn.send(whole[i:i + 1])
-                time.sleep(0.005)
+            # in 8 pieces, well inside the 1 s the gateway waits for the answer
+            step = (len(whole) + 7) // 8
+            for i in range(0, len(whole), step):
+                conn.send(whole[i:i + step])
+                time.sleep(0.002)
         tp, up, bad = abandoned(h, answer_slowly)
     else:
         tp, up, bad = abandoned(h, answer)
@@ -751,8 +753,8 @@ def test_abandoned_request_connection_closed_when_not_reusable(h, kind, answer):
 def test_abandoned_request_of_a_removed_endpoint(h):
     """A reload that removes the endpoint while its connection waits for an abandoned
     request's answer closes that connection with the endpoint's pool. The connection
-    holds no request, so no generation keeps the endpoint's state alive for it: an
-    answer that came later used to be pooled into freed memory (ASan: heap-use-after-free)."""
+    holds no request, so no generation keeps the endpoint's state alive: an answer that
+    came later used to be pooled into freed memory (ASan: heap-use-after-free)."""
     release = threading.Event()
 
     def late(conn):
@@ -767,6 +769,39 @@ def test_abandoned_request_of_a_removed_endpoint(h):
     time.sleep(0.3)
     release.set()
     assert up.wait_gone(bad, T(10)), "the removed endpoint's connection was kept"
+    after_removal(tp)
+
+
+def test_request_abandoned_after_its_endpoint_was_removed(h):
+    """The other order: the reload removes the endpoint while the request still waits
+    (the request keeps the old generation alive), then the client leaves. The
+    connection must not start waiting for the answer: the request's end frees the
+    endpoint's state."""
+    client_gone, release = threading.Event(), threading.Event()
+
+    def bad(req, conn):
+        if client_gone.wait(T(10)) and release.wait(T(10)):
+            conn.send(ANSWERS["length"])
+        return None
+
+    up = hostile(h, bad=bad)
+    tp = gateway(h, up)
+    c = Client(tp.port)
+    c.request("GET", "/bad")
+    assert up.got_bad.wait(T(10))
+    other = hostile(h, name="other")
+    reload(tp, derive(tp, upstreams=[upstream_cfg("h", other, keepalive=8)]))
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    wait_until(lambda: metrics(tp).total("turnpike_requests_active") == 0, T(10), what="the request to end")
+    client_gone.set()
+    time.sleep(0.3)  # as above: the old generation goes first
+    release.set()
+    assert up.wait_gone(up.bad_conns[0], T(10)), "the removed endpoint's connection was kept"
+    after_removal(tp)
+
+
+def after_removal(tp):
     c = Client(tp.port)
     c.request("GET", "/after")
     r = c.read_response()
