@@ -16,10 +16,10 @@
  * memory). The text lies in <in>, in <t>, or in a block the caller frees
  * (*<own>, else NULL).
  *
- * A single-quoted scalar on one line is read here, from <in>: libfyaml 0.7.12
- * leaks the chunk array it builds for a run of `''` escapes (512 bytes to 4 KiB
- * per scalar and load; found by fuzz_config). Every other scalar is
- * fy_token_get_text()'s.
+ * A single-quoted scalar is read here, from <in> (its '' escapes and its
+ * folding over lines): libfyaml 0.7.12 leaks the chunk array it builds for a
+ * run of `''` escapes (512 bytes to 4 KiB per scalar and load; found by
+ * fuzz_config). Every other scalar is fy_token_get_text()'s.
  */
 const char *tp_yaml_text(struct fy_token *t, const char *in, size_t in_len, size_t *len, char **own);
 
