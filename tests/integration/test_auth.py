@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from tp_harness import (BIN, T, assert_gateway_error, build_request, build_response, free_port, get,
+from tp_harness import (BIN, T, assert_gateway_error, build_request, build_response, get, reserve_port,
                         upstream_cfg, wait_until)
 from tp_more import generation, metrics, reload, write_text_atomic
 
@@ -823,7 +823,7 @@ def bad_start_conf(tmp_path, case, keys=None):
     if text is not None:
         kfile.write_text(text)
     conf = tmp_path / "turnpike.yaml"
-    conf.write_text(START_CONF.format(port=free_port(), kind=kind, keys=kfile))
+    conf.write_text(START_CONF.format(port=reserve_port(), kind=kind, keys=kfile))
     return conf, f"{conf}:6:13: auth[0].{kind}.keys: "
 
 
@@ -846,7 +846,7 @@ def test_good_auth_config_checks_ok(tmp_path, keys):
     kfile = tmp_path / "keys.json"
     write_jwks(kfile, keys, ["rsa", "ec", "ed", "hmac"])
     conf = tmp_path / "turnpike.yaml"
-    conf.write_text(START_CONF.format(port=free_port(), kind="jwt", keys=kfile))
+    conf.write_text(START_CONF.format(port=reserve_port(), kind="jwt", keys=kfile))
     r = subprocess.run([BIN, "-t", "-c", str(conf)], capture_output=True, text=True, timeout=T(20))
     assert (r.returncode, r.stdout, r.stderr) == (0, "configuration ok\n", ""), r
 

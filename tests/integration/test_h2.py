@@ -18,7 +18,7 @@ import h2.events
 import h2.settings
 import pytest
 
-from tp_harness import T, Turnpike, build_response, free_port, get, payload, sha256, upstream_cfg, wait_until
+from tp_harness import T, Turnpike, build_response, get, reserve_port, payload, sha256, upstream_cfg, wait_until
 from tp_more import derive, metrics, reload
 
 ROUTES = [{"match": {"path_prefix": "/"}, "upstream": "u"}]
@@ -433,7 +433,7 @@ def test_listener_removed_goaway_streams_finish(h):
     up = h.upstream(handler)
     tp = start(h, cfg(up))
     public = tp.config["listeners"][0]
-    p2 = free_port()
+    p2 = reserve_port()
     reload(tp, derive(tp, listeners=[public, {"name": "extra", "address": f"127.0.0.1:{p2}", "h2c": True}]))
     c = H2Client(p2)
     assert c.get("/first")[0] == 200

@@ -4,7 +4,7 @@ removed in the file are opened or closed; operations.md: connections of a remove
 listener finish their current request and close)."""
 import socket
 
-from tp_harness import T, free_port, get, has_token, upstream_cfg
+from tp_harness import T, get, reserve_port, has_token, upstream_cfg
 from tp_more import Gate, admin_json, config_text, derive, metrics, reload, reload_fails, wait_metric
 
 
@@ -32,7 +32,7 @@ def test_listener_added_and_removed(h):
     up = h.upstream(name="U")
     tp = h.turnpike({"upstreams": [upstream_cfg("u", up)],
                      "routes": [{"name": "all", "upstream": "u"}]})
-    p2 = free_port()
+    p2 = reserve_port()
     assert refused(p2)
 
     reload(tp, derive(tp, listeners=public(tp) + [{"name": "extra", "address": f"127.0.0.1:{p2}"}]))
@@ -61,7 +61,7 @@ def test_listener_added_and_removed(h):
 
 def test_listener_address_change(h):
     up = h.upstream(name="U")
-    p2, p3 = free_port(), free_port()
+    p2, p3 = reserve_port(), reserve_port()
     tp = h.turnpike({"upstreams": [upstream_cfg("u", up)], "routes": [{"name": "all", "upstream": "u"}]})
     reload(tp, derive(tp, listeners=public(tp) + [{"name": "extra", "address": f"127.0.0.1:{p2}"}]))
     assert get(p2, "/a").status == 200
@@ -78,7 +78,7 @@ def test_connections_on_removed_listener_finish_and_close(h):
     tp = h.turnpike({"upstreams": [upstream_cfg("s", slow), upstream_cfg("f", fast)],
                      "routes": [{"name": "slow", "match": {"path_prefix": "/slow"}, "upstream": "s"},
                                 {"name": "fast", "upstream": "f"}]})
-    p2 = free_port()
+    p2 = reserve_port()
     reload(tp, derive(tp, listeners=public(tp) + [{"name": "extra", "address": f"127.0.0.1:{p2}"}]))
 
     idle = h.client(p2)  # keep-alive, idle at the reload

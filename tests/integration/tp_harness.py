@@ -67,6 +67,29 @@ def free_port():
     return port
 
 
+_reserved = []  # sockets holding the ports reserve_port() handed out
+
+
+def reserve_port():
+    """A port for a gateway's listener or admin, held until release_ports(): bound
+    here with SO_REUSEPORT and never listened on. Another program's bind cannot take
+    it meanwhile (bind(0) skips it, and a bind without SO_REUSEPORT fails), while the
+    gateway, whose listeners set SO_REUSEPORT too, binds it beside this socket and
+    gets every connection (a socket that does not listen gets none). A port that was
+    merely free a moment ago could be bound again by a parallel test's gateway, and
+    the two shared its connections: one test's requests reached the other's admin."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    _reserved.append(s)
+    return s.getsockname()[1]
+
+
+def release_ports():
+    while _reserved:
+        _reserved.pop().close()
+
+
 def wait_until(pred, timeout, interval=0.02, what="condition"):
     """Polls pred() until it is truthy; returns its value; AssertionError on timeout."""
     deadline = time.monotonic() + timeout
@@ -690,8 +713,8 @@ class Turnpike:
         self.checked = False
 
     def _write_config(self):
-        self.port = free_port()
-        self.admin_port = free_port() if self.with_admin else None
+        self.port = reserve_port()
+        self.admin_port = reserve_port() if self.with_admin else None
         cfg = {"workers": 2}
         cfg.update(self.user_config)
         cfg.setdefault("shutdown", {"drain_timeout": "10s"})
@@ -840,6 +863,7 @@ class Harness:
                 tp.check_clean()
             except AssertionError as e:
                 errors.append(e)
+        release_ports()
         for up in self.upstreams:
             up.stop()
             if up.errors and not up.allow_errors:
