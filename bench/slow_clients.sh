@@ -258,8 +258,9 @@ NOTES=()
 RAN=0
 Q_RPS=""
 Q_P99=""
-ROW_FMT='%-8s %-14s %-7s %-12s %8s %7s %8s %7s %5s/%-5s %8s %7s %5s %8s %9s %8s %7s %7s'
+ROW_FMT='%-8s %-14s %-7s %-12s %8s %7s %8s %7s %5s/%-5s %8s %7s %5s %8s %9s %8s %9s %7s'
 PAGE_KIB=$(($(getconf PAGESIZE) / 1024))
+read -r _ TCP_PRESSURE _ </proc/sys/net/ipv4/tcp_mem
 
 # phase NAME TAG MODE: MODE is "" for a quiet run, else H, B or X; TAG names
 # its files. Returns nonzero when the proxy died during the phase.
@@ -343,6 +344,10 @@ phase() {
 	rss_end=$TPB_RSS
 	rss_peak=$(awk -v e="$rss_end" 'BEGIN {m = e} $1 > m {m = $1} END {print m}' "$RESULTS_DIR/rss-$PX-$tag.txt")
 	tcp_peak=$(awk -v k="$PAGE_KIB" '$1 > m {m = $1} END {printf "%.0f", m * k / 1024}' "$RESULTS_DIR/rss-$PX-$tag.txt.tcp")
+	# seconds sampled above tcp_mem's pressure value (the kernel's own counter only
+	# moves once a pressure episode ends, so it misses one that outlasts wrk)
+	local press_s
+	press_s=$(awk -v lim="$TCP_PRESSURE" '$1 > lim {n++} END {printf "%.1f", n * 0.25}' "$RESULTS_DIR/rss-$PX-$tag.txt.tcp")
 	if [ -n "$slow_pid" ]; then
 		tpb_stop "$slow_pid" 50
 		wait_estab_below "$([ "$mode" = D ] && echo "$WRK_CONNS" || echo 0)" || tpb_warn "$PX $name: $TPB_ESTAB connections still open 30 s after the attack stopped"
@@ -366,7 +371,7 @@ phase() {
 	# shellcheck disable=SC2059 # ROW_FMT is a format of ours, not data
 	ROWS+=("$(printf "$ROW_FMT" "$PX" "$name" "${mode:+-$mode}" "$held" "$rps" "$ratio_rps" "$p99" "$ratio_p99" \
 		"$TPB_W_SOCKERR" "$TPB_W_NON2XX" "$((rss_peak / 1024))" "$((rss_end / 1024))" \
-		"$(cpu_pct "$dt" "$TPB_W_DUR_US")" "$atk" "$dry" "$tcp_peak" "$press" "$rtx")")
+		"$(cpu_pct "$dt" "$TPB_W_DUR_US")" "$atk" "$dry" "$tcp_peak" "$press_s/$press" "$rtx")")
 	tpb_log "  ${ROWS[-1]}"
 }
 
@@ -441,7 +446,7 @@ done
 	echo "$PROXIES under slowhttptest, $SLOW_CONNS attack connections per phase ($RATE/s, a send every ${INTERVAL}s);"
 	echo "wrk: $WRK_CONNS connections, ${DURATION}s per phase; ratios relative to the proxy's own first quiet run"
 	echo
-	printf '%-8s %-14s %-7s %-12s %8s %7s %8s %7s %11s %8s %7s %5s %8s %9s %8s %7s %7s\n' \
+	printf '%-8s %-14s %-7s %-12s %8s %7s %8s %7s %11s %8s %7s %5s %8s %9s %8s %9s %7s\n' \
 		proxy phase attack "held s->e" "req/s" "x quiet" "p99 ms" "x quiet" "sockerr/5xx" \
 		"RSS max" "RSS end" "CPU%" "atk CPU%" "ring dry" "TCP MiB" "press s" "retrans"
 	[ "${#ROWS[@]}" -gt 0 ] && printf '%s\n' "${ROWS[@]}"
@@ -456,8 +461,9 @@ done
 	echo "TCP MiB: the host's TCP memory at its peak during wrk's run (/proc/net/sockstat: the queues of every"
 	echo "TCP socket, the attack's included), against net.ipv4.tcp_mem ($(awk -v k="$PAGE_KIB" \
 		'{printf "pressure at %.0f MiB, hard limit %.0f MiB", $2 * k / 1024, $3 * k / 1024}' /proc/sys/net/ipv4/tcp_mem));"
-	echo "press s: seconds the host spent in TCP memory pressure, retrans: TCP segments retransmitted"
-	echo "by the host, both from the attack's start to wrk's end."
+	echo "press s: seconds of wrk's run the host's TCP memory was sampled above tcp_mem's pressure value /"
+	echo "seconds the kernel counted in pressure from the attack's start to wrk's end (it counts an"
+	echo "episode once it ends); retrans: TCP segments the host retransmitted over the same span."
 	[ "${#NOTES[@]}" -gt 0 ] && printf '%s\n' "${NOTES[@]}"
 } | tee -a "$SUMMARY"
 [ "$RAN" -gt 0 ] || tpb_die "no proxy could be measured"
