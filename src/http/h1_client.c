@@ -76,6 +76,8 @@ struct tp_uconn {
 static const struct tp_transport_ops uconn_proto;
 
 static void process_response(struct tp_shard *sh, struct tp_uconn *uc);
+static enum tp_framing response_framing(const struct tp_uconn *uc);
+static bool parse_body(struct tp_uconn *uc, const char *data, uint32_t len, uint32_t *used);
 
 static inline struct tp_uconn *uconn_of(struct tp_transport *t)
 {
@@ -436,7 +438,6 @@ static void ux_abort(struct tp_shard *sh, struct tp_req *r)
     detach(uc);
     uc->state = UC_SALVAGE;
     uc->pool_keepalive = r->up->cfg->keepalive;
-    uc->skip_body = r->method == HTTP_HEAD;
     uc->salvaged = 0;
     tp_transport_deadline(sh, &uc->t, sh->now_ms + wait);
     tp_transport_resume_recv(sh, &uc->t);
@@ -476,8 +477,7 @@ static void salvage_input(struct tp_shard *sh, struct tp_uconn *uc)
                 tp_h1_parser_finish_message(&uc->hp);
                 continue;
             }
-            if (!uc->skip_body && code != 204 && code != 304 &&
-                !(p->flags & (F_CHUNKED | F_CONTENT_LENGTH))) {
+            if (response_framing(uc) == TP_FRAME_CLOSE) {
                 uconn_close(sh, uc); /* ends at EOF: nothing to keep */
                 return;
             }
@@ -491,12 +491,7 @@ static void salvage_input(struct tp_shard *sh, struct tp_uconn *uc)
                 break;
             const char *data = tp_rbuf_data(sh, e);
             uint32_t used;
-            llhttp_errno_t rc = tp_h1_execute(&uc->hp, data, e->len);
-            if (rc == HPE_PAUSED) {
-                used = (uint32_t)(llhttp_get_error_pos(&uc->hp.p) - data);
-            } else if (rc == HPE_OK) {
-                used = e->len;
-            } else {
+            if (!parse_body(uc, data, e->len, &used)) {
                 uconn_close(sh, uc);
                 return;
             }
@@ -754,6 +749,33 @@ static const struct tp_transport_ops uconn_proto = {
 /* the response                                                        */
 /* ------------------------------------------------------------------ */
 
+/* How the body of the response whose head <uc> just parsed is delimited. */
+static enum tp_framing response_framing(const struct tp_uconn *uc)
+{
+    const llhttp_t *p = &uc->hp.p;
+    unsigned status = p->status_code;
+
+    if ((p->flags & F_CHUNKED) && (uc->skip_body || (status != 204 && status != 304)))
+        return TP_FRAME_CHUNKED;
+    if (uc->skip_body || status == 204 || status == 304 ||
+        ((p->flags & F_CONTENT_LENGTH) && p->content_length == 0))
+        return TP_FRAME_NONE;
+    return p->flags & F_CONTENT_LENGTH ? TP_FRAME_LENGTH : TP_FRAME_CLOSE;
+}
+
+/* Runs the response parser over <len> bytes at <data>; *<used> says how many it
+ * took (it pauses at the end of the message). false: the bytes are malformed. */
+static bool parse_body(struct tp_uconn *uc, const char *data, uint32_t len, uint32_t *used)
+{
+    llhttp_errno_t rc = tp_h1_execute(&uc->hp, data, len);
+
+    if (rc == HPE_PAUSED)
+        *used = (uint32_t)(llhttp_get_error_pos(&uc->hp.p) - data);
+    else if (rc == HPE_OK)
+        *used = len;
+    return rc == HPE_PAUSED || rc == HPE_OK;
+}
+
 /* Handles a complete response head. Returns false when the response or the request ended. */
 static bool on_response_head(struct tp_shard *sh, struct tp_uconn *uc)
 {
@@ -787,15 +809,7 @@ static bool on_response_head(struct tp_shard *sh, struct tp_uconn *uc)
         tp_h1_parser_finish_message(&uc->hp);
         return true;
     }
-    if ((p->flags & F_CHUNKED) && (uc->skip_body || (status != 204 && status != 304)))
-        ri.framing = TP_FRAME_CHUNKED;
-    else if (uc->skip_body || status == 204 || status == 304 ||
-             ((p->flags & F_CONTENT_LENGTH) && p->content_length == 0))
-        ri.framing = TP_FRAME_NONE;
-    else if (p->flags & F_CONTENT_LENGTH)
-        ri.framing = TP_FRAME_LENGTH;
-    else
-        ri.framing = TP_FRAME_CLOSE;
+    ri.framing = response_framing(uc);
     uc->framing = ri.framing;
 
     bool ok = tp_proxy_response_head(sh, r, status, h, &ri);
@@ -913,12 +927,7 @@ static void process_response(struct tp_shard *sh, struct tp_uconn *uc)
         const char *data = tp_rbuf_data(sh, e);
         uint32_t len = e->len, used;
         struct tp_bref ref = tp_rbuf_ref(e);
-        llhttp_errno_t rc = tp_h1_execute(&uc->hp, data, len);
-        if (rc == HPE_PAUSED) {
-            used = (uint32_t)(llhttp_get_error_pos(&uc->hp.p) - data);
-        } else if (rc == HPE_OK) {
-            used = len;
-        } else {
+        if (!parse_body(uc, data, len, &used)) {
             fail(sh, uc, TP_FAIL_INVALID, TP_EUPSTREAM);
             return;
         }
